@@ -1,0 +1,75 @@
+# -*- test-case-name: mailproto.test.test_exports -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+Simple Mail Transfer Protocol: the public names of mailproto's SMTP side,
+with the same names and meanings as in C{twisted.mail.smtp}, so that code
+written for twisted.mail ports by changing its imports.
+
+Importing this module registers the C{xtext} codec (RFC 3461).
+"""
+
+from mailproto._address import Address, User, quoteaddr
+from mailproto._errors import (
+    AddressError,
+    AUTHDeclinedError,
+    AuthenticationError,
+    AUTHRequiredError,
+    EHLORequiredError,
+    ESMTPClientError,
+    SMTPAddressError,
+    SMTPBadRcpt,
+    SMTPBadSender,
+    SMTPClientError,
+    SMTPConnectError,
+    SMTPDeliveryError,
+    SMTPError,
+    SMTPProtocolError,
+    SMTPServerError,
+    SMTPTimeoutError,
+    SMTPTLSError as TLSError,
+    TLSRequiredError,
+)
+from mailproto._headers import idGenerator, messageid, rfc822date
+from mailproto._xtext import (
+    xtext_codec,
+    xtext_decode,
+    xtext_encode,
+    xtextStreamReader,
+    xtextStreamWriter,
+)
+
+__all__ = [
+    # errors
+    "AUTHDeclinedError",
+    "AUTHRequiredError",
+    "AddressError",
+    "AuthenticationError",
+    "EHLORequiredError",
+    "ESMTPClientError",
+    "SMTPAddressError",
+    "SMTPBadRcpt",
+    "SMTPBadSender",
+    "SMTPClientError",
+    "SMTPConnectError",
+    "SMTPDeliveryError",
+    "SMTPError",
+    "SMTPServerError",
+    "SMTPTimeoutError",
+    "TLSError",
+    "TLSRequiredError",
+    "SMTPProtocolError",
+    # addresses
+    "Address",
+    "User",
+    "quoteaddr",
+    # headers
+    "idGenerator",
+    "messageid",
+    "rfc822date",
+    # the xtext codec
+    "xtextStreamReader",
+    "xtextStreamWriter",
+    "xtext_codec",
+    "xtext_decode",
+    "xtext_encode",
+]
