@@ -411,12 +411,21 @@ def parseAuth(rest: bytes) -> tuple[bytes, bytes | None]:
     return words[0].upper(), words[1] if len(words) == 2 else None
 
 
-def _formatParameters(pairs) -> bytes:
+def _formatParameters(pairs, extra) -> bytes:
+    """
+    Format parameters: a value of L{None} or L{False} leaves one out,
+    L{True} writes the keyword alone.  In C{extra}, L{None} means the
+    keyword alone.
+    """
+    pairs = [*pairs, *((keyword, True if value is None else value) for keyword, value in extra)]
     out = []
     for keyword, value in pairs:
         if value is None or value is False:
             continue
-        out.append(b" " + keyword if value is True else b" " + keyword + b"=" + value)
+        param = keyword if value is True else keyword + b"=" + value
+        if _grammar.matchParameter(param) is None:
+            raise ValueError(f"not an ESMTP parameter: {param!r}")
+        out.append(b" " + param)
     return b"".join(out)
 
 
@@ -434,6 +443,7 @@ def formatMailFrom(command: MailFrom) -> bytes:
     @param command: the command.
     @return: e.g. C{b"MAIL FROM:<a@example.com> SIZE=1024 BODY=8BITMIME"}.
     @raise AddressError: if the address has a control character.
+    @raise ValueError: if a parameter is not an C{esmtp-param}.
     """
     pairs = [
         (b"SIZE", None if command.size is None else b"%d" % command.size),
@@ -443,9 +453,8 @@ def formatMailFrom(command: MailFrom) -> bytes:
         (b"ENVID", None if command.envid is None else encodeXtext(command.envid)),
         (b"AUTH", None if command.auth is None else command.auth if command.auth == b"<>" else encodeXtext(command.auth)),
         (b"REQUIRETLS", command.requiretls),
-        *command.extra,
     ]
-    return b"MAIL FROM:" + _wirePath(command.address) + _formatParameters(pairs)
+    return b"MAIL FROM:" + _wirePath(command.address) + _formatParameters(pairs, command.extra)
 
 
 def formatRcptTo(command: RcptTo) -> bytes:
@@ -455,6 +464,7 @@ def formatRcptTo(command: RcptTo) -> bytes:
     @param command: the command.
     @return: e.g. C{b"RCPT TO:<b@example.com> NOTIFY=FAILURE,DELAY"}.
     @raise AddressError: if the address has a control character.
+    @raise ValueError: if a parameter is not an C{esmtp-param}.
     """
     orcpt = None
     if command.orcpt is not None:
@@ -463,6 +473,5 @@ def formatRcptTo(command: RcptTo) -> bytes:
     pairs = [
         (b"NOTIFY", None if command.notify is None else b",".join(command.notify)),
         (b"ORCPT", orcpt),
-        *command.extra,
     ]
-    return b"RCPT TO:" + _wirePath(command.address) + _formatParameters(pairs)
+    return b"RCPT TO:" + _wirePath(command.address) + _formatParameters(pairs, command.extra)

@@ -1,0 +1,105 @@
+# -*- test-case-name: mailproto.test.test_exports -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+The public facade L{mailproto.smtp}: each name is the private object it
+stands for, and each has twisted.mail.smtp's name and call signature.
+"""
+
+import inspect
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailproto import _address, _errors, _headers, _xtext, smtp
+
+# public name -> (private module, private name)
+EXPORTS = {
+    "Address": (_address, "Address"),
+    "User": (_address, "User"),
+    "quoteaddr": (_address, "quoteaddr"),
+    "idGenerator": (_headers, "idGenerator"),
+    "messageid": (_headers, "messageid"),
+    "rfc822date": (_headers, "rfc822date"),
+    "xtext_codec": (_xtext, "xtext_codec"),
+    "xtext_decode": (_xtext, "xtext_decode"),
+    "xtext_encode": (_xtext, "xtext_encode"),
+    "xtextStreamReader": (_xtext, "xtextStreamReader"),
+    "xtextStreamWriter": (_xtext, "xtextStreamWriter"),
+    "AUTHDeclinedError": (_errors, "AUTHDeclinedError"),
+    "AUTHRequiredError": (_errors, "AUTHRequiredError"),
+    "AddressError": (_errors, "AddressError"),
+    "AuthenticationError": (_errors, "AuthenticationError"),
+    "EHLORequiredError": (_errors, "EHLORequiredError"),
+    "ESMTPClientError": (_errors, "ESMTPClientError"),
+    "SMTPAddressError": (_errors, "SMTPAddressError"),
+    "SMTPBadRcpt": (_errors, "SMTPBadRcpt"),
+    "SMTPBadSender": (_errors, "SMTPBadSender"),
+    "SMTPClientError": (_errors, "SMTPClientError"),
+    "SMTPConnectError": (_errors, "SMTPConnectError"),
+    "SMTPDeliveryError": (_errors, "SMTPDeliveryError"),
+    "SMTPError": (_errors, "SMTPError"),
+    "SMTPProtocolError": (_errors, "SMTPProtocolError"),
+    "SMTPServerError": (_errors, "SMTPServerError"),
+    "SMTPTimeoutError": (_errors, "SMTPTimeoutError"),
+    "TLSError": (_errors, "SMTPTLSError"),
+    "TLSRequiredError": (_errors, "TLSRequiredError"),
+}
+
+
+class ExportsTests(SynchronousTestCase):
+    """
+    L{mailproto.smtp.__all__}.
+    """
+
+    def test_identity(self):
+        """
+        Each public name is the private object, not a copy or a wrapper.
+        """
+        for name, (module, private) in EXPORTS.items():
+            self.assertIs(getattr(smtp, name), getattr(module, private), name)
+
+    def test_allIsComplete(self):
+        """
+        C{__all__} lists exactly the exported names, once each.
+        """
+        self.assertEqual(sorted(smtp.__all__), sorted(EXPORTS))
+        self.assertEqual(len(smtp.__all__), len(set(smtp.__all__)))
+
+    def test_twistedMailNames(self):
+        """
+        Every public name is also a name of twisted.mail.smtp, so that ported
+        code finds what it used.
+        """
+        from twisted.mail import smtp as tsmtp
+
+        for name in smtp.__all__:
+            self.assertIn(name, tsmtp.__all__, name)
+
+    def test_twistedMailSignatures(self):
+        """
+        Every public callable takes at least twisted.mail's parameters, with
+        the same names, in the same order.
+        """
+        from twisted.mail import smtp as tsmtp
+
+        for name in smtp.__all__:
+            ours, theirs = getattr(smtp, name), getattr(tsmtp, name)
+            if isinstance(ours, type) and ours.__init__ is object.__init__:
+                continue
+            try:
+                theirParams = list(inspect.signature(theirs).parameters)
+            except (TypeError, ValueError):
+                continue
+            ourParams = list(inspect.signature(ours).parameters)
+            self.assertEqual(ourParams[: len(theirParams)], theirParams, name)
+
+    def test_noTwistedMail(self):
+        """
+        mailproto's library modules never import twisted.mail.
+        """
+        import pathlib
+        import re
+
+        root = pathlib.Path(smtp.__file__).parent
+        pattern = re.compile(r"^\s*(from|import)\s+twisted\.mail", re.M)
+        for path in root.glob("*.py"):
+            self.assertIsNone(pattern.search(path.read_text(encoding="utf-8")), path.name)
