@@ -89,11 +89,7 @@ class Address:
         @param addr: a local part or a whole address.
         @return: C{addr} with each quoted string replaced by its value.
         """
-        addr = _asBytes(addr)
-        local, sep, domain = addr.rpartition(b"@")
-        if not sep:
-            return _grammar.unquoteLocalPart(addr)
-        return _grammar.unquoteLocalPart(local) + b"@" + domain
+        return _grammar.dequote(_asBytes(addr))
 
     @property
     def isNull(self) -> bool:

@@ -234,7 +234,8 @@ def _orcpt(keyword: bytes, value: bytes | None) -> tuple[bytes, bytes]:
     if len(value) > MAX_ORCPT_LENGTH:
         raise _syntax("ORCPT value too long")
     addrType, sep, original = value.partition(b";")
-    if not sep or _addrTypeRe.fullmatch(addrType) is None or not original:
+    # original-recipient-address = addr-type ";" xtext   (xtext may be empty)
+    if not sep or _addrTypeRe.fullmatch(addrType) is None:
         raise _syntax("Bad ORCPT value")
     if addrType.lower() == b"utf-8" and not original.isascii():
         # RFC 6533: a utf-8 address may travel as raw UTF-8.

@@ -72,11 +72,13 @@ class DotStuffer:
         @param chunk: the next part of the message.
         @return: the bytes to send for it.
         """
-        if self._afterCR and chunk[:1] == b"\n":
-            chunk = chunk[1:]  # the LF of a CRLF whose CR ended the last chunk
         if not chunk:
             return b""
+        if self._afterCR and chunk[:1] == b"\n":
+            chunk = chunk[1:]  # the LF of a CRLF whose CR ended the last chunk
         self._afterCR = chunk[-1:] == b"\r"
+        if not chunk:
+            return b""
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self._stuff:

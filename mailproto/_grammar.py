@@ -112,6 +112,7 @@ _esmtpParamRe = re.compile(ESMTP_PARAM)
 _esmtpKeywordRe = re.compile(ESMTP_KEYWORD)
 _ipv4Re = re.compile(IPV4_LITERAL)
 _dequoteRe = re.compile(rb"\\([ -~])")
+_leadingQuotedRe = re.compile(UTF8_QUOTED_STRING)
 
 MAX_DOMAIN_LENGTH = 255
 MAX_LABEL_LENGTH = 63
@@ -213,6 +214,21 @@ def unquoteLocalPart(local: bytes) -> bytes:
     if len(local) >= 2 and local[:1] == b'"' and local[-1:] == b'"':
         return _dequoteRe.sub(rb"\1", local[1:-1])
     return local
+
+
+def dequote(data: bytes) -> bytes:
+    """
+    Replace a C{Quoted-string} at the start of C{data} (a local part, or a
+    whole address) by its value.
+
+    @param data: a local part or an address, as on the wire.
+    @return: C{data} with its quoted local part unquoted; unchanged if it
+        does not begin with one.
+    """
+    match = _leadingQuotedRe.match(data)
+    if match is None:
+        return data
+    return unquoteLocalPart(match.group()) + data[match.end() :]
 
 
 def matchMailbox(data: bytes) -> re.Match[bytes] | None:

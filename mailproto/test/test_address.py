@@ -217,6 +217,8 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(address.dequote(address.local), b"a b")
         self.assertEqual(address.dequote(b'"x\\"y"@example.com'), b'x"y@example.com')
         self.assertEqual(address.dequote(b"plain@example.com"), b"plain@example.com")
+        self.assertEqual(address.dequote(b'"@"@example.com'), b"@@example.com")
+        self.assertEqual(address.dequote(b'"a\\"@"'), b'a"@')
 
     def test_fromParts(self):
         """

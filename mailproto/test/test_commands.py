@@ -88,6 +88,8 @@ GOOD_RCPT = [
     (b"TO:<a@example.com> ORCPT=rfc822;b+2Bx@example.com", RcptTo(A, orcpt=(b"rfc822", b"b+x@example.com"))),
     ("TO:<a@example.com> ORCPT=utf-8;j\u00f6rg@example.com".encode(), RcptTo(A, orcpt=(b"utf-8", "j\u00f6rg@example.com".encode()))),
     (b"TO:<a@[IPv6:2001:db8::5]>", RcptTo(Address(b"a@[IPv6:2001:db8::5]"))),
+    # RFC 3461: the xtext of an ORCPT may be empty.
+    (b"TO:<a@example.com> ORCPT=rfc822;", RcptTo(A, orcpt=(b"rfc822", b""))),
 ]
 
 BAD_RCPT = [
@@ -104,7 +106,6 @@ BAD_RCPT = [
     (b"TO:<a@example.com> NOTIFY=", 501, b"5.5.4"),
     (b"TO:<a@example.com> ORCPT=rfc822", 501, b"5.5.4"),
     (b"TO:<a@example.com> ORCPT=;a@example.com", 501, b"5.5.4"),
-    (b"TO:<a@example.com> ORCPT=rfc822;", 501, b"5.5.4"),
     (b"TO:<a@example.com> ORCPT=rfc822;a+4", 501, b"5.5.4"),
     (b"TO:<a@example.com> ORCPT=rfc822;" + b"x" * 500, 501, b"5.5.4"),
     (b"TO:<a@example.com> SIZE=10", 555, b"5.5.4"),

@@ -140,6 +140,15 @@ class DotStufferTests(SynchronousTestCase):
         got = s.feed(b"") + s.feed(b".") + s.feed(b"") + s.feed(b"\n") + s.feed(b"") + s.finish()
         self.assertEqual(got, b"..\r\n.\r\n")
 
+    def test_lfAfterSplitCRLF(self):
+        """
+        Only the first LF after a chunk that ended in CR belongs to that CR:
+        C{CRLF LF} split after the CR is two line ends, as it is whole.
+        """
+        s = DotStuffer()
+        got = s.feed(b"\r") + s.feed(b"\n") + s.feed(b"\n.") + s.finish()
+        self.assertEqual(got, b"\r\n\r\n..\r\n.\r\n")
+
     def test_noStuffing(self):
         """
         With C{stuff=False} (for BDAT) only line ends are normalised, and the

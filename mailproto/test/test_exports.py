@@ -9,7 +9,7 @@ import inspect
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailproto import _address, _errors, _headers, _xtext, smtp
+from mailproto import _address, _commands, _data, _errors, _extensions, _headers, _replies, _xtext, smtp, wire
 
 # public name -> (private module, private name)
 EXPORTS = {
@@ -43,6 +43,37 @@ EXPORTS = {
     "TLSError": (_errors, "SMTPTLSError"),
     "TLSRequiredError": (_errors, "TLSRequiredError"),
 }
+
+
+WIRE_EXPORTS = {
+    **{name: (_commands, name) for name in [
+        "MailFrom", "RcptTo", "formatMailFrom", "formatRcptTo", "isValidHelo", "noArgument",
+        "parseAuth", "parseBdat", "parseHelo", "parseMailFrom", "parseRcptTo", "splitCommand"]},
+    **{name: (_replies, name) for name in ["Reply", "ReplyParser", "ReplySyntaxError", "isStatus"]},
+    "Extensions": (_extensions, "Extensions"),
+    **{name: (_data, name) for name in ["BareNewlinePolicy", "DotStuffer", "Unstuffer", "stuff", "unstuff"]},
+    **{name: (_xtext, name) for name in ["XtextError", "decodeXtext", "encodeXtext"]},
+}
+
+
+class WireExportsTests(SynchronousTestCase):
+    """
+    L{mailproto.wire.__all__}.
+    """
+
+    def test_identity(self):
+        """
+        Each public name of L{mailproto.wire} is the private object.
+        """
+        for name, (module, private) in WIRE_EXPORTS.items():
+            self.assertIs(getattr(wire, name), getattr(module, private), name)
+
+    def test_allIsComplete(self):
+        """
+        C{__all__} lists exactly the exported names, once each.
+        """
+        self.assertEqual(sorted(wire.__all__), sorted(WIRE_EXPORTS))
+        self.assertEqual(len(wire.__all__), len(set(wire.__all__)))
 
 
 class ExportsTests(SynchronousTestCase):
