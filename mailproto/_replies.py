@@ -240,8 +240,8 @@ class ReplyParser:
         if self._code is not None and code != self._code:
             raise ReplySyntaxError(f"Reply code changed from {self._code} within a reply", line)
         text = match.group(3) or b""
-        if b"\r" in text:
-            raise ReplySyntaxError("Bare CR in reply line", line)
+        if b"\r" in text or b"\n" in text:
+            raise ReplySyntaxError("Bare CR or LF in reply line", line)
         self._length += len(text) + 1
         if self._length > self.maxReplyLength:
             raise ReplySyntaxError("Reply too long", line)
