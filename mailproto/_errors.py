@@ -51,7 +51,14 @@ class SMTPClientError(SMTPError):
     @ivar addresses: the recipients this error is about, if any.
     @ivar isFatal: whether the connection cannot go on after this error.
     @ivar retry: whether delivery should be tried again later.
+    @cvar defaultFatal: C{isFatal} when not given: L{False} here; L{True}
+        for connection, timeout and protocol errors, as in twisted.mail.
+    @cvar defaultRetry: C{retry} when not given: L{False} here; L{True} for
+        connection and timeout errors, as in twisted.mail.
     """
+
+    defaultFatal = False
+    defaultRetry = False
 
     def __init__(
         self,
@@ -59,8 +66,8 @@ class SMTPClientError(SMTPError):
         resp: bytes | str,
         log: bytes | str | None = None,
         addresses: object = None,
-        isFatal: bool = False,
-        retry: bool = False,
+        isFatal: bool | None = None,
+        retry: bool | None = None,
     ) -> None:
         """
         @param code: see L{SMTPClientError.code}.
@@ -68,16 +75,18 @@ class SMTPClientError(SMTPError):
             UTF-8.
         @param log: see L{SMTPClientError.log}; L{str} is encoded as UTF-8.
         @param addresses: see L{SMTPClientError.addresses}.
-        @param isFatal: see L{SMTPClientError.isFatal}.
-        @param retry: see L{SMTPClientError.retry}.
+        @param isFatal: see L{SMTPClientError.isFatal}; the class's
+            C{defaultFatal} if not given.
+        @param retry: see L{SMTPClientError.retry}; the class's
+            C{defaultRetry} if not given.
         """
         super().__init__(code, resp)
         self.code = code
         self.resp = _toBytes(resp)
         self.log = _toBytes(log)
         self.addresses = addresses
-        self.isFatal = isFatal
-        self.retry = retry
+        self.isFatal = self.defaultFatal if isFatal is None else isFatal
+        self.retry = self.defaultRetry if retry is None else retry
 
     def __bytes__(self) -> bytes:
         parts = [b"%03d %s" % (self.code, self.resp) if self.code > 0 else self.resp]
@@ -138,16 +147,8 @@ class SMTPConnectError(SMTPClientError):
     The connection to the mail exchanger failed.  Fatal; worth a retry.
     """
 
-    def __init__(
-        self,
-        code: int,
-        resp: bytes | str,
-        log: bytes | str | None = None,
-        addresses: object = None,
-        isFatal: bool = True,
-        retry: bool = True,
-    ) -> None:
-        super().__init__(code, resp, log, addresses, isFatal, retry)
+    defaultFatal = True
+    defaultRetry = True
 
 
 class SMTPTimeoutError(SMTPClientError):
@@ -155,16 +156,8 @@ class SMTPTimeoutError(SMTPClientError):
     The server did not answer in time.  Fatal; worth a retry.
     """
 
-    def __init__(
-        self,
-        code: int,
-        resp: bytes | str,
-        log: bytes | str | None = None,
-        addresses: object = None,
-        isFatal: bool = True,
-        retry: bool = True,
-    ) -> None:
-        super().__init__(code, resp, log, addresses, isFatal, retry)
+    defaultFatal = True
+    defaultRetry = True
 
 
 class SMTPProtocolError(SMTPClientError):
@@ -172,16 +165,8 @@ class SMTPProtocolError(SMTPClientError):
     The server sent something that is not SMTP.  Fatal; not retried.
     """
 
-    def __init__(
-        self,
-        code: int,
-        resp: bytes | str,
-        log: bytes | str | None = None,
-        addresses: object = None,
-        isFatal: bool = True,
-        retry: bool = False,
-    ) -> None:
-        super().__init__(code, resp, log, addresses, isFatal, retry)
+    defaultFatal = True
+    defaultRetry = False
 
 
 class SMTPDeliveryError(SMTPClientError):

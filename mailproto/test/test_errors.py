@@ -100,3 +100,18 @@ class HierarchyTests(SynchronousTestCase):
         self.assertEqual(_errors.SMTPBadSender(b"a@b.example").reply.status, b"5.7.1")
         self.assertEqual(_errors.SMTPBadRcpt(b"a@b.example", 450, "Busy", b"4.2.1").reply, Reply(450, [b"Busy"], b"4.2.1"))
         self.assertEqual(_errors.AddressError("Bad").reply, Reply(553, [b"Bad"], b"5.1.3"))
+
+
+class ExplicitFlagsTests(SynchronousTestCase):
+    """
+    Flags given explicitly win over the class defaults.
+    """
+
+    def test_explicit(self):
+        """
+        C{isFatal} and C{retry} given as arguments are kept.
+        """
+        error = _errors.SMTPConnectError(-1, b"refused", isFatal=False, retry=False)
+        self.assertEqual((error.isFatal, error.retry), (False, False))
+        error = _errors.SMTPClientError(451, b"later", None, None, True, True)
+        self.assertEqual((error.isFatal, error.retry), (True, True))

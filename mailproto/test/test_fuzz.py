@@ -30,24 +30,12 @@ from mailproto._errors import SMTPServerError
 from mailproto._extensions import Extensions
 from mailproto._replies import ReplyParser, ReplySyntaxError
 from mailproto._xtext import XtextError, decodeXtext, xtext_decode
+from mailproto.test.test_properties import chunk
 
 _statusRe = re.compile(rb"([45])\.[0-9]{1,3}\.[0-9]{1,3}")
 
 # Chunk sizes, mostly tiny.
 sizes = st.lists(st.one_of(st.integers(min_value=0, max_value=3), st.integers(min_value=0, max_value=100)), max_size=40)
-
-
-def chunk(data: bytes, sizes: list[int]) -> list[bytes]:
-    """
-    Cut C{data} into chunks of the given sizes and a last chunk with the
-    rest.
-    """
-    chunks, start = [], 0
-    for size in sizes:
-        chunks.append(data[start : start + size])
-        start += size
-    chunks.append(data[start:])
-    return chunks
 
 
 paramWords = st.one_of(
