@@ -4,7 +4,7 @@
 Mail addresses as SMTP carries them: L{Address}, L{User} and
 L{quoteaddr}, compatible with twisted.mail.smtp's.
 
-Differences from twisted.mail, each a fix:
+Where these differ from the twisted.mail classes, it is a fix:
   - the grammar is RFC 5321's (see L{mailproto._grammar}), so C{a@b@c},
     C{a..b@c}, C{a@-b-}, a bad address literal or an unbalanced quote
     raise L{AddressError} instead of being taken apart by a tokenizer;
