@@ -130,14 +130,6 @@ def isUTF8(data: bytes) -> bool:
     return True
 
 
-def isASCII(data: bytes) -> bool:
-    """
-    @param data: any bytes.
-    @return: whether every octet of C{data} is below 0x80.
-    """
-    return data.isascii()
-
-
 def isDomain(data: bytes, utf8: bool = False) -> bool:
     """
     Is C{data} a domain name as RFC 5321 defines C{Domain}?
