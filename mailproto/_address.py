@@ -176,7 +176,17 @@ class User:
     @ivar protocol: the server protocol that received the recipient.
     @ivar orig: the sender's address (the reverse-path).
     @type orig: L{Address}
+    @ivar mail: the C{MAIL} command of the transaction, with its ESMTP
+        parameters, when a server made this user; else L{None}.
+    @type mail: L{mailproto.wire.MailFrom} or L{None}
+    @ivar rcpt: the C{RCPT} command for this recipient, with its ESMTP
+        parameters (DSN's NOTIFY and ORCPT), when a server made this user;
+        else L{None}.
+    @type rcpt: L{mailproto.wire.RcptTo} or L{None}
     """
+
+    mail = None
+    rcpt = None
 
     def __init__(self, destination, helo, protocol, orig) -> None:
         """

@@ -125,14 +125,22 @@ class Unstuffer:
     """
 
     def __init__(
-        self, policy: BareNewlinePolicy = BareNewlinePolicy.NORMALIZE, maxLineLength: int = 998
+        self,
+        policy: BareNewlinePolicy = BareNewlinePolicy.NORMALIZE,
+        maxLineLength: int = 998,
+        dotted: bool = True,
     ) -> None:
         """
         @param policy: see L{BareNewlinePolicy}.
         @param maxLineLength: the longest line accepted, in octets of
             content (after unstuffing, without the line ending).  RFC 5322
             and RFC 5321 say 998.  Memory use is bounded by it.
+        @param dotted: whether the data is dot-stuffed and ends with
+            C{CRLF.CRLF} (DATA).  Without it (BDAT, RFC 3030) the data is
+            split into lines and checked as it is, and L{close} says where
+            it ends.
         """
+        self.dotted = dotted
         self.policy = policy
         self.maxLineLength = maxLineLength
         self.finished = False
@@ -153,11 +161,12 @@ class Unstuffer:
             self.trailing += data
             return b""
         buf = self._held + data if self._held else data
-        if self._afterCRLF and buf[:3] == b".\r\n":
-            return self._finish(b"", buf[3:])
-        end = buf.find(b"\r\n.\r\n")
-        if end >= 0:
-            return self._finish(buf[: end + 2], buf[end + 5 :])
+        if self.dotted:
+            if self._afterCRLF and buf[:3] == b".\r\n":
+                return self._finish(b"", buf[3:])
+            end = buf.find(b"\r\n.\r\n")
+            if end >= 0:
+                return self._finish(buf[: end + 2], buf[end + 5 :])
         # Keep back the last, unfinished line: it may be the start of the
         # end of data, or of a line that begins with a dot.
         if self.policy is BareNewlinePolicy.KEEP:
@@ -183,6 +192,19 @@ class Unstuffer:
         self._held = held
         return content
 
+    def close(self) -> bytes:
+        """
+        End data that has no end marker (BDAT): the last line, if it had no
+        line ending, gets one.
+
+        @return: the content not yet returned.
+        """
+        held = self._held
+        if held[-1:] == b"\r":
+            held = held[:-1]
+            self.sawBareNewline = True
+        return self._finish(held + b"\r\n" if held else b"", b"")
+
     def _finish(self, region: bytes, trailing: bytes) -> bytes:
         content = self._process(region) if region else b""
         self.finished = True
@@ -202,9 +224,10 @@ class Unstuffer:
             self.sawBareNewline = True
             if self.policy is not BareNewlinePolicy.KEEP:
                 region = region.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-        if self._atLineStart and region[:1] == b".":
-            region = region[1:]
-        region = region.replace(b"\r\n.", b"\r\n")
+        if self.dotted:
+            if self._atLineStart and region[:1] == b".":
+                region = region[1:]
+            region = region.replace(b"\r\n.", b"\r\n")
         if not self.lineTooLong and len(region) > self.maxLineLength + 2:
             if max(map(len, region.split(b"\r\n"))) > self.maxLineLength:
                 self.lineTooLong = True

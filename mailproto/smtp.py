@@ -5,6 +5,10 @@ Simple Mail Transfer Protocol: the public names of mailproto's SMTP side,
 with the same names and meanings as in C{twisted.mail.smtp}, so that code
 written for twisted.mail ports by changing its imports.
 
+Beyond twisted.mail's names, it exports L{ESMTPFactory}, L{LMTP} and
+L{LMTPFactory} (an LMTP server, RFC 2033) and L{IMessageStream} (a message
+that takes its data in chunks).
+
 Importing this module registers the C{xtext} codec (RFC 3461).
 """
 
@@ -30,6 +34,7 @@ from mailproto._errors import (
     TLSRequiredError,
 )
 from mailproto._headers import idGenerator, messageid, rfc822date
+from mailproto._server import ESMTP, LMTP, SMTP, ESMTPFactory, LMTPFactory, SMTPFactory
 from mailproto._xtext import (
     xtext_codec,
     xtext_decode,
@@ -37,8 +42,28 @@ from mailproto._xtext import (
     xtextStreamReader,
     xtextStreamWriter,
 )
+from mailproto.interfaces import (
+    IClientAuthentication,
+    IMessageDelivery,
+    IMessageDeliveryFactory,
+    IMessageSMTP as IMessage,
+    IMessageStream,
+)
 
 __all__ = [
+    # servers
+    "ESMTP",
+    "ESMTPFactory",
+    "LMTP",
+    "LMTPFactory",
+    "SMTP",
+    "SMTPFactory",
+    # interfaces
+    "IClientAuthentication",
+    "IMessage",
+    "IMessageDelivery",
+    "IMessageDeliveryFactory",
+    "IMessageStream",
     # errors
     "AUTHDeclinedError",
     "AUTHRequiredError",

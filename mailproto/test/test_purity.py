@@ -2,8 +2,7 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 The wire layer is pure: importing it imports nothing from Twisted (no
-reactor, no Deferreds, no transports).  For now C{mailproto.smtp} holds only
-wire-layer names and is checked too; it will grow the protocols.
+reactor, no Deferreds, no transports).
 """
 
 import os
@@ -28,7 +27,6 @@ PURE = [
     "mailproto._headers",
     "mailproto._replies",
     "mailproto._xtext",
-    "mailproto.smtp",
     "mailproto.wire",
 ]
 

@@ -1,0 +1,1164 @@
+# -*- test-case-name: mailproto.test.test_server -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+The server side of SMTP (RFC 5321), ESMTP and LMTP (RFC 2033): the
+protocols people subclass or configure to receive mail.
+
+The protocol reads commands a line at a time and message data in bulk.
+Every command is answered in the order it came, also when the client
+pipelines and validation is asynchronous: while a command waits for a
+L{Deferred}, later input stays buffered (and the transport is paused if it
+grows).  Message data goes to the L{IMessageSMTP} objects as it arrives;
+memory per connection is bounded by the longest line allowed, whatever the
+message size.
+
+States (C{SMTP.mode}):
+
+  - C{COMMAND}: reading command lines.  A line is handed to
+    C{state_COMMAND}, which dispatches C{do_<VERB>} (and on L{ESMTP},
+    C{ext_<VERB>}).
+  - C{DATA}: after C{354}, until C{CRLF.CRLF}.  The data is unstuffed and
+    checked (line length, size, bare line ends) and streamed to the
+    messages.
+  - C{BDAT}: reading the octets of one C{BDAT} chunk (RFC 3030).
+  - C{AUTH}: in a SASL exchange (L{ESMTP} with a portal).
+
+Transaction state: C{_helo} is C{(HELO argument, client address)}, the
+argument being L{None} until HELO/EHLO; C{_from} is the accepted sender;
+C{_to} the accepted recipients as C{(User, message factory)} pairs.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.cred import credentials
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.internet import defer
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from mailproto import __version__
+from mailproto._address import Address, User, quoteaddr
+from mailproto._commands import noArgument, parseBdat, parseHelo, parseMailFrom, parseRcptTo, splitCommand
+from mailproto._data import BareNewlinePolicy, Unstuffer
+from mailproto._errors import SMTPBadRcpt, SMTPBadSender, SMTPServerError
+from mailproto._headers import localHostname, rfc822date
+from mailproto._replies import isStatus
+from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
+
+COMMAND, DATA, BDAT, AUTH = "COMMAND", "DATA", "BDAT", "AUTH"
+
+# Replies to a command that count against the session's error limit.
+_BAD_COMMAND_CODES = frozenset({500, 501, 502, 503, 504, 555})
+
+# Which MAIL and RCPT parameters each EHLO keyword allows.
+_PARAMETERS_BY_EXTENSION = {
+    b"SIZE": ((b"SIZE",), ()),
+    b"8BITMIME": ((b"BODY",), ()),
+    b"SMTPUTF8": ((b"SMTPUTF8",), ()),
+    b"DSN": ((b"RET", b"ENVID"), (b"NOTIFY", b"ORCPT")),
+    b"AUTH": ((b"AUTH",), ()),
+    b"REQUIRETLS": ((b"REQUIRETLS",), ()),
+}
+
+# A header field's first line: a name of printable characters, then ":".
+_headerLineRe = re.compile(rb"[!-9;-~]+:")
+
+# How much input may wait, unread, behind a command whose reply is pending
+# before the transport is paused.
+_MAX_BUFFERED = 65536
+
+_INTERNAL_ERROR = (451, b"Requested action aborted: local error in processing", b"4.3.0")
+
+
+def _peerHost(address) -> bytes:
+    """
+    @return: the client's address as it goes into C{_helo} and trace
+        headers: the IP address of a TCP peer, else a description.
+    """
+    host = getattr(address, "host", None)
+    if host is None:
+        return b"unix" if getattr(address, "type", None) is None else str(address).encode("ascii", "replace")
+    return host.encode("ascii") if isinstance(host, str) else host
+
+
+class SMTP(LineReceiver, TimeoutMixin):
+    """
+    An SMTP server (RFC 5321): HELO sessions, without extensions.  See
+    L{ESMTP} for EHLO and the extensions.
+
+    Deliver mail by giving it an L{IMessageDelivery} (C{delivery}), an
+    L{IMessageDeliveryFactory} (C{deliveryFactory}), a C{portal} whose
+    avatars are either, or by overriding L{validateFrom}, L{validateTo} and
+    L{receivedHeader}.
+
+    Limits (set them on the L{SMTPFactory}; it copies them here):
+
+    @ivar host: the server's name, in the greeting and trace headers.
+    @ivar timeout: seconds of silence from the client before the server
+        says C{421} and hangs up.  Any received data restarts the count.
+    @ivar maxCommandLength: the longest command line, CRLF included (RFC
+        5321 section 4.5.3.1.4: 512).  A longer line gets C{500}.
+    @ivar maxLineLength: the longest line of message text, without its
+        CRLF (RFC 5322: 998).  A message with a longer line is read to its
+        end and refused; its body is never read as commands.
+    @ivar maxMessageSize: the largest message, in octets; C{0} for no
+        limit.
+    @ivar maxRecipients: the most recipients in one transaction.
+    @ivar maxErrors: how many bad commands (replies 500-504 and 555) the
+        client may send; with the next, the server says C{421} and hangs
+        up.  C{0} for no limit.
+    @ivar bareNewlinePolicy: what to do with a bare LF or bare CR in
+        message data; see L{BareNewlinePolicy}.
+    @ivar mode: the state: C{"COMMAND"}, C{"DATA"}, C{"BDAT"} or
+        C{"AUTH"}.
+    """
+
+    timeout = 600
+    portal = None
+    noisy = True
+    delivery = None
+    deliveryFactory = None
+    _onLogout = None
+
+    maxCommandLength = 512
+    maxLineLength = 998
+    maxMessageSize = 32 * 1024 * 1024
+    maxRecipients = 1000
+    maxErrors = 20
+    bareNewlinePolicy = BareNewlinePolicy.NORMALIZE
+
+    #: The protocol's name in the C{with} clause of trace headers.
+    _protocolName = b"SMTP"
+    #: Octets a command line may have beyond C{maxCommandLength} for
+    #: the parameters of extensions (RFC 1869 section 4.1.2).
+    _parameterAllowance = 0
+
+    _log = Logger()
+
+    def __init__(self, delivery=None, deliveryFactory=None) -> None:
+        """
+        @param delivery: the L{IMessageDelivery} for every message of the
+            connection.
+        @param deliveryFactory: an L{IMessageDeliveryFactory}, asked for a
+            delivery for each message.
+        """
+        self.mode = COMMAND
+        self._from = None
+        self._helo = None
+        self._to = []
+        self._mail = None
+        self.delivery = delivery
+        self.deliveryFactory = deliveryFactory
+        self._hostName = None
+        self._input = b""
+        self._discardingLine = False
+        self._pending = None
+        self._processing = False
+        self._pausedTransport = False
+        self._closing = False
+        self._errorCount = 0
+        self._enhanced = False
+        self._advertised = {}
+        self._messages = None
+        self._unstuffer = None
+        self._dataFailed = None
+        self._received = 0
+        self._firstContent = True
+        self._addedHeader = False
+        self._chunkRemaining = 0
+        self._chunkLast = False
+        self._chunking = False
+        self._chunkSize = 0
+        self._recipients = []
+
+    # -- the server's name ------------------------------------------------
+
+    @property
+    def host(self) -> bytes:
+        """
+        The server's name; the machine's host name unless set.
+        """
+        if self._hostName is None:
+            self._hostName = localHostname()
+        return self._hostName
+
+    @host.setter
+    def host(self, value) -> None:
+        if not isinstance(value, bytes):
+            value = str(value).encode("ascii")
+        self._hostName = value
+
+    # -- connection -------------------------------------------------------
+
+    def greeting(self) -> bytes:
+        """
+        @return: the text of the C{220} greeting.
+        """
+        return self.host + b" NO UCE NO UBE NO RELAY PROBES"
+
+    def connectionMade(self) -> None:
+        self._helo = (None, _peerHost(self.transport.getPeer()))
+        self._sendPlain(220, self.greeting())
+        self.setTimeout(self.timeout)
+
+    def timeoutConnection(self) -> None:
+        self._log.info("SMTP client {peer} timed out", peer=self._helo[1])
+        self._hangUp(421, self.host + b" Timeout. Try talking faster next time!", b"4.4.2")
+
+    def connectionLost(self, reason=None) -> None:
+        self._abortMessages()
+        if self._onLogout is not None:
+            logout, self._onLogout = self._onLogout, None
+            logout()
+        self.setTimeout(None)
+        self._closing = True
+
+    def _hangUp(self, code: int, text: bytes, status: bytes | None = None) -> None:
+        """
+        Say a last reply and close the connection; input that follows is
+        ignored.
+        """
+        if self._closing:
+            return
+        self.sendCode(code, text, status)
+        self._closing = True
+        self._input = b""
+        self.transport.loseConnection()
+
+    # -- replies ----------------------------------------------------------
+
+    def sendCode(self, code: int, message: bytes = b"", status: bytes | None = None) -> None:
+        """
+        Send a reply.
+
+        After EHLO with ENHANCEDSTATUSCODES (RFC 2034), every line of a
+        2xx, 4xx or 5xx reply starts with an enhanced status code: C{status}
+        if given, else the one C{message} starts with, else C{X.0.0}.
+
+        @param code: the reply code.
+        @param message: its text; several lines are separated by LF.
+        @param status: the enhanced status code, such as C{b"2.1.0"}.
+        """
+        if not isinstance(message, bytes):
+            message = str(message).encode("utf-8")
+        lines = message.splitlines() or [b""]
+        if self._enhanced and code // 100 in (2, 4, 5):
+            first, _, rest = lines[0].partition(b" ")
+            if status is None and isStatus(first, code):
+                status, lines[0] = first, rest
+            elif status is None or not isStatus(status, code):
+                status = b"%d.0.0" % (code // 100)
+            lines = [status + b" " + line if line else status for line in lines]
+        self._writeReply(code, lines)
+        if code in _BAD_COMMAND_CODES:
+            self._countError()
+
+    def _sendPlain(self, code: int, message: bytes) -> None:
+        """
+        Send a reply that never carries an enhanced status code: the
+        greeting, and the replies to HELO, EHLO and LHLO.
+        """
+        self._writeReply(code, message.splitlines() or [b""])
+
+    def _writeReply(self, code: int, lines: list[bytes]) -> None:
+        last = len(lines) - 1
+        self.transport.write(
+            b"".join(b"%d%s%s\r\n" % (code, b" " if i == last else b"-", line) for i, line in enumerate(lines))
+        )
+
+    def _replyError(self, error: SMTPServerError) -> None:
+        resp = error.resp if isinstance(error.resp, bytes) else str(error.resp).encode("utf-8")
+        self.sendCode(error.code, resp, getattr(error, "status", None))
+
+    def _internalError(self, failure: Failure, what: str) -> None:
+        """
+        Log an unexpected error in user code with its traceback, and answer
+        C{451 4.3.0}; the client never sees the exception.
+        """
+        self._log.failure("Unexpected error in {what}", failure, what=what)
+        self.sendCode(*_INTERNAL_ERROR)
+
+    def _countError(self) -> None:
+        self._errorCount += 1
+        if self.maxErrors and self._errorCount > self.maxErrors:
+            self._log.info("SMTP client {peer} made too many errors", peer=self._helo and self._helo[1])
+            self._hangUp(421, self.host + b" Too many errors, closing connection", b"4.7.0")
+
+    def sendSyntaxError(self) -> None:
+        self.sendCode(500, b"Error: bad syntax", b"5.5.2")
+
+    # -- input ------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Take input: commands a line at a time, message data in bulk.  Any
+        input restarts the idle timeout.
+        """
+        self.resetTimeout()
+        if self._closing:
+            return
+        self._input = self._input + data if self._input else data
+        if not self._processing:
+            self._processInput()
+
+    def _processInput(self) -> None:
+        self._processing = True
+        try:
+            while self._input and self._pending is None and not self._closing:
+                if self.mode == DATA or self.mode == BDAT:
+                    self._input = self._dataInput(self._input)
+                    continue
+                end = self._input.find(b"\r\n")
+                if end < 0:
+                    limit = self._lineLimit()
+                    if len(self._input) > limit:
+                        # Read on to the end of the line, keeping only a
+                        # final CR, which may start the CRLF.
+                        self._discardingLine = True
+                        self._input = b"\r" if self._input[-1:] == b"\r" else b""
+                    break
+                line, self._input = self._input[:end], self._input[end + 2 :]
+                if self._discardingLine or len(line) + 2 > self._lineLimit():
+                    self._discardingLine = False
+                    self.lineLengthExceeded(line)
+                    continue
+                self.lineReceived(line)
+        finally:
+            self._processing = False
+        if self._pending is not None and len(self._input) > _MAX_BUFFERED and not self._pausedTransport:
+            self._pausedTransport = True
+            self.transport.pauseProducing()
+
+    def _lineLimit(self) -> int:
+        if self.mode == AUTH:
+            return 12288  # RFC 4954 section 4
+        return self.maxCommandLength + self._parameterAllowance
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A command line was longer than the limit: say so and go on with the
+        next line.
+        """
+        self.sendCode(500, b"Line too long", b"5.5.2")
+
+    def lineReceived(self, line: bytes):
+        """
+        Handle one command line (or, in the C{AUTH} state, one SASL
+        response) by calling C{state_<mode>}.
+        """
+        return getattr(self, "state_" + self.mode)(line)
+
+    def state_COMMAND(self, line: bytes) -> None:
+        """
+        Dispatch a command line to C{do_<VERB>}.  A command whose handler
+        returns a L{Deferred} is answered before the next one is read.
+        """
+        if not line.strip():
+            self.sendSyntaxError()
+            return
+        try:
+            verb, rest = splitCommand(line.strip(b" "))
+        except SMTPServerError as e:
+            self._replyError(e)
+            return
+        method = self.lookupMethod(verb) or self.do_UNKNOWN
+        self._run(method, rest)
+
+    def _run(self, method, *args) -> None:
+        """
+        Call a command handler, turning its errors into replies; if it
+        returns a L{Deferred}, hold later input until it fires.
+        """
+        try:
+            result = method(*args)
+        except SMTPServerError as e:
+            self._replyError(e)
+            return
+        except BaseException:
+            self._internalError(Failure(), "a command handler")
+            return
+        if isinstance(result, defer.Deferred):
+            self._wait(result)
+
+    def _wait(self, d: defer.Deferred) -> None:
+        """
+        Hold input until C{d} fires (with its errors already handled).
+        """
+        self._pending = d
+        d.addErrback(self._internalError, "a command handler")
+        d.addBoth(self._resume, d)
+
+    def _resume(self, ignored, d: defer.Deferred) -> None:
+        if self._pending is not d:
+            return
+        self._pending = None
+        if self._pausedTransport:
+            self._pausedTransport = False
+            self.transport.resumeProducing()
+        if not self._processing:
+            self._processInput()
+
+    def lookupMethod(self, command):
+        """
+        @param command: a command's verb.
+        @type command: L{bytes} or L{str}
+        @return: the method C{do_<VERB>} that handles it, or L{None}.
+        """
+        if isinstance(command, bytes):
+            command = command.decode("ascii", "replace")
+        return getattr(self, "do_" + command.upper(), None)
+
+    # -- commands ---------------------------------------------------------
+
+    def do_UNKNOWN(self, rest: bytes) -> None:
+        self.sendCode(500, b"Command not implemented", b"5.5.2")
+
+    def _clientName(self, rest: bytes, verb: str) -> bytes | None:
+        try:
+            return parseHelo(rest, verb)
+        except SMTPServerError as e:
+            self._replyError(e)
+            return None
+
+    def do_HELO(self, rest: bytes) -> None:
+        name = self._clientName(rest, "HELO")
+        if name is None:
+            return
+        self._startSession(name, extended=False)
+        self._sendPlain(250, self.host + b" Hello " + self._helo[1] + b", nice to meet you")
+
+    def _startSession(self, name: bytes, extended: bool) -> None:
+        """
+        Begin a session after HELO, EHLO or LHLO: any transaction is
+        forgotten.
+        """
+        self._resetTransaction()
+        self._helo = (name, self._helo[1])
+        self._enhanced = False
+        self._advertised = {}
+        self._protocolName = b"ESMTP" if extended else type(self)._protocolName
+
+    def do_QUIT(self, rest: bytes) -> None:
+        self._hangUp(221, b"See you later", b"2.0.0")
+
+    def do_NOOP(self, rest: bytes) -> None:
+        self.sendCode(250, b"OK", b"2.0.0")
+
+    def do_RSET(self, rest: bytes) -> None:
+        noArgument(rest, "RSET")
+        self._resetTransaction()
+        self.sendCode(250, b"I remember nothing.", b"2.0.0")
+
+    def do_VRFY(self, rest: bytes) -> None:
+        if not rest.strip():
+            raise SMTPServerError(501, "Syntax: VRFY address", b"5.5.4")
+        self.sendCode(252, b"Cannot verify the user, but will accept mail for it", b"2.0.0")
+
+    def do_EXPN(self, rest: bytes) -> None:
+        self.sendCode(502, b"EXPN not available", b"5.5.1")
+
+    def do_HELP(self, rest: bytes) -> None:
+        verbs = set()
+        for name in dir(self):
+            prefix, _, verb = name.partition("_")
+            if prefix in ("do", "ext") and verb.isalpha() and verb.isupper() and verb != "UNKNOWN":
+                if getattr(self, name) is not None:
+                    verbs.add(verb)
+        self.sendCode(214, b"Commands: " + " ".join(sorted(verbs)).encode("ascii") + b"\nSee RFC 5321", b"2.0.0")
+
+    def _knownParameters(self, which: int) -> frozenset:
+        known = set()
+        for keyword in self._advertised:
+            known.update(_PARAMETERS_BY_EXTENSION.get(keyword, ((), ()))[which])
+        return frozenset(known)
+
+    def do_MAIL(self, rest: bytes):
+        if self._helo[0] is None:
+            raise SMTPServerError(503, "Send HELO or EHLO first", b"5.5.1")
+        if self._from is not None:
+            raise SMTPServerError(503, "Only one sender per message, please", b"5.5.1")
+        self._resetTransaction()
+        mail = parseMailFrom(rest, self._knownParameters(0), self.host)
+        if mail.body == b"BINARYMIME" and b"BINARYMIME" not in self._advertised:
+            raise SMTPServerError(555, "BODY=BINARYMIME not supported", b"5.5.4")
+        if mail.size is not None and self.maxMessageSize and mail.size > self.maxMessageSize:
+            raise SMTPServerError(552, "Message size exceeds fixed maximum message size", b"5.3.4")
+        self._mail = mail
+        validated = defer.maybeDeferred(self.validateFrom, self._helo, mail.address)
+        validated.addCallbacks(self._cbFromValidate, self._ebFromValidate)
+        return validated
+
+    def _cbFromValidate(self, fromEmail, code=250, msg=b"Sender address accepted") -> None:
+        self._from = fromEmail
+        self.sendCode(code, msg, b"2.1.0")
+
+    def _ebFromValidate(self, failure: Failure) -> None:
+        self._mail = None
+        if failure.check(SMTPBadSender):
+            e = failure.value
+            resp = e.resp if isinstance(e.resp, bytes) else str(e.resp).encode("utf-8")
+            self.sendCode(
+                e.code, b"Cannot receive from specified address " + quoteaddr(e.addr) + b": " + resp, e.status
+            )
+        elif failure.check(SMTPServerError):
+            self._replyError(failure.value)
+        else:
+            self._internalError(failure, "sender validation")
+
+    def do_RCPT(self, rest: bytes):
+        if self._from is None:
+            raise SMTPServerError(503, "Must have sender before recipient", b"5.5.1")
+        if len(self._to) >= self.maxRecipients:
+            raise SMTPServerError(452, "Too many recipients", b"4.5.3")
+        rcpt = parseRcptTo(rest, self._knownParameters(1), self.host, utf8=bool(self._mail and self._mail.smtputf8))
+        user = User(rcpt.address, self._helo, self, self._from)
+        user.mail = self._mail
+        user.rcpt = rcpt
+        validated = defer.maybeDeferred(self.validateTo, user)
+        validated.addCallbacks(self._cbToValidate, self._ebToValidate, callbackArgs=(user,))
+        return validated
+
+    def _cbToValidate(self, to, user=None, code=250, msg=b"Recipient address accepted") -> None:
+        if user is None:
+            user = to
+        self._to.append((user, to))
+        self.sendCode(code, msg, b"2.1.5")
+
+    def _ebToValidate(self, failure: Failure) -> None:
+        if failure.check(SMTPServerError):
+            self._replyError(failure.value)
+        else:
+            self._internalError(failure, "recipient validation")
+
+    def _resetTransaction(self) -> None:
+        self._from = None
+        self._to = []
+        self._mail = None
+        self._chunking = False
+
+    # -- message data -----------------------------------------------------
+
+    def do_DATA(self, rest: bytes) -> None:
+        noArgument(rest, "DATA")
+        if self._chunking:
+            raise SMTPServerError(503, "DATA cannot follow BDAT", b"5.5.1")
+        if self._from is None or not self._to:
+            raise SMTPServerError(503, "Must have valid receiver and originator", b"5.5.1")
+        self._startMessages()
+        self._unstuffer = Unstuffer(self.bareNewlinePolicy, self.maxLineLength)
+        self.mode = DATA
+        self.sendCode(354, b"Continue")
+
+    def _startMessages(self) -> None:
+        """
+        Make the message objects of the transaction, each with its trace
+        header, and forget the transaction.
+
+        @raise SMTPServerError: the reply to send if it failed; the
+            messages made so far have been told.
+        """
+        helo, origin, recipients = self._helo, self._from, self._to
+        self._resetTransaction()
+        messages = []
+        self._messages = messages
+        addedHeader = False
+        for user, messageFactory in recipients:
+            try:
+                message = messageFactory()
+                messages.append(message)
+                header = self.receivedHeader(helo, origin, [user])
+                if header:
+                    addedHeader = True
+                    self._deliver(message, header.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
+            except SMTPServerError:
+                self._abortMessages()
+                raise
+            except BaseException:
+                self._log.failure("Unexpected error in starting a message")
+                self._abortMessages()
+                raise SMTPServerError(*_INTERNAL_ERROR) from None
+        self._recipients = [user for user, _ in recipients]
+        self._received = 0
+        self._dataFailed = None
+        self._firstContent = True
+        self._addedHeader = addedHeader
+        if self.noisy:
+            self._log.info(
+                "Receiving message from {sender} for {recipients}",
+                sender=str(origin),
+                recipients=[str(user) for user in self._recipients],
+            )
+
+    @staticmethod
+    def _deliver(message, content: bytes) -> None:
+        """
+        Hand whole CRLF-terminated lines to a message.
+        """
+        if IMessageStream.providedBy(message):
+            message.dataReceived(content)
+        else:
+            for line in content.split(b"\r\n")[:-1]:
+                message.lineReceived(line)
+
+    def _dataInput(self, data: bytes) -> bytes:
+        """
+        Take message data in the C{DATA} or C{BDAT} state.
+
+        @return: the input left over for the commands that follow.
+        """
+        unstuffer = self._unstuffer
+        if self.mode == BDAT:
+            take = min(self._chunkRemaining, len(data))
+            self._chunkRemaining -= take
+            data, rest = data[:take], data[take:]
+            self._content(unstuffer.feed(data))
+            if self._chunkRemaining:
+                return rest
+            self.mode = COMMAND
+            if self._chunkLast:
+                self._content(unstuffer.close())
+                self._endOfMessage()
+            elif self._dataFailed is not None:
+                self._failChunk()
+            else:
+                self.sendCode(250, b"%d octets received" % self._chunkSize, b"2.0.0")
+            return rest
+        self._content(unstuffer.feed(data))
+        if not unstuffer.finished:
+            return b""
+        self.mode = COMMAND
+        self._endOfMessage()
+        return unstuffer.trailing
+
+    def dataLineReceived(self, line: bytes) -> None:
+        """
+        Take one line of DATA input (without its CRLF), as if received.
+        """
+        self._input = line + b"\r\n" + self._input
+        if not self._processing:
+            self._processInput()
+
+    state_DATA = dataLineReceived
+
+    def _content(self, content: bytes) -> None:
+        """
+        Check message content and pass it on.
+        """
+        if self._dataFailed is not None:
+            return
+        unstuffer = self._unstuffer
+        self._received += len(content)
+        if unstuffer.lineTooLong:
+            return self._failData(SMTPServerError(500, "Line too long", b"5.5.2"))
+        if self.maxMessageSize and self._received > self.maxMessageSize:
+            return self._failData(
+                SMTPServerError(552, "Message size exceeds fixed maximum message size", b"5.3.4")
+            )
+        if unstuffer.sawBareNewline and self.bareNewlinePolicy is BareNewlinePolicy.REJECT:
+            return self._failData(
+                SMTPServerError(550, "Bare CR or LF in message data; lines must end with CRLF", b"5.5.2")
+            )
+        if not content:
+            return
+        if self._firstContent:
+            self._firstContent = False
+            if self._addedHeader and content[:2] != b"\r\n" and _headerLineRe.match(content) is None:
+                # No header section: keep the body a body after the trace
+                # header.
+                content = b"\r\n" + content
+        try:
+            for message in self._messages:
+                self._deliver(message, content)
+        except SMTPServerError as e:
+            self._failData(e)
+        except BaseException:
+            self._log.failure("Unexpected error in a message's lineReceived")
+            self._failData(SMTPServerError(*_INTERNAL_ERROR))
+
+    def _failData(self, error: SMTPServerError) -> None:
+        """
+        Refuse the message being received: the messages are told and the
+        rest of the data is read and thrown away; the reply goes out at its
+        end.
+        """
+        self._dataFailed = error
+        self._abortMessages(keep=True)
+
+    def _abortMessages(self, keep: bool = False) -> None:
+        messages, self._messages = self._messages, ([] if keep else None)
+        for message in messages or ():
+            try:
+                message.connectionLost()
+            except BaseException:
+                self._log.failure("Unexpected error in a message's connectionLost")
+
+    def _endOfMessage(self) -> None:
+        """
+        The message is complete: tell the messages, and reply when they
+        have all answered.
+        """
+        self._unstuffer = None
+        self._chunking = False
+        if self._dataFailed is not None:
+            error, self._dataFailed = self._dataFailed, None
+            self._messages = None
+            self._refuseMessage(error)
+            return
+        messages, self._messages = self._messages, None
+        results = []
+        for message in messages:
+            try:
+                results.append(defer.maybeDeferred(message.eomReceived))
+            except BaseException:
+                results.append(defer.fail())
+        done = defer.DeferredList(results, consumeErrors=True)
+        done.addCallback(self._messageHandled)
+        self._wait(done)
+
+    def _refuseMessage(self, error: SMTPServerError) -> None:
+        """
+        Reply to the end of a message that was refused while it came in.
+        """
+        self._replyError(error)
+
+    def _messageHandled(self, resultList) -> None:
+        """
+        Reply to the end of data: C{250} if every message was handled; else
+        the reply of the first refusal.
+        """
+        failures = [result for ok, result in resultList if not ok]
+        if not failures:
+            self.sendCode(250, b"Delivery in progress", b"2.0.0")
+            return
+        for failure in failures:
+            if not failure.check(SMTPServerError):
+                self._log.failure("Unexpected error in a message's eomReceived", failure)
+        first = failures[0]
+        if first.check(SMTPServerError):
+            self._replyError(first.value)
+        elif len(resultList) > 1:
+            self.sendCode(
+                451,
+                b"Could not send e-mail (%d failures out of %d recipients)" % (len(failures), len(resultList)),
+                b"4.3.0",
+            )
+        else:
+            self.sendCode(*_INTERNAL_ERROR)
+
+    # -- cred -------------------------------------------------------------
+
+    def _cbAnonymousAuthentication(self, result) -> None:
+        """
+        Keep the avatar of a cred login: an L{IMessageDeliveryFactory} or
+        an L{IMessageDelivery}.
+        """
+        iface, avatar, logout = result
+        if issubclass(iface, IMessageDeliveryFactory):
+            self.deliveryFactory, self.delivery = avatar, None
+        elif issubclass(iface, IMessageDelivery):
+            self.deliveryFactory, self.delivery = None, avatar
+        else:
+            raise RuntimeError(f"{iface.__name__} is not a supported interface")
+        self._onLogout = logout
+        self.challenger = None
+
+    # -- overridable ------------------------------------------------------
+
+    def validateFrom(self, helo, origin):
+        """
+        Decide whether to accept mail from a sender.  By default, ask the
+        delivery (from C{deliveryFactory}, C{delivery}, or an anonymous
+        login to the C{portal}); without one, refuse.
+
+        @param helo: C{(HELO argument, client address)}.
+        @param origin: the sender.
+        @type origin: L{Address}
+        @return: C{origin}, or a L{Deferred} firing with it.
+        @raise SMTPBadSender: to refuse it.
+        """
+        if self.deliveryFactory is not None:
+            self.delivery = self.deliveryFactory.getMessageDelivery()
+        if self.delivery is not None:
+            return defer.maybeDeferred(self.delivery.validateFrom, helo, origin)
+        if self.portal is not None:
+            login = self.portal.login(credentials.Anonymous(), None, IMessageDeliveryFactory, IMessageDelivery)
+
+            def refused(failure):
+                if failure.check(UnauthorizedLogin):
+                    raise SMTPBadSender(origin)
+                if failure.check(UnhandledCredentials):
+                    raise SMTPBadSender(origin, resp="Unauthenticated senders not allowed")
+                return failure
+
+            login.addCallbacks(self._cbAnonymousAuthentication, refused)
+            login.addCallback(lambda ignored: self.validateFrom(helo, origin))
+            return login
+        raise SMTPBadSender(origin)
+
+    def validateTo(self, user):
+        """
+        Decide whether to accept mail for a recipient.  By default, ask the
+        delivery; without one, refuse.
+
+        @param user: the recipient.
+        @type user: L{User}
+        @return: a message factory, or a L{Deferred} firing with one.
+        @raise SMTPBadRcpt: to refuse it.
+        """
+        if self.delivery is not None:
+            return self.delivery.validateTo(user)
+        raise SMTPBadRcpt(user)
+
+    def receivedHeader(self, helo, origin, recipients):
+        """
+        Make the C{Received:} trace header (RFC 5321 section 4.4) of a
+        copy of the message.  By default, the delivery's, or the server's
+        own: C{from} the client's name and address, C{by} this host,
+        C{with} the protocol (RFC 3848), C{for} the recipient when there is
+        one.
+
+        @return: the header, or L{None}.
+        """
+        if self.delivery is not None:
+            return self.delivery.receivedHeader(helo, origin, recipients)
+        return self._traceHeader(helo, recipients)
+
+    def _traceHeader(self, helo, recipients) -> bytes:
+        name, address = helo
+        peer = address if address == b"unix" else b"[" + (b"IPv6:" + address if b":" in address else address) + b"]"
+        lines = [
+            b"Received: from " + (name or b"unknown") + b" (" + peer + b")",
+            b"\tby " + self.host + b" (mailproto " + __version__.encode("ascii") + b") with " + self._withProtocol(),
+        ]
+        if len(recipients) == 1:
+            lines.append(b"\tfor " + quoteaddr(recipients[0]) + b";")
+        else:
+            lines[-1] += b";"
+        lines.append(b"\t" + rfc822date())
+        return b"\r\n".join(lines)
+
+    def _withProtocol(self) -> bytes:
+        return self._protocolName
+
+
+class ESMTP(SMTP):
+    """
+    An ESMTP server: L{SMTP} plus EHLO (RFC 5321) and the extensions
+    PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152), SMTPUTF8
+    (RFC 6531), DSN (RFC 3461), ENHANCEDSTATUSCODES (RFC 2034) and
+    CHUNKING (RFC 3030).
+
+    @ivar challengers: SASL mechanism names mapped to
+        L{IChallengeResponse} credential classes.
+    @ivar ctx: the TLS context factory for STARTTLS, if any.
+    """
+
+    ctx = None
+    canStartTLS = False
+    startedTLS = False
+    authenticated = False
+    _parameterAllowance = 1024
+
+    def __init__(self, chal=None, contextFactory=None) -> None:
+        """
+        @param chal: see L{ESMTP.challengers}.
+        @param contextFactory: see L{ESMTP.ctx}.
+        """
+        SMTP.__init__(self)
+        self.challengers = {} if chal is None else chal
+        self.ctx = contextFactory
+        self.authenticated = False
+
+    def greeting(self) -> bytes:
+        return SMTP.greeting(self) + b" ESMTP"
+
+    def lookupMethod(self, command):
+        """
+        @return: C{do_<VERB>}, else C{ext_<VERB>}, else L{None}.
+        """
+        method = SMTP.lookupMethod(self, command)
+        if method is None:
+            if isinstance(command, bytes):
+                command = command.decode("ascii", "replace")
+            method = getattr(self, "ext_" + command.upper(), None)
+        return method
+
+    def extensions(self) -> dict:
+        """
+        The service extensions offered after EHLO.
+
+        @return: EHLO keywords mapped to their parameters (a list of
+            L{bytes}) or L{None}.
+        """
+        return {
+            b"PIPELINING": None,
+            b"SIZE": [b"%d" % self.maxMessageSize],
+            b"8BITMIME": None,
+            b"SMTPUTF8": None,
+            b"DSN": None,
+            b"ENHANCEDSTATUSCODES": None,
+            b"CHUNKING": None,
+        }
+
+    def listExtensions(self) -> bytes:
+        """
+        @return: the EHLO reply's lines after the first, LF-separated.
+        """
+        lines = []
+        for keyword, params in self.extensions().items():
+            if params is None:
+                lines.append(keyword)
+            elif params:
+                # An extension with an empty parameter list is left out.
+                lines.append(b" ".join([keyword, *params]))
+        return b"\n".join(lines)
+
+    def do_EHLO(self, rest: bytes) -> None:
+        name = self._clientName(rest, "EHLO")
+        if name is None:
+            return
+        self._ehlo(name)
+
+    def _ehlo(self, name: bytes) -> None:
+        self._startSession(name, extended=True)
+        listed = self.listExtensions()
+        self._sendPlain(250, self.host + b" Hello " + self._helo[1] + b", nice to meet you\n" + listed)
+        self._advertised = {line.split(b" ", 1)[0].upper(): line for line in listed.splitlines()}
+        self._enhanced = b"ENHANCEDSTATUSCODES" in self._advertised
+
+    def do_BDAT(self, rest: bytes) -> None:
+        """
+        One chunk of a message (RFC 3030).  The chunk is read even when the
+        command is refused, so that its octets are never taken as commands.
+        """
+        try:
+            size, last = parseBdat(rest)
+        except SMTPServerError as e:
+            # Where the chunk ends cannot be known: nothing after this can
+            # be trusted to be a command.
+            self._replyError(e)
+            self._hangUp(421, self.host + b" Cannot find the end of the BDAT chunk, closing connection", b"4.5.0")
+            return
+        self._chunkSize = size
+        self._chunkRemaining = size
+        self._chunkLast = last
+        if b"CHUNKING" not in self._advertised:
+            self._skipChunk(SMTPServerError(503, "Send EHLO first; CHUNKING was not offered", b"5.5.1"))
+            return
+        if not self._chunking:
+            if self._from is None or not self._to:
+                self._skipChunk(SMTPServerError(503, "Must have valid receiver and originator", b"5.5.1"))
+                return
+            try:
+                self._startMessages()
+            except SMTPServerError as e:
+                self._skipChunk(e)
+                return
+            self._chunking = True
+            self._unstuffer = Unstuffer(self.bareNewlinePolicy, self.maxLineLength, dotted=False)
+        self.mode = BDAT
+        if size == 0:
+            self._dataInput(b"")
+
+    def _skipChunk(self, error: SMTPServerError) -> None:
+        """
+        Read the chunk of a refused BDAT and throw it away, then send
+        C{error}.
+        """
+        self._chunking = True
+        self._unstuffer = Unstuffer(self.bareNewlinePolicy, self.maxLineLength, dotted=False)
+        self._messages = []
+        self._dataFailed = error
+        self._chunkLast = False  # one reply, at the end of this chunk
+        self.mode = BDAT
+        if self._chunkRemaining == 0:
+            self._dataInput(b"")
+
+    def _failChunk(self) -> None:
+        """
+        A chunk of a refused message has been read: reply, and end the
+        transaction.
+        """
+        error, self._dataFailed = self._dataFailed, None
+        self._unstuffer = None
+        self._messages = None
+        self._chunking = False
+        self._replyError(error)
+
+    def _withProtocol(self) -> bytes:
+        name = self._protocolName
+        if self.startedTLS:
+            name += b"S"
+        if self.authenticated:
+            name += b"A"
+        return name
+
+
+class LMTP(ESMTP):
+    """
+    An LMTP server (RFC 2033): LHLO instead of HELO and EHLO, and after the
+    message one reply per accepted recipient, in order.
+    """
+
+    _protocolName = b"LMTP"
+
+    def greeting(self) -> bytes:
+        return self.host + b" LMTP server ready"
+
+    do_HELO = None
+    do_EHLO = None
+
+    def do_LHLO(self, rest: bytes) -> None:
+        name = self._clientName(rest, "LHLO")
+        if name is None:
+            return
+        self._ehlo(name)
+
+    def _startSession(self, name: bytes, extended: bool) -> None:
+        SMTP._startSession(self, name, extended=False)
+
+    def _refuseMessage(self, error: SMTPServerError) -> None:
+        for user in self._recipients:
+            self._replyError(error)
+
+    def _messageHandled(self, resultList) -> None:
+        """
+        Reply once per recipient, in the order they were accepted.
+        """
+        for user, (ok, result) in zip(self._recipients, resultList):
+            if ok:
+                self.sendCode(250, quoteaddr(user) + b" Delivered", b"2.1.5")
+            elif result.check(SMTPServerError):
+                self._replyError(result.value)
+            else:
+                self._log.failure("Unexpected error in a message's eomReceived", result)
+                self.sendCode(*_INTERNAL_ERROR)
+
+
+class SMTPFactory(ServerFactory):
+    """
+    Makes L{SMTP} (or C{protocol}) servers, and gives each the limits and
+    the delivery configured here.
+
+    @ivar domain: the server's name (see L{SMTP.host}).
+    @ivar timeout: see L{SMTP.timeout}.
+    @ivar portal: a cred portal whose avatars are L{IMessageDelivery} or
+        L{IMessageDeliveryFactory} providers.
+    """
+
+    protocol = SMTP
+    timeout = 600
+    portal = None
+    delivery = None
+    deliveryFactory = None
+    clock = None
+
+    maxCommandLength = SMTP.maxCommandLength
+    maxLineLength = SMTP.maxLineLength
+    maxMessageSize = SMTP.maxMessageSize
+    maxRecipients = SMTP.maxRecipients
+    maxErrors = SMTP.maxErrors
+    bareNewlinePolicy = SMTP.bareNewlinePolicy
+
+    _LIMITS = (
+        "timeout",
+        "maxCommandLength",
+        "maxLineLength",
+        "maxMessageSize",
+        "maxRecipients",
+        "maxErrors",
+        "bareNewlinePolicy",
+    )
+
+    def __init__(
+        self, portal=None, *, delivery=None, deliveryFactory=None, domain=None, clock=None, **limits
+    ) -> None:
+        """
+        @param portal: see L{SMTPFactory.portal}.
+        @param delivery: an L{IMessageDelivery} for every connection.
+        @param deliveryFactory: an L{IMessageDeliveryFactory} for every
+            connection.
+        @param domain: see L{SMTPFactory.domain}.
+        @param clock: the L{IReactorTime} for timeouts; the reactor if
+            L{None}.
+        @param limits: any of C{timeout}, C{maxCommandLength},
+            C{maxLineLength}, C{maxMessageSize}, C{maxRecipients},
+            C{maxErrors}, C{bareNewlinePolicy}; see L{SMTP}.
+        @raise TypeError: for an unknown limit.
+        """
+        self.portal = portal
+        self.delivery = delivery
+        self.deliveryFactory = deliveryFactory
+        self.clock = clock
+        if domain is not None:
+            self.domain = domain
+        for name, value in limits.items():
+            if name not in self._LIMITS:
+                raise TypeError(f"unknown SMTPFactory limit: {name}")
+            setattr(self, name, value)
+
+    _domain = None
+
+    @property
+    def domain(self) -> bytes:
+        """
+        The server's name; the machine's host name unless set.
+        """
+        return self._domain or localHostname()
+
+    @domain.setter
+    def domain(self, value) -> None:
+        self._domain = value
+
+    def buildProtocol(self, addr):
+        p = ServerFactory.buildProtocol(self, addr)
+        p.portal = self.portal
+        p.host = self.domain
+        if self.delivery is not None:
+            p.delivery = self.delivery
+        if self.deliveryFactory is not None:
+            p.deliveryFactory = self.deliveryFactory
+        for name in self._LIMITS:
+            setattr(p, name, getattr(self, name))
+        if self.clock is not None:
+            p.callLater = self.clock.callLater
+        return p
+
+
+class ESMTPFactory(SMTPFactory):
+    """
+    Makes L{ESMTP} servers.
+
+    @ivar challengers: passed to each L{ESMTP} (see L{ESMTP.challengers}).
+    @ivar contextFactory: the TLS context factory for STARTTLS, if any.
+    """
+
+    protocol = ESMTP
+    challengers = None
+    contextFactory = None
+
+    def __init__(self, portal=None, *, challengers=None, contextFactory=None, **kw) -> None:
+        SMTPFactory.__init__(self, portal, **kw)
+        self.challengers = challengers
+        self.contextFactory = contextFactory
+
+    def buildProtocol(self, addr):
+        p = SMTPFactory.buildProtocol(self, addr)
+        if self.challengers is not None:
+            p.challengers = dict(self.challengers)
+        if self.contextFactory is not None:
+            p.ctx = self.contextFactory
+        return p
+
+
+class LMTPFactory(ESMTPFactory):
+    """
+    Makes L{LMTP} servers, for TCP or UNIX sockets.
+    """
+
+    protocol = LMTP
