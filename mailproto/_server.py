@@ -174,6 +174,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._chunkLast = False
         self._chunking = False
         self._chunkSize = 0
+        self._chunkOctets = 0
         self._recipients = []
 
     # -- the server's name ------------------------------------------------
@@ -616,6 +617,10 @@ class SMTP(LineReceiver, TimeoutMixin):
             take = min(self._chunkRemaining, len(data))
             self._chunkRemaining -= take
             data, rest = data[:take], data[take:]
+            # RFC 3030: the message's size is the sum of its chunks.
+            self._chunkOctets += take
+            if self.maxMessageSize and self._chunkOctets > self.maxMessageSize and self._dataFailed is None:
+                self._failData(SMTPServerError(552, "Message size exceeds fixed maximum message size", b"5.3.4"))
             self._content(unstuffer.feed(data))
             if self._chunkRemaining:
                 return rest
@@ -960,6 +965,7 @@ class ESMTP(SMTP):
                 self._skipChunk(e)
                 return
             self._chunking = True
+            self._chunkOctets = 0
             self._unstuffer = Unstuffer(self.bareNewlinePolicy, self.maxLineLength, dotted=False)
         self.mode = BDAT
         if size == 0:
