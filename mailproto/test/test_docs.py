@@ -55,3 +55,9 @@ class DocsTests(SynchronousTestCase):
         docs/wire.rst.
         """
         self.runPage("wire.rst")
+
+    def test_receiving(self):
+        """
+        docs/receiving.rst.
+        """
+        self.runPage("receiving.rst")

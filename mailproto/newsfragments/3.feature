@@ -1,0 +1,1 @@
+SMTP, ESMTP and LMTP servers (mailproto.smtp.SMTP, ESMTP, LMTP and their factories) with PIPELINING, SIZE, 8BITMIME, SMTPUTF8, DSN, ENHANCEDSTATUSCODES and CHUNKING, streaming message data, configurable limits, and mailproto.testing for users' own tests.
