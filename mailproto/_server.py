@@ -158,6 +158,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._input = b""
         self._discardingLine = False
         self._pending = None
+        self._heldTimeout = None
         self._processing = False
         self._pausedTransport = False
         self._closing = False
@@ -393,11 +394,17 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._pending = d
         d.addErrback(self._internalError, "a command handler")
         d.addBoth(self._resume, d)
+        if self._pending is d:
+            # The client is waiting for us, not idle: no timeout meanwhile.
+            self._heldTimeout = self.setTimeout(None)
 
     def _resume(self, ignored, d: defer.Deferred) -> None:
         if self._pending is not d:
             return
         self._pending = None
+        if self._heldTimeout is not None and not self._closing:
+            self.setTimeout(self._heldTimeout)
+        self._heldTimeout = None
         if self._pausedTransport:
             self._pausedTransport = False
             self.transport.resumeProducing()

@@ -621,6 +621,25 @@ class LimitTests(SynchronousTestCase):
         session.proto.connectionLost(None)
         self.assertEqual(len(session.delivery.lost), 1)
 
+    def test_noTimeoutWhileServerIsBusy(self):
+        """
+        While a reply waits for the delivery, the client is not idle: the
+        count starts again once the reply has gone out.
+        """
+        pending = defer.Deferred()
+        delivery = MemoryDelivery()
+        delivery.validateFrom = lambda helo, origin: pending.addCallback(lambda _: origin)
+        session = esmtpSession(delivery, timeout=60)
+        session.send(b"MAIL FROM:<a@example.org>\r\n")
+        session.clock.advance(600)
+        self.assertFalse(session.transport.disconnecting)
+        pending.callback(None)
+        self.assertEqual(session.codes(b""), [b"250 2.1.0"])
+        session.clock.advance(59)
+        self.assertFalse(session.transport.disconnecting)
+        session.clock.advance(1)
+        self.assertEqual(session.codes(b""), [b"421 4.4.2"])
+
     def test_unknownLimit(self):
         self.assertRaises(TypeError, SMTPFactory, maxFoo=1)
 
