@@ -490,6 +490,8 @@ class SMTP(LineReceiver, TimeoutMixin):
             raise SMTPServerError(503, "Send HELO or EHLO first", b"5.5.1")
         if self._from is not None:
             raise SMTPServerError(503, "Only one sender per message, please", b"5.5.1")
+        if self._chunking:
+            raise SMTPServerError(503, "End the message with BDAT LAST, or RSET", b"5.5.1")
         self._resetTransaction()
         mail = parseMailFrom(rest, self._knownParameters(0), self.host)
         if mail.body == b"BINARYMIME" and b"BINARYMIME" not in self._advertised:
@@ -544,6 +546,10 @@ class SMTP(LineReceiver, TimeoutMixin):
             self._internalError(failure, "recipient validation")
 
     def _resetTransaction(self) -> None:
+        if self._chunking:
+            # A BDAT message without its LAST chunk is abandoned.
+            self._abortMessages()
+            self._unstuffer = None
         self._from = None
         self._to = []
         self._mail = None

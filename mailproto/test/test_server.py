@@ -910,6 +910,25 @@ class ChunkingTests(SynchronousTestCase):
         session = esmtpSession()
         self.assertEqual(session.codes(self.MAIL + b"BDAT 6\r\nA: b\r\nDATA\r\n")[2:], [b"250 2.0.0", b"503 5.5.1"])
 
+    def test_rsetAbandonsMessage(self):
+        """
+        RSET, HELO or EHLO before BDAT LAST abandons the message: its
+        objects are told, and nothing is delivered.
+        """
+        for command in (b"RSET", b"EHLO c", b"HELO c"):
+            session = esmtpSession()
+            self.assertEqual(session.codes(self.MAIL + bdat(b"A: b\r\n") + command + b"\r\n")[2][:3], b"250")
+            self.assertEqual(len(session.delivery.lost), 1, command)
+            self.assertEqual(session.delivery.messages, [])
+
+    def test_mailDuringChunking(self):
+        session = esmtpSession()
+        self.assertEqual(
+            session.codes(self.MAIL + bdat(b"A: b\r\n") + b"MAIL FROM:<c@example.org>\r\n" + bdat(b"x\r\n", True))[2:],
+            [b"250 2.0.0", b"503 5.5.1", b"250 2.0.0"],
+        )
+        self.assertEqual(session.delivery.messages[0].data, b"A: b\r\nx\r\n")
+
     def test_sizeExceeded(self):
         """
         A chunk that takes the message past the limit is read, then
