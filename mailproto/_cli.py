@@ -1,0 +1,444 @@
+# -*- test-case-name: mailproto.test.test_sink -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+The C{mailproto} command and its subcommands.
+
+Each subcommand is a L{usage.Options} subclass listed in
+L{MailprotoOptions.subCommands}, with a C{run(reactor, stdout, stderr)}
+method that returns the exit status.  L{main} parses the command line,
+answers a usage error with one line on stderr and status 2, and runs the
+subcommand.
+
+  - C{mailproto sink}: a debugging SMTP/LMTP server that prints, or keeps
+    in a Maildir or an mbox, every message it receives (L{SinkOptions}).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from twisted.python import usage
+
+import mailproto
+from mailproto._server import SMTP
+
+__all__ = ["MailprotoOptions", "SinkOptions", "main", "runCommand"]
+
+PROGRAM = "mailproto"
+
+#: Where C{mailproto sink} listens by default.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 1025
+
+_hostnameRe = re.compile(r"[A-Za-z0-9.\-\[\]:_]+")
+
+
+def _portNumber(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"not a port number: {value!r} (0 to 65535)")
+    return port
+
+
+
+def _octets(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        raise ValueError(f"not a number of octets: {value!r}") from None
+    if size < 0:
+        raise ValueError(f"not a number of octets: {value!r}")
+    return size
+
+
+
+def _printVersion() -> None:
+    import twisted
+
+    print(f"{PROGRAM} {mailproto.__version__} (Twisted {twisted.__version__}, Python {sys.version.split()[0]})")
+    sys.exit(0)
+
+
+class _Command(usage.Options):
+    """
+    A subcommand: C{run} does it.
+    """
+
+    synopsis = "[options]"
+
+    def getSynopsis(self) -> str:
+        return f"Usage: {PROGRAM} {self.parent.subCommand} {self.synopsis}"
+
+    def opt_version(self) -> None:
+        """
+        Print the version of mailproto and exit.
+        """
+        _printVersion()
+
+    def run(self, reactor, stdout, stderr) -> int:
+        """
+        Do the command.
+
+        @param reactor: the reactor to run.
+        @param stdout: the text stream for the command's output.
+        @param stderr: the text stream for what it says to people.
+        @return: the exit status.
+        """
+        raise NotImplementedError()
+
+
+class SinkOptions(_Command):
+    """
+    The options of C{mailproto sink}.
+    """
+
+    longdesc = (
+        "Accept every message sent to it by SMTP (or LMTP), from any sender to any recipient, "
+        "and print it on stdout: the envelope, then the message.  Nothing is relayed.  "
+        "Where it listens and where it stores go to stderr.  "
+        f"By default it listens on {DEFAULT_HOST} port {DEFAULT_PORT}: "
+        "point the program under test at that host and port.  "
+        "Examples: mailproto sink --summary;  "
+        "mailproto sink --maildir ./mail --quiet;  "
+        "mailproto sink --lmtp --listen unix:/tmp/lmtp.sock;  "
+        "mailproto sink --listen ssl:1465:privateKey=key.pem:certKey=cert.pem"
+    )
+
+    optFlags = [
+        ["lmtp", None, "Speak LMTP (RFC 2033, LHLO and one reply per recipient) instead of ESMTP."],
+        ["summary", "s", "Print one line per message (time, client, sender, recipients, size, Subject)."],
+        ["quiet", "q", "Print nothing on stdout; for use with --maildir or --mbox."],
+    ]
+
+    optParameters = [
+        ["host", None, None, f"The address to listen on with TCP [default: {DEFAULT_HOST}]."],
+        [
+            "port",
+            "p",
+            None,
+            f"The TCP port to listen on; 0 for any free port [default: {DEFAULT_PORT}].",
+            _portNumber,
+        ],
+        ["hostname", None, None, "The server's name in its greeting [default: this machine's name]."],
+        [
+            "max-message-size",
+            None,
+            None,
+            f"The largest message accepted, in octets; 0 for no limit [default: {SMTP.maxMessageSize}].",
+            _octets,
+        ],
+        [
+            "maildir",
+            None,
+            None,
+            "Also store each message, exactly as received, in this Maildir (made if missing: DIR/tmp, DIR/new, "
+            "DIR/cur).",
+        ],
+        ["mbox", None, None, "Also append each message to this mbox file (made if missing)."],
+        [
+            "tls-certificate",
+            None,
+            None,
+            "A PEM certificate (and its chain) for STARTTLS: enables STARTTLS when the server offers it.  For "
+            "implicit TLS, use an ssl: endpoint with --listen.",
+        ],
+        ["tls-key", None, None, "The PEM private key of --tls-certificate, if it is not in the same file."],
+    ]
+
+    compData = usage.Completions(
+        optActions={
+            "maildir": usage.CompleteDirs(descr="Maildir"),
+            "mbox": usage.CompleteFiles(descr="mbox file"),
+            "tls-certificate": usage.CompleteFiles("*.pem", descr="PEM certificate"),
+            "tls-key": usage.CompleteFiles("*.pem", descr="PEM private key"),
+        }
+    )
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["listen"] = []
+        self["contextFactory"] = None
+
+    def opt_listen(self, description: str) -> None:
+        self["listen"].append(description)
+
+    # The help of --listen, on one line so that it wraps well.
+    opt_listen.__doc__ = (
+        "Listen on this Twisted server endpoint, such as tcp:2525, "
+        "tcp6:1025:interface=\\:\\:1, unix:/tmp/sink.sock or "
+        "ssl:1465:privateKey=key.pem:certKey=cert.pem (implicit TLS).  May be given more than once.  "
+        f"[default: tcp:{DEFAULT_PORT}:interface={DEFAULT_HOST}]"
+    )
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        if self["maildir"] and self["mbox"]:
+            raise usage.UsageError("--maildir and --mbox cannot be used together; choose one")
+        if self["tls-key"] and not self["tls-certificate"]:
+            raise usage.UsageError("--tls-key needs --tls-certificate")
+        if self["hostname"] is not None and _hostnameRe.fullmatch(self["hostname"]) is None:
+            raise usage.UsageError(f"--hostname: not a host name: {self['hostname']!r}")
+        if self["listen"]:
+            if self["host"] is not None or self["port"] is not None:
+                raise usage.UsageError("give either --listen or --host/--port, not both")
+        else:
+            from twisted.internet.endpoints import quoteStringArgument
+
+            host = DEFAULT_HOST if self["host"] is None else self["host"]
+            port = DEFAULT_PORT if self["port"] is None else self["port"]
+            self["listen"] = [f"tcp:{port}:interface={quoteStringArgument(host)}"]
+        for description in self["listen"]:
+            _checkEndpoint(description)
+        if self["tls-certificate"]:
+            self["contextFactory"] = loadTLS(self["tls-certificate"], self["tls-key"])
+
+    def run(self, reactor, stdout, stderr) -> int:
+        """
+        Run the sink until the reactor stops (SIGTERM, SIGINT).
+
+        @return: C{0} after a clean stop, C{1} if the sink could not start.
+        """
+        from mailproto._sink import (
+            MaildirStore,
+            MboxStore,
+            MessagePrinter,
+            Sink,
+            SinkServer,
+            SummaryPrinter,
+            describePort,
+            makeSinkFactory,
+        )
+
+        def say(text: str) -> None:
+            stderr.write(f"{PROGRAM} sink: {text}\n")
+            stderr.flush()
+
+        store = None
+        try:
+            if self["maildir"]:
+                store = MaildirStore(self["maildir"])
+            elif self["mbox"]:
+                store = MboxStore(self["mbox"])
+        except OSError as e:
+            which = "Maildir" if self["maildir"] else "mbox"
+            say(f"error: cannot use {which} {self['maildir'] or self['mbox']}: {_describeOSError(e)}")
+            return 1
+        printer = None
+        if not self["quiet"]:
+            printer = SummaryPrinter(stdout) if self["summary"] else MessagePrinter(stdout)
+        sink = Sink(store, printer)
+        factory = makeSinkFactory(
+            sink,
+            lmtp=self["lmtp"],
+            hostname=self["hostname"],
+            maxMessageSize=self["max-message-size"],
+            contextFactory=self["contextFactory"],
+        )
+        protocolName = "LMTP" if self["lmtp"] else "ESMTP"
+        server = SinkServer(reactor, factory, self["listen"])
+        status = [0]
+
+        def started(ports) -> None:
+            for description, port in ports:
+                say(f"listening on {describePort(description, port.getHost())} for {protocolName}")
+            if store is not None:
+                say(f"storing messages in {store.describe()}")
+            elif printer is None:
+                say("neither storing nor printing messages (--quiet without --maildir or --mbox)")
+            else:
+                say("not storing messages (no --maildir or --mbox)")
+            if self["contextFactory"] is not None and not hasattr(factory.protocol, "ext_STARTTLS"):
+                say(
+                    "note: STARTTLS is not available yet in this version; the TLS certificate was checked "
+                    "but is not used (use an ssl: endpoint for implicit TLS)"
+                )
+
+        def failed(failure) -> None:
+            say(f"error: {failure.getErrorMessage()}")
+            status[0] = 1
+            if reactor.running:
+                reactor.stop()
+
+        def start() -> None:
+            server.start().addCallback(started).addErrback(failed)
+
+        def shutDown():
+            stopped = server.stop()
+            stopped.addBoth(lambda ignored: sink.close())
+            if not status[0]:
+                stopped.addCallback(lambda ignored: say(f"stopped after {sink.received} message(s)"))
+            return stopped
+
+        reactor.callWhenRunning(start)
+        reactor.addSystemEventTrigger("before", "shutdown", shutDown)
+        reactor.run()
+        return status[0]
+
+
+def _describeOSError(error: OSError) -> str:
+    """
+    @return: an L{OSError} in one line, without its class name.
+    """
+    if error.strerror and error.filename:
+        return f"{error.strerror}: {error.filename}"
+    return error.strerror or str(error)
+
+
+def _checkEndpoint(description: str) -> None:
+    """
+    Parse a server endpoint description, as the sink will.
+
+    @raise usage.UsageError: if it is not one.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(reactor, description)
+    except OSError as e:
+        raise usage.UsageError(f"bad --listen endpoint {description!r}: {_describeOSError(e)}") from None
+    except Exception as e:
+        raise usage.UsageError(f"bad --listen endpoint {description!r}: {e}") from None
+
+
+def loadTLS(certificatePath: str, keyPath: str | None = None):
+    """
+    Load a certificate and its key for a TLS server.
+
+    @param certificatePath: a PEM file with the certificate (then any
+        chain), and the private key if C{keyPath} is L{None}.
+    @param keyPath: a PEM file with the private key, or L{None}.
+    @return: a L{twisted.internet.ssl.CertificateOptions}.
+    @raise usage.UsageError: if they cannot be read or do not match.
+    """
+    try:
+        from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
+    except ImportError as e:
+        raise usage.UsageError(f"TLS is not available (pyOpenSSL missing?): {e}") from None
+    try:
+        with open(certificatePath, "rb") as f:
+            certificateData = f.read()
+        keyData = certificateData
+        if keyPath is not None:
+            with open(keyPath, "rb") as f:
+                keyData = f.read()
+    except OSError as e:
+        raise usage.UsageError(f"cannot read the TLS certificate or key: {_describeOSError(e)}") from None
+    try:
+        certificate = PrivateCertificate.loadPEM(certificateData + b"\n" + keyData)
+        chain = [
+            Certificate.loadPEM(block).original
+            for block in re.findall(
+                rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", certificateData, re.S
+            )[1:]
+        ]
+        options = CertificateOptions(
+            privateKey=certificate.privateKey.original,
+            certificate=certificate.original,
+            extraCertChain=chain or None,
+        )
+        options.getContext()
+    except Exception as e:
+        raise usage.UsageError(
+            f"cannot use {certificatePath}{' and ' + keyPath if keyPath else ''} for TLS: {str(e) or type(e).__name__}"
+        ) from None
+    return options
+
+
+class MailprotoOptions(usage.Options):
+    """
+    The options of the C{mailproto} command: a subcommand and its options.
+    """
+
+    synopsis = f"Usage: {PROGRAM} [--version] [--help] <command> [command options]"
+    longdesc = f"Run '{PROGRAM} <command> --help' for the options of a command."
+
+    subCommands = [
+        ["sink", None, SinkOptions, "Run a debugging SMTP/LMTP server that prints, or stores, all mail sent to it."],
+    ]
+
+    def opt_version(self) -> None:
+        """
+        Print the version of mailproto and exit.
+        """
+        _printVersion()
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            names = ", ".join(name for name, *_ in self.subCommands)
+            raise usage.UsageError(f"no command given (commands: {names})")
+
+
+def runCommand(argv, reactor=None, stdout=None, stderr=None) -> int:
+    """
+    Parse a C{mailproto} command line and run it.
+
+    @param argv: the arguments, without the program name.
+    @param reactor: the reactor to run; the global one, with log messages
+        of level warning and above going to C{stderr}, if L{None}.
+    @param stdout: the text stream for output; C{sys.stdout} if L{None}.
+    @param stderr: the text stream for messages; C{sys.stderr} if L{None}.
+    @return: the exit status: C{2} for a usage error.
+    """
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    options = MailprotoOptions()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        name = PROGRAM if options.subCommand is None else f"{PROGRAM} {options.subCommand}"
+        stderr.write(f"{name}: error: {e} (see '{name} --help')\n")
+        stderr.flush()
+        return 2
+    if reactor is None:
+        from twisted.internet import reactor
+
+        _logWarningsTo(stderr)
+    return options.subOptions.run(reactor, stdout, stderr)
+
+
+def _logWarningsTo(stream) -> None:
+    """
+    Send log events of level warning and above to C{stream}.
+    """
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    observer = FilteringLogObserver(
+        textFileLogObserver(stream), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def main(argv=None) -> None:
+    """
+    The C{mailproto} command.
+
+    @param argv: the arguments, without the program name; C{sys.argv[1:]}
+        if L{None}.
+    @raise SystemExit: always, with the exit status.
+    """
+    if argv is None:
+        argv = sys.argv[1:]
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # pragma: no cover
+                pass
+    sys.exit(runCommand(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
