@@ -31,7 +31,9 @@ class BareNewlinePolicy(enum.Enum):
     smuggling.  In every policy the end of data is only C{CRLF.CRLF}.
 
     @cvar NORMALIZE: a bare LF or bare CR ends a line and is stored as
-        CRLF; a line after it is unstuffed like any other.  Postfix's
+        CRLF.  A line after a bare LF is unstuffed like any other (clients
+        that send bare LF, such as smtplib, stuff after it); a dot after a
+        bare CR is kept, as no client stuffs after one.  Like Postfix's
         C{smtpd_forbid_bare_newline = normalize}.  The default.
     @cvar REJECT: as NORMALIZE, and the receiver refuses the message
         (C{550 5.5.2}) once it has read to the end.
@@ -178,7 +180,8 @@ class Unstuffer:
         if cut:
             region = buf[:cut]
             content = self._process(region)
-            self._atLineStart = True
+            # After a bare CR, the next line is not unstuffed (see _process).
+            self._atLineStart = region[-1:] == b"\n"
             self._afterCRLF = region[-2:] == b"\r\n"
         held = buf[cut:]
         if len(held) > self.maxLineLength + 2:
@@ -220,14 +223,29 @@ class Unstuffer:
         @return: the content.
         """
         crlf = region.count(b"\r\n")
-        if region.count(b"\n") != crlf or region.count(b"\r") != crlf:
+        if region.count(b"\n") == crlf and region.count(b"\r") == crlf:
+            if self.dotted:
+                if self._atLineStart and region[:1] == b".":
+                    region = region[1:]
+                region = region.replace(b"\r\n.", b"\r\n")
+        elif self.policy is BareNewlinePolicy.KEEP:
             self.sawBareNewline = True
-            if self.policy is not BareNewlinePolicy.KEEP:
-                region = region.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-        if self.dotted:
-            if self._atLineStart and region[:1] == b".":
-                region = region[1:]
-            region = region.replace(b"\r\n.", b"\r\n")
+            if self.dotted:
+                if self._atLineStart and region[:1] == b".":
+                    region = region[1:]
+                region = region.replace(b"\r\n.", b"\r\n")
+        else:
+            # A bare LF ends a line like CRLF, and the line after it is
+            # unstuffed: clients that send bare LF (smtplib, for bytes)
+            # stuff after it.  A bare CR becomes a line end too, but no
+            # client stuffs after it, so a dot after it is content.
+            self.sawBareNewline = True
+            region = region.replace(b"\r\n", b"\n")
+            if self.dotted:
+                if self._atLineStart and region[:1] == b".":
+                    region = region[1:]
+                region = region.replace(b"\n.", b"\n")
+            region = region.replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         if not self.lineTooLong and len(region) > self.maxLineLength + 2:
             if max(map(len, region.split(b"\r\n"))) > self.maxLineLength:
                 self.lineTooLong = True

@@ -180,18 +180,21 @@ UNSTUFF_TABLE = [
     ("LF.CRLF", b"x\n.\r\n" + SMUGGLED + b".\r\n",
      b"x\r\n\r\n" + SMUGGLED, b"x\n.\r\n" + SMUGGLED, True, b"", True),
     ("CR.CR", b"x\r.\r" + SMUGGLED + b".\r\n",
-     b"x\r\n\r\n" + SMUGGLED, b"x\r.\r" + SMUGGLED, True, b"", True),
+     b"x\r\n.\r\n" + SMUGGLED, b"x\r.\r" + SMUGGLED, True, b"", True),
     ("CRLF.CR", b"x\r\n.\r" + SMUGGLED + b".\r\n",
      b"x\r\n\r\n" + SMUGGLED, b"x\r\n\r" + SMUGGLED, True, b"", True),
     ("CRLF.LF", b"x\r\n.\n" + SMUGGLED + b".\r\n",
      b"x\r\n\r\n" + SMUGGLED, b"x\r\n\n" + SMUGGLED, True, b"", True),
     ("CR.CRLF", b"x\r.\r\n" + SMUGGLED + b".\r\n",
-     b"x\r\n\r\n" + SMUGGLED, b"x\r.\r\n" + SMUGGLED, True, b"", True),
+     b"x\r\n.\r\n" + SMUGGLED, b"x\r.\r\n" + SMUGGLED, True, b"", True),
     ("bare LF only", b"a\nb\n.\n", b"a\r\nb\r\n\r\n", b"", False, b"", True),
     ("bare CR only", b"a\rb\r.\r", b"a\r\nb\r\n", b"", False, b"", True),
     ("bare LF line then end", b"a\nb\r\n.\r\n", b"a\r\nb\r\n", b"a\nb\r\n", True, b"", True),
     ("bare LF then stuffed dot", b"a\n..\r\n.\r\n", b"a\r\n.\r\n", b"a\n..\r\n", True, b"", True),
     ("CR CR LF", b"a\r\r\n.\r\n", b"a\r\n\r\n", b"a\r\r\n", True, b"", True),
+    # smtplib stuffs after LF but not after a bare CR: the dot is content.
+    ("bare CR then dots", b"x\r.y\r\nz\r..w\r\n.\r\n",
+     b"x\r\n.y\r\nz\r\n..w\r\n", b"x\r.y\r\nz\r..w\r\n", True, b"", True),
 ]
 
 
