@@ -55,10 +55,13 @@ class SMTPClientError(SMTPError):
         for connection, timeout and protocol errors, as in twisted.mail.
     @cvar defaultRetry: C{retry} when not given: L{False} here; L{True} for
         connection and timeout errors, as in twisted.mail.
+    @ivar status: the reply's enhanced status code (RFC 3463), such as
+        C{b"5.1.1"}, when the server sent one; else L{None}.
     """
 
     defaultFatal = False
     defaultRetry = False
+    status = None
 
     def __init__(
         self,
@@ -68,6 +71,7 @@ class SMTPClientError(SMTPError):
         addresses: object = None,
         isFatal: bool | None = None,
         retry: bool | None = None,
+        status: bytes | None = None,
     ) -> None:
         """
         @param code: see L{SMTPClientError.code}.
@@ -79,6 +83,7 @@ class SMTPClientError(SMTPError):
             C{defaultFatal} if not given.
         @param retry: see L{SMTPClientError.retry}; the class's
             C{defaultRetry} if not given.
+        @param status: see L{SMTPClientError.status}.
         """
         super().__init__(code, resp)
         self.code = code
@@ -87,6 +92,8 @@ class SMTPClientError(SMTPError):
         self.addresses = addresses
         self.isFatal = self.defaultFatal if isFatal is None else isFatal
         self.retry = self.defaultRetry if retry is None else retry
+        if status is not None:
+            self.status = status
 
     def __bytes__(self) -> bytes:
         parts = [b"%03d %s" % (self.code, self.resp) if self.code > 0 else self.resp]

@@ -6,13 +6,23 @@ with the same names and meanings as in C{twisted.mail.smtp}, so that code
 written for twisted.mail ports by changing its imports.
 
 Beyond twisted.mail's names, it exports L{ESMTPFactory}, L{LMTP} and
-L{LMTPFactory} (an LMTP server, RFC 2033) and L{IMessageStream} (a message
-that takes its data in chunks).
+L{LMTPFactory} (an LMTP server, RFC 2033), L{LMTPClient} and L{LMTPSender}
+(an LMTP client), L{XOAUTH2Authenticator} and L{OAUTHBEARERAuthenticator}
+(OAuth 2.0 SASL mechanisms) and L{IMessageStream} (a message that takes its
+data in chunks).
 
 Importing this module registers the C{xtext} codec (RFC 3461).
 """
 
 from mailproto._address import Address, User, quoteaddr
+from mailproto._auth import (
+    CramMD5ClientAuthenticator,
+    LOGINAuthenticator,
+    OAUTHBEARERAuthenticator,
+    PLAINAuthenticator,
+    XOAUTH2Authenticator,
+)
+from mailproto._client import ESMTPClient, LMTPClient, SMTPClient
 from mailproto._errors import (
     AddressError,
     AUTHDeclinedError,
@@ -34,6 +44,15 @@ from mailproto._errors import (
     TLSRequiredError,
 )
 from mailproto._headers import idGenerator, messageid, rfc822date
+from mailproto._sender import (
+    ESMTPSender,
+    ESMTPSenderFactory,
+    LMTPSender,
+    SenderMixin,
+    SMTPSender,
+    SMTPSenderFactory,
+    sendmail,
+)
 from mailproto._server import ESMTP, LMTP, SMTP, ESMTPFactory, LMTPFactory, SMTPFactory
 from mailproto._xtext import (
     xtext_codec,
@@ -51,6 +70,23 @@ from mailproto.interfaces import (
 )
 
 __all__ = [
+    # clients
+    "ESMTPClient",
+    "ESMTPSender",
+    "ESMTPSenderFactory",
+    "LMTPClient",
+    "LMTPSender",
+    "SMTPClient",
+    "SMTPSender",
+    "SMTPSenderFactory",
+    "SenderMixin",
+    "sendmail",
+    # client authentication
+    "CramMD5ClientAuthenticator",
+    "LOGINAuthenticator",
+    "OAUTHBEARERAuthenticator",
+    "PLAINAuthenticator",
+    "XOAUTH2Authenticator",
     # servers
     "ESMTP",
     "ESMTPFactory",

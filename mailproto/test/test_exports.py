@@ -11,6 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailproto import (
     _address,
+    _auth,
+    _client,
+    _sender,
     _commands,
     _data,
     _errors,
@@ -66,10 +69,26 @@ EXPORTS = {
     "IMessageDelivery": (interfaces, "IMessageDelivery"),
     "IMessageDeliveryFactory": (interfaces, "IMessageDeliveryFactory"),
     "IMessageStream": (interfaces, "IMessageStream"),
+    **{name: (_client, name) for name in ["SMTPClient", "ESMTPClient", "LMTPClient"]},
+    **{name: (_sender, name) for name in [
+        "SenderMixin", "SMTPSender", "ESMTPSender", "LMTPSender", "SMTPSenderFactory", "ESMTPSenderFactory",
+        "sendmail"]},
+    **{name: (_auth, name) for name in [
+        "PLAINAuthenticator", "LOGINAuthenticator", "CramMD5ClientAuthenticator", "XOAUTH2Authenticator",
+        "OAUTHBEARERAuthenticator"]},
 }
 
 # Names mailproto.smtp has that twisted.mail.smtp has not.
-OWN_NAMES = {"ESMTPFactory", "LMTP", "LMTPFactory", "IMessageStream"}
+OWN_NAMES = {
+    "ESMTPFactory",
+    "LMTP",
+    "LMTPFactory",
+    "IMessageStream",
+    "LMTPClient",
+    "LMTPSender",
+    "XOAUTH2Authenticator",
+    "OAUTHBEARERAuthenticator",
+}
 
 
 WIRE_EXPORTS = {

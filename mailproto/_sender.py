@@ -1,0 +1,400 @@
+# -*- test-case-name: mailproto.test.test_sender -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+Sending one message the easy way: L{sendmail}, and the factories and
+protocols under it (L{SMTPSenderFactory}, L{ESMTPSenderFactory},
+L{SMTPSender}, L{ESMTPSender}), as in twisted.mail.
+"""
+
+from __future__ import annotations
+
+import io
+
+from twisted.internet import defer
+from twisted.internet.protocol import ClientFactory
+from twisted.logger import Logger
+
+from mailproto._address import Address
+from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
+from mailproto._client import SUCCESS, ESMTPClient, LMTPClient, SMTPClient
+from mailproto._errors import SMTPConnectError, SMTPDeliveryError
+from mailproto._headers import localHostname
+
+_log = Logger()
+
+
+def _toBytes(value) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+class SenderMixin:
+    """
+    Sends the one message its factory holds, and reports to the factory's
+    Deferred: C{(numOk, addresses)} on success, an L{SMTPDeliveryError}
+    (or the error that stopped it) on failure.
+    """
+
+    done = 0
+
+    def getMailFrom(self):
+        if self.done:
+            return None
+        self.done = 1
+        return self.factory.fromEmail
+
+    def getMailTo(self):
+        return self.factory.toEmail
+
+    def getMailData(self):
+        return self.factory.file
+
+    def sendError(self, exc) -> None:
+        SMTPClient.sendError(self, exc)
+        # Report now unless the factory will try again: it does for
+        # connection-level errors (retry set, or a 4xx) while it has
+        # retries left.
+        transient = getattr(exc, "retry", False) or 400 <= getattr(exc, "code", -1) < 500
+        if self.factory.retries >= 0 or not transient:
+            self.factory._finish(exc)
+
+    def sentMail(self, code, resp, numOk, addresses, log) -> None:
+        if code not in SUCCESS:
+            lines = [
+                bytes(address) + b": " + b"%03d" % rcode + b" " + rresp
+                for address, rcode, rresp in addresses
+                if rcode not in SUCCESS
+            ]
+            lines.append(log.str())
+            self.factory._finish(
+                SMTPDeliveryError(code, resp, b"\n".join(lines), addresses, status=self._lastStatus)
+            )
+        else:
+            self.factory._finish((numOk, addresses))
+
+
+class SMTPSender(SenderMixin, SMTPClient):
+    """
+    Sends its factory's message over SMTP (HELO).
+    """
+
+
+class ESMTPSender(SenderMixin, ESMTPClient):
+    """
+    Sends its factory's message over ESMTP, with STARTTLS (certificate
+    and host name checked when C{hostname} is given) and AUTH (CRAM-MD5,
+    LOGIN, PLAIN, in that order) required by default.
+    """
+
+    requireAuthentication = True
+    requireTransportSecurity = True
+
+    def __init__(self, username, secret, contextFactory=None, *args, **kw) -> None:
+        """
+        @param username: the user name for AUTH, or L{None}.
+        @param secret: the password, or L{None}.
+        @param contextFactory: the TLS context for STARTTLS; if L{None} and
+            C{hostname} is given, one that checks the server's certificate
+            for that name.
+        @param args: C{identity}, C{logsize}, as for L{SMTPClient}.
+        @param kw: C{hostname}: the server's name, for certificate checks.
+        """
+        self.heloFallback = False
+        self.username = username
+        self._hostname = kw.pop("hostname", None)
+        if contextFactory is None:
+            contextFactory = self._getContextFactory()
+        ESMTPClient.__init__(self, secret, contextFactory, *args, **kw)
+        self._registerAuthenticators()
+
+    def _registerAuthenticators(self) -> None:
+        if self.username is None:
+            return
+        self.registerAuthenticator(CramMD5ClientAuthenticator(self.username))
+        self.registerAuthenticator(LOGINAuthenticator(self.username))
+        self.registerAuthenticator(PLAINAuthenticator(self.username))
+
+    def _getContextFactory(self):
+        if self.context is not None:
+            return self.context
+        if self._hostname is None:
+            return None
+        from twisted.internet.ssl import optionsForClientTLS
+
+        return optionsForClientTLS(self._hostname)
+
+
+class LMTPSender(SenderMixin, LMTPClient):
+    """
+    Sends its factory's message over LMTP; the result's C{addresses} has
+    each recipient's own outcome.
+    """
+
+
+class SMTPSenderFactory(ClientFactory):
+    """
+    Makes an L{SMTPSender} for one message and fires C{deferred} with the
+    result; tries again (C{retries} times) when it cannot connect or the
+    connection is lost before the message is done.
+
+    @ivar currentProtocol: the protocol of the current attempt.
+    @ivar sendFinished: whether the result is known (or the send was
+        cancelled).
+    """
+
+    protocol = SMTPSender
+    _domain = None
+
+    def __init__(self, fromEmail, toEmail, file, deferred, retries=5, timeout=None) -> None:
+        """
+        @param fromEmail: the envelope sender.
+        @param toEmail: one recipient, or a sequence of them.
+        @param file: the message, a file open for reading in binary mode.
+        @param deferred: fired with C{(numOk, addresses)}, or failed.
+        @param retries: how many more connections to try.
+        @param timeout: seconds to wait for each reply, or L{None}.
+        """
+        if not isinstance(retries, int):
+            raise TypeError("retries must be an int")
+        if isinstance(toEmail, (str, bytes, Address)):
+            toEmail = [toEmail]
+        self.fromEmail = fromEmail if isinstance(fromEmail, Address) else Address(_toBytes(fromEmail))
+        self.toEmail = [t if isinstance(t, Address) else Address(_toBytes(t)) for t in toEmail]
+        self.nEmails = len(self.toEmail)
+        self.file = file
+        self.result = deferred
+        self.sendFinished = False
+        self.currentProtocol = None
+        self.retries = -retries
+        self.timeout = timeout
+        self._hosts = None
+        self._connectArgs = None
+
+    @property
+    def domain(self) -> bytes:
+        """
+        The name sent with HELO/EHLO: this host's name unless set.
+        """
+        return self._domain or localHostname()
+
+    @domain.setter
+    def domain(self, value) -> None:
+        self._domain = value if isinstance(value, bytes) else str(value).encode("idna")
+
+    def _finish(self, result) -> None:
+        """
+        Fire the result once.
+        """
+        if self.sendFinished and self.result is None:
+            return
+        self.sendFinished = True
+        deferred, self.result = self.result, None
+        if deferred is None or deferred.called:
+            return
+        if isinstance(result, BaseException):
+            deferred.errback(result)
+        else:
+            deferred.callback(result)
+
+    def clientConnectionFailed(self, connector, err) -> None:
+        self._processConnectionError(connector, err)
+
+    def clientConnectionLost(self, connector, err) -> None:
+        self._processConnectionError(connector, err)
+
+    def _processConnectionError(self, connector, err) -> None:
+        if self.currentProtocol is not None and self.currentProtocol._failureReason is not None:
+            err = self.currentProtocol._failureReason
+        self.currentProtocol = None
+        if self.sendFinished:
+            return
+        if self.retries < 0:
+            self.retries += 1
+            _log.info("SMTP client trying again ({left} more): {error}", left=-self.retries, error=err.value)
+            self.file.seek(0, 0)
+            self._reconnect(connector)
+            return
+        error = SMTPConnectError(-1, "Unable to connect to SMTP server: " + str(err.value))
+        error.__cause__ = err.value
+        self._finish(error)
+
+    def _reconnect(self, connector) -> None:
+        """
+        Connect again: to the same host, or to the next of several.
+        """
+        if not self._hosts or len(self._hosts) < 2:
+            connector.connect()
+            return
+        self._hostIndex = (self._hostIndex + 1) % len(self._hosts)
+        self.connector = self._connectArgs(*self._hosts[self._hostIndex])
+
+    def _protocolArgs(self) -> tuple:
+        return (self.domain, self.nEmails * 2 + 2)
+
+    def buildProtocol(self, addr):
+        p = self.protocol(*self._protocolArgs())
+        self._configure(p)
+        return p
+
+    def _configure(self, p) -> None:
+        p.factory = self
+        p.timeout = self.timeout
+        self.currentProtocol = p
+
+
+class ESMTPSenderFactory(SMTPSenderFactory):
+    """
+    L{SMTPSenderFactory} for L{ESMTPSender}: STARTTLS and AUTH, required by
+    default.
+    """
+
+    protocol = ESMTPSender
+
+    def __init__(
+        self,
+        username,
+        password,
+        fromEmail,
+        toEmail,
+        file,
+        deferred,
+        retries=5,
+        timeout=None,
+        contextFactory=None,
+        heloFallback=False,
+        requireAuthentication=True,
+        requireTransportSecurity=True,
+        hostname=None,
+    ) -> None:
+        SMTPSenderFactory.__init__(self, fromEmail, toEmail, file, deferred, retries, timeout)
+        self.username = username
+        self.password = password
+        self._contextFactory = contextFactory
+        self._heloFallback = heloFallback
+        self._requireAuthentication = requireAuthentication
+        self._requireTransportSecurity = requireTransportSecurity
+        self._hostname = hostname
+
+    def buildProtocol(self, addr):
+        p = self.protocol(
+            self.username, self.password, self._contextFactory, *self._protocolArgs(), hostname=self._hostname
+        )
+        p.heloFallback = self._heloFallback
+        p.requireAuthentication = self._requireAuthentication
+        p.requireTransportSecurity = self._requireTransportSecurity
+        self._configure(p)
+        return p
+
+
+def _splitHost(host, port: int) -> tuple[str, int]:
+    if isinstance(host, tuple):
+        return (host[0].decode("idna") if isinstance(host[0], bytes) else host[0]), int(host[1])
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    return host, port
+
+
+def sendmail(
+    smtphost,
+    from_addr,
+    to_addrs,
+    msg,
+    senderDomainName=None,
+    port=25,
+    reactor=None,
+    username=None,
+    password=None,
+    requireAuthentication=False,
+    requireTransportSecurity=False,
+    *,
+    implicitTLS=False,
+    contextFactory=None,
+    timeout=300,
+    connectTimeout=30,
+    retries=5,
+):
+    """
+    Send a message.
+
+    Uses ESMTP (falling back to HELO), STARTTLS when the server offers it
+    (checking its certificate against C{smtphost}), and AUTH when a
+    password is given.
+
+    @param smtphost: the server's host name or address; or a list of them
+        (names, or C{(host, port)} pairs), tried in order when one cannot
+        be reached.
+    @param from_addr: the envelope sender.
+    @param to_addrs: a recipient, or a list of them.
+    @param msg: the message: a file open for reading in binary mode, or
+        L{bytes} (or anything L{bytes} accepts, such as an
+        L{email.message.Message}).
+    @param senderDomainName: the name for EHLO; this host's if L{None}.
+    @param port: the server's port.
+    @param reactor: the reactor; the global one if L{None}.
+    @param username: the user name for AUTH.
+    @param password: the password for AUTH; without it, no AUTH.
+    @param requireAuthentication: fail unless AUTH succeeds.
+    @param requireTransportSecurity: fail unless TLS is in use; nothing is
+        sent to a server without STARTTLS.
+    @param implicitTLS: connect with TLS from the first byte (RFC 8314,
+        port 465).
+    @param contextFactory: the TLS client context; by default one that
+        checks the server's certificate for C{smtphost}.
+    @param timeout: seconds to wait for each reply.
+    @param connectTimeout: seconds to wait for each connection.
+    @param retries: how many more connections to try.
+    @return: a L{Deferred} firing with C{(numOk, addresses)} -- how many
+        recipients the server accepted, and C{(address, code, resp)} for
+        each -- or failing with an L{mailproto.smtp.SMTPClientError}.
+        Cancelling it stops the send and closes the connection.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    if not hasattr(msg, "read"):
+        msg = io.BytesIO(msg if isinstance(msg, bytes) else bytes(msg))
+    hosts = [_splitHost(h, port) for h in (smtphost if isinstance(smtphost, list) else [smtphost])]
+    if isinstance(username, str):
+        username = username.encode("utf-8")
+    if isinstance(password, str):
+        password = password.encode("utf-8")
+
+    def cancel(d):
+        factory.sendFinished = True
+        factory.result = None
+        if factory.currentProtocol is not None and factory.currentProtocol.transport is not None:
+            factory.currentProtocol.transport.abortConnection()
+        else:
+            factory.connector.disconnect()
+
+    d = defer.Deferred(cancel)
+    factory = ESMTPSenderFactory(
+        username,
+        password,
+        from_addr,
+        to_addrs,
+        msg,
+        d,
+        retries=retries,
+        timeout=timeout,
+        contextFactory=contextFactory,
+        heloFallback=True,
+        requireAuthentication=requireAuthentication,
+        requireTransportSecurity=requireTransportSecurity,
+        hostname=hosts[0][0],
+    )
+    if senderDomainName is not None:
+        factory.domain = senderDomainName
+
+    def connect(host: str, port: int):
+        factory._hostname = host
+        if implicitTLS:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            tls = contextFactory or optionsForClientTLS(host)
+            return reactor.connectSSL(host, port, factory, tls, timeout=connectTimeout)
+        return reactor.connectTCP(host, port, factory, timeout=connectTimeout)
+
+    factory._hosts = hosts
+    factory._hostIndex = 0
+    factory._connectArgs = connect
+    factory.connector = connect(*hosts[0])
+    return d
