@@ -15,6 +15,7 @@ Where these differ from the twisted.mail classes, it is a fix:
 
 from __future__ import annotations
 
+import functools
 from email.utils import parseaddr
 
 from mailproto import _grammar
@@ -126,9 +127,11 @@ class Address:
         return hash((self.local, self.domain.lower()))
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(raw: bytes) -> tuple[bytes, bytes]:
     """
-    Split an address into its local part and domain.
+    Split an address into its local part and domain.  Results are cached:
+    a server or client sees the same addresses again and again.
 
     @param raw: the address, with or without angle brackets.
     @return: C{(local, domain)}; both empty for the null address.

@@ -81,6 +81,16 @@ class DotStuffer:
         self._afterCR = chunk[-1:] == b"\r"
         if not chunk:
             return b""
+        crlf = chunk.count(b"\r\n")
+        if crlf == chunk.count(b"\n") == chunk.count(b"\r"):
+            # Already CRLF throughout (the common case): only stuff.
+            if self._stuff:
+                if self._atLineStart and chunk[:1] == b".":
+                    chunk = b"." + chunk
+                if b"\n." in chunk:
+                    chunk = chunk.replace(b"\r\n.", b"\r\n..")
+            self._atLineStart = chunk[-1:] == b"\n"
+            return chunk
         if b"\r" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self._stuff:
