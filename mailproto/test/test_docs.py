@@ -61,3 +61,9 @@ class DocsTests(SynchronousTestCase):
         docs/receiving.rst.
         """
         self.runPage("receiving.rst")
+
+    def test_sending(self):
+        """
+        docs/sending.rst.
+        """
+        self.runPage("sending.rst")
