@@ -59,13 +59,31 @@ from mailproto._errors import (
     TLSRequiredError,
 )
 from mailproto._extensions import Extensions
-from mailproto._replies import ReplyParser, ReplySyntaxError
+from mailproto._replies import ReplyParser, ReplySyntaxError, isStatus
 
 SUCCESS = range(200, 300)
 _ANY = range(0, 1000)
 
 #: How much of a message is read and sent at a time.
 CHUNK_SIZE = 65536
+
+
+def statusOf(code: int, resp: bytes) -> bytes | None:
+    """
+    @return: the enhanced status code (RFC 3463) that C{resp}, the text of
+        a reply with C{code}, starts with, or L{None}.
+    """
+    first = resp.split(b" ", 1)[0].split(b"\n", 1)[0]
+    return first if code > 0 and isStatus(first, code) else None
+
+
+def _noRecipients(code: int, resp: bytes) -> bytes:
+    """
+    @return: the text reported when no recipient was accepted, with the
+        enhanced status of the last refusal, C{resp}.
+    """
+    status = statusOf(code, resp)
+    return (status + b" " if status else b"") + b"No recipients accepted"
 
 
 def _address(value) -> Address:
@@ -83,8 +101,9 @@ class _MessageProducer:
     asks: dot-stuffed with its final C{.} in the same write as the last
     chunk (DATA), or as C{BDAT} chunks.
 
-    One chunk is read ahead, so that the end of the message is known when
-    its last chunk is sent: memory is bounded by two chunks.  A message
+    One chunk is kept back, transformed, until the next is read, so that
+    the end of the message is known when its last chunk is sent: memory is
+    bounded by two chunks.  A message
     that fits in one chunk is written at once, without registering.
 
     @ivar chunks: how many writes (BDAT chunks) were made.
@@ -123,14 +142,19 @@ class _MessageProducer:
         client = self.client
         try:
             while True:
+                chunk = self.file.read(CHUNK_SIZE)
+                if not chunk:
+                    out, self._ahead = (self._ahead or b"") + client._finishMessage(), None
+                    last = True
+                    break
+                data = client.transformChunk(chunk)
                 if self._ahead is None:
-                    self._ahead = self.file.read(CHUNK_SIZE)
-                chunk, self._ahead = self._ahead, self.file.read(CHUNK_SIZE)
-                last = not self._ahead
-                out = client.transformChunk(chunk)
-                if last:
-                    out += client._finishMessage()
-                if out or last:
+                    # The first chunk: wait to see whether more follows.
+                    self._ahead = data
+                    continue
+                if data:
+                    out, self._ahead = self._ahead, data
+                    last = False
                     break
         except BaseException:
             self.stopProducing()
@@ -141,6 +165,7 @@ class _MessageProducer:
         self.chunks += 1
         if last:
             self.stopProducing()
+        client.resetTimeout()
         client.transport.write(out)
 
 
@@ -165,6 +190,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
 
     debug = True
     timeout = None
+    _tlsMode = False
     #: Octets in one reply line, and in one reply, the client will read.
     maxReplyLine = 8192
     maxReply = 65536
@@ -190,7 +216,6 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         self._failureReason = None
         self._replies = ReplyParser(enhanced=True, maxLineLength=self.maxReplyLine, maxReplyLength=self.maxReply)
         self._input = b""
-        self._lastStatus = None
         self._producer = None
         self._pipeline = None
         self._stuffer = None
@@ -252,7 +277,11 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         a line end too) for L{lineReceived}.
         """
         self._input = self._input + data if self._input else data
-        while True:
+        while self._input:
+            if self.transport is None or self.transport.disconnecting:
+                # Closing: what the server says now no longer matters.
+                self._input = b""
+                break
             end = self._input.find(b"\n")
             if end < 0:
                 if len(self._input) > self.maxReplyLine + 1:
@@ -276,7 +305,6 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         if reply is None:
             return None
         self.code = reply.code
-        self._lastStatus = reply.status
         resp = reply.wireText
         if reply.code in self._expected:
             why = self._okresponse(reply.code, resp)
@@ -286,6 +314,8 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         return why
 
     def _protocolError(self, message: bytes) -> None:
+        self._input = b""
+        self._replies = ReplyParser(enhanced=True, maxLineLength=self.maxReplyLine, maxReplyLength=self.maxReply)
         self._expected = []
         self._okresponse = self._failresponse = self._ignoreReply
         self.sendError(SMTPProtocolError(-1, message, self.log.str()))
@@ -297,7 +327,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         """
         @return: an error about the last reply, with its enhanced status.
         """
-        return errorClass(code, resp, self.log.str(), status=self._lastStatus if code > 0 else None, **kw)
+        return errorClass(code, resp, self.log.str(), status=statusOf(code, resp), **kw)
 
     def smtpConnectionFailed(self, code, resp) -> None:
         self.sendError(self._error(SMTPConnectError, code, resp))
@@ -314,6 +344,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         self.sendLine(b"HELO " + self.identity)
         self._expected = SUCCESS
         self._okresponse = self.smtpState_from
+        self._failresponse = self.smtpConnectionFailed
 
     def smtpState_from(self, code, resp) -> None:
         """
@@ -330,7 +361,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             if refusal is None:
                 break
             # Refused here, before anything was sent: report, next one.
-            self._reportMessage(554, refusal, 0)
+            self._reportMessage(*refusal, 0)
         if self._pipelining():
             self._sendPipelined()
             return
@@ -359,7 +390,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             self.lastAddress = next(self.toAddresses)
         except StopIteration:
             if not self.successAddresses:
-                return self.smtpState_msgSent(code, b"No recipients accepted")
+                return self.smtpState_msgSent(code, _noRecipients(code, resp))
             if self._chunking():
                 self._startTransfer(chunked=True)
             else:
@@ -393,17 +424,20 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         data = pipeline.get("data")
         ok = mailCode in SUCCESS and self.successAddresses
         if data is not None and data[0] == 354 and not ok:
-            # The server wants a message nobody will get: end it at once.
+            # The server wants a message nobody will get: end it at once,
+            # and report why it was not sent, whatever the reply to that.
+            if mailCode not in SUCCESS:
+                refusal = (mailCode, mailResp)
+            else:
+                refusal = (self.toAddressesResult[-1][1], _noRecipients(*self.toAddressesResult[-1][1:]))
             self._expected = _ANY
-            self._okresponse = self._failresponse = lambda c, r: self.smtpState_msgSent(
-                mailCode if mailCode not in SUCCESS else c, mailResp if mailCode not in SUCCESS else r
-            )
+            self._okresponse = self._failresponse = lambda c, r: self.smtpState_msgSent(*refusal)
             self.sendLine(b".")
             return
         if mailCode not in SUCCESS:
             return self.smtpState_msgSent(mailCode, mailResp)
         if not self.successAddresses:
-            return self.smtpState_msgSent(self.toAddressesResult[-1][1], b"No recipients accepted")
+            return self.smtpState_msgSent(self.toAddressesResult[-1][1], _noRecipients(*self.toAddressesResult[-1][1:]))
         if data is None:
             self._startTransfer(chunked=True)
         elif data[0] == 354:
@@ -450,6 +484,10 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         self.sendLine(b"RSET")
         self._expected = SUCCESS
         self._okresponse = self.smtpState_from
+        self._failresponse = self._rsetRefused
+
+    def _rsetRefused(self, code, resp) -> None:
+        self.sendError(self._error(SMTPProtocolError, code, resp, isFatal=False))
 
     def _reportMessage(self, code, resp, numOk) -> None:
         try:
@@ -459,12 +497,13 @@ class SMTPClient(LineReceiver, TimeoutMixin):
 
     # -- building the transaction -------------------------------------------
 
-    def _prepareMessage(self) -> bytes | None:
+    def _prepareMessage(self) -> tuple[int, bytes] | None:
         """
         Work out the MAIL command for the message C{getMailFrom} gave, with
         the parameters the server offers and the message needs.
 
-        @return: L{None}, or why the message cannot go to this server.
+        @return: L{None}, or why the message cannot go to this server: a
+            reply code and text, as if the server had refused it.
         """
         sender = self._from
         mail = sender if isinstance(sender, MailFrom) else MailFrom(_address(sender))
@@ -478,15 +517,17 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             (r.address if isinstance(r, RcptTo) else r).needsSMTPUTF8 for r in self._recipients
         )
         if utf8 and b"SMTPUTF8" not in extensions:
-            return b"The addresses need SMTPUTF8 (RFC 6531), which the server does not offer"
+            return 554, b"5.6.7 The addresses need SMTPUTF8 (RFC 6531), which the server does not offer"
         body = mail.body
         if eightBit or utf8:
             if b"8BITMIME" not in extensions:
-                return b"The message has 8-bit data and the server does not offer 8BITMIME"
+                return 554, b"5.6.3 The message has 8-bit data and the server does not offer 8BITMIME"
             body = body or b"8BITMIME"
         limit = extensions.size if b"SIZE" in extensions else None
         if size is not None and limit and size > limit:
-            return b"The message (%d octets) is larger than the server accepts (%d)" % (size, limit)
+            return 552, b"5.3.4 The message (%d octets) is larger than the server accepts (%d)" % (size, limit)
+        if mail.requiretls and not (self._tlsMode and b"REQUIRETLS" in extensions):
+            return 550, b"5.7.30 REQUIRETLS was asked for, and this server does not offer it over TLS"
         dsn = b"DSN" in extensions
         self._mail = MailFrom(
             mail.address,
@@ -721,7 +762,11 @@ class ESMTPClient(SMTPClient):
         self.sendError(TLSRequiredError(502, b"Server does not support secure communication via TLS / SSL", self.log.str()))
 
     def esmtpTLSFailed(self, code=-1, resp=None) -> None:
-        self.sendError(self._error(SMTPTLSError, code, b"Could not complete the SSL/TLS handshake"))
+        self.sendError(
+            SMTPTLSError(
+                code, b"Could not complete the SSL/TLS handshake", self.log.str(), status=statusOf(code, resp or b"")
+            )
+        )
 
     def esmtpAUTHDeclined(self, code=-1, resp=None) -> None:
         self.sendError(self._error(AUTHDeclinedError, code, resp))

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from mailproto._address import Address
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
-from mailproto._client import SUCCESS, ESMTPClient, LMTPClient, SMTPClient
+from mailproto._client import SUCCESS, ESMTPClient, LMTPClient, SMTPClient, statusOf
 from mailproto._errors import SMTPConnectError, SMTPDeliveryError
 from mailproto._headers import localHostname
 
@@ -66,7 +66,7 @@ class SenderMixin:
             ]
             lines.append(log.str())
             self.factory._finish(
-                SMTPDeliveryError(code, resp, b"\n".join(lines), addresses, status=self._lastStatus)
+                SMTPDeliveryError(code, resp, b"\n".join(lines), addresses, status=statusOf(code, resp))
             )
         else:
             self.factory._finish((numOk, addresses))
