@@ -65,10 +65,17 @@ class LOGINAuthenticator:
         return b"LOGIN"
 
     def challengeResponse(self, secret, chal) -> bytes:
-        self._step += 1
-        if self._step == 1:
+        # Servers ask "Username:" then "Password:"; go by what is asked,
+        # and by the order for servers that ask something else.
+        asked = bytes(chal or b"").strip().lower()
+        if asked.startswith(b"user"):
+            self._step = 1
             return self.user
-        return _bytes(secret)
+        if asked.startswith(b"pass"):
+            self._step = 2
+            return _bytes(secret)
+        self._step += 1
+        return self.user if self._step == 1 else _bytes(secret)
 
 
 @implementer(IClientAuthentication)

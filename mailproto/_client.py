@@ -260,6 +260,14 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             self.log.append(b">>> " + line)
         self.transport.write(line + b"\r\n")
 
+    def _sendSecret(self, line: bytes, shown: bytes) -> None:
+        """
+        Send a line that carries credentials; the log shows C{shown}.
+        """
+        if self.debug:
+            self.log.append(b">>> " + shown)
+        self.transport.write(line + b"\r\n")
+
     def _sendLines(self, lines: list[bytes]) -> None:
         """
         Send several commands in one write (PIPELINING).
@@ -873,7 +881,7 @@ class ESMTPClient(SMTPClient):
             response = auth.challengeResponse(self.secret, b"")
             self._expected = [235, 334]
             self._okresponse = self.smtpState_maybeAuthenticated
-            self.sendLine(b"AUTH " + name + b" " + (base64.b64encode(response) or b"="))
+            self._sendSecret(b"AUTH " + name + b" " + (base64.b64encode(response) or b"="), b"AUTH " + name + b" *****")
         else:
             self._expected = [334]
             self._okresponse = self.esmtpState_challenge
@@ -907,7 +915,7 @@ class ESMTPClient(SMTPClient):
         self._expected = [235, 334]
         self._okresponse = self.smtpState_maybeAuthenticated
         self._failresponse = self._authRefused
-        self.sendLine(base64.b64encode(response))
+        self._sendSecret(base64.b64encode(response), b"*****")
 
     def smtpState_maybeAuthenticated(self, code, resp) -> None:
         if code == 235:

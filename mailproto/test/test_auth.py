@@ -113,6 +113,15 @@ class LOGINTests(SynchronousTestCase):
         self.assertEqual(auth.challengeResponse(b"pass", b""), b"user")
         self.assertEqual(auth.challengeResponse(b"pass", b""), b"pass")
 
+    def test_reused(self):
+        """
+        An authenticator used for a second login answers by the question:
+        never the password to C{Username:}.
+        """
+        auth = LOGINAuthenticator(b"user")
+        answers = [auth.challengeResponse(b"pass", c) for c in (b"Username:", b"Password:") * 2]
+        self.assertEqual(answers, [b"user", b"pass", b"user", b"pass"])
+
     def test_text(self):
         """
         Text is sent as UTF-8.

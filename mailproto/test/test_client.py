@@ -683,6 +683,26 @@ class AUTHTests(ClientTestMixin, SynchronousTestCase):
         self.assertEqual(session.server(b"334 UGFzc3dvcmQ6\r\n"), b"cGFzcw==\r\n")
         self.assertEqual(session.server(b"235 2.7.0 ok\r\n"), b"MAIL FROM:<alice@example.org>\r\n")
 
+    def test_secretsNotLogged(self):
+        """
+        The client's log, which goes into every error, never holds the
+        SASL responses: a refused login reports no password.
+        """
+        for auth, extension, challenges in [
+            (PLAINAuthenticator(b"user"), b"AUTH PLAIN", []),
+            (LOGINAuthenticator(b"user"), b"AUTH LOGIN", [b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n"]),
+        ]:
+            client = self.client(auth, secret=b"s3cret-pw")
+            session, written = esmtp(self, client, [extension])
+            for challenge in challenges:
+                session.server(challenge)
+            session.server(b"535 5.7.8 Authentication credentials invalid\r\n")
+            [error] = client.errors
+            text = bytes(error) + client.log.str()
+            self.assertIn(b"*****", text)
+            for secret in (b"s3cret-pw", base64.b64encode(b"s3cret-pw"), base64.b64encode(b"\0user\0s3cret-pw")):
+                self.assertNotIn(secret, text)
+
     def test_cramMD5(self):
         """
         CRAM-MD5 answers the RFC 2195 example challenge with the RFC's
