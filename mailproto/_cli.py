@@ -11,6 +11,9 @@ subcommand.
 
   - C{mailproto sink}: a debugging SMTP/LMTP server that prints, or keeps
     in a Maildir or an mbox, every message it receives (L{SinkOptions}).
+  - C{mailproto send}: send test messages, one or many, over several
+    connections at once, with TLS and AUTH (L{SendOptions}; the sending is
+    in L{mailproto._send}).
 """
 
 from __future__ import annotations
@@ -21,9 +24,16 @@ import sys
 from twisted.python import usage
 
 import mailproto
+from mailproto._send import (
+    DEFAULT_HOST as SEND_HOST,
+    DEFAULT_LMTP_PORT as SEND_LMTP_PORT,
+    DEFAULT_PORT as SEND_PORT,
+    DEFAULT_TIMEOUT as SEND_TIMEOUT,
+    IMPLICIT_TLS_PORT as SEND_TLS_PORT,
+)
 from mailproto._server import SMTP
 
-__all__ = ["MailprotoOptions", "SinkOptions", "main", "runCommand"]
+__all__ = ["MailprotoOptions", "SendOptions", "SinkOptions", "main", "runCommand"]
 
 PROGRAM = "mailproto"
 
@@ -53,6 +63,49 @@ def _octets(value: str) -> int:
     if size < 0:
         raise ValueError(f"not a number of octets: {value!r}")
     return size
+
+
+
+def _remotePort(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"not a port number: {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"not a port number: {value!r} (1 to 65535)")
+    return port
+
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise ValueError(f"not a positive whole number: {value!r}")
+    return number
+
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {value!r}") from None
+    if not 0 < seconds < 1e6:
+        raise ValueError(f"not a number of seconds: {value!r} (more than 0)")
+    return seconds
+
+
+
+def _mechanism(value: str) -> str:
+    from mailproto._send import MECHANISMS
+
+    name = value.upper()
+    if name not in MECHANISMS:
+        raise ValueError(f"unknown AUTH mechanism {value!r} (one of {', '.join(MECHANISMS)})")
+    return name
 
 
 
@@ -280,6 +333,305 @@ class SinkOptions(_Command):
         return status[0]
 
 
+#: The most connections C{mailproto send} opens at once.
+MAX_CONCURRENCY = 1000
+
+
+class SendOptions(_Command):
+    """
+    The options of C{mailproto send}.  After parsing, C{config} is the
+    L{mailproto._send.SendConfig}.
+    """
+
+    longdesc = (
+        "Send test messages by SMTP (or LMTP), like a small swaks: one, or many over several connections at "
+        "once.  Without --data, each message is made up: Date, Message-ID, From, To, Subject "
+        "'mailproto test N' and a short body.  A summary line goes to stdout; errors go to stderr, one line "
+        "each; a progress bar too, when stderr is a terminal and there is more than one message.  "
+        "TLS: by default STARTTLS is used when the server offers it, and the server's certificate is then "
+        "checked against --server (an untrusted certificate is an error, not a reason to go on in the clear).  "
+        "The password for --user is read from the MAILPROTO_PASSWORD environment variable, else asked for on "
+        "the terminal; never give it on the command line.  "
+        "Exit status: 0 if every message was sent, 1 if any was refused or failed, 2 for a usage error.  "
+        "Examples: mailproto send --from me@example.com --to you@example.com;  "
+        "mailproto send --server mx.example.com --from me@example.com --to you@example.com --data msg.eml;  "
+        "mailproto send --port 1025 --from a@example.com --to b@example.com --count 1000 --concurrency 10;  "
+        "mailproto send --server smtp.example.com --port 587 --user me --from me@example.com --to you@example.com;  "
+        "mailproto send --server smtp.example.com --tls --user me --from me@example.com --to you@example.com;  "
+        "mailproto send --lmtp --socket /run/dovecot/lmtp --from me@example.com --to you@example.com"
+    )
+
+    optFlags = [
+        ["tls", None, "Implicit TLS (RFC 8314): TLS from the first byte, as on port 465 (the default port with it)."],
+        ["starttls", None, "Require STARTTLS: if the server does not offer it, fail and send nothing."],
+        ["no-tls", None, "Never use TLS, not even when the server offers STARTTLS."],
+        [
+            "insecure",
+            None,
+            "Do not check the server's certificate (a warning says so).  For test servers only.",
+        ],
+        ["lmtp", None, f"Speak LMTP (RFC 2033) instead of ESMTP [default port: {SEND_LMTP_PORT}]."],
+        ["quiet", "q", "Print no summary and no progress bar; errors are still said on stderr."],
+        ["verbose", "v", "Print the SMTP exchange of the first connection (AUTH secrets masked) on stdout."],
+    ]
+
+    optParameters = [
+        ["server", "s", None, f"The server's host name or address [default: {SEND_HOST}]."],
+        [
+            "port",
+            "p",
+            None,
+            f"The server's port [default: {SEND_PORT}; {SEND_TLS_PORT} with --tls].  "
+            f"--port {SEND_TLS_PORT} alone means --tls.",
+            _remotePort,
+        ],
+        ["socket", None, None, "Connect to this UNIX socket instead of --server/--port (with --lmtp: LMTP)."],
+        ["cafile", None, None, "Trust the CA certificates of this PEM file instead of the system's."],
+        [
+            "user",
+            "u",
+            None,
+            "Authenticate (SMTP AUTH) as this user; the password comes from MAILPROTO_PASSWORD or is asked "
+            "for.  TLS is then required, unless --no-tls.",
+        ],
+        [
+            "auth",
+            None,
+            None,
+            "Use only this SASL mechanism: PLAIN, LOGIN, CRAM-MD5 or XOAUTH2 (the secret is then an "
+            "OAuth 2.0 access token) [default: PLAIN, LOGIN, CRAM-MD5, as the server offers].",
+            _mechanism,
+        ],
+        ["from", "f", None, "The envelope sender, and From: of the made-up message (required; '' for <>)."],
+        ["data", "d", None, "Send this message file ('-': stdin) instead of a made-up message."],
+        ["body", None, None, "The body of the made-up message."],
+        ["helo", None, None, "The client's name for EHLO/LHLO [default: this machine's name]."],
+        [
+            "timeout",
+            None,
+            None,
+            f"Seconds to wait for the connection and for each reply [default: {SEND_TIMEOUT:g}].",
+            _seconds,
+        ],
+        ["count", "n", 1, "How many messages to send.", _positive],
+        [
+            "concurrency",
+            "c",
+            1,
+            f"How many connections to use at once (at most {MAX_CONCURRENCY}); each sends messages one "
+            "after the other until --count are sent.",
+            _positive,
+        ],
+    ]
+
+    compData = usage.Completions(
+        optActions={
+            "socket": usage.CompleteFiles(descr="UNIX socket"),
+            "cafile": usage.CompleteFiles("*.pem", descr="PEM CA certificates"),
+            "data": usage.CompleteFiles(descr="message file"),
+            "auth": usage.CompleteList(["PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2"]),
+        }
+    )
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["to"] = []
+        self["header"] = []
+        self.config = None
+
+    def opt_to(self, address: str) -> None:
+        """
+        A recipient (required; may be given more than once).
+        """
+        self["to"].append(address)
+
+    opt_t = opt_to
+
+    def opt_header(self, field: str) -> None:
+        self["header"].append(field)
+
+    # The help of --header, on one line so that it wraps well.
+    opt_header.__doc__ = (
+        "A header field, 'Name: value': it replaces the made-up message's fields of that name, or is added; "
+        "with --data, it goes before the message.  May be given more than once."
+    )
+
+    opt_H = opt_header
+
+    def postOptions(self) -> None:
+        from mailproto._address import Address
+        from mailproto._errors import AddressError
+        from mailproto._send import (
+            IMPLICIT,
+            NO_TLS,
+            OPPORTUNISTIC,
+            STARTTLS,
+            SendConfig,
+            loadTrustRoot,
+            parseHeaderField,
+        )
+
+        if self["from"] is None:
+            raise usage.UsageError("--from is required (the envelope sender; '' for the null sender <>)")
+        if not self["to"]:
+            raise usage.UsageError("--to is required (a recipient; may be given more than once)")
+        sender = self["from"]
+        if sender.strip() in ("", "<>"):
+            sender = ""
+        else:
+            try:
+                Address(sender.encode("utf-8", "surrogateescape"))
+            except AddressError:
+                raise usage.UsageError(f"--from: not a mail address: {self['from']!r}") from None
+        for recipient in self["to"]:
+            try:
+                address = Address(recipient.encode("utf-8", "surrogateescape"))
+            except AddressError:
+                raise usage.UsageError(f"--to: not a mail address: {recipient!r}") from None
+            if not bytes(address):
+                raise usage.UsageError("--to: the null address <> cannot be a recipient")
+        headers = []
+        for text in self["header"]:
+            try:
+                headers.append(parseHeaderField(text))
+            except ValueError as e:
+                raise usage.UsageError(f"--header: {e}") from None
+        if self["quiet"] and self["verbose"]:
+            raise usage.UsageError("--quiet and --verbose cannot be used together")
+        if self["data"] is not None:
+            if self["body"] is not None:
+                raise usage.UsageError("--body is for the made-up message; it cannot be used with --data")
+            if self["data"] != "-":
+                try:
+                    with open(self["data"], "rb"):
+                        pass
+                except OSError as e:
+                    raise usage.UsageError(f"--data: cannot read {_describeOSError(e)}") from None
+        if self["helo"] is not None and _hostnameRe.fullmatch(self["helo"]) is None:
+            raise usage.UsageError(f"--helo: not a host name: {self['helo']!r}")
+        if self["concurrency"] > MAX_CONCURRENCY:
+            raise usage.UsageError(f"--concurrency: at most {MAX_CONCURRENCY}")
+        modes = [name for name in ("tls", "starttls", "no-tls") if self[name]]
+        if len(modes) > 1:
+            raise usage.UsageError(f"--{modes[0]} and --{modes[1]} cannot be used together; choose one")
+        if self["insecure"] and self["cafile"] is not None:
+            raise usage.UsageError("--insecure and --cafile cannot be used together")
+        tlsOptions = [f"--{name}" for name in ("tls", "starttls", "cafile", "insecure") if self[name]]
+        if self["no-tls"] and tlsOptions:
+            raise usage.UsageError(f"{tlsOptions[0]} is about TLS; it cannot be used with --no-tls")
+        if self["auth"] is not None and self["user"] is None:
+            raise usage.UsageError("--auth needs --user")
+        if self["user"] is not None and not self["user"]:
+            raise usage.UsageError("--user: the user name is empty")
+        host, port = self["server"], self["port"]
+        if self["socket"] is not None:
+            if host is not None or port is not None:
+                raise usage.UsageError("give either --socket or --server/--port, not both")
+            if tlsOptions:
+                raise usage.UsageError(f"{tlsOptions[0]}: TLS is not used on a UNIX socket")
+            if not self["socket"]:
+                raise usage.UsageError("--socket: the path is empty")
+            tls = NO_TLS
+        else:
+            host = SEND_HOST if host is None else host
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            try:
+                host.encode("idna")
+            except UnicodeError:
+                host = ""
+            if not host or any(ch.isspace() or ch in "/@" or ord(ch) < 32 for ch in host):
+                raise usage.UsageError(f"--server: not a host name or address: {self['server']!r}")
+            if self["tls"] or (port == SEND_TLS_PORT and not modes):
+                tls = IMPLICIT
+            elif self["starttls"] or (self["user"] is not None and not modes):
+                tls = STARTTLS
+            elif self["no-tls"]:
+                tls = NO_TLS
+            else:
+                tls = OPPORTUNISTIC
+            if port is None:
+                port = SEND_LMTP_PORT if self["lmtp"] else SEND_TLS_PORT if tls == IMPLICIT else SEND_PORT
+        trustRoot = None
+        if self["cafile"] is not None:
+            try:
+                trustRoot = loadTrustRoot(self["cafile"])
+            except OSError as e:
+                raise usage.UsageError(f"--cafile: cannot read {_describeOSError(e)}") from None
+            except ValueError as e:
+                raise usage.UsageError(f"--cafile: {self['cafile']}: {e}") from None
+        self.config = SendConfig(
+            sender=sender,
+            recipients=list(self["to"]),
+            host=host or SEND_HOST,
+            port=port or SEND_PORT,
+            socket=self["socket"],
+            lmtp=bool(self["lmtp"]),
+            tls=tls,
+            trustRoot=trustRoot,
+            insecure=bool(self["insecure"]),
+            user=self["user"],
+            auth=self["auth"],
+            data=self["data"],
+            headers=headers,
+            body=self["body"],
+            helo=self["helo"],
+            timeout=SEND_TIMEOUT if self["timeout"] is None else self["timeout"],
+            count=self["count"],
+            concurrency=self["concurrency"],
+            quiet=bool(self["quiet"]),
+            verbose=bool(self["verbose"]),
+        )
+
+    def makeCommand(self, reactor, stdout, stderr, **kw):
+        """
+        @return: the L{mailproto._send.SendCommand} of these options.
+        """
+        from mailproto._send import SendCommand
+
+        return SendCommand(self.config, reactor, stdout, stderr, **kw)
+
+    def run(self, reactor, stdout, stderr) -> int:
+        """
+        Send, running the reactor until done.  Ctrl-C stops the sending;
+        what was not sent counts as failed.
+
+        @return: C{0} if every message was sent, C{1} if not, C{2} if no
+            password could be had.
+        """
+        from twisted.internet import defer
+        from twisted.logger import Logger
+        from twisted.python.failure import Failure
+
+        command = self.makeCommand(reactor, stdout, stderr)
+        status = command.prepare()
+        if status is not None:
+            return status
+        outcome = []
+
+        def finished(result):
+            if isinstance(result, Failure):
+                Logger(namespace="mailproto.send").failure("mailproto send: internal error", result)
+                outcome.append(1)
+            else:
+                outcome.append(result)
+            if reactor.running:
+                try:
+                    reactor.stop()
+                except Exception:  # already stopping
+                    pass
+
+        def interrupted() -> None:
+            if not outcome:
+                stderr.write(f"{PROGRAM} send: interrupted\n")
+                command.stop()
+
+        reactor.callWhenRunning(lambda: defer.maybeDeferred(command.send).addBoth(finished))
+        reactor.addSystemEventTrigger("before", "shutdown", interrupted)
+        reactor.run()
+        return outcome[0] if outcome else 1
+
+
 def _describeOSError(error: OSError) -> str:
     """
     @return: an L{OSError} in one line, without its class name.
@@ -360,6 +712,7 @@ class MailprotoOptions(usage.Options):
 
     subCommands = [
         ["sink", None, SinkOptions, "Run a debugging SMTP/LMTP server that prints, or stores, all mail sent to it."],
+        ["send", None, SendOptions, "Send test messages (one, or many over several connections) by SMTP or LMTP."],
     ]
 
     def opt_version(self) -> None:
