@@ -23,6 +23,17 @@ from mailproto._headers import localHostname
 _log = Logger()
 
 
+def _isTLSFailure(failure) -> bool:
+    """
+    @return: whether C{failure} is a TLS handshake or certificate failure,
+        which trying again would only repeat.
+    """
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
+    return failure.check(SSL.Error, VerificationError) is not None
+
+
 def _toBytes(value) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
@@ -207,7 +218,7 @@ class SMTPSenderFactory(ClientFactory):
         self.currentProtocol = None
         if self.sendFinished:
             return
-        if self.retries < 0:
+        if self.retries < 0 and not _isTLSFailure(err):
             self.retries += 1
             _log.info("SMTP client trying again ({left} more): {error}", left=-self.retries, error=err.value)
             self.file.seek(0, 0)

@@ -281,6 +281,22 @@ class SendmailTests(SynchronousTestCase):
         self.failureResultOf(d, SMTPConnectError)
         self.assertEqual([c[0] for c in self.reactor.tcpClients], ["mx1.example", "mx2.example"])
 
+    def test_noRetryAfterTLSFailure(self):
+        """
+        A certificate that does not verify fails at once: trying again
+        would only repeat it.
+        """
+        from OpenSSL import SSL
+        from service_identity import VerificationError
+
+        for error in (SSL.Error([("SSL routines", "", "certificate verify failed")]), VerificationError([])):
+            d = self.send(retries=3)
+            factory = self.reactor.tcpClients[-1][2]
+            connector = self.reactor.connectors[-1]
+            factory.clientConnectionLost(connector, Failure(error))
+            self.assertIs(self.failureResultOf(d, SMTPConnectError).value.__cause__, error)
+            self.assertEqual(connector.connects, 0)
+
     def test_noRetries(self):
         """
         With C{retries=0}, the first failure is final.
