@@ -669,37 +669,15 @@ def loadTLS(certificatePath: str, keyPath: str | None = None):
     @raise usage.UsageError: if they cannot be read or do not match.
     """
     try:
-        from twisted.internet.ssl import Certificate, CertificateOptions, PrivateCertificate
+        from mailproto._tls import loadServerOptions
     except ImportError as e:
         raise usage.UsageError(f"TLS is not available (pyOpenSSL missing?): {e}") from None
     try:
-        with open(certificatePath, "rb") as f:
-            certificateData = f.read()
-        keyData = certificateData
-        if keyPath is not None:
-            with open(keyPath, "rb") as f:
-                keyData = f.read()
+        return loadServerOptions(certificatePath, keyPath)
     except OSError as e:
         raise usage.UsageError(f"cannot read the TLS certificate or key: {_describeOSError(e)}") from None
-    try:
-        certificate = PrivateCertificate.loadPEM(certificateData + b"\n" + keyData)
-        chain = [
-            Certificate.loadPEM(block).original
-            for block in re.findall(
-                rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", certificateData, re.S
-            )[1:]
-        ]
-        options = CertificateOptions(
-            privateKey=certificate.privateKey.original,
-            certificate=certificate.original,
-            extraCertChain=chain or None,
-        )
-        options.getContext()
-    except Exception as e:
-        raise usage.UsageError(
-            f"cannot use {certificatePath}{' and ' + keyPath if keyPath else ''} for TLS: {str(e) or type(e).__name__}"
-        ) from None
-    return options
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
 
 
 class MailprotoOptions(usage.Options):

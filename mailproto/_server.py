@@ -30,11 +30,17 @@ C{_to} the accepted recipients as C{(User, message factory)} pairs.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
+import functools
 import re
+import time
 
 from twisted.cred import credentials
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
+from twisted.internet.interfaces import INegotiated, ISSLTransport, ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -43,7 +49,8 @@ from twisted.python.failure import Failure
 
 from mailproto import __version__
 from mailproto._address import Address, User, quoteaddr
-from mailproto._commands import noArgument, parseBdat, parseHelo, parseMailFrom, parseRcptTo, splitCommand
+from mailproto._commands import noArgument, parseAuth, parseBdat, parseHelo, parseMailFrom, parseRcptTo, splitCommand
+from mailproto._cred import LOGINCredentials, PLAINCredentials
 from mailproto._data import BareNewlinePolicy, Unstuffer
 from mailproto._errors import SMTPBadRcpt, SMTPBadSender, SMTPServerError
 from mailproto._headers import localHostname, rfc822date
@@ -72,7 +79,66 @@ _headerLineRe = re.compile(rb"[!-9;-~]+:")
 # before the transport is paused.
 _MAX_BUFFERED = 65536
 
+# SASL mechanisms that send the password itself.
+_PLAINTEXT_MECHANISMS = frozenset({b"PLAIN", b"LOGIN"})
+
 _INTERNAL_ERROR = (451, b"Requested action aborted: local error in processing", b"4.3.0")
+
+
+def _printable(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+class AuthFailures:
+    """
+    Failed AUTH attempts per client address, over a sliding window, shared
+    by the connections of a factory.
+
+    @ivar limit: failures allowed in C{window} seconds; after that, AUTH
+        from the address is refused until older failures age out.
+    @ivar window: the window, in seconds.
+    """
+
+    def __init__(self, limit: int = 10, window: float = 600.0, clock=None) -> None:
+        """
+        @param limit: see L{AuthFailures.limit}.
+        @param window: see L{AuthFailures.window}.
+        @param clock: an L{IReactorTime}; real time if L{None}.
+        """
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._failures: dict[bytes, list[float]] = {}
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else time.time()
+
+    def _recent(self, address: bytes) -> list[float]:
+        cutoff = self._now() - self.window
+        times = [t for t in self._failures.get(address, ()) if t > cutoff]
+        if times:
+            self._failures[address] = times
+        else:
+            self._failures.pop(address, None)
+        return times
+
+    def failed(self, address: bytes) -> None:
+        """
+        Count a failure from C{address}.
+        """
+        self._failures[address] = [*self._recent(address), self._now()]
+        if len(self._failures) > 100000:
+            # Bounded memory: forget the quietest addresses.
+            for old in sorted(self._failures, key=lambda a: self._failures[a][-1])[:10000]:
+                del self._failures[old]
+
+    def blocked(self, address: bytes) -> bool:
+        """
+        @return: whether C{address} has had C{limit} failures in the window.
+        """
+        return len(self._recent(address)) >= self.limit
 
 
 def _peerHost(address) -> bytes:
@@ -329,7 +395,11 @@ class SMTP(LineReceiver, TimeoutMixin):
                     self._discardingLine = False
                     self.lineLengthExceeded(line)
                     continue
-                self.lineReceived(line)
+                if self.mode == COMMAND:
+                    self.lineReceived(line)
+                else:
+                    # A SASL response: its handler may answer later.
+                    self._run(self.lineReceived, line)
         finally:
             self._processing = False
         if self._pending is not None and len(self._input) > _MAX_BUFFERED and not self._pausedTransport:
@@ -810,7 +880,8 @@ class SMTP(LineReceiver, TimeoutMixin):
                 if failure.check(UnauthorizedLogin):
                     raise SMTPBadSender(origin)
                 if failure.check(UnhandledCredentials):
-                    raise SMTPBadSender(origin, resp="Unauthenticated senders not allowed")
+                    # No anonymous access: RFC 4954 section 6.
+                    raise SMTPServerError(530, "Authentication required", b"5.7.0")
                 return failure
 
             login.addCallbacks(self._cbAnonymousAuthentication, refused)
@@ -871,15 +942,47 @@ class ESMTP(SMTP):
     (RFC 6531), DSN (RFC 3461), ENHANCEDSTATUSCODES (RFC 2034) and
     CHUNKING (RFC 3030).
 
+    With a TLS context (C{contextFactory}), STARTTLS (RFC 3207); with a
+    C{portal} and C{challengers}, AUTH (RFC 4954).
+
+    STARTTLS: after C{220}, input the client sent with the command is
+    thrown away (it came in plaintext and would otherwise be read as if
+    over TLS), and the session starts over: EHLO again, no sender, no
+    recipients, no authentication.  STARTTLS is then no longer offered.
+
+    AUTH: PLAIN and LOGIN send the password itself, so on a plaintext
+    connection they are neither offered nor accepted (C{538 5.7.11})
+    unless C{allowPlaintextAuth}.  Each failure is answered more slowly
+    (C{authFailureDelay} seconds times the failures so far); after
+    C{maxAuthFailures} on one connection the server says C{421} and hangs
+    up, and C{authFailures} (shared by the factory's connections) refuses
+    AUTH to an address with too many recent failures.
+
     @ivar challengers: SASL mechanism names mapped to
         L{IChallengeResponse} credential classes.
     @ivar ctx: the TLS context factory for STARTTLS, if any.
+    @ivar startedTLS: whether the connection is encrypted (after
+        STARTTLS, or from the start on an implicit-TLS listener).
+    @ivar authenticated: whether the client has authenticated.
+    @ivar authenticatedUser: the user name it authenticated as.
+    @ivar allowPlaintextAuth: whether PLAIN and LOGIN may be used without
+        TLS.
+    @ivar maxAuthFailures: failed AUTH attempts allowed per connection.
+    @ivar authFailureDelay: seconds of delay added per failed attempt.
+    @ivar authFailures: an L{AuthFailures} shared between connections, or
+        L{None}.
     """
 
     ctx = None
     canStartTLS = False
     startedTLS = False
     authenticated = False
+    authenticatedUser = None
+    challenger = None
+    allowPlaintextAuth = False
+    maxAuthFailures = 3
+    authFailureDelay = 1.0
+    authFailures = None
     _parameterAllowance = 1024
 
     def __init__(self, chal=None, contextFactory=None) -> None:
@@ -891,6 +994,13 @@ class ESMTP(SMTP):
         self.challengers = {} if chal is None else chal
         self.ctx = contextFactory
         self.authenticated = False
+        self._authFailureCount = 0
+
+    def connectionMade(self) -> None:
+        SMTP.connectionMade(self)
+        transport = self.transport
+        self.startedTLS = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
+        self.canStartTLS = self.ctx is not None and ITLSTransport.providedBy(transport) and not self.startedTLS
 
     def greeting(self) -> bytes:
         return SMTP.greeting(self) + b" ESMTP"
@@ -913,7 +1023,7 @@ class ESMTP(SMTP):
         @return: EHLO keywords mapped to their parameters (a list of
             L{bytes}) or L{None}.
         """
-        return {
+        extensions = {
             b"PIPELINING": None,
             b"SIZE": [b"%d" % self.maxMessageSize],
             b"8BITMIME": None,
@@ -922,6 +1032,20 @@ class ESMTP(SMTP):
             b"ENHANCEDSTATUSCODES": None,
             b"CHUNKING": None,
         }
+        if self.canStartTLS and not self.startedTLS:
+            extensions[b"STARTTLS"] = None
+        if not self.authenticated:
+            extensions[b"AUTH"] = self._mechanisms()
+        return extensions
+
+    def _mechanisms(self) -> list[bytes]:
+        """
+        @return: the SASL mechanisms this connection may use now.
+        """
+        if self.portal is None:
+            return []
+        plaintextOK = self.startedTLS or self.allowPlaintextAuth
+        return [name for name in self.challengers if plaintextOK or name.upper() not in _PLAINTEXT_MECHANISMS]
 
     def listExtensions(self) -> bytes:
         """
@@ -1008,6 +1132,154 @@ class ESMTP(SMTP):
         self._messages = None
         self._chunking = False
         self._replyError(error)
+
+    # -- STARTTLS -----------------------------------------------------------
+
+    def ext_STARTTLS(self, rest: bytes) -> None:
+        noArgument(rest, "STARTTLS")
+        if self.startedTLS:
+            raise SMTPServerError(503, "TLS already active", b"5.5.1")
+        if not self.canStartTLS or b"STARTTLS" not in self._advertised:
+            raise SMTPServerError(454, "TLS not available", b"4.7.0")
+        if self._input:
+            # Sent before the handshake, in plaintext: an injection attempt
+            # (CVE-2011-0411 class).  None of it is executed.
+            self._log.warn(
+                "SMTP client {peer} sent {count} octets after STARTTLS; thrown away",
+                peer=self._helo[1],
+                count=len(self._input),
+            )
+            self._input = b""
+        self.sendCode(220, b"Ready to start TLS", b"2.0.0")
+        self.transport.startTLS(self.ctx)
+        self.startedTLS = True
+        # RFC 3207 section 4.2: forget everything learnt before TLS.
+        self._resetTransaction()
+        self._helo = (None, self._helo[1])
+        self._enhanced = False
+        self._advertised = {}
+        self._logout()
+        self.authenticated = False
+        self.authenticatedUser = None
+
+    # -- AUTH ---------------------------------------------------------------
+
+    def ext_AUTH(self, rest: bytes):
+        if self.authenticated:
+            raise SMTPServerError(503, "Already authenticated", b"5.5.1")
+        if b"AUTH" not in self._advertised:
+            raise SMTPServerError(503, "Send EHLO first; AUTH was not offered", b"5.5.1")
+        if self._from is not None or self._chunking:
+            raise SMTPServerError(503, "AUTH is not allowed during a mail transaction", b"5.5.1")
+        mechanism, initial = parseAuth(rest)
+        if mechanism not in {name.upper() for name in self.challengers} or self.portal is None:
+            raise SMTPServerError(504, "Unrecognized authentication type", b"5.5.4")
+        if mechanism in _PLAINTEXT_MECHANISMS and not (self.startedTLS or self.allowPlaintextAuth):
+            raise SMTPServerError(538, "Encryption required for requested authentication mechanism", b"5.7.11")
+        if self.authFailures is not None and self.authFailures.blocked(self._helo[1]):
+            self._log.info("AUTH refused to {peer}: too many failures", peer=self._helo[1])
+            self._hangUp(421, self.host + b" Too many failed authentications, try later", b"4.7.0")
+            return None
+        factory = {name.upper(): value for name, value in self.challengers.items()}[mechanism]
+        self.challenger = factory()
+        self.mode = AUTH
+        if initial is None:
+            self._challenge()
+            return None
+        # The initial response answers the first challenge, unsent.
+        self.challenger.getChallenge()
+        return self.state_AUTH(b"" if initial == b"=" else initial)
+
+    def _challenge(self) -> None:
+        challenge = self.challenger.getChallenge()
+        self.sendCode(334, base64.b64encode(challenge) or b"")
+
+    def state_AUTH(self, response: bytes):
+        """
+        One response of the client in a SASL exchange.
+        """
+        if response == b"*":
+            return self._endAuth(SMTPServerError(501, "Authentication aborted", b"5.7.0"))
+        try:
+            decoded = base64.b64decode(response, validate=True) if response else b""
+        except (binascii.Error, ValueError):
+            return self._endAuth(SMTPServerError(501, "Cannot decode the response (not base64)", b"5.5.2"))
+        try:
+            self.challenger.setResponse(decoded)
+            more = self.challenger.moreChallenges()
+        except UnauthorizedLogin:
+            return self._authFailed()
+        if more:
+            self._challenge()
+            return None
+        self.mode = COMMAND
+        login = self.portal.login(self.challenger, None, IMessageDeliveryFactory, IMessageDelivery)
+        login.addCallbacks(self._cbAuthenticated, self._ebAuthenticated)
+        return login
+
+    def _endAuth(self, error: SMTPServerError) -> None:
+        self.mode = COMMAND
+        self.challenger = None
+        self._replyError(error)
+
+    def _cbAuthenticated(self, loginInfo) -> None:
+        user = getattr(self.challenger, "username", None)
+        SMTP._cbAnonymousAuthentication(self, loginInfo)
+        self.authenticated = True
+        self.authenticatedUser = user
+        self._log.info("SMTP client {peer} authenticated as {user}", peer=self._helo[1], user=_printable(user))
+        self.sendCode(235, b"Authentication successful", b"2.7.0")
+
+    def _ebAuthenticated(self, reason: Failure):
+        if reason.check(UnauthorizedLogin):
+            return self._authFailed()
+        self._log.failure("Authentication failed unexpectedly", reason)
+        self.challenger = None
+        self.sendCode(454, b"Temporary authentication failure", b"4.7.0")
+        return None
+
+    def _authFailed(self):
+        """
+        A failed login: answer C{535} after a delay that grows with each
+        failure; after too many, hang up.
+        """
+        self.mode = COMMAND
+        self.challenger = None
+        self._authFailureCount += 1
+        if self.authFailures is not None:
+            self.authFailures.failed(self._helo[1])
+        self._log.info(
+            "SMTP client {peer} failed to authenticate ({count})", peer=self._helo[1], count=self._authFailureCount
+        )
+        delay = self.authFailureDelay * self._authFailureCount
+        done = defer.Deferred()
+
+        def answer() -> None:
+            if self._authFailureCount >= self.maxAuthFailures:
+                self._hangUp(421, self.host + b" Too many failed authentications", b"4.7.0")
+            else:
+                self.sendCode(535, b"Authentication credentials invalid", b"5.7.8")
+            done.callback(None)
+
+        if delay > 0:
+            self.callLater(delay, answer)
+        else:
+            answer()
+        return done
+
+    def _logout(self) -> None:
+        if self._onLogout is not None:
+            logout, self._onLogout = self._onLogout, None
+            logout()
+
+    def do_MAIL(self, rest: bytes):
+        result = SMTP.do_MAIL(self, rest)
+        mail = self._mail
+        if mail is not None and mail.auth is not None and not self.authenticated:
+            # RFC 4954 section 5: AUTH= from an unauthenticated client is
+            # not believed.
+            self._mail = dataclasses.replace(mail, auth=b"<>")
+        return result
 
     def _withProtocol(self) -> bytes:
         name = self._protocolName
@@ -1160,18 +1432,70 @@ class ESMTPFactory(SMTPFactory):
     protocol = ESMTP
     challengers = None
     contextFactory = None
+    allowPlaintextAuth = False
+    maxAuthFailures = ESMTP.maxAuthFailures
+    authFailureDelay = ESMTP.authFailureDelay
 
-    def __init__(self, portal=None, *, challengers=None, contextFactory=None, **kw) -> None:
+    def __init__(
+        self,
+        portal=None,
+        *,
+        challengers=None,
+        contextFactory=None,
+        allowPlaintextAuth=False,
+        maxAuthFailures=ESMTP.maxAuthFailures,
+        authFailureDelay=ESMTP.authFailureDelay,
+        authFailures=None,
+        **kw,
+    ) -> None:
+        """
+        @param portal: a cred portal; with it, AUTH is offered, and its
+            avatars (L{IMessageDelivery} or L{IMessageDeliveryFactory})
+            deliver the mail of authenticated clients.  Unauthenticated
+            clients get an anonymous login, or C{delivery} if given, or
+            C{530 5.7.0 Authentication required}.
+        @param challengers: SASL mechanisms by name, each a callable making
+            an L{IChallengeResponse}; by default PLAIN and LOGIN, and
+            CRAM-MD5 when the portal can check hashed-password credentials
+            (which needs the password in the clear on the server).
+        @param contextFactory: TLS options for STARTTLS (see
+            L{mailproto._tls.loadServerOptions}).
+        @param allowPlaintextAuth: see L{ESMTP.allowPlaintextAuth}.
+        @param maxAuthFailures: see L{ESMTP.maxAuthFailures}.
+        @param authFailureDelay: see L{ESMTP.authFailureDelay}.
+        @param authFailures: an L{AuthFailures}; one (10 failures per
+            address in 10 minutes) if L{None}.
+        @param kw: as for L{SMTPFactory}.
+        """
         SMTPFactory.__init__(self, portal, **kw)
         self.challengers = challengers
         self.contextFactory = contextFactory
+        self.allowPlaintextAuth = allowPlaintextAuth
+        self.maxAuthFailures = maxAuthFailures
+        self.authFailureDelay = authFailureDelay
+        self.authFailures = authFailures if authFailures is not None else AuthFailures(clock=self.clock)
+
+    def defaultChallengers(self) -> dict:
+        """
+        @return: the SASL mechanisms the portal can check.
+        """
+        mechanisms = {b"PLAIN": PLAINCredentials, b"LOGIN": LOGINCredentials}
+        if self.portal is not None and credentials.IUsernameHashedPassword in self.portal.listCredentialsInterfaces():
+            mechanisms = {b"CRAM-MD5": functools.partial(credentials.CramMD5Credentials, self.domain), **mechanisms}
+        return mechanisms
 
     def buildProtocol(self, addr):
         p = SMTPFactory.buildProtocol(self, addr)
         if self.challengers is not None:
             p.challengers = dict(self.challengers)
+        elif self.portal is not None:
+            p.challengers = self.defaultChallengers()
         if self.contextFactory is not None:
             p.ctx = self.contextFactory
+        p.allowPlaintextAuth = self.allowPlaintextAuth
+        p.maxAuthFailures = self.maxAuthFailures
+        p.authFailureDelay = self.authFailureDelay
+        p.authFailures = self.authFailures
         return p
 
 

@@ -8,8 +8,10 @@ written for twisted.mail ports by changing its imports.
 Beyond twisted.mail's names, it exports L{ESMTPFactory}, L{LMTP} and
 L{LMTPFactory} (an LMTP server, RFC 2033), L{LMTPClient} and L{LMTPSender}
 (an LMTP client), L{XOAUTH2Authenticator} and L{OAUTHBEARERAuthenticator}
-(OAuth 2.0 SASL mechanisms) and L{IMessageStream} (a message that takes its
-data in chunks).
+(OAuth 2.0 SASL mechanisms), L{IMessageStream} (a message that takes its
+data in chunks), and for servers' TLS and AUTH L{loadServerOptions},
+L{PLAINCredentials}, L{UsersFile}, L{UsersFileChecker} (scrypt-hashed
+passwords) and L{AuthFailures}.
 
 Importing this module registers the C{xtext} codec (RFC 3461).
 """
@@ -23,6 +25,7 @@ from mailproto._auth import (
     XOAUTH2Authenticator,
 )
 from mailproto._client import ESMTPClient, LMTPClient, SMTPClient
+from mailproto._cred import LOGINCredentials, PLAINCredentials, UsersFile, UsersFileChecker
 from mailproto._errors import (
     AddressError,
     AUTHDeclinedError,
@@ -53,7 +56,8 @@ from mailproto._sender import (
     SMTPSenderFactory,
     sendmail,
 )
-from mailproto._server import ESMTP, LMTP, SMTP, ESMTPFactory, LMTPFactory, SMTPFactory
+from mailproto._server import ESMTP, LMTP, SMTP, AuthFailures, ESMTPFactory, LMTPFactory, SMTPFactory
+from mailproto._tls import loadServerOptions
 from mailproto._xtext import (
     xtext_codec,
     xtext_decode,
@@ -87,6 +91,13 @@ __all__ = [
     "OAUTHBEARERAuthenticator",
     "PLAINAuthenticator",
     "XOAUTH2Authenticator",
+    # server authentication and TLS
+    "AuthFailures",
+    "LOGINCredentials",
+    "PLAINCredentials",
+    "UsersFile",
+    "UsersFileChecker",
+    "loadServerOptions",
     # servers
     "ESMTP",
     "ESMTPFactory",

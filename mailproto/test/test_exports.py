@@ -13,6 +13,8 @@ from mailproto import (
     _address,
     _auth,
     _client,
+    _cred,
+    _tls,
     _sender,
     _commands,
     _data,
@@ -76,6 +78,9 @@ EXPORTS = {
     **{name: (_auth, name) for name in [
         "PLAINAuthenticator", "LOGINAuthenticator", "CramMD5ClientAuthenticator", "XOAUTH2Authenticator",
         "OAUTHBEARERAuthenticator"]},
+    **{name: (_cred, name) for name in ["LOGINCredentials", "PLAINCredentials", "UsersFile", "UsersFileChecker"]},
+    "AuthFailures": (_server, "AuthFailures"),
+    "loadServerOptions": (_tls, "loadServerOptions"),
 }
 
 # Names mailproto.smtp has that twisted.mail.smtp has not.
@@ -88,6 +93,11 @@ OWN_NAMES = {
     "LMTPSender",
     "XOAUTH2Authenticator",
     "OAUTHBEARERAuthenticator",
+    "AuthFailures",
+    "PLAINCredentials",
+    "UsersFile",
+    "UsersFileChecker",
+    "loadServerOptions",
 }
 
 

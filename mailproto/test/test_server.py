@@ -840,7 +840,7 @@ class DeliveryHookTests(SynchronousTestCase):
 
         session = Session(ESMTPFactory(Portal(Realm(), []), domain=b"mx.example"))
         lines = session.send(b"EHLO c\r\nMAIL FROM:<a@example.org>\r\n")
-        self.assertEqual(lines[-1], b"550 5.7.1 Cannot receive from specified address <a@example.org>: Unauthenticated senders not allowed")
+        self.assertEqual(lines[-1], b"530 5.7.0 Authentication required")
 
     def test_badSenderSubclass(self):
         class Mine(ESMTP):
