@@ -1,0 +1,1 @@
+The ESMTP server does STARTTLS (discarding anything pipelined before the handshake and starting the session over) and AUTH through twisted.cred (PLAIN and LOGIN only over TLS unless allowed, CRAM-MD5 when the checker can, failed attempts slowed, limited per connection and per address); UsersFile/UsersFileChecker keep scrypt-hashed passwords, and `mailproto adduser` writes them.
