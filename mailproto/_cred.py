@@ -220,7 +220,8 @@ class UsersFileChecker:
 
     def _users(self) -> dict[bytes, str]:
         try:
-            stamp = os.stat(self.usersFile.path).st_mtime_ns
+            info = os.stat(self.usersFile.path)
+            stamp = (info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_size)
         except FileNotFoundError:
             stamp = None
         if stamp != self._cache[0]:

@@ -414,8 +414,11 @@ class SMTP(LineReceiver, TimeoutMixin):
     def lineLengthExceeded(self, line: bytes) -> None:
         """
         A command line was longer than the limit: say so and go on with the
-        next line.
+        next line.  A SASL exchange it was part of is over.
         """
+        if self.mode == AUTH:
+            self.mode = COMMAND
+            self.challenger = None
         self.sendCode(500, b"Line too long", b"5.5.2")
 
     def lineReceived(self, line: bytes):
@@ -846,6 +849,10 @@ class SMTP(LineReceiver, TimeoutMixin):
         an L{IMessageDelivery}.
         """
         iface, avatar, logout = result
+        if self._onLogout is not None:
+            # Leaving the avatar of an earlier login.
+            previous, self._onLogout = self._onLogout, None
+            previous()
         if issubclass(iface, IMessageDeliveryFactory):
             self.deliveryFactory, self.delivery = avatar, None
         elif issubclass(iface, IMessageDelivery):
@@ -983,6 +990,8 @@ class ESMTP(SMTP):
     maxAuthFailures = 3
     authFailureDelay = 1.0
     authFailures = None
+    _delayedAuthReply = None
+    _configuredDelivery = (None, None)
     _parameterAllowance = 1024
 
     def __init__(self, chal=None, contextFactory=None) -> None:
@@ -1001,6 +1010,8 @@ class ESMTP(SMTP):
         transport = self.transport
         self.startedTLS = ISSLTransport.providedBy(transport) or INegotiated.providedBy(transport)
         self.canStartTLS = self.ctx is not None and ITLSTransport.providedBy(transport) and not self.startedTLS
+        # What the factory configured, as opposed to what a login chose.
+        self._configuredDelivery = (self.delivery, self.deliveryFactory)
 
     def greeting(self) -> bytes:
         return SMTP.greeting(self) + b" ESMTP"
@@ -1034,8 +1045,7 @@ class ESMTP(SMTP):
         }
         if self.canStartTLS and not self.startedTLS:
             extensions[b"STARTTLS"] = None
-        if not self.authenticated:
-            extensions[b"AUTH"] = self._mechanisms()
+        extensions[b"AUTH"] = self._mechanisms()
         return extensions
 
     def _mechanisms(self) -> list[bytes]:
@@ -1159,6 +1169,7 @@ class ESMTP(SMTP):
         self._enhanced = False
         self._advertised = {}
         self._logout()
+        self.delivery, self.deliveryFactory = self._configuredDelivery
         self.authenticated = False
         self.authenticatedUser = None
 
@@ -1209,6 +1220,8 @@ class ESMTP(SMTP):
             more = self.challenger.moreChallenges()
         except UnauthorizedLogin:
             return self._authFailed()
+        except (ValueError, TypeError, IndexError):
+            return self._endAuth(SMTPServerError(501, "Malformed authentication response", b"5.5.2"))
         if more:
             self._challenge()
             return None
@@ -1262,10 +1275,16 @@ class ESMTP(SMTP):
             done.callback(None)
 
         if delay > 0:
-            self.callLater(delay, answer)
+            self._delayedAuthReply = self.callLater(delay, answer)
         else:
             answer()
         return done
+
+    def connectionLost(self, reason=None) -> None:
+        delayed, self._delayedAuthReply = self._delayedAuthReply, None
+        if delayed is not None and delayed.active():
+            delayed.cancel()
+        SMTP.connectionLost(self, reason)
 
     def _logout(self) -> None:
         if self._onLogout is not None:
