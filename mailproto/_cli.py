@@ -14,10 +14,14 @@ subcommand.
   - C{mailproto send}: send test messages, one or many, over several
     connections at once, with TLS and AUTH (L{SendOptions}; the sending is
     in L{mailproto._send}).
+  - C{mailproto adduser}: add a user to a users file (scrypt-hashed
+    passwords, for L{mailproto._cred.UsersFileChecker}), or change a
+    user's password (L{AddUserOptions}).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -33,7 +37,7 @@ from mailproto._send import (
 )
 from mailproto._server import SMTP
 
-__all__ = ["MailprotoOptions", "SendOptions", "SinkOptions", "main", "runCommand"]
+__all__ = ["AddUserOptions", "MailprotoOptions", "SendOptions", "SinkOptions", "main", "runCommand"]
 
 PROGRAM = "mailproto"
 
@@ -632,6 +636,147 @@ class SendOptions(_Command):
         return outcome[0] if outcome else 1
 
 
+#: The longest password C{mailproto adduser} takes, in octets: the most a
+#: PLAIN response may carry (RFC 4616).
+MAX_PASSWORD_LENGTH = 255
+
+
+class AddUserOptions(_Command):
+    """
+    The options of C{mailproto adduser}.
+    """
+
+    synopsis = "[options] FILE USER"
+
+    longdesc = (
+        "Add USER to the users file FILE, or change the password of a USER already in it.  The file keeps "
+        "scrypt hashes of the passwords, one 'user:hash' line per user, readable by its owner only; a server "
+        "checks logins against it with mailproto.smtp.UsersFileChecker.  FILE is made if missing, and always "
+        "replaced atomically.  The password is asked for twice on the terminal; when stdin is not a terminal "
+        "(or with --stdin), it is the first line of stdin.  An empty password is refused.  "
+        "Exit status: 0 when done, 1 if the password or the file could not be used (nothing is changed), "
+        "2 for a usage error.  "
+        "Examples: mailproto adduser /etc/mailproto/users joe;  "
+        "printf '%s\\n' \"$PASSWORD\" | mailproto adduser users joe"
+    )
+
+    optFlags = [
+        ["stdin", None, "Read the password from the first line of stdin, even when stdin is a terminal."],
+    ]
+
+    compData = usage.Completions(
+        extraActions=[usage.CompleteFiles(descr="users file"), usage.Completer(descr="user name")]
+    )
+
+    def parseArgs(self, *args) -> None:
+        if len(args) != 2:
+            raise usage.UsageError(f"expected a users FILE and a USER name, got {len(args)} argument(s)")
+        self["file"], self["user"] = args
+
+    def postOptions(self) -> None:
+        if not self["file"]:
+            raise usage.UsageError("FILE: the path is empty")
+        user = self["user"].encode("utf-8", "surrogateescape")
+        if not user or any(octet in user for octet in b":\r\n\0"):
+            raise usage.UsageError(
+                f"USER: not a user name: {self['user']!r} (it cannot be empty or have ':', NUL or a line end)"
+            )
+
+    def run(self, reactor, stdout, stderr, stdin=None, getpass=None) -> int:
+        """
+        Add the user, or change its password.
+
+        @param reactor: unused.
+        @param stdin: the stream to read the password from when it is not
+            a terminal; C{sys.stdin} if L{None}.
+        @param getpass: asks for the password on the terminal;
+            L{getpass.getpass} if L{None}.
+        @return: C{0} when done, C{1} if nothing was changed.
+        """
+        from mailproto._cred import UsersFile
+
+        path, name = self["file"], self["user"]
+        user = name.encode("utf-8", "surrogateescape")
+
+        def fail(text: str) -> int:
+            stderr.write(f"{PROGRAM} adduser: error: {text}\n")
+            stderr.flush()
+            return 1
+
+        # Whatever can be checked before asking for the password is.
+        usersFile = UsersFile(path)
+        try:
+            existed = user in usersFile.read()
+        except OSError as e:
+            return fail(f"cannot read {path}: {e.strerror or e}")
+        except ValueError as e:
+            return fail(f"{e}; nothing changed")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            return fail(f"cannot write {path}: no directory {directory}")
+        password = self._readPassword(name, stdin, getpass)
+        if isinstance(password, str):
+            return fail(f"{password}; {path} not changed")
+        try:
+            usersFile.setPassword(user, password)
+        except OSError as e:
+            return fail(f"cannot write {path}: {e.strerror or e}")
+        except ValueError as e:  # pragma: no cover (the name was checked)
+            return fail(str(e))
+        if existed:
+            stdout.write(f"password of {name} changed in {path}\n")
+        else:
+            stdout.write(f"user {name} added to {path}\n")
+        stdout.flush()
+        return 0
+
+    def _readPassword(self, name: str, stdin, getpass):
+        """
+        Get the password: from the terminal, twice; or the first line of
+        C{stdin}.
+
+        @return: the password (L{bytes}), or why there is none (L{str}).
+        """
+        stdin = sys.stdin if stdin is None else stdin
+        if stdin is None:
+            return "no password: stdin is closed"
+        isatty = getattr(stdin, "isatty", None)
+        try:
+            interactive = not self["stdin"] and isatty is not None and isatty()
+        except ValueError:  # closed
+            interactive = False
+        if interactive:
+            if getpass is None:
+                from getpass import getpass
+            try:
+                first = getpass(f"Password for {name}: ")
+                if not first:
+                    return "empty password refused"
+                second = getpass(f"Password for {name} again: ")
+            except (EOFError, KeyboardInterrupt):
+                return "no password given"
+            if first != second:
+                return "the passwords do not match"
+            password = first.encode("utf-8", "surrogateescape")
+        else:
+            source = getattr(stdin, "buffer", stdin)
+            try:
+                line = source.readline(MAX_PASSWORD_LENGTH + 3)
+            except (OSError, ValueError) as e:
+                return f"cannot read the password from stdin: {getattr(e, 'strerror', None) or e}"
+            if isinstance(line, str):
+                line = line.encode("utf-8", "surrogateescape")
+            password = line[:-1] if line.endswith(b"\n") else line
+            password = password[:-1] if password.endswith(b"\r") else password
+        if not password:
+            return "empty password refused"
+        if len(password) > MAX_PASSWORD_LENGTH:
+            return f"the password is longer than {MAX_PASSWORD_LENGTH} octets (the most AUTH PLAIN can carry)"
+        if b"\0" in password:
+            return "the password has a NUL character (AUTH PLAIN cannot carry it)"
+        return password
+
+
 def _describeOSError(error: OSError) -> str:
     """
     @return: an L{OSError} in one line, without its class name.
@@ -691,6 +836,7 @@ class MailprotoOptions(usage.Options):
     subCommands = [
         ["sink", None, SinkOptions, "Run a debugging SMTP/LMTP server that prints, or stores, all mail sent to it."],
         ["send", None, SendOptions, "Send test messages (one, or many over several connections) by SMTP or LMTP."],
+        ["adduser", None, AddUserOptions, "Add a user to a users file (scrypt password hashes), or change a password."],
     ]
 
     def opt_version(self) -> None:

@@ -889,11 +889,16 @@ class ESMTPClient(SMTPClient):
 
     def _authRefused(self, code, resp) -> None:
         """
-        A mechanism was refused: try the next one the server offers (a
-        server that keeps only hashed passwords refuses CRAM-MD5 even for
-        the right password), else give up.
+        A mechanism was refused: try the next one the server offers when
+        that can help -- the mechanism itself was refused (504, 534, 538),
+        or a challenge-response mechanism failed (a server that keeps only
+        hashed passwords refuses CRAM-MD5 even for the right password) --
+        else give up: the same password again would only count as another
+        failure against this client.
         """
-        if self._authCandidates and code in (504, 535, 534, 538):
+        failed = self._authinfo.getName().upper()
+        retryable = code in (504, 534, 538) or (code == 535 and failed not in (b"PLAIN", b"LOGIN"))
+        if self._authCandidates and retryable:
             self._nextAuthenticator()
         elif code in (535, 534, 538, 454, 530):
             self.esmtpAUTHDeclined(code, resp)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from mailproto._address import Address
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
 from mailproto._client import SUCCESS, ESMTPClient, LMTPClient, SMTPClient, statusOf
-from mailproto._errors import SMTPConnectError, SMTPDeliveryError
+from mailproto._errors import ESMTPClientError, SMTPConnectError, SMTPDeliveryError
 from mailproto._headers import localHostname
 
 _log = Logger()
@@ -64,7 +64,11 @@ class SenderMixin:
         # Report now unless the factory will try again: it does for
         # connection-level errors (retry set, or a 4xx) while it has
         # retries left.
-        transient = getattr(exc, "retry", False) or 400 <= getattr(exc, "code", -1) < 500
+        # AUTH and TLS failures are not: another connection would only add
+        # failures against this client.
+        transient = not isinstance(exc, ESMTPClientError) and (
+            getattr(exc, "retry", False) or 400 <= getattr(exc, "code", -1) < 500
+        )
         if self.factory.retries >= 0 or not transient:
             self.factory._finish(exc)
 

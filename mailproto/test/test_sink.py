@@ -761,7 +761,8 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(self.stderr.getvalue().count("\n"), 1)
         self.assertEqual(self.runMailproto(), 2)
         self.assertEqual(
-            self.stderr.getvalue(), "mailproto: error: no command given (commands: sink, send) (see 'mailproto --help')\n"
+            self.stderr.getvalue(),
+            "mailproto: error: no command given (commands: sink, send, adduser) (see 'mailproto --help')\n",
         )
         self.assertEqual(self.runMailproto("nosuch"), 2)
         self.assertIn("Unknown command: nosuch", self.stderr.getvalue())
