@@ -1,0 +1,636 @@
+# -*- test-case-name: mailproto.test.test_queue -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+The relay's durable queue: a directory of messages, each with its
+envelope, that survives a crash at any moment.
+
+Layout of the spool directory:
+
+  - C{tmp/}: messages being received.  Whatever is here after a crash was
+    never acknowledged, and recovery removes it.
+  - C{queue/ID}: one message, immutable once committed: its envelope as one
+    line of JSON, then the message exactly as received (CRLF line ends).
+  - C{queue/ID.state}: the delivery state, rewritten after each attempt:
+    per-recipient state and last reply, attempts, next attempt time.
+  - C{corrupt/}: queue files that could not be read, set aside (and
+    logged) by recovery, never deleted.
+
+Committing a message (L{SpoolFile.commit}) writes, C{fsync}s, renames the
+file into C{queue/} and C{fsync}s that directory; its L{Deferred} fires
+only then, so the server says C{250} only for a message that is on disk.
+Disk waits run in threads, and commits and state updates from concurrent
+sessions share their directory C{fsync} (group commit): one C{fsync} per
+message plus one per batch.
+
+Envelopes are JSON, never pickle.  Bytes (addresses, parameters) are
+stored as text decoded from UTF-8, with undecodable octets kept by
+C{surrogateescape}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import time
+from typing import Callable
+
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailproto._commands import MailFrom, RcptTo
+
+FORMAT_VERSION = 1
+"""The version of the queue file's envelope line."""
+
+MAX_ENVELOPE_LINE = 1 << 20
+"""The longest envelope line read back; a longer one is corrupt."""
+
+WAITING, DELIVERED, FAILED = "waiting", "delivered", "failed"
+"""The states of a recipient: still to be delivered; done; given up on
+(permanent failure or expiry, reported to the sender)."""
+
+_log = Logger()
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "surrogateescape")
+
+
+def _bytes(value: str | None) -> bytes | None:
+    return None if value is None else value.encode("utf-8", "surrogateescape")
+
+
+def newMessageID(now: float | None = None) -> str:
+    """
+    @return: a new queue id: the time in milliseconds (hexadecimal, so that
+        ids sort by age) and 48 random bits.
+    """
+    millis = int((time.time() if now is None else now) * 1000)
+    return f"{millis:011x}{secrets.token_hex(6)}"
+
+
+def _isID(name: str) -> bool:
+    return 12 <= len(name) <= 40 and all(c in "0123456789abcdef" for c in name)
+
+
+@dataclasses.dataclass
+class Recipient:
+    """
+    One recipient of a queued message.
+
+    @ivar address: the address, in wire form.
+    @ivar notify: its DSN NOTIFY values, or L{None}.
+    @ivar orcpt: its DSN ORCPT C{(type, address)}, or L{None}.
+    @ivar state: L{WAITING}, L{DELIVERED} or L{FAILED}.
+    @ivar lastReply: the last reply about it (C{"550 5.1.1 ..."}), or
+        L{None}.
+    """
+
+    address: bytes
+    notify: tuple[bytes, ...] | None = None
+    orcpt: tuple[bytes, bytes] | None = None
+    state: str = WAITING
+    lastReply: str | None = None
+
+
+@dataclasses.dataclass
+class Envelope:
+    """
+    A queued message's envelope and delivery state.
+
+    @ivar id: the queue id.
+    @ivar sender: the reverse-path, in wire form; C{b""} for the null one.
+    @ivar recipients: the recipients, each with its state.
+    @ivar received: when the message was accepted (seconds since the
+        epoch).
+    @ivar size: the message's size in octets (filled in at commit).
+    @ivar body: the BODY parameter (C{b"8BITMIME"}, ...), or L{None}.
+    @ivar smtputf8: whether MAIL had SMTPUTF8.
+    @ivar ret: the DSN RET parameter, or L{None}.
+    @ivar envid: the DSN ENVID, or L{None}.
+    @ivar client: the client's address, for trace and logs.
+    @ivar helo: the client's HELO/EHLO name.
+    @ivar user: the user the client authenticated as, if any.
+    @ivar attempts: delivery attempts made.
+    @ivar nextAttempt: when to try next (seconds since the epoch); C{0} for
+        at once.
+    @ivar lastReply: the last reply of a delivery attempt, or L{None}.
+    """
+
+    id: str
+    sender: bytes
+    recipients: list[Recipient]
+    received: float = 0.0
+    size: int = 0
+    body: bytes | None = None
+    smtputf8: bool = False
+    ret: bytes | None = None
+    envid: bytes | None = None
+    client: str | None = None
+    helo: str | None = None
+    user: str | None = None
+    attempts: int = 0
+    nextAttempt: float = 0.0
+    lastReply: str | None = None
+
+    @classmethod
+    def fromCommands(cls, queueID: str, mail: MailFrom, rcpts: list[RcptTo], received: float, **kw) -> Envelope:
+        """
+        Make the envelope of a message received with these commands.
+        """
+        return cls(
+            id=queueID,
+            sender=bytes(mail.address),
+            recipients=[Recipient(bytes(r.address), r.notify, r.orcpt) for r in rcpts],
+            received=received,
+            body=mail.body,
+            smtputf8=mail.smtputf8,
+            ret=mail.ret,
+            envid=mail.envid,
+            **kw,
+        )
+
+    @property
+    def waiting(self) -> list[Recipient]:
+        """
+        The recipients still to be delivered.
+        """
+        return [r for r in self.recipients if r.state == WAITING]
+
+    def header(self) -> dict:
+        """
+        @return: the immutable part, as written in the queue file.
+        """
+        return {
+            "version": FORMAT_VERSION,
+            "id": self.id,
+            "sender": _text(self.sender),
+            "recipients": [
+                {
+                    "address": _text(r.address),
+                    "notify": None if r.notify is None else [_text(n) for n in r.notify],
+                    "orcpt": None if r.orcpt is None else [_text(p) for p in r.orcpt],
+                }
+                for r in self.recipients
+            ],
+            "received": self.received,
+            "body": _text(self.body),
+            "smtputf8": self.smtputf8,
+            "ret": _text(self.ret),
+            "envid": _text(self.envid),
+            "client": self.client,
+            "helo": self.helo,
+            "user": self.user,
+        }
+
+    def state(self) -> dict:
+        """
+        @return: the mutable part, as written in the state file.
+        """
+        return {
+            "version": FORMAT_VERSION,
+            "size": self.size,
+            "attempts": self.attempts,
+            "nextAttempt": self.nextAttempt,
+            "lastReply": self.lastReply,
+            "recipients": [{"state": r.state, "lastReply": r.lastReply} for r in self.recipients],
+        }
+
+    @classmethod
+    def fromHeader(cls, header: dict) -> Envelope:
+        """
+        @raise ValueError: if C{header} is not a valid envelope.
+        """
+        try:
+            if header.get("version") != FORMAT_VERSION:
+                raise ValueError(f"unknown envelope version {header.get('version')!r}")
+            if not _isID(header["id"]):
+                raise ValueError(f"bad queue id {header['id']!r}")
+            recipients = [
+                Recipient(
+                    _bytes(r["address"]),
+                    None if r.get("notify") is None else tuple(_bytes(n) for n in r["notify"]),
+                    None if r.get("orcpt") is None else tuple(_bytes(p) for p in r["orcpt"]),
+                )
+                for r in header["recipients"]
+            ]
+            if not recipients or any(not r.address for r in recipients):
+                raise ValueError("no recipients")
+            return cls(
+                id=header["id"],
+                sender=_bytes(header["sender"]),
+                recipients=recipients,
+                received=float(header["received"]),
+                body=_bytes(header.get("body")),
+                smtputf8=bool(header.get("smtputf8")),
+                ret=_bytes(header.get("ret")),
+                envid=_bytes(header.get("envid")),
+                client=header.get("client"),
+                helo=header.get("helo"),
+                user=header.get("user"),
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"malformed envelope: {e!r}") from None
+
+    def applyState(self, state: dict) -> None:
+        """
+        @raise ValueError: if C{state} does not fit this envelope.
+        """
+        try:
+            if state.get("version") != FORMAT_VERSION or len(state["recipients"]) != len(self.recipients):
+                raise ValueError("state does not match the envelope")
+            for recipient, saved in zip(self.recipients, state["recipients"]):
+                if saved["state"] not in (WAITING, DELIVERED, FAILED):
+                    raise ValueError(f"unknown recipient state {saved['state']!r}")
+            self.size = int(state["size"])
+            self.attempts = int(state["attempts"])
+            self.nextAttempt = float(state["nextAttempt"])
+            self.lastReply = state.get("lastReply")
+            for recipient, saved in zip(self.recipients, state["recipients"]):
+                recipient.state = saved["state"]
+                recipient.lastReply = saved.get("lastReply")
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"malformed state: {e!r}") from None
+
+
+class _GroupCommitter:
+    """
+    Runs batches of disk work in a thread, one batch at a time: work
+    submitted while a batch runs goes into the next one, so that
+    concurrent sessions share the directory C{fsync} that ends a batch.
+    """
+
+    def __init__(self, runBatch: Callable[[list], defer.Deferred]) -> None:
+        self._runBatch = runBatch
+        self._pending: list = []
+        self._running = False
+
+    def submit(self, item) -> defer.Deferred:
+        d = defer.Deferred()
+        self._pending.append((item, d))
+        if not self._running:
+            self._flush()
+        return d
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self._running = True
+        result = self._runBatch([item for item, _ in batch])
+
+        def done(outcomes) -> None:
+            self._running = False
+            if isinstance(outcomes, Failure):
+                outcomes = [outcomes] * len(batch)
+            for (_, d), outcome in zip(batch, outcomes):
+                if isinstance(outcome, (BaseException, Failure)):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)
+            if self._pending:
+                self._flush()
+
+        result.addBoth(done)
+
+
+class SpoolFile:
+    """
+    A message being written into the queue.  Write its data with
+    L{write}; then L{commit} it (durable when the L{Deferred} fires) or
+    L{abort} it.
+    """
+
+    def __init__(self, queue: Queue, envelope: Envelope, path: str, file) -> None:
+        self.queue = queue
+        self.envelope = envelope
+        self.path = path
+        self._file = file
+        self._headerLength = file.tell()
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    @property
+    def size(self) -> int:
+        """
+        The octets of message written so far.
+        """
+        return self._file.tell() - self._headerLength
+
+    def commit(self) -> defer.Deferred:
+        """
+        Make the message durable and put it in the queue.
+
+        @return: a L{Deferred} firing with the L{Envelope} once the
+            message is on disk; failing (and the message thrown away) if
+            it could not be written.
+        """
+        self.envelope.size = self.size
+        self._closed = True
+        d = self.queue._committer.submit(("commit", self))
+        d.addCallback(lambda _: self.queue._added(self.envelope))
+        return d
+
+    def abort(self) -> None:
+        """
+        Throw the message away.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._file.close()
+        finally:
+            _unlink(self.path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class Queue:
+    """
+    A durable queue of messages in a spool directory (see the module
+    docstring for the layout).
+
+    Also keeps twisted.mail's view of the queue: each message is I{waiting}
+    or I{relaying} (L{getWaiting}, L{getRelayed}, L{setRelaying},
+    L{setWaiting}, L{done}).
+
+    @ivar directory: the spool directory.
+    @ivar fsyncs: how many C{fsync} calls were made (files and
+        directories), for measurements.
+    """
+
+    def __init__(self, directory: str, reactor=None, runInThread=None) -> None:
+        """
+        @param directory: the spool directory; made if missing.
+        @param reactor: the reactor whose thread pool does the disk work;
+            the global one if L{None}.
+        @param runInThread: a callable C{(f, *args) -> Deferred} running
+            C{f} off the reactor thread; by default the reactor's thread
+            pool.
+        """
+        self.directory = directory
+        self.fsyncs = 0
+        self._reactor = reactor
+        self._runInThread = runInThread
+        self._envelopes: dict[str, Envelope] = {}
+        self._relaying: set[str] = set()
+        self._committer = _GroupCommitter(self._runBatch)
+        for name in ("tmp", "queue", "corrupt"):
+            os.makedirs(os.path.join(directory, name), exist_ok=True)
+
+    # -- paths --------------------------------------------------------------
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.directory, *parts)
+
+    def getPath(self, queueID: str) -> str:
+        """
+        @return: the path of the queued message's file.
+        """
+        return self._path("queue", queueID)
+
+    # -- recovery -----------------------------------------------------------
+
+    def recover(self) -> dict[str, int]:
+        """
+        Read the spool after a start or a crash: remove what was never
+        acknowledged, set aside what cannot be read, and load every queued
+        message.  Run it before serving; it reads and writes the disk
+        directly.
+
+        @return: counts: C{queued}, C{removed}, C{corrupt}.
+        """
+        counts = {"queued": 0, "removed": 0, "corrupt": 0}
+        for name in os.listdir(self._path("tmp")):
+            _unlink(self._path("tmp", name))
+            counts["removed"] += 1
+        names = set(os.listdir(self._path("queue")))
+        self._envelopes = {}
+        self._relaying = set()
+        for name in sorted(names):
+            path = self._path("queue", name)
+            if name.endswith(".state.tmp"):
+                _unlink(path)
+                continue
+            if name.endswith(".state"):
+                if name[: -len(".state")] not in names:
+                    _unlink(path)
+                continue
+            if not _isID(name):
+                self._setAside(name, "not a queue file name")
+                counts["corrupt"] += 1
+                continue
+            try:
+                envelope = self._readEnvelope(name)
+            except (OSError, ValueError) as e:
+                self._setAside(name, str(e))
+                counts["corrupt"] += 1
+                continue
+            self._envelopes[name] = envelope
+            counts["queued"] += 1
+        _log.info(
+            "Queue {directory}: {queued} queued, {removed} unfinished removed, {corrupt} set aside",
+            directory=self.directory,
+            **counts,
+        )
+        return counts
+
+    readDirectory = recover
+
+    def _readEnvelope(self, queueID: str) -> Envelope:
+        with open(self.getPath(queueID), "rb") as f:
+            line = f.readline(MAX_ENVELOPE_LINE)
+            if not line.endswith(b"\n"):
+                raise ValueError("no envelope line")
+            envelope = Envelope.fromHeader(json.loads(line))
+            f.seek(0, os.SEEK_END)
+            envelope.size = f.tell() - len(line)
+        if envelope.id != queueID:
+            raise ValueError(f"envelope id {envelope.id!r} in file {queueID!r}")
+        statePath = self.getPath(queueID) + ".state"
+        try:
+            with open(statePath, "rb") as f:
+                envelope.applyState(json.loads(f.read()))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            # The message is safe; only its progress is lost: deliver it
+            # again to everyone (duplicates rather than a loss).
+            _log.warn("Queue message {queueID}: unreadable state ({error}); starting over", queueID=queueID, error=e)
+        return envelope
+
+    def _setAside(self, name: str, why: str) -> None:
+        _log.error("Queue file {name} set aside in corrupt/: {why}", name=name, why=why)
+        for suffix in ("", ".state"):
+            source = self._path("queue", name + suffix)
+            if os.path.exists(source):
+                os.replace(source, self._path("corrupt", name + suffix))
+
+    # -- writing --------------------------------------------------------------
+
+    def newMessage(self, envelope: Envelope) -> SpoolFile:
+        """
+        Start writing a message.
+
+        @param envelope: its envelope (its C{id} names the file).
+        @return: the file to write the message into.
+        """
+        path = self._path("tmp", envelope.id)
+        f = open(path, "xb")
+        try:
+            f.write(json.dumps(envelope.header(), ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n")
+        except BaseException:
+            f.close()
+            _unlink(path)
+            raise
+        return SpoolFile(self, envelope, path, f)
+
+    def update(self, envelope: Envelope) -> defer.Deferred:
+        """
+        Write a message's delivery state durably.
+
+        @return: a L{Deferred} that fires when it is on disk.
+        """
+        return self._committer.submit(("state", envelope))
+
+    def remove(self, queueID: str) -> defer.Deferred:
+        """
+        Take a message out of the queue (delivered, or reported back to
+        its sender).
+
+        @return: a L{Deferred} that fires when it is gone.
+        """
+        self._envelopes.pop(queueID, None)
+        self._relaying.discard(queueID)
+        return self._committer.submit(("remove", queueID))
+
+    def _added(self, envelope: Envelope) -> Envelope:
+        self._envelopes[envelope.id] = envelope
+        return envelope
+
+    def _runBatch(self, items: list) -> defer.Deferred:
+        if self._runInThread is not None:
+            return self._runInThread(self._doBatch, items)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), self._doBatch, items)
+
+    def _fsync(self, fd: int) -> None:
+        os.fsync(fd)
+        self.fsyncs += 1
+
+    def _doBatch(self, items: list) -> list:
+        """
+        In a thread: do each item's disk work, then one C{fsync} of the
+        queue directory for all of them.
+        """
+        outcomes = []
+        for kind, item in items:
+            try:
+                if kind == "commit":
+                    self._commitFile(item)
+                elif kind == "state":
+                    self._writeState(item)
+                else:
+                    for suffix in (".state", ""):
+                        _unlink(self.getPath(item) + suffix)
+                outcomes.append(None)
+            except BaseException as e:
+                outcomes.append(e)
+        if any(outcome is None for outcome in outcomes):
+            try:
+                fd = os.open(self._path("queue"), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                try:
+                    self._fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                outcomes = [outcome if outcome is not None else e for outcome in outcomes]
+        return outcomes
+
+    def _commitFile(self, spool: SpoolFile) -> None:
+        f = spool._file
+        try:
+            f.flush()
+            self._fsync(f.fileno())
+        except BaseException:
+            f.close()
+            _unlink(spool.path)
+            raise
+        f.close()
+        os.replace(spool.path, self.getPath(spool.envelope.id))
+
+    def _writeState(self, envelope: Envelope) -> None:
+        path = self.getPath(envelope.id) + ".state"
+        temporary = path + ".tmp"
+        with open(temporary, "wb") as f:
+            f.write(json.dumps(envelope.state(), separators=(",", ":")).encode("ascii"))
+            f.flush()
+            self._fsync(f.fileno())
+        os.replace(temporary, path)
+
+    # -- reading ----------------------------------------------------------------
+
+    def getEnvelope(self, queueID: str) -> Envelope:
+        """
+        @raise KeyError: if there is no such message.
+        """
+        return self._envelopes[queueID]
+
+    def openMessage(self, queueID: str):
+        """
+        @return: the message's file open for reading, at its first octet
+            (after the envelope line).
+        """
+        f = open(self.getPath(queueID), "rb")
+        f.readline(MAX_ENVELOPE_LINE)
+        return f
+
+    def ids(self) -> list[str]:
+        """
+        @return: the ids of every queued message, oldest first.
+        """
+        return sorted(self._envelopes)
+
+    def due(self, now: float) -> list[Envelope]:
+        """
+        @return: the waiting (not relaying) messages whose next attempt is
+            due at C{now}, oldest first.
+        """
+        return [
+            e
+            for queueID, e in sorted(self._envelopes.items())
+            if queueID not in self._relaying and e.nextAttempt <= now and e.waiting
+        ]
+
+    # -- twisted.mail's view ----------------------------------------------------
+
+    def getWaiting(self) -> list[str]:
+        return [queueID for queueID in sorted(self._envelopes) if queueID not in self._relaying]
+
+    def hasWaiting(self) -> bool:
+        return len(self._relaying) < len(self._envelopes)
+
+    def getRelayed(self) -> list[str]:
+        return sorted(self._relaying)
+
+    def setRelaying(self, queueID: str) -> None:
+        if queueID not in self._envelopes:
+            raise KeyError(queueID)
+        self._relaying.add(queueID)
+
+    def setWaiting(self, queueID: str) -> None:
+        self._relaying.discard(queueID)
+
+    def done(self, queueID: str) -> defer.Deferred:
+        return self.remove(queueID)
