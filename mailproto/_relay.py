@@ -1,0 +1,264 @@
+# -*- test-case-name: mailproto.test.test_relay -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+Receiving mail into the relay's queue: who may relay (L{RelayPolicy}), and
+the delivery that writes each accepted message into the durable queue
+(L{QueueDelivery}).
+
+One transaction is one queued message, whatever the number of its
+recipients: the first recipient's message object writes the data, the
+others share its result.  The server's C{250} after the data comes only
+once the message and its envelope are on disk.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailproto._errors import SMTPServerError
+from mailproto._queue import Envelope, Queue, newMessageID
+from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
+
+_log = Logger()
+
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+class RelayPolicy:
+    """
+    Who may send mail through the relay.
+
+    A recipient is accepted when the client authenticated, or its address
+    is in one of C{networks}, or the recipient's domain is one of
+    C{domains} (mail for this relay's own inbound domains, from anyone).
+    Everyone else gets C{554 5.7.1 Relay access denied}.
+
+    @ivar networks: the client networks allowed to relay.
+    @ivar domains: the inbound domains, lower case.
+    """
+
+    def __init__(self, networks=LOOPBACK, domains=(), unixSockets: bool = True) -> None:
+        """
+        @param networks: CIDR strings (C{"192.0.2.0/24"}, C{"2001:db8::/32"});
+            loopback only by default.
+        @param domains: inbound domains (L{str} or L{bytes}).
+        @param unixSockets: whether clients on a UNIX socket may relay.
+        @raise ValueError: for a malformed network.
+        """
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.domains = {(d.encode("idna") if isinstance(d, str) else bytes(d)).lower().rstrip(b".") for d in domains}
+        self.unixSockets = unixSockets
+
+    def clientMayRelay(self, client: bytes, authenticated: bool) -> bool:
+        """
+        @param client: the client's address, as the server has it in
+            C{helo[1]} (C{b"unix"} for a UNIX socket).
+        @param authenticated: whether it authenticated.
+        """
+        if authenticated:
+            return True
+        if client == b"unix":
+            return self.unixSockets
+        try:
+            address = ipaddress.ip_address(client.decode("ascii"))
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+    def accepts(self, client: bytes, authenticated: bool, recipientDomain: bytes) -> bool:
+        """
+        @return: whether mail for a recipient in C{recipientDomain} is
+            accepted from this client.
+        """
+        if recipientDomain.lower().rstrip(b".") in self.domains:
+            return True
+        return self.clientMayRelay(client, authenticated)
+
+
+@implementer(IMessageStream)
+class _SpoolMessage:
+    """
+    The message of a transaction as the server sees it, once per
+    recipient: the first copy writes into the queue, and every copy's end
+    of message is the commit.
+    """
+
+    def __init__(self, transaction: _Transaction, primary: bool) -> None:
+        self.transaction = transaction
+        self.primary = primary
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.primary:
+            self.transaction.write(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        self.dataReceived(line + b"\r\n")
+
+    def eomReceived(self) -> defer.Deferred:
+        return self.transaction.commit()
+
+    def connectionLost(self) -> None:
+        self.transaction.abort()
+
+
+class _Transaction:
+    """
+    One message on its way into the queue.
+    """
+
+    _NOT_YET = object()
+
+    def __init__(self, delivery: QueueDelivery, users: list) -> None:
+        self.delivery = delivery
+        self.users = users
+        self.spool = None
+        self._started = False
+        self._result = self._NOT_YET
+        self._waiters: list[defer.Deferred] = []
+
+    def write(self, data: bytes) -> None:
+        if self.spool is None:
+            self.spool = self.delivery._open(self.users)
+        self.spool.write(data)
+
+    def commit(self) -> defer.Deferred:
+        """
+        @return: a L{Deferred} of its own for each copy, firing when the
+            message is queued.
+        """
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+        if not self._started:
+            self._started = True
+            if self.spool is None:
+                self.spool = self.delivery._open(self.users)
+            committed = self.spool.commit()
+            committed.addCallback(self.delivery._queued)
+            committed.addErrback(self.delivery._notQueued, self.spool.envelope.id)
+            committed.addBoth(self._fire)
+        elif self._result is not self._NOT_YET:
+            self._fire(self._result)
+        return waiter
+
+    def _fire(self, result) -> None:
+        self._result = result
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
+    def abort(self) -> None:
+        if self.spool is not None and not self._started:
+            self.spool.abort()
+            self.spool = None
+
+
+@implementer(IMessageDelivery)
+class QueueDelivery:
+    """
+    The delivery of one transaction into the relay's queue.  Made per
+    message by L{QueueDeliveryFactory}.
+    """
+
+    def __init__(self, queue: Queue, policy: RelayPolicy, clock=None) -> None:
+        self.queue = queue
+        self.policy = policy
+        self._clock = clock
+        self._users = []
+        self._transaction = None
+        self._messages = 0
+
+    def _now(self) -> float:
+        return self._clock.seconds() if self._clock is not None else time.time()
+
+    def receivedHeader(self, helo, origin, recipients):
+        # A trace header without "for" when the message has several
+        # recipients: each copy is the same, and none names the others.
+        users = self._users
+        protocol = users[0].protocol if users else None
+        if protocol is None:
+            return None
+        return protocol._traceHeader(helo, recipients if len(users) == 1 else [])
+
+    def validateFrom(self, helo, origin):
+        return origin
+
+    def validateTo(self, user):
+        protocol = user.protocol
+        authenticated = bool(getattr(protocol, "authenticated", False))
+        if not self.policy.accepts(user.helo[1], authenticated, user.dest.domain):
+            raise SMTPServerError(554, "Relay access denied", b"5.7.1")
+        self._users.append(user)
+        return self._messageFor
+
+    def _messageFor(self) -> _SpoolMessage:
+        if self._transaction is None:
+            self._transaction = _Transaction(self, list(self._users))
+            return _SpoolMessage(self._transaction, primary=True)
+        return _SpoolMessage(self._transaction, primary=False)
+
+    def _open(self, users: list):
+        first = users[0]
+        mail = first.mail
+        rcpts = [user.rcpt for user in users]
+        protocol = first.protocol
+        envelope = Envelope.fromCommands(
+            newMessageID(self._now()),
+            mail,
+            rcpts,
+            received=self._now(),
+            client=first.helo[1].decode("ascii", "replace"),
+            helo=(first.helo[0] or b"").decode("utf-8", "replace"),
+            user=_text(getattr(protocol, "authenticatedUser", None)),
+        )
+        return self.queue.newMessage(envelope)
+
+    def _queued(self, envelope: Envelope) -> Envelope:
+        _log.info(
+            "Queued {queueID} from <{sender}> for {recipients} ({size} octets)",
+            queueID=envelope.id,
+            sender=envelope.sender.decode("utf-8", "replace"),
+            recipients=[r.address.decode("utf-8", "replace") for r in envelope.recipients],
+            size=envelope.size,
+        )
+        return envelope
+
+    def _notQueued(self, failure, queueID: str):
+        _log.failure("Could not queue {queueID}", failure, queueID=queueID)
+        raise SMTPServerError(451, "Could not queue the message; try again later", b"4.3.0")
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@implementer(IMessageDeliveryFactory)
+class QueueDeliveryFactory:
+    """
+    Gives the server a L{QueueDelivery} for each message.
+    """
+
+    def __init__(self, queue: Queue, policy: RelayPolicy | None = None, clock=None) -> None:
+        """
+        @param queue: the queue to write into.
+        @param policy: who may relay; loopback clients only if L{None}.
+        @param clock: the clock for arrival times; real time if L{None}.
+        """
+        self.queue = queue
+        self.policy = policy or RelayPolicy()
+        self.clock = clock
+
+    def getMessageDelivery(self) -> QueueDelivery:
+        return QueueDelivery(self.queue, self.policy, self.clock)
