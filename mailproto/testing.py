@@ -10,6 +10,12 @@ memory, without sockets or real time.
   - L{connectInMemory} connects a server protocol and a client protocol
     through in-memory transports and returns the pump that moves bytes
     between them.
+  - L{FakeResolver} is an L{IResolver
+    <twisted.internet.interfaces.IResolver>} that answers MX, A, AAAA and
+    CNAME queries from dictionaries, like a real resolver (answers,
+    NXDOMAIN, chosen failures such as SERVFAIL or a time-out), and records
+    the queries it gets: for tests of mail routing
+    (L{mailproto.relaymanager.MXCalculator}) without a DNS server.
 
 A test of an application's own client against a mailproto server::
 
@@ -22,12 +28,31 @@ A test of an application's own client against a mailproto server::
     pump.flush()
     [message] = delivery.messages
     assert message.recipient == b"rcpt@example.com"
+
+A test of routing::
+
+    from twisted.internet.task import Clock
+    from mailproto.relaymanager import MXCalculator
+    from mailproto.testing import FakeResolver
+
+    resolver = FakeResolver(
+        mx={"example.com": [(10, "mx1.example.com"), (20, "mx2.example.com")]},
+        a={"mx1.example.com": ["192.0.2.1"]},
+        aaaa={"mx2.example.com": ["2001:db8::2"]},
+    )
+    calculator = MXCalculator(resolver=resolver, clock=Clock())
+    destinations = []
+    calculator.getRoute("example.com").addCallback(destinations.append)
+    [destination] = destinations
+    assert [c.host for c in destination] == ["mx1.example.com", "mx2.example.com"]
+    assert resolver.queries[0] == ("example.com", "MX")
 """
 
 from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.names import common, dns, error
 from twisted.test import iosim
 from zope.interface import implementer
 
@@ -35,7 +60,7 @@ from mailproto._address import Address, User
 from mailproto._errors import SMTPBadRcpt, SMTPBadSender
 from mailproto.interfaces import IMessageDelivery, IMessageStream
 
-__all__ = ["DeliveredMessage", "MemoryDelivery", "MemoryMessage", "connectInMemory"]
+__all__ = ["DeliveredMessage", "FakeResolver", "MemoryDelivery", "MemoryMessage", "connectInMemory"]
 
 
 class DeliveredMessage:
@@ -185,3 +210,130 @@ def connectInMemory(server, client, clock=None, serverAddress=None, clientAddres
     serverTransport = iosim.FakeTransport(server, isServer=True, hostAddress=serverAddress, peerAddress=clientAddress)
     clientTransport = iosim.FakeTransport(client, isServer=False, hostAddress=clientAddress, peerAddress=serverAddress)
     return iosim.connect(server, serverTransport, client, clientTransport, greet=True, clock=clock)
+
+
+def _dnsName(name) -> str:
+    """
+    A name as L{FakeResolver} keeps it: L{str}, lower case, no final dot.
+    """
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "backslashreplace")
+    name = name.lower()
+    name = name[:-1] if name.endswith(".") else name
+    if not name.isascii():
+        name = name.encode("idna").decode("ascii")
+    return name
+
+
+def _dnsType(recordType) -> int:
+    """
+    A record type given as a number (C{dns.MX}) or a name (C{"MX"}).
+    """
+    if isinstance(recordType, int):
+        return recordType
+    return dns.REV_TYPES[recordType.upper()]
+
+
+class FakeResolver(common.ResolverBase):
+    """
+    An L{IResolver <twisted.internet.interfaces.IResolver>} that answers
+    from dictionaries, at once, without a network.
+
+    It answers like a recursive resolver: a query of a name that has a CNAME
+    record gets the CNAME records, one after the other, and the records of
+    the name they lead to (stopping before a loop); a name that no
+    dictionary knows gets NXDOMAIN (a failure with
+    L{twisted.names.error.DNSNameError}), also at the end of a chain of
+    CNAME records; a name known but without records of the type asked gets
+    an empty answer.  Answers are C{(answers, authority, additional)}
+    tuples of L{twisted.names.dns.RRHeader}s, the last two empty.
+
+    Names are matched without regard to case or a final dot, and may be
+    given as internationalized names (they are kept as A-labels).  The
+    dictionaries are kept, normalized, in the attributes C{mx}, C{a},
+    C{aaaa}, C{cname} and C{failures}, which a test may change between
+    queries.
+
+    @ivar queries: the queries received, in order, as C{(name, type)}
+        pairs: the name lower case without a final dot, the type's name
+        (C{"MX"}, C{"A"}, C{"AAAA"}, ...).
+    @type queries: L{list} of L{tuple}
+    @ivar followCNAMEs: whether answers hold the whole chain of CNAME
+        records and the records at its end (like a recursive resolver), or
+        only the first CNAME record (like an authoritative server of the
+        alias alone), so that the client must ask again.
+    """
+
+    def __init__(self, mx=None, a=None, aaaa=None, cname=None, failures=None, followCNAMEs=True, ttl=3600) -> None:
+        """
+        @param mx: the MX records: domain -> list of C{(preference,
+            exchange)}.  An exchange of C{"."} or C{""} is the root (a null
+            MX, RFC 7505).  An empty list makes a domain that exists without
+            MX records.
+        @param a: the A records: host -> list of IPv4 addresses (L{str}).
+        @param aaaa: the AAAA records: host -> list of IPv6 addresses.
+        @param cname: the CNAME records: alias -> canonical name.
+        @param failures: the queries that fail: C{(name, type)} -> the
+            exception (an instance or a class), for example
+            L{twisted.names.error.DNSServerError} for SERVFAIL or
+            L{twisted.internet.defer.TimeoutError}.  The type is a name
+            (C{"MX"}) or a number (C{dns.MX}).  A query fails also if a name
+            its CNAME records lead to is listed with its type.
+        @param followCNAMEs: see L{FakeResolver.followCNAMEs}.
+        @param ttl: the TTL of every record.
+        """
+        super().__init__()
+        self.mx = {_dnsName(k): [(int(p), _dnsName(x)) for p, x in v] for k, v in (mx or {}).items()}
+        self.a = {_dnsName(k): list(v) for k, v in (a or {}).items()}
+        self.aaaa = {_dnsName(k): list(v) for k, v in (aaaa or {}).items()}
+        self.cname = {_dnsName(k): _dnsName(v) for k, v in (cname or {}).items()}
+        self.failures = {(_dnsName(n), _dnsType(t)): e for (n, t), e in (failures or {}).items()}
+        self.followCNAMEs = followCNAMEs
+        self.ttl = ttl
+        self.queries: list[tuple[str, str]] = []
+
+    def _exists(self, name: str) -> bool:
+        return any(name in table for table in (self.mx, self.a, self.aaaa, self.cname))
+
+    def _records(self, name: str, recordType: int) -> list:
+        """
+        The records of one name and type (all types for C{ALL_RECORDS}), as
+        L{dns.RRHeader}s.
+        """
+        owner = name.encode("ascii")
+        payloads = []
+        if recordType in (dns.MX, dns.ALL_RECORDS):
+            payloads += [dns.Record_MX(p, x.encode("ascii"), ttl=self.ttl) for p, x in self.mx.get(name, ())]
+        if recordType in (dns.A, dns.ALL_RECORDS):
+            payloads += [dns.Record_A(address, ttl=self.ttl) for address in self.a.get(name, ())]
+        if recordType in (dns.AAAA, dns.ALL_RECORDS):
+            payloads += [dns.Record_AAAA(address, ttl=self.ttl) for address in self.aaaa.get(name, ())]
+        if recordType in (dns.CNAME, dns.ALL_RECORDS) and name in self.cname:
+            payloads.append(dns.Record_CNAME(self.cname[name].encode("ascii"), ttl=self.ttl))
+        return [dns.RRHeader(owner, payload.TYPE, dns.IN, self.ttl, payload, auth=False) for payload in payloads]
+
+    def _lookup(self, name, cls, recordType, timeout):
+        """
+        Answer one query; see the class's description.
+        """
+        current = _dnsName(name)
+        self.queries.append((current, dns.QUERY_TYPES.get(recordType, str(recordType))))
+        answers: list[dns.RRHeader] = []
+        seen = {current}
+        while True:
+            failure = self.failures.get((current, recordType))
+            if failure is not None:
+                return defer.fail(failure() if isinstance(failure, type) else failure)
+            target = self.cname.get(current)
+            if target is None or recordType in (dns.CNAME, dns.ALL_RECORDS):
+                if not self._exists(current):
+                    return defer.fail(error.DNSNameError(f"NXDOMAIN: {current}"))
+                answers += self._records(current, recordType)
+                break
+            answers += self._records(current, dns.CNAME)
+            if not self.followCNAMEs or target in seen:
+                break
+            seen.add(target)
+            current = target
+        return defer.succeed((answers, [], []))
+

@@ -190,3 +190,33 @@ class ExportsTests(SynchronousTestCase):
         pattern = re.compile(r"^\s*(from|import)\s+twisted\.mail", re.M)
         for path in root.glob("*.py"):
             self.assertIsNone(pattern.search(path.read_text(encoding="utf-8")), path.name)
+
+
+class RelayExportsTests(SynchronousTestCase):
+    """
+    L{mailproto.relaymanager} and L{mailproto.relay}: each public name is
+    the private object, and C{__all__} lists exactly them.
+    """
+
+    def test_identity(self):
+        from mailproto import _mx, _queue, _relay, relay, relaymanager
+
+        for module, private in [(relaymanager, (_mx, _queue)), (relay, (_relay,))]:
+            for name in module.__all__:
+                origins = [getattr(p, name) for p in private if hasattr(p, name)]
+                self.assertEqual(len(origins), 1, name)
+                self.assertIs(getattr(module, name), origins[0], name)
+            self.assertEqual(len(module.__all__), len(set(module.__all__)))
+
+    def test_twistedMailNames(self):
+        """
+        The names shared with twisted.mail.relaymanager are there.
+        """
+        from twisted.mail import relaymanager as trelaymanager
+
+        from mailproto import relaymanager
+
+        shared = {"MXCalculator", "CanonicalNameLoop", "CanonicalNameChainTooLong", "Queue"}
+        for name in shared:
+            self.assertTrue(hasattr(trelaymanager, name), name)
+            self.assertIn(name, relaymanager.__all__)

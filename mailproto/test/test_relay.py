@@ -73,7 +73,9 @@ class QueueDeliveryTests(SynchronousTestCase):
 
     def session(self, peer=IPv4Address("TCP", "127.0.0.1", 5000), policy=None):
         factory = ESMTPFactory(
-            deliveryFactory=QueueDeliveryFactory(self.queue, policy, clock=Clock()), domain=b"relay.example"
+            deliveryFactory=QueueDeliveryFactory(self.queue, policy, clock=Clock()),
+            domain=b"relay.example",
+            clock=Clock(),
         )
         proto = factory.buildProtocol(None)
         transport = StringTransport(peerAddress=peer)
@@ -137,7 +139,9 @@ class QueueDeliveryTests(SynchronousTestCase):
         A message refused while it arrives (too big) leaves nothing
         behind.
         """
-        factory = ESMTPFactory(deliveryFactory=QueueDeliveryFactory(self.queue), domain=b"relay.example", maxMessageSize=10)
+        factory = ESMTPFactory(
+            deliveryFactory=QueueDeliveryFactory(self.queue), domain=b"relay.example", maxMessageSize=10, clock=Clock()
+        )
         proto = factory.buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
         proto.makeConnection(transport)

@@ -4,15 +4,18 @@
 L{mailproto.testing}: the helpers users get for their own tests.
 """
 
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IResolver
 from twisted.internet.task import Clock
+from twisted.names import dns, error
 from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mailproto.interfaces import IMessageDelivery, IMessageStream
 from mailproto.smtp import ESMTPFactory, SMTPServerError, User
-from mailproto.testing import DeliveredMessage, MemoryDelivery, MemoryMessage, connectInMemory
+from mailproto.testing import DeliveredMessage, FakeResolver, MemoryDelivery, MemoryMessage, connectInMemory
 
 
 class ScriptedClient(LineReceiver):
@@ -114,3 +117,136 @@ class MemoryDeliveryTests(SynchronousTestCase):
     def test_receivedHeader(self):
         self.assertIsNone(MemoryDelivery().receivedHeader(None, None, []))
         self.assertEqual(MemoryDelivery(receivedHeader=b"Received: x").receivedHeader(None, None, []), b"Received: x")
+
+
+class FakeResolverTests(SynchronousTestCase):
+    """
+    L{FakeResolver} answers like a resolver, from dictionaries.
+    """
+
+    def setUp(self):
+        self.resolver = FakeResolver(
+            mx={"Example.com.": [(10, "mx1.example.com"), (20, "mx2.example.com")], "null.example": [(0, ".")]},
+            a={"mx1.example.com": ["192.0.2.1", "192.0.2.2"], "empty.example": []},
+            aaaa={"mx1.example.com": ["2001:db8::1"]},
+            cname={"alias.example": "alias2.example", "alias2.example": "example.com", "loop.example": "loop.example",
+                   "dangling.example": "nowhere.example"},
+            failures={("broken.example", "MX"): error.DNSServerError, ("slow.example", dns.A): defer.TimeoutError()},
+        )
+
+    def answer(self, d):
+        answers, authority, additional = self.successResultOf(d)
+        self.assertEqual((authority, additional), ([], []))
+        for header in answers:
+            self.assertIsInstance(header, dns.RRHeader)
+            self.assertEqual(header.type, header.payload.TYPE)
+        return [(header.name.name, header.payload) for header in answers]
+
+    def test_interface(self):
+        self.assertTrue(verifyObject(IResolver, self.resolver))
+
+    def test_mailExchange(self):
+        self.assertEqual(
+            self.answer(self.resolver.lookupMailExchange("EXAMPLE.com.")),
+            [(b"example.com", dns.Record_MX(10, b"mx1.example.com", ttl=3600)),
+             (b"example.com", dns.Record_MX(20, b"mx2.example.com", ttl=3600))],
+        )
+        [(name, record)] = self.answer(self.resolver.lookupMailExchange("null.example"))
+        self.assertEqual(record.name.name, b"")
+
+    def test_addresses(self):
+        self.assertEqual(
+            [record.dottedQuad() for name, record in self.answer(self.resolver.lookupAddress("mx1.example.com"))],
+            ["192.0.2.1", "192.0.2.2"],
+        )
+        self.assertEqual(
+            self.answer(self.resolver.lookupIPV6Address(b"mx1.example.com")),
+            [(b"mx1.example.com", dns.Record_AAAA("2001:db8::1", ttl=3600))],
+        )
+
+    def test_noData(self):
+        """
+        A known name without records of the type asked: an empty answer.
+        """
+        self.assertEqual(self.answer(self.resolver.lookupAddress("example.com")), [])
+        self.assertEqual(self.answer(self.resolver.lookupAddress("empty.example")), [])
+        self.assertEqual(self.answer(self.resolver.lookupMailExchange("mx1.example.com")), [])
+
+    def test_nxdomain(self):
+        self.failureResultOf(self.resolver.lookupMailExchange("missing.example"), error.DNSNameError)
+        self.failureResultOf(self.resolver.lookupAddress("dangling.example"), error.DNSNameError)
+
+    def test_failures(self):
+        """
+        Chosen queries fail with the exception given (an instance of it if
+        it is a class); the same name's other types do not.
+        """
+        self.failureResultOf(self.resolver.lookupMailExchange("broken.example"), error.DNSServerError)
+        self.failureResultOf(self.resolver.lookupAddress("slow.example"), defer.TimeoutError)
+        self.failureResultOf(self.resolver.lookupIPV6Address("slow.example"), error.DNSNameError)
+
+    def test_canonicalNames(self):
+        """
+        The chain of CNAME records comes with the records at its end, or
+        alone if C{followCNAMEs} is false; a loop stops.
+        """
+        self.assertEqual(
+            self.answer(self.resolver.lookupMailExchange("alias.example")),
+            [(b"alias.example", dns.Record_CNAME(b"alias2.example", ttl=3600)),
+             (b"alias2.example", dns.Record_CNAME(b"example.com", ttl=3600)),
+             (b"example.com", dns.Record_MX(10, b"mx1.example.com", ttl=3600)),
+             (b"example.com", dns.Record_MX(20, b"mx2.example.com", ttl=3600))],
+        )
+        self.assertEqual(
+            self.answer(self.resolver.lookupMailExchange("loop.example")),
+            [(b"loop.example", dns.Record_CNAME(b"loop.example", ttl=3600))],
+        )
+        self.assertEqual(
+            self.answer(self.resolver.lookupCanonicalName("alias.example")),
+            [(b"alias.example", dns.Record_CNAME(b"alias2.example", ttl=3600))],
+        )
+        self.resolver.followCNAMEs = False
+        self.assertEqual(
+            self.answer(self.resolver.lookupMailExchange("alias.example")),
+            [(b"alias.example", dns.Record_CNAME(b"alias2.example", ttl=3600))],
+        )
+
+    def test_queries(self):
+        self.resolver.lookupMailExchange("Example.COM")
+        self.resolver.lookupAddress("missing.example").addErrback(lambda f: None)
+        self.resolver.query(dns.Query(b"mx1.example.com", dns.AAAA))
+        self.assertEqual(
+            self.resolver.queries,
+            [("example.com", "MX"), ("missing.example", "A"), ("mx1.example.com", "AAAA")],
+        )
+
+    def test_getHostByName(self):
+        """
+        The resolver's other methods work too, like C{getHostByName}.
+        """
+        self.assertIn(self.successResultOf(self.resolver.getHostByName("mx1.example.com")), ["192.0.2.1", "2001:db8::1"])
+        self.resolver.cname["www.example"] = "mx1.example.com"
+        self.assertIn(self.successResultOf(self.resolver.getHostByName("www.example")), ["192.0.2.1", "2001:db8::1"])
+
+    def test_ttl(self):
+        [(name, record)] = self.answer(FakeResolver(a={"h.example": ["192.0.2.1"]}, ttl=5).lookupAddress("h.example"))
+        self.assertEqual(record.ttl, 5)
+
+    def test_internationalized(self):
+        """
+        Names given as U-labels answer queries of their A-labels.
+        """
+        resolver = FakeResolver(a={"Bücher.example": ["192.0.2.1"]})
+        self.assertEqual(list(resolver.a), ["xn--bcher-kva.example"])
+        self.assertEqual(len(self.answer(resolver.lookupAddress("bücher.example"))), 1)
+        self.assertEqual(resolver.queries, [("xn--bcher-kva.example", "A")])
+
+    def test_moduleExample(self):
+        """
+        The routing example of the module's docstring works.
+        """
+        import mailproto.testing
+
+        example = mailproto.testing.__doc__.split("A test of routing::")[1]
+        code = "\n".join(line[4:] for line in example.splitlines())
+        exec(compile(code, "mailproto.testing example", "exec"), {})

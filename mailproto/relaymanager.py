@@ -1,0 +1,54 @@
+# -*- test-case-name: mailproto.test.test_mx -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+The mail relay: where a message goes and how it gets there.
+
+This module follows C{twisted.mail.relaymanager}: the names it shares with
+it are used the same way, so that code written for twisted.mail ports by
+changing its imports.  For now it holds the durable queue and the routing
+of mail by MX records:
+
+  - L{Queue}: the spool directory; messages are committed durably (the
+    server's 250 waits for it), their delivery state is kept in JSON, and
+    L{Queue.recover} sets the spool right after a crash.
+  - L{MXCalculator} finds a domain's mail exchangers.  Its C{getMX} is
+    twisted.mail's; its C{getRoute} gives every host to try, in order, with
+    its IPv4 and IPv6 addresses, as a L{Destination}.
+  - L{NullMX}: the domain accepts no mail (RFC 7505).
+  - L{CanonicalNameLoop}, L{CanonicalNameChainTooLong}: the CNAME records
+    of a name loop, or are too many.
+
+Routing failures (L{MailRoutingError} and its subclasses) have a
+C{permanent} attribute: whether the message should bounce rather than wait
+for a retry.
+"""
+
+from mailproto._mx import (
+    Candidate,
+    CanonicalNameChainTooLong,
+    CanonicalNameLoop,
+    Destination,
+    DNSTemporaryFailure,
+    MailRoutingError,
+    MXCalculator,
+    NoMailExchange,
+    NoSuchDomain,
+    NullMX,
+)
+from mailproto._queue import Envelope, Queue, Recipient
+
+__all__ = [
+    "MXCalculator",
+    "CanonicalNameLoop",
+    "CanonicalNameChainTooLong",
+    "NullMX",
+    "Destination",
+    "Candidate",
+    "MailRoutingError",
+    "NoSuchDomain",
+    "NoMailExchange",
+    "DNSTemporaryFailure",
+    "Queue",
+    "Envelope",
+    "Recipient",
+]
