@@ -48,59 +48,30 @@ DEFAULT_PORT = 1025
 _hostnameRe = re.compile(r"[A-Za-z0-9.\-\[\]:_]+")
 
 
-def _portNumber(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ValueError(f"not a port number: {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"not a port number: {value!r} (0 to 65535)")
-    return port
+def _number(convert, what: str, low: float, high: float, limits: str, kind: str | None = None):
+    """
+    @return: an option coercer: C{convert} the value, which must be
+        C{what} from C{low} to C{high} (both included); C{kind} names what
+        a value that does not convert is not (C{what} if L{None}).
+    """
+
+    def coerce(value: str):
+        try:
+            number = convert(value)
+        except ValueError:
+            raise ValueError(f"not {kind or what}: {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"not {what}: {value!r} ({limits})")
+        return number
+
+    return coerce
 
 
-
-def _octets(value: str) -> int:
-    try:
-        size = int(value)
-    except ValueError:
-        raise ValueError(f"not a number of octets: {value!r}") from None
-    if size < 0:
-        raise ValueError(f"not a number of octets: {value!r}")
-    return size
-
-
-
-def _remotePort(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ValueError(f"not a port number: {value!r}") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"not a port number: {value!r} (1 to 65535)")
-    return port
-
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"not a whole number: {value!r}") from None
-    if number < 1:
-        raise ValueError(f"not a positive whole number: {value!r}")
-    return number
-
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"not a number of seconds: {value!r}") from None
-    if not 0 < seconds < 1e6:
-        raise ValueError(f"not a number of seconds: {value!r} (more than 0)")
-    return seconds
-
+_portNumber = _number(int, "a port number", 0, 65535, "0 to 65535")
+_remotePort = _number(int, "a port number", 1, 65535, "1 to 65535")
+_octets = _number(int, "a number of octets", 0, float("inf"), "0 or more")
+_positive = _number(int, "a positive whole number", 1, float("inf"), "1 or more", kind="a whole number")
+_seconds = _number(float, "a number of seconds", 1e-6, 1e6 - 1, "more than 0")
 
 
 def _mechanism(value: str) -> str:
