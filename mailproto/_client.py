@@ -46,7 +46,6 @@ from mailproto._address import Address
 from mailproto._commands import MailFrom, RcptTo, formatMailFrom, formatRcptTo
 from mailproto._data import DotStuffer
 from mailproto._errors import (
-    AddressError,
     AUTHDeclinedError,
     AuthenticationError,
     AUTHRequiredError,
