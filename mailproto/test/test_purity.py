@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mailproto.__file__)))
 PURE = [
     "mailproto",
     "mailproto._address",
+    "mailproto._bounce",
     "mailproto._commands",
     "mailproto._data",
     "mailproto._errors",
@@ -27,6 +28,7 @@ PURE = [
     "mailproto._headers",
     "mailproto._replies",
     "mailproto._xtext",
+    "mailproto.bounce",
     "mailproto.wire",
 ]
 
