@@ -43,11 +43,12 @@ class Session:
     way to talk to it.
     """
 
-    def __init__(self, factory, clock=None, peer=CLIENT) -> None:
-        self.clock = clock or Clock()
+    def __init__(self, factory, clock=None, peer=CLIENT, transportClass=StringTransport) -> None:
+        self.clock = clock or factory.clock or Clock()
         factory.clock = self.clock
+        self.factory = factory
         self.proto = factory.buildProtocol(None)
-        self.transport = StringTransport(hostAddress=SERVER, peerAddress=peer)
+        self.transport = transportClass(hostAddress=SERVER, peerAddress=peer)
         self.proto.makeConnection(self.transport)
         self.greeting = self.take()
 

@@ -40,11 +40,10 @@ from mailproto.smtp import (
     PLAINCredentials,
     UsersFileChecker,
 )
+from mailproto.test.test_server import CLIENT, Session
 from mailproto.testing import MemoryDelivery
 
-CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
 OTHER_CLIENT = IPv4Address("TCP", "198.51.100.9", 40000)
-SERVER = IPv4Address("TCP", "192.0.2.1", 25)
 
 PASSWORD = b"s3cr3t-Pa55w0rd"
 WRONG = b"wr0ng-Gu3ss-99"
@@ -222,31 +221,14 @@ def authFactory(checker=None, anonymous=False, clock=None, **kw) -> ESMTPFactory
     return factory
 
 
-class Connection:
+class Connection(Session):
     """
-    One client connection to a factory's server, on an in-memory transport.
+    One client connection to a factory's server, on an in-memory
+    transport, with the factory's clock.
     """
 
     def __init__(self, factory, transportClass=StringTransport, peer=CLIENT) -> None:
-        self.factory = factory
-        self.clock = factory.clock
-        self.proto = factory.buildProtocol(peer)
-        self.transport = transportClass(hostAddress=SERVER, peerAddress=peer)
-        self.proto.makeConnection(self.transport)
-        self.greeting = self.take()
-
-    def take(self) -> list[bytes]:
-        """
-        @return: the reply lines sent since last time.
-        """
-        lines = self.transport.value().split(b"\r\n")
-        self.transport.clear()
-        assert lines[-1] == b"", lines
-        return lines[:-1]
-
-    def send(self, data: bytes) -> list[bytes]:
-        self.proto.dataReceived(data)
-        return self.take()
+        Session.__init__(self, factory, peer=peer, transportClass=transportClass)
 
     def codes(self, data: bytes) -> list[bytes]:
         return replyCodes(self.send(data))
