@@ -11,6 +11,8 @@ of mail by MX records:
   - L{Queue}: the spool directory; messages are committed durably (the
     server's 250 waits for it), their delivery state is kept in JSON, and
     L{Queue.recover} sets the spool right after a crash.
+  - L{recordAttempt} and L{RetrySchedule}: what one delivery attempt does
+    to a queued message (per-recipient outcome, backoff, expiry).
   - L{MXCalculator} finds a domain's mail exchangers.  Its C{getMX} is
     twisted.mail's; its C{getRoute} gives every host to try, in order, with
     its IPv4 and IPv6 addresses, as a L{Destination}.
@@ -23,6 +25,7 @@ C{permanent} attribute: whether the message should bounce rather than wait
 for a retry.
 """
 
+from mailproto._attempts import AttemptResult, RetrySchedule, recordAttempt
 from mailproto._mx import (
     Candidate,
     CanonicalNameChainTooLong,
@@ -51,4 +54,7 @@ __all__ = [
     "Queue",
     "Envelope",
     "Recipient",
+    "RetrySchedule",
+    "AttemptResult",
+    "recordAttempt",
 ]

@@ -199,9 +199,9 @@ class RelayExportsTests(SynchronousTestCase):
     """
 
     def test_identity(self):
-        from mailproto import _mx, _queue, _relay, relay, relaymanager
+        from mailproto import _attempts, _mx, _queue, _relay, relay, relaymanager
 
-        for module, private in [(relaymanager, (_mx, _queue)), (relay, (_relay,))]:
+        for module, private in [(relaymanager, (_attempts, _mx, _queue)), (relay, (_relay,))]:
             for name in module.__all__:
                 origins = [getattr(p, name) for p in private if hasattr(p, name)]
                 self.assertEqual(len(origins), 1, name)
