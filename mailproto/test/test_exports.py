@@ -203,9 +203,9 @@ class RelayExportsTests(SynchronousTestCase):
 
         for module, private in [(relaymanager, (_attempts, _mx, _queue)), (relay, (_relay,))]:
             for name in module.__all__:
-                origins = [getattr(p, name) for p in private if hasattr(p, name)]
+                origins = {id(getattr(p, name)): getattr(p, name) for p in private if hasattr(p, name)}
                 self.assertEqual(len(origins), 1, name)
-                self.assertIs(getattr(module, name), origins[0], name)
+                self.assertIs(getattr(module, name), next(iter(origins.values())), name)
             self.assertEqual(len(module.__all__), len(set(module.__all__)))
 
     def test_twistedMailNames(self):
