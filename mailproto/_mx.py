@@ -66,7 +66,27 @@ class MailRoutingError(Exception):
     domain: str | None = None
 
 
-class NullMX(MailRoutingError):
+class _DomainFailure(MailRoutingError):
+    """
+    A routing failure about a domain, with an optional reason.
+
+    @ivar reason: the resolver's exception, or a text, or L{None}.
+    """
+
+    reason: object = None
+
+    def __init__(self, domain: str, *reason: object) -> None:
+        """
+        @param domain: the domain.
+        @param reason: at most one: the exception of the resolver, or a
+            text.
+        """
+        super().__init__(domain, *reason)
+        self.domain = domain
+        self.reason = reason[0] if reason else None
+
+
+class NullMX(_DomainFailure):
     """
     The domain publishes a null MX (RFC 7505): it accepts no mail.  A relay
     bounces such mail with C{556 5.1.10}.
@@ -74,18 +94,11 @@ class NullMX(MailRoutingError):
 
     permanent = True
 
-    def __init__(self, domain: str) -> None:
-        """
-        @param domain: the domain.
-        """
-        super().__init__(domain)
-        self.domain = domain
-
     def __str__(self) -> str:
         return f"{self.domain} does not accept mail (null MX)"
 
 
-class NoSuchDomain(MailRoutingError):
+class NoSuchDomain(_DomainFailure):
     """
     The domain does not exist (NXDOMAIN), or is not a domain name or
     address literal mail can be sent to.
@@ -93,20 +106,11 @@ class NoSuchDomain(MailRoutingError):
 
     permanent = True
 
-    def __init__(self, domain: str, reason: object = None) -> None:
-        """
-        @param domain: the domain.
-        @param reason: the exception of the resolver, or a text, or L{None}.
-        """
-        super().__init__(domain, reason)
-        self.domain = domain
-        self.reason = reason
-
     def __str__(self) -> str:
         return f"no such domain: {self.domain}" + (f" ({self.reason})" if isinstance(self.reason, str) else "")
 
 
-class NoMailExchange(MailRoutingError):
+class NoMailExchange(_DomainFailure):
     """
     The domain has no MX records and L{MXCalculator.fallbackToDomain} is
     false, so that its own address is not used.
@@ -114,18 +118,11 @@ class NoMailExchange(MailRoutingError):
 
     permanent = True
 
-    def __init__(self, domain: str) -> None:
-        """
-        @param domain: the domain.
-        """
-        super().__init__(domain)
-        self.domain = domain
-
     def __str__(self) -> str:
         return f"no MX records for {self.domain}"
 
 
-class DNSTemporaryFailure(MailRoutingError):
+class DNSTemporaryFailure(_DomainFailure):
     """
     The DNS could not answer now (server failure, time-out, ...), or no mail
     exchanger of the domain has an address: trying again later may work.
@@ -134,15 +131,6 @@ class DNSTemporaryFailure(MailRoutingError):
     """
 
     permanent = False
-
-    def __init__(self, domain: str, reason: object = None) -> None:
-        """
-        @param domain: the domain.
-        @param reason: the exception of the resolver, or a text, or L{None}.
-        """
-        super().__init__(domain, reason)
-        self.domain = domain
-        self.reason = reason
 
     def __str__(self) -> str:
         reason = self.reason if isinstance(self.reason, str) else repr(self.reason)
