@@ -435,6 +435,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             # and report why it was not sent, whatever the reply to that.
             if mailCode not in SUCCESS:
                 refusal = (mailCode, mailResp)
+                self.toAddressesResult = []
             else:
                 refusal = (self.toAddressesResult[-1][1], _noRecipients(*self.toAddressesResult[-1][1:]))
             self._expected = _ANY
@@ -442,6 +443,8 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             self.sendLine(b".")
             return
         if mailCode not in SUCCESS:
+            # As without pipelining: no RCPT counts when MAIL was refused.
+            self.toAddressesResult = []
             return self.smtpState_msgSent(mailCode, mailResp)
         if not self.successAddresses:
             return self.smtpState_msgSent(self.toAddressesResult[-1][1], _noRecipients(*self.toAddressesResult[-1][1:]))

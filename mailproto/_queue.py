@@ -118,6 +118,7 @@ class Envelope:
     @ivar nextAttempt: when to try next (seconds since the epoch); C{0} for
         at once.
     @ivar lastReply: the last reply of a delivery attempt, or L{None}.
+    @ivar warned: whether the sender was told that delivery is delayed.
     """
 
     id: str
@@ -135,6 +136,7 @@ class Envelope:
     attempts: int = 0
     nextAttempt: float = 0.0
     lastReply: str | None = None
+    warned: bool = False
 
     @classmethod
     def fromCommands(cls, queueID: str, mail: MailFrom, rcpts: list[RcptTo], received: float, **kw) -> Envelope:
@@ -196,6 +198,7 @@ class Envelope:
             "attempts": self.attempts,
             "nextAttempt": self.nextAttempt,
             "lastReply": self.lastReply,
+            "warned": self.warned,
             "recipients": [{"state": r.state, "lastReply": r.lastReply} for r in self.recipients],
         }
 
@@ -249,6 +252,7 @@ class Envelope:
             self.attempts = int(state["attempts"])
             self.nextAttempt = float(state["nextAttempt"])
             self.lastReply = state.get("lastReply")
+            self.warned = bool(state.get("warned", False))
             for recipient, saved in zip(self.recipients, state["recipients"]):
                 recipient.state = saved["state"]
                 recipient.lastReply = saved.get("lastReply")
@@ -366,6 +370,8 @@ class Queue:
     @ivar directory: the spool directory.
     @ivar fsyncs: how many C{fsync} calls were made (files and
         directories), for measurements.
+    @ivar listeners: callables given each L{Envelope} once its message is
+        committed (the relaying manager listens, to send it at once).
     """
 
     def __init__(self, directory: str, reactor=None, runInThread=None) -> None:
@@ -384,6 +390,7 @@ class Queue:
         self._envelopes: dict[str, Envelope] = {}
         self._relaying: set[str] = set()
         self._committer = _GroupCommitter(self._runBatch)
+        self.listeners: list[Callable[[Envelope], object]] = []
         for name in ("tmp", "queue", "corrupt"):
             os.makedirs(os.path.join(directory, name), exist_ok=True)
 
@@ -500,7 +507,9 @@ class Queue:
 
         @return: a L{Deferred} that fires when it is on disk.
         """
-        return self._committer.submit(("state", envelope))
+        # The state is taken now, in the reactor thread: the envelope may
+        # change again before the disk work runs.
+        return self._committer.submit(("state", (envelope.id, envelope.state())))
 
     def remove(self, queueID: str) -> defer.Deferred:
         """
@@ -515,6 +524,11 @@ class Queue:
 
     def _added(self, envelope: Envelope) -> Envelope:
         self._envelopes[envelope.id] = envelope
+        for listener in list(self.listeners):
+            try:
+                listener(envelope)
+            except Exception:
+                _log.failure("Queue listener failed for {queueID}", queueID=envelope.id)
         return envelope
 
     def _runBatch(self, items: list) -> defer.Deferred:
@@ -570,11 +584,12 @@ class Queue:
         f.close()
         os.replace(spool.path, self.getPath(spool.envelope.id))
 
-    def _writeState(self, envelope: Envelope) -> None:
-        path = self.getPath(envelope.id) + ".state"
+    def _writeState(self, item: tuple[str, dict]) -> None:
+        queueID, state = item
+        path = self.getPath(queueID) + ".state"
         temporary = path + ".tmp"
         with open(temporary, "wb") as f:
-            f.write(json.dumps(envelope.state(), separators=(",", ":")).encode("ascii"))
+            f.write(json.dumps(state, separators=(",", ":")).encode("ascii"))
             f.flush()
             self._fsync(f.fileno())
         os.replace(temporary, path)
