@@ -260,6 +260,36 @@ class Envelope:
             raise ValueError(f"malformed state: {e!r}") from None
 
 
+
+def readQueueFile(path: str) -> Envelope:
+    """
+    Read a queued message's envelope, and its delivery state if it has
+    one, from its queue file.
+
+    @param path: the queue file (C{queue/ID} in the spool directory).
+    @return: the envelope, with the message's size.
+    @raise OSError: if the file cannot be read.
+    @raise ValueError: if its envelope is not valid.
+    """
+    with open(path, "rb") as f:
+        line = f.readline(MAX_ENVELOPE_LINE)
+        if not line.endswith(b"\n"):
+            raise ValueError("no envelope line")
+        envelope = Envelope.fromHeader(json.loads(line))
+        f.seek(0, os.SEEK_END)
+        envelope.size = f.tell() - len(line)
+    try:
+        with open(path + ".state", "rb") as f:
+            envelope.applyState(json.loads(f.read()))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        # The message is safe; only its progress is lost: deliver it
+        # again to everyone (duplicates rather than a loss).
+        _log.warn("Queue message {queueID}: unreadable state ({error}); starting over", queueID=envelope.id, error=e)
+    return envelope
+
+
 class _GroupCommitter:
     """
     Runs batches of disk work in a thread, one batch at a time: work
@@ -297,6 +327,83 @@ class _GroupCommitter:
                 self._flush()
 
         result.addBoth(done)
+
+
+class QueueView:
+    """
+    What every queue keeps in memory, whatever its storage: the envelopes
+    of the queued messages, which of them are being relayed, and who
+    listens for new ones.  L{Queue} (a spool directory) and
+    L{mailproto.testing.MemoryQueue} build on it.
+
+    @ivar listeners: callables given each L{Envelope} once its message is
+        committed (the relaying manager listens, to send it at once).
+    """
+
+    def __init__(self) -> None:
+        self._envelopes: dict[str, Envelope] = {}
+        self._relaying: set[str] = set()
+        self.listeners: list[Callable[[Envelope], object]] = []
+
+    def _added(self, envelope: Envelope) -> Envelope:
+        self._envelopes[envelope.id] = envelope
+        for listener in list(self.listeners):
+            try:
+                listener(envelope)
+            except Exception:
+                _log.failure("Queue listener failed for {queueID}", queueID=envelope.id)
+        return envelope
+
+    def _forget(self, queueID: str) -> None:
+        self._envelopes.pop(queueID, None)
+        self._relaying.discard(queueID)
+
+    # -- reading ----------------------------------------------------------------
+
+    def getEnvelope(self, queueID: str) -> Envelope:
+        """
+        @raise KeyError: if there is no such message.
+        """
+        return self._envelopes[queueID]
+
+    def ids(self) -> list[str]:
+        """
+        @return: the ids of every queued message, oldest first.
+        """
+        return sorted(self._envelopes)
+
+    def due(self, now: float) -> list[Envelope]:
+        """
+        @return: the waiting (not relaying) messages whose next attempt is
+            due at C{now}, oldest first.
+        """
+        return [
+            e
+            for queueID, e in sorted(self._envelopes.items())
+            if queueID not in self._relaying and e.nextAttempt <= now and e.waiting
+        ]
+
+    # -- twisted.mail's view ----------------------------------------------------
+
+    def getWaiting(self) -> list[str]:
+        return [queueID for queueID in sorted(self._envelopes) if queueID not in self._relaying]
+
+    def hasWaiting(self) -> bool:
+        return len(self._relaying) < len(self._envelopes)
+
+    def getRelayed(self) -> list[str]:
+        return sorted(self._relaying)
+
+    def setRelaying(self, queueID: str) -> None:
+        if queueID not in self._envelopes:
+            raise KeyError(queueID)
+        self._relaying.add(queueID)
+
+    def setWaiting(self, queueID: str) -> None:
+        self._relaying.discard(queueID)
+
+    def done(self, queueID: str) -> defer.Deferred:
+        return self.remove(queueID)
 
 
 class SpoolFile:
@@ -358,7 +465,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-class Queue:
+class Queue(QueueView):
     """
     A durable queue of messages in a spool directory (see the module
     docstring for the layout).
@@ -370,8 +477,6 @@ class Queue:
     @ivar directory: the spool directory.
     @ivar fsyncs: how many C{fsync} calls were made (files and
         directories), for measurements.
-    @ivar listeners: callables given each L{Envelope} once its message is
-        committed (the relaying manager listens, to send it at once).
     """
 
     def __init__(self, directory: str, reactor=None, runInThread=None) -> None:
@@ -383,14 +488,12 @@ class Queue:
             C{f} off the reactor thread; by default the reactor's thread
             pool.
         """
+        QueueView.__init__(self)
         self.directory = directory
         self.fsyncs = 0
         self._reactor = reactor
         self._runInThread = runInThread
-        self._envelopes: dict[str, Envelope] = {}
-        self._relaying: set[str] = set()
         self._committer = _GroupCommitter(self._runBatch)
-        self.listeners: list[Callable[[Envelope], object]] = []
         for name in ("tmp", "queue", "corrupt"):
             os.makedirs(os.path.join(directory, name), exist_ok=True)
 
@@ -454,25 +557,9 @@ class Queue:
     readDirectory = recover
 
     def _readEnvelope(self, queueID: str) -> Envelope:
-        with open(self.getPath(queueID), "rb") as f:
-            line = f.readline(MAX_ENVELOPE_LINE)
-            if not line.endswith(b"\n"):
-                raise ValueError("no envelope line")
-            envelope = Envelope.fromHeader(json.loads(line))
-            f.seek(0, os.SEEK_END)
-            envelope.size = f.tell() - len(line)
+        envelope = readQueueFile(self.getPath(queueID))
         if envelope.id != queueID:
             raise ValueError(f"envelope id {envelope.id!r} in file {queueID!r}")
-        statePath = self.getPath(queueID) + ".state"
-        try:
-            with open(statePath, "rb") as f:
-                envelope.applyState(json.loads(f.read()))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as e:
-            # The message is safe; only its progress is lost: deliver it
-            # again to everyone (duplicates rather than a loss).
-            _log.warn("Queue message {queueID}: unreadable state ({error}); starting over", queueID=queueID, error=e)
         return envelope
 
     def _setAside(self, name: str, why: str) -> None:
@@ -501,6 +588,15 @@ class Queue:
             raise
         return SpoolFile(self, envelope, path, f)
 
+    def openMessage(self, queueID: str):
+        """
+        @return: the message's file open for reading, at its first octet
+            (after the envelope line).
+        """
+        f = open(self.getPath(queueID), "rb")
+        f.readline(MAX_ENVELOPE_LINE)
+        return f
+
     def update(self, envelope: Envelope) -> defer.Deferred:
         """
         Write a message's delivery state durably.
@@ -518,18 +614,8 @@ class Queue:
 
         @return: a L{Deferred} that fires when it is gone.
         """
-        self._envelopes.pop(queueID, None)
-        self._relaying.discard(queueID)
+        self._forget(queueID)
         return self._committer.submit(("remove", queueID))
-
-    def _added(self, envelope: Envelope) -> Envelope:
-        self._envelopes[envelope.id] = envelope
-        for listener in list(self.listeners):
-            try:
-                listener(envelope)
-            except Exception:
-                _log.failure("Queue listener failed for {queueID}", queueID=envelope.id)
-        return envelope
 
     def _runBatch(self, items: list) -> defer.Deferred:
         if self._runInThread is not None:
@@ -593,59 +679,3 @@ class Queue:
             f.flush()
             self._fsync(f.fileno())
         os.replace(temporary, path)
-
-    # -- reading ----------------------------------------------------------------
-
-    def getEnvelope(self, queueID: str) -> Envelope:
-        """
-        @raise KeyError: if there is no such message.
-        """
-        return self._envelopes[queueID]
-
-    def openMessage(self, queueID: str):
-        """
-        @return: the message's file open for reading, at its first octet
-            (after the envelope line).
-        """
-        f = open(self.getPath(queueID), "rb")
-        f.readline(MAX_ENVELOPE_LINE)
-        return f
-
-    def ids(self) -> list[str]:
-        """
-        @return: the ids of every queued message, oldest first.
-        """
-        return sorted(self._envelopes)
-
-    def due(self, now: float) -> list[Envelope]:
-        """
-        @return: the waiting (not relaying) messages whose next attempt is
-            due at C{now}, oldest first.
-        """
-        return [
-            e
-            for queueID, e in sorted(self._envelopes.items())
-            if queueID not in self._relaying and e.nextAttempt <= now and e.waiting
-        ]
-
-    # -- twisted.mail's view ----------------------------------------------------
-
-    def getWaiting(self) -> list[str]:
-        return [queueID for queueID in sorted(self._envelopes) if queueID not in self._relaying]
-
-    def hasWaiting(self) -> bool:
-        return len(self._relaying) < len(self._envelopes)
-
-    def getRelayed(self) -> list[str]:
-        return sorted(self._relaying)
-
-    def setRelaying(self, queueID: str) -> None:
-        if queueID not in self._envelopes:
-            raise KeyError(queueID)
-        self._relaying.add(queueID)
-
-    def setWaiting(self, queueID: str) -> None:
-        self._relaying.discard(queueID)
-
-    def done(self, queueID: str) -> defer.Deferred:
-        return self.remove(queueID)

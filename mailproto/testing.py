@@ -16,6 +16,10 @@ memory, without sockets or real time.
     NXDOMAIN, chosen failures such as SERVFAIL or a time-out), and records
     the queries it gets: for tests of mail routing
     (L{mailproto.relaymanager.MXCalculator}) without a DNS server.
+  - L{MemoryQueue} is the relay's queue without a disk: messages and their
+    delivery state in memory, for tests of the relay
+    (L{mailproto.relay.QueueDeliveryFactory},
+    L{mailproto.relaymanager.SmartHostESMTPRelayingManager}).
 
 A test of an application's own client against a mailproto server::
 
@@ -50,6 +54,8 @@ A test of routing::
 
 from __future__ import annotations
 
+import io
+
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.names import common, dns, error
@@ -58,9 +64,10 @@ from zope.interface import implementer
 
 from mailproto._address import Address, User
 from mailproto._errors import SMTPBadRcpt, SMTPBadSender
+from mailproto._queue import Envelope, QueueView
 from mailproto.interfaces import IMessageDelivery, IMessageStream
 
-__all__ = ["DeliveredMessage", "FakeResolver", "MemoryDelivery", "MemoryMessage", "connectInMemory"]
+__all__ = ["DeliveredMessage", "FakeResolver", "MemoryDelivery", "MemoryMessage", "MemoryQueue", "connectInMemory"]
 
 
 class DeliveredMessage:
@@ -337,3 +344,85 @@ class FakeResolver(common.ResolverBase):
             current = target
         return defer.succeed((answers, [], []))
 
+
+
+class _MemorySpoolFile:
+    """
+    A message being written into a L{MemoryQueue}.
+    """
+
+    def __init__(self, queue: MemoryQueue, envelope: Envelope) -> None:
+        self.queue = queue
+        self.envelope = envelope
+        self._chunks: list[bytes] = []
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        self._chunks.append(bytes(data))
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self._chunks))
+
+    def commit(self) -> defer.Deferred:
+        self._closed = True
+        if self.queue.failWrites:
+            return defer.fail(OSError("MemoryQueue.failWrites is set"))
+        self.envelope.size = self.size
+        self.queue.messages[self.envelope.id] = b"".join(self._chunks)
+        self.queue.states[self.envelope.id] = self.envelope.state()
+        return defer.succeed(self.queue._added(self.envelope))
+
+    def abort(self) -> None:
+        self._closed = True
+        self._chunks = []
+
+
+class MemoryQueue(QueueView):
+    """
+    The relay's queue, in memory: what L{mailproto.relaymanager.Queue}
+    does, without files, threads or C{fsync}.  Commits and updates succeed
+    at once (or fail, with L{failWrites}).
+
+    @ivar messages: each queued message's data, by queue id.
+    @ivar states: each queued message's last written delivery state (as
+        L{Envelope.state} gives it), by queue id: what a restart would
+        find.
+    @ivar removed: the ids of the messages taken out of the queue, in
+        order.
+    @ivar failWrites: make commits and updates fail, as a full disk would.
+    """
+
+    def __init__(self) -> None:
+        QueueView.__init__(self)
+        self.messages: dict[str, bytes] = {}
+        self.states: dict[str, dict] = {}
+        self.removed: list[str] = []
+        self.failWrites = False
+
+    def recover(self) -> dict[str, int]:
+        return {"queued": len(self._envelopes), "removed": 0, "corrupt": 0}
+
+    readDirectory = recover
+
+    def getPath(self, queueID: str) -> str:
+        return queueID
+
+    def newMessage(self, envelope: Envelope) -> _MemorySpoolFile:
+        return _MemorySpoolFile(self, envelope)
+
+    def openMessage(self, queueID: str):
+        return io.BytesIO(self.messages[queueID])
+
+    def update(self, envelope: Envelope) -> defer.Deferred:
+        if self.failWrites:
+            return defer.fail(OSError("MemoryQueue.failWrites is set"))
+        self.states[envelope.id] = envelope.state()
+        return defer.succeed(None)
+
+    def remove(self, queueID: str) -> defer.Deferred:
+        self._forget(queueID)
+        self.messages.pop(queueID, None)
+        self.states.pop(queueID, None)
+        self.removed.append(queueID)
+        return defer.succeed(None)
