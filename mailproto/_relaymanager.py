@@ -499,6 +499,7 @@ class SMTPManagedRelayerFactory(ClientFactory):
     """
 
     protocol = SMTPManagedRelayer
+    noisy = False
 
     def __init__(self, messages, manager, *args, **kw) -> None:
         self.messages = messages
