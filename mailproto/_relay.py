@@ -17,11 +17,14 @@ import ipaddress
 import time
 
 from twisted.internet import defer
+from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailproto._errors import SMTPServerError
+from mailproto._address import Address
+from mailproto._commands import MailFrom, RcptTo
+from mailproto._errors import SMTPBadRcpt, SMTPServerError
 from mailproto._queue import Envelope, Queue, newMessageID
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
 
@@ -209,16 +212,19 @@ class QueueDelivery:
 
     def _open(self, users: list):
         first = users[0]
-        mail = first.mail
-        rcpts = [user.rcpt for user in users]
+        # A User made by mailproto's server carries the parsed commands; one
+        # made elsewhere has the addresses only.
+        mail = getattr(first, "mail", None) or MailFrom(Address(first.orig))
+        rcpts = [getattr(user, "rcpt", None) or RcptTo(Address(user.dest)) for user in users]
         protocol = first.protocol
+        helo = first.helo or (None, b"")
         envelope = Envelope.fromCommands(
             newMessageID(self._now()),
             mail,
             rcpts,
             received=self._now(),
-            client=first.helo[1].decode("ascii", "replace"),
-            helo=(first.helo[0] or b"").decode("utf-8", "replace"),
+            client=(helo[1] or b"").decode("ascii", "replace"),
+            helo=(helo[0] or b"").decode("utf-8", "replace"),
             user=_text(getattr(protocol, "authenticatedUser", None)),
         )
         return self.queue.newMessage(envelope)
@@ -262,3 +268,56 @@ class QueueDeliveryFactory:
 
     def getMessageDelivery(self) -> QueueDelivery:
         return QueueDelivery(self.queue, self.policy, self.clock)
+
+
+class DomainQueuer:
+    """
+    twisted.mail's relaying domain: accepts mail for any address from
+    clients allowed to relay, and queues each recipient's copy as a
+    message of its own.
+
+    New code should give the server a L{QueueDeliveryFactory}, which
+    queues one message per transaction and knows about authenticated
+    clients and inbound domains.
+
+    @ivar service: what holds the queue, as C{service.queue}.
+    @ivar authed: whether every client may relay (the connection was
+        authenticated).
+    @ivar policy: the L{RelayPolicy} for other clients.
+    """
+
+    def __init__(self, service, authenticated: bool = False, policy: RelayPolicy | None = None) -> None:
+        self.service = service
+        self.authed = authenticated
+        self.policy = policy or RelayPolicy()
+
+    def exists(self, user):
+        """
+        @return: a callable making the message receiver for C{user}.
+        @raise SMTPBadRcpt: if the client may not relay.
+        """
+        if self.willRelay(user.dest, user.protocol):
+            return lambda: self.startMessage(user)
+        raise SMTPBadRcpt(user)
+
+    def willRelay(self, address, protocol) -> bool:
+        """
+        @return: whether the client of C{protocol} may relay: an
+            authenticated one, one on a UNIX socket, or one from the
+            policy's networks (loopback by default).
+        """
+        if self.authed:
+            return True
+        peer = protocol.transport.getPeer()
+        if isinstance(peer, UNIXAddress):
+            return self.policy.unixSockets
+        host = getattr(peer, "host", "")
+        return self.policy.clientMayRelay(host.encode("ascii", "replace"), False)
+
+    def startMessage(self, user):
+        """
+        @return: an L{IMessageStream} writing C{user}'s copy into the
+            queue.
+        """
+        delivery = QueueDelivery(self.service.queue, self.policy)
+        return _SpoolMessage(_Transaction(delivery, [user]), primary=True)

@@ -448,7 +448,8 @@ class ManagedRelayerMixin:
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         factory = self.factory
-        if getattr(factory, "lastError", None) is None and not reason.check(error.ConnectionDone):
+        if getattr(factory, "lastError", None) is None and (self.messages or not reason.check(error.ConnectionDone)):
+            # Closed with messages unsent, even cleanly: that is the reason.
             factory.lastError = reason
         self.manager.notifyDone(factory)
 
@@ -906,6 +907,9 @@ class SmartHostSMTPRelayingManager:
         @return: a L{Deferred} that fires when the connections this call
             opened are over, or L{None} if it opened none.
         """
+        if not self.running:
+            for envelope in self.queue.due(self._now()):
+                self._schedule(envelope)
         started = self._run()
         if not started:
             return None
@@ -1166,6 +1170,8 @@ class SmartHostSMTPRelayingManager:
         # A report could not be queued, or the state not written: the
         # message stays as it was on disk, and is tried again later.
         envelope = attempt.envelope
+        if failure.check(defer.FirstError):
+            failure = failure.value.subFailure
         _log.failure("Could not record the attempt for {queueID}; it will be tried again", failure, queueID=envelope.id)
         for recipient in result.failed:
             recipient.state = WAITING

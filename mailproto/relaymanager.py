@@ -5,8 +5,19 @@ The mail relay: where a message goes and how it gets there.
 
 This module follows C{twisted.mail.relaymanager}: the names it shares with
 it are used the same way, so that code written for twisted.mail ports by
-changing its imports.  For now it holds the durable queue and the routing
-of mail by MX records:
+changing its imports.  It holds the durable queue, the routing of mail
+by MX records, and the relaying manager that sends the queue's messages:
+
+  - L{SmartHostESMTPRelayingManager} (and L{SmartHostSMTPRelayingManager},
+    with HELO-only relayers): due messages grouped by destination,
+    several per connection (L{ESMTPManagedRelayer}, made by
+    L{ESMTPManagedRelayerFactory}), concurrency limits overall and per
+    destination, per-recipient outcomes, retries on the schedule, one
+    delivery status notification for what failed; by MX records or
+    through a L{SmartHost}, with a L{TLSPolicy} per destination
+    (L{NONE}, L{MAY}, L{ENCRYPT}, L{VERIFY}).
+  - L{RelayStateHelper}: twisted.mail's timer service calling
+    C{checkState}; a manager that was C{start}ed needs none.
 
   - L{Queue}: the spool directory; messages are committed durably (the
     server's 250 waits for it), their delivery state is kept in JSON, and
@@ -39,6 +50,22 @@ from mailproto._mx import (
     NullMX,
 )
 from mailproto._queue import Envelope, Queue, Recipient
+from mailproto._relaymanager import (
+    ENCRYPT,
+    MAY,
+    NONE,
+    VERIFY,
+    ESMTPManagedRelayer,
+    ESMTPManagedRelayerFactory,
+    ManagedRelayerMixin,
+    RelayStateHelper,
+    SmartHost,
+    SmartHostESMTPRelayingManager,
+    SmartHostSMTPRelayingManager,
+    SMTPManagedRelayer,
+    SMTPManagedRelayerFactory,
+    TLSPolicy,
+)
 
 __all__ = [
     "MXCalculator",
@@ -57,4 +84,18 @@ __all__ = [
     "RetrySchedule",
     "AttemptResult",
     "recordAttempt",
+    "ManagedRelayerMixin",
+    "SMTPManagedRelayer",
+    "ESMTPManagedRelayer",
+    "SMTPManagedRelayerFactory",
+    "ESMTPManagedRelayerFactory",
+    "SmartHostSMTPRelayingManager",
+    "SmartHostESMTPRelayingManager",
+    "RelayStateHelper",
+    "SmartHost",
+    "TLSPolicy",
+    "NONE",
+    "MAY",
+    "ENCRYPT",
+    "VERIFY",
 ]

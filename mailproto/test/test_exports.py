@@ -199,9 +199,9 @@ class RelayExportsTests(SynchronousTestCase):
     """
 
     def test_identity(self):
-        from mailproto import _attempts, _mx, _queue, _relay, relay, relaymanager
+        from mailproto import _attempts, _mx, _queue, _relay, _relaymanager, relay, relaymanager
 
-        for module, private in [(relaymanager, (_attempts, _mx, _queue)), (relay, (_relay,))]:
+        for module, private in [(relaymanager, (_attempts, _mx, _queue, _relaymanager)), (relay, (_relay, _relaymanager))]:
             for name in module.__all__:
                 origins = {id(getattr(p, name)): getattr(p, name) for p in private if hasattr(p, name)}
                 self.assertEqual(len(origins), 1, name)
@@ -216,7 +216,27 @@ class RelayExportsTests(SynchronousTestCase):
 
         from mailproto import relaymanager
 
-        shared = {"MXCalculator", "CanonicalNameLoop", "CanonicalNameChainTooLong", "Queue"}
+        shared = {
+            "MXCalculator",
+            "CanonicalNameLoop",
+            "CanonicalNameChainTooLong",
+            "Queue",
+            "ManagedRelayerMixin",
+            "SMTPManagedRelayer",
+            "ESMTPManagedRelayer",
+            "SMTPManagedRelayerFactory",
+            "ESMTPManagedRelayerFactory",
+            "SmartHostSMTPRelayingManager",
+            "SmartHostESMTPRelayingManager",
+            "RelayStateHelper",
+        }
         for name in shared:
             self.assertTrue(hasattr(trelaymanager, name), name)
             self.assertIn(name, relaymanager.__all__)
+        from twisted.mail import relay as trelay
+
+        from mailproto import relay
+
+        for name in ("DomainQueuer", "RelayerMixin", "SMTPRelayer", "ESMTPRelayer"):
+            self.assertTrue(hasattr(trelay, name), name)
+            self.assertIn(name, relay.__all__)

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mailproto._queue import Queue
-from mailproto._relay import QueueDelivery, QueueDeliveryFactory, RelayPolicy
+from mailproto._relay import DomainQueuer, QueueDelivery, QueueDeliveryFactory, RelayPolicy
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory
 from mailproto.smtp import ESMTPFactory
 
@@ -179,3 +179,51 @@ class QueueDeliveryTests(SynchronousTestCase):
             proto, transport = self.session(peer=peer)
             proto.dataReceived(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n")
             self.assertIn(b"250 2.1.5", transport.value())
+
+
+class DomainQueuerTests(SynchronousTestCase):
+    """
+    twisted.mail's L{DomainQueuer}: one queued message per recipient, for
+    clients allowed to relay.
+    """
+
+    def user(self, peer):
+        from mailproto.smtp import User
+
+        protocol = ESMTPFactory(delivery=None, domain=b"relay.test", clock=Clock()).buildProtocol(None)
+        protocol.makeConnection(StringTransport(peerAddress=peer))
+        self.addCleanup(protocol.connectionLost, None)
+        return User(b"rcpt@example.com", (b"client.test", b"127.0.0.1"), protocol, b"sender@origin.test")
+
+    def test_queuesEachRecipient(self):
+        """
+        A loopback client's recipient gets a message receiver that writes
+        a queued message of its own.
+        """
+        from mailproto.testing import MemoryQueue
+
+        class Service:
+            queue = MemoryQueue()
+
+        queuer = DomainQueuer(Service())
+        makeMessage = queuer.exists(self.user(IPv4Address("TCP", "127.0.0.1", 1234)))
+        message = makeMessage()
+        message.lineReceived(b"Subject: hi")
+        message.lineReceived(b"")
+        self.successResultOf(message.eomReceived())
+        [queueID] = Service.queue.ids()
+        envelope = Service.queue.getEnvelope(queueID)
+        self.assertEqual((envelope.sender, [r.address for r in envelope.recipients]), (b"sender@origin.test", [b"rcpt@example.com"]))
+        self.assertEqual(Service.queue.messages[queueID], b"Subject: hi\r\n\r\n")
+
+    def test_refusesOutsiders(self):
+        """
+        Other clients get L{SMTPBadRcpt}, unless the queuer is for an
+        authenticated connection; UNIX socket clients may relay.
+        """
+        from mailproto.smtp import SMTPBadRcpt
+
+        outsider = self.user(IPv4Address("TCP", "192.0.2.9", 1234))
+        self.assertRaises(SMTPBadRcpt, DomainQueuer(None).exists, outsider)
+        self.assertTrue(callable(DomainQueuer(None, authenticated=True).exists(outsider)))
+        self.assertTrue(DomainQueuer(None).willRelay(None, self.user(UNIXAddress(None)).protocol))

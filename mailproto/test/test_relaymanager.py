@@ -1,0 +1,1054 @@
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+Tests for L{mailproto._relaymanager}: the relaying manager over a
+L{MemoryQueue}, a L{MemoryReactorClock} and downstream servers in memory,
+through every state of a queued message and every outcome of an attempt.
+
+Time is the fake clock's: retries are checked against the schedule to the
+second.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+
+from twisted.internet import error
+from twisted.internet.defer import TimeoutError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.names.error import DNSNameError, DNSServerError
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailproto._attempts import RetrySchedule
+from mailproto._queue import DELIVERED, FAILED, WAITING, Envelope, Queue, Recipient, newMessageID
+from mailproto._relaymanager import (
+    ENCRYPT,
+    SMARTHOST,
+    ESMTPManagedRelayer,
+    ESMTPManagedRelayerFactory,
+    ESMTPRelayer,
+    RelayStateHelper,
+    SmartHost,
+    SmartHostESMTPRelayingManager,
+    SmartHostSMTPRelayingManager,
+    SMTPManagedRelayerFactory,
+    SMTPRelayer,
+    TLSPolicy,
+)
+from mailproto._mx import MXCalculator
+from mailproto.smtp import ESMTPFactory
+from mailproto.test.test_server_auth import PASSWORD, authFactory
+from mailproto.testing import FakeResolver, MemoryDelivery, MemoryQueue, connectInMemory
+
+SENDER = b"sender@origin.test"
+MESSAGE = b"From: sender@origin.test\r\nSubject: hello\r\nMessage-ID: <1@origin.test>\r\n\r\nBody line\r\n.dot\r\n"
+
+
+def resolver(**overrides) -> FakeResolver:
+    """
+    @return: DNS for the tests: example.com with two mail exchangers,
+        other.test with one, origin.test (the senders' domain) with one.
+    """
+    records = dict(
+        mx={
+            "example.com": [(10, "mx1.example.com"), (20, "mx2.example.com")],
+            "other.test": [(10, "mx.other.test")],
+            "origin.test": [(10, "mx.origin.test")],
+            "null.test": [(0, ".")],
+        },
+        a={
+            "mx1.example.com": ["192.0.2.1"],
+            "mx2.example.com": ["192.0.2.2"],
+            "mx.other.test": ["192.0.2.10"],
+            "mx.origin.test": ["192.0.2.20"],
+        },
+    )
+    records.update(overrides)
+    return FakeResolver(**records)
+
+
+class Scripted(LineReceiver):
+    """
+    A downstream SMTP server that answers from a script.
+
+    @ivar replies: the reply to each command, by verb; a callable is given
+        the command line.  C{b"."} is the reply after the message.  A
+        reply of L{None} drops the connection.
+    @ivar dropInData: drop the connection after this many lines of a
+        message, or L{None}.
+    @ivar commands: the commands received.
+    @ivar messages: the messages received whole.
+    """
+
+    delimiter = b"\r\n"
+
+    def __init__(self, greeting=b"220 mx.test ESMTP", dropInData=None, **replies) -> None:
+        self.greeting = greeting
+        self.replies = {
+            b"EHLO": b"250-mx.test\r\n250 8BITMIME",
+            b"HELO": b"250 mx.test",
+            b"MAIL": b"250 2.1.0 Ok",
+            b"RCPT": b"250 2.1.5 Ok",
+            b"DATA": b"354 Go ahead",
+            b".": b"250 2.0.0 Queued",
+            b"RSET": b"250 2.0.0 Ok",
+            b"NOOP": b"250 2.0.0 Ok",
+            b"QUIT": b"221 2.0.0 Bye",
+        }
+        self.replies.update({k.encode(): v for k, v in replies.items()})
+        self.dropInData = dropInData
+        self.commands: list[bytes] = []
+        self.messages: list[bytes] = []
+        self._data: list[bytes] | None = None
+
+    def connectionMade(self) -> None:
+        if self.greeting is None:
+            self.transport.loseConnection()
+        else:
+            self.sendLine(self.greeting)
+
+    def _reply(self, key: bytes, line: bytes) -> None:
+        reply = self.replies.get(key, b"502 5.5.1 Unknown")
+        if callable(reply):
+            reply = reply(line)
+        if reply is None:
+            self.transport.loseConnection()
+        else:
+            self.sendLine(reply)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._data is not None:
+            if line == b".":
+                self.messages.append(b"".join(self._data))
+                self._data = None
+                self._reply(b".", line)
+                return
+            self._data.append((line[1:] if line.startswith(b".") else line) + b"\r\n")
+            if self.dropInData is not None and len(self._data) >= self.dropInData:
+                self.transport.loseConnection()
+            return
+        self.commands.append(line)
+        verb = line.split(b" ", 1)[0].upper()
+        if verb == b"DATA" and not callable(self.replies[b"DATA"]) and self.replies[b"DATA"].startswith(b"354"):
+            self._data = []
+        self._reply(verb, line)
+
+
+class RelayHarness:
+    """
+    A relaying manager over a L{MemoryQueue}, with the DNS of L{resolver}
+    and a fake reactor; each connection it opens is served by a protocol
+    the test gives.
+    """
+
+    def __init__(self, testCase, managerClass=SmartHostESMTPRelayingManager, dns=None, start=True, **kw) -> None:
+        self.testCase = testCase
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_000_000)
+        self.queue = MemoryQueue()
+        self.resolver = dns or resolver()
+        kw.setdefault("tls", TLSPolicy("none"))
+        self.manager = managerClass(
+            self.queue,
+            kw.pop("maxConnections", 10),
+            kw.pop("maxMessagesPerConnection", 10),
+            reactor=self.reactor,
+            hostname="relay.test",
+            mxcalc=MXCalculator(self.resolver, clock=self.reactor),
+            **kw,
+        )
+        if start:
+            self.manager.start()
+            testCase.addCleanup(self.manager.stop)
+
+    def enqueue(self, recipients, sender=SENDER, data=MESSAGE, **fields) -> Envelope:
+        envelope = Envelope(
+            newMessageID(self.reactor.seconds()),
+            sender,
+            [r if isinstance(r, Recipient) else Recipient(r) for r in recipients],
+            received=self.reactor.seconds(),
+            **fields,
+        )
+        spool = self.queue.newMessage(envelope)
+        spool.write(data)
+        spool.commit()
+        return envelope
+
+    def turn(self, seconds: float = 0) -> None:
+        self.reactor.advance(seconds)
+
+    def connections(self) -> list:
+        """
+        @return: the connections asked for since the last call:
+            C{(host, port, factory)}.
+        """
+        made = [(host, port, factory) for host, port, factory, *_ in self.reactor.tcpClients]
+        del self.reactor.tcpClients[:]
+        return made
+
+    def connection(self):
+        """
+        @return: the one connection asked for.
+        """
+        [made] = self.connections()
+        return made
+
+    def serve(self, factory, server) -> None:
+        """
+        Connect the relayer of C{factory} to C{server} and run the session
+        to its end.
+        """
+        client = factory.buildProtocol(None)
+        pump = connectInMemory(server, client, clock=self.reactor)
+        pump.flush()
+        for _ in range(20):
+            if client.transport.disconnected:
+                break
+            # The server may be taking its time (a slowed-down AUTH
+            # failure): let a little time pass.
+            self.reactor.advance(1)
+            pump.flush()
+        if not client.transport.disconnected:
+            client.transport.loseConnection()
+            server.transport.loseConnection()
+            pump.flush()
+
+    def refuse(self, factory) -> None:
+        factory.clientConnectionFailed(None, Failure(error.ConnectionRefusedError("refused")))
+
+    def accounted(self) -> None:
+        """
+        Check that every queued message is in a state: in flight, or
+        waiting with a timer that will bring it back.
+        """
+        manager = self.manager
+        scheduled = {queueID for when, _, queueID in manager._heap}
+        for queueID in self.queue.ids():
+            envelope = self.queue.getEnvelope(queueID)
+            self.testCase.assertTrue(envelope.waiting, f"{queueID} is queued with nobody waiting")
+            if queueID in manager._inFlight:
+                continue
+            self.testCase.assertIn(queueID, scheduled, f"{queueID} is in no state")
+            self.testCase.assertIsNotNone(manager._timer)
+            self.testCase.assertTrue(manager._timer.active())
+            self.testCase.assertLessEqual(manager._timer.getTime(), envelope.nextAttempt)
+
+    def reports(self) -> list[tuple[Envelope, email.message.Message]]:
+        """
+        @return: the delivery status notifications in the queue.
+        """
+        out = []
+        for queueID in self.queue.ids():
+            envelope = self.queue.getEnvelope(queueID)
+            if envelope.sender == b"":
+                out.append((envelope, email.message_from_bytes(self.queue.messages[queueID])))
+        return out
+
+
+def statusFields(report: email.message.Message) -> list[dict]:
+    """
+    @return: the per-recipient fields of a report's
+        C{message/delivery-status} part.
+    """
+    for part in report.walk():
+        if part.get_content_type() == "message/delivery-status":
+            payload = part.get_payload()
+            return [dict(block.items()) for block in payload[1:]]
+    raise AssertionError("no delivery-status part")
+
+
+class DeliveryTests(SynchronousTestCase):
+    """
+    Messages that get through.
+    """
+
+    def test_delivered(self):
+        """
+        A due message goes to the domain's first MX on port 25; after a
+        250 it is gone from the queue, and nothing is reported.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        host, port, factory = relay.connection()
+        self.assertEqual((host, port), ("192.0.2.1", 25))
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(server.messages, [MESSAGE])
+        self.assertEqual(server.commands[:3], [b"EHLO relay.test", b"MAIL FROM:<sender@origin.test>", b"RCPT TO:<rcpt@example.com>"])
+        self.assertEqual(relay.queue.ids(), [])
+        self.assertEqual(relay.queue.removed, [envelope.id])
+        self.assertEqual(relay.manager.stats["delivered"], 1)
+        relay.accounted()
+
+    def test_dsnParametersPassedOn(self):
+        """
+        The envelope's DSN parameters go downstream to a server that
+        offers DSN.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue(
+            [Recipient(b"rcpt@example.com", notify=(b"FAILURE", b"DELAY"), orcpt=(b"rfc822", b"orig@example.com"))],
+            ret=b"HDRS",
+            envid=b"env-1",
+        )
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = Scripted(EHLO=b"250-mx.test\r\n250 DSN")
+        relay.serve(factory, server)
+        self.assertEqual(server.commands[1], b"MAIL FROM:<sender@origin.test> RET=HDRS ENVID=env-1")
+        self.assertEqual(server.commands[2], b"RCPT TO:<rcpt@example.com> NOTIFY=FAILURE,DELAY ORCPT=rfc822;orig@example.com")
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_severalMessagesOneConnection(self):
+        """
+        Messages for one domain queued together share a connection, up to
+        C{maxMessagesPerConnection} each.
+        """
+        relay = RelayHarness(self, maxMessagesPerConnection=2)
+        for i in range(3):
+            relay.enqueue([b"rcpt%d@example.com" % i])
+        relay.turn()
+        made = relay.connections()
+        self.assertEqual(len(made), 2)
+        servers = [Scripted(), Scripted()]
+        for (_, _, factory), server in zip(made, servers):
+            relay.serve(factory, server)
+        self.assertEqual(sorted(len(s.messages) for s in servers), [1, 2])
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_twoDomains(self):
+        """
+        A message for two domains goes over two connections at once, and
+        leaves the queue only when both have answered.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com", b"b@other.test"])
+        relay.turn()
+        made = relay.connections()
+        self.assertEqual(sorted(h for h, _, _ in made), ["192.0.2.1", "192.0.2.10"])
+        byHost = {h: f for h, _, f in made}
+        relay.serve(byHost["192.0.2.10"], Scripted())
+        self.assertEqual(relay.queue.ids(), [envelope.id])
+        self.assertIn(envelope.id, relay.manager._inFlight)
+        relay.accounted()
+        relay.serve(byHost["192.0.2.1"], Scripted())
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_realServer(self):
+        """
+        Against mailproto's own ESMTP server (PIPELINING, CHUNKING, DSN)
+        the message arrives byte for byte.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([b"a@example.com", b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        delivery = MemoryDelivery()
+        relay.serve(factory, ESMTPFactory(delivery=delivery, domain=b"mx1.example.com", clock=relay.reactor).buildProtocol(None))
+        self.assertEqual([(bytes(m.recipient), m.data) for m in delivery.messages], [(b"a@example.com", MESSAGE), (b"b@example.com", MESSAGE)])
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_nullSenderDelivered(self):
+        """
+        A report (null sender) is relayed with C{MAIL FROM:<>}.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([b"a@example.com"], sender=b"")
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(server.commands[1], b"MAIL FROM:<>")
+
+
+class RetryTests(SynchronousTestCase):
+    """
+    Temporary failures: the message waits, and is tried again on the
+    schedule.
+    """
+
+    def assertDeferred(self, relay, envelope, lastReply):
+        self.assertEqual(relay.queue.ids(), [envelope.id])
+        self.assertEqual([r.state for r in envelope.recipients], [WAITING])
+        self.assertIn(lastReply, envelope.recipients[0].lastReply)
+        self.assertEqual(relay.queue.states[envelope.id]["attempts"], envelope.attempts)
+        self.assertEqual(relay.reports(), [])
+        relay.accounted()
+
+    def test_backoffSchedule(self):
+        """
+        After each 451 the next attempt is 300 s later, doubling up to
+        4000 s; nothing is tried before its time.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        delays = []
+        for attempt in range(7):
+            _, _, factory = relay.connection()
+            relay.serve(factory, Scripted(RCPT=b"451 4.3.0 Try later"))
+            self.assertDeferred(relay, envelope, "451 4.3.0 Try later")
+            delay = envelope.nextAttempt - relay.reactor.seconds()
+            delays.append(delay)
+            relay.turn(delay - 1)
+            self.assertEqual(relay.connections(), [])
+            relay.turn(1)
+        self.assertEqual(delays, [300, 600, 1200, 2400, 4000, 4000, 4000])
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted())
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_greeting421NextMX(self):
+        """
+        A server that greets with 421 is left for the next MX, in the
+        same attempt.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        host, _, factory = relay.connection()
+        self.assertEqual(host, "192.0.2.1")
+        relay.serve(factory, Scripted(greeting=b"421 4.3.2 Busy"))
+        host, _, factory = relay.connection()
+        self.assertEqual(host, "192.0.2.2")
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(len(server.messages), 1)
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_every421Deferred(self):
+        """
+        When every MX greets with 421 the message is deferred with what
+        the last one said.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        for _ in range(2):
+            _, _, factory = relay.connection()
+            relay.serve(factory, Scripted(greeting=b"421 4.3.2 Busy"))
+        self.assertDeferred(relay, envelope, "421 4.3.2 Busy")
+        self.assertTrue(envelope.recipients[0].lastReply.startswith("451 4.4.2"))
+
+    def test_451AfterData(self):
+        """
+        451 after the message: deferred.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(**{".": b"451 4.3.0 Disk full"}))
+        self.assertDeferred(relay, envelope, "451 4.3.0 Disk full")
+        self.assertEqual(envelope.nextAttempt, relay.reactor.seconds() + 300)
+
+    def test_421ClosesAfterData(self):
+        """
+        421 after the message, then the server hangs up: deferred.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(**{".": b"421 4.3.2 Shutting down"}))
+        self.assertDeferred(relay, envelope, "421 4.3.2 Shutting down")
+
+    def test_droppedInData(self):
+        """
+        The connection dropped in the middle of the message: the next MX
+        is tried; when it drops too, deferred, then delivered whole on the
+        next attempt.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        for expected in ("192.0.2.1", "192.0.2.2"):
+            host, _, factory = relay.connection()
+            self.assertEqual(host, expected)
+            relay.serve(factory, Scripted(dropInData=2))
+        self.assertDeferred(relay, envelope, "4.4.2")
+        relay.turn(300)
+        _, _, factory = relay.connection()
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(server.messages, [MESSAGE])
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_droppedAfterFirstMessage(self):
+        """
+        A connection lost after its first message was answered: the
+        first is done, the rest are deferred (not tried elsewhere in the
+        same attempt).
+        """
+        relay = RelayHarness(self)
+        first = relay.enqueue([b"a@example.com"])
+        second = relay.enqueue([b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        answers = iter([b"250 2.0.0 Queued", None])
+        relay.serve(factory, Scripted(**{".": lambda line: next(answers)}))
+        self.assertEqual(relay.queue.ids(), [second.id])
+        self.assertNotIn(first.id, relay.queue.ids())
+        self.assertEqual(relay.connections(), [])
+        self.assertDeferred(relay, second, "4.4.2")
+
+    def test_connectionRefused(self):
+        """
+        Every address refuses the connection: deferred with 4.4.1, each
+        MX tried once, and the hosts marked bad.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        hosts = []
+        for _ in range(2):
+            host, _, factory = relay.connection()
+            hosts.append(host)
+            relay.refuse(factory)
+        self.assertEqual(hosts, ["192.0.2.1", "192.0.2.2"])
+        self.assertDeferred(relay, envelope, "451 4.4.1")
+        calculator = relay.manager.mxcalc
+        self.assertTrue(calculator._isBad("mx1.example.com"))
+
+    def test_dnsServerFailure(self):
+        """
+        SERVFAIL: deferred with 4.4.3, no connection.
+        """
+        relay = RelayHarness(self, dns=resolver(failures={("example.com", "MX"): DNSServerError}))
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        self.assertEqual(relay.connections(), [])
+        self.assertDeferred(relay, envelope, "451 4.4.3")
+
+    def test_dnsTimeout(self):
+        """
+        A DNS time-out: deferred, and delivered once the DNS answers.
+        """
+        dns = resolver(failures={("example.com", "MX"): TimeoutError})
+        relay = RelayHarness(self, dns=dns)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        self.assertDeferred(relay, envelope, "451 4.4.3")
+        dns.failures.clear()
+        relay.turn(300)
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted())
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_stateWriteFails(self):
+        """
+        If the state cannot be written the message is kept as it was and
+        tried again later.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.queue.failWrites = True
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(RCPT=b"550 5.1.1 No such user"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(relay.queue.ids(), [envelope.id])
+        self.assertEqual(envelope.recipients[0].state, WAITING)
+        relay.accounted()
+        relay.queue.failWrites = False
+        relay.turn(300)
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted())
+        self.assertEqual(relay.queue.ids(), [])
+
+
+class FailureTests(SynchronousTestCase):
+    """
+    Permanent failures and expiry: the sender gets one report.
+    """
+
+    def test_550OneOfTwo(self):
+        """
+        One recipient refused with 550, the other accepted: one report
+        for the refused one, and the message is done.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"good@example.com", b"bad@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(RCPT=lambda line: b"550 5.1.1 No such user" if b"bad@" in line else b"250 2.1.5 Ok"))
+        self.assertNotIn(envelope.id, relay.queue.ids())
+        [(bounce, report)] = relay.reports()
+        self.assertEqual([r.address for r in bounce.recipients], [SENDER])
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        [fields] = statusFields(report)
+        self.assertEqual(fields["Final-Recipient"], "rfc822;bad@example.com")
+        self.assertEqual(fields["Action"], "failed")
+        self.assertEqual(fields["Status"], "5.1.1")
+        self.assertIn("550 5.1.1 No such user", fields["Diagnostic-Code"])
+        self.assertEqual(fields["Remote-MTA"], "dns; mx1.example.com")
+        self.assertEqual(relay.manager.stats["reports"], 1)
+
+    def test_reportIsRelayed(self):
+        """
+        The report is sent on to the sender's domain from C{<>}.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([b"bad@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(RCPT=b"550 5.1.1 No such user"))
+        relay.turn()
+        host, _, factory = relay.connection()
+        self.assertEqual(host, "192.0.2.20")
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(server.commands[1:3], [b"MAIL FROM:<>", b"RCPT TO:<sender@origin.test>"])
+        self.assertIn(b"Subject: hello", server.messages[0])
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_bounceOnceWhileOthersRetry(self):
+        """
+        550 for one recipient and 451 for the other: the first is reported
+        now; when the second is delivered later, there is no second
+        report.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"bad@example.com", b"later@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(RCPT=lambda line: b"550 5.1.1 No such user" if b"bad@" in line else b"451 4.3.0 Later"))
+        self.assertEqual([r.state for r in envelope.recipients], [FAILED, WAITING])
+        [(report, _)] = relay.reports()
+        relay.turn()
+        host, _, factory = relay.connection()
+        self.assertEqual(host, "192.0.2.20")
+        relay.serve(factory, Scripted())
+        self.assertNotIn(report.id, relay.queue.ids())
+        relay.turn(300)
+        _, _, factory = relay.connection()
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(server.commands[2], b"RCPT TO:<later@example.com>")
+        self.assertEqual(relay.queue.ids(), [])
+        self.assertEqual(relay.manager.stats["reports"], 1)
+
+    def test_550OnMail(self):
+        """
+        MAIL refused with 550: every recipient failed.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([b"a@example.com", b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(MAIL=b"550 5.7.1 Sender refused"))
+        [(_, report)] = relay.reports()
+        self.assertEqual([f["Status"] for f in statusFields(report)], ["5.7.1", "5.7.1"])
+
+    def test_554AfterData(self):
+        """
+        The message refused after its data with 554: failed.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(**{".": b"554 5.6.0 Content refused"}))
+        [(_, report)] = relay.reports()
+        self.assertEqual([f["Status"] for f in statusFields(report)], ["5.6.0"])
+
+    def test_nullMX(self):
+        """
+        A null MX: bounced at once with 5.1.10, no connection.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([b"a@null.test"])
+        relay.turn()
+        [(_, report)] = relay.reports()
+        self.assertEqual([f["Status"] for f in statusFields(report)], ["5.1.10"])
+        # The only connection is the report's, to the sender's MX.
+        self.assertEqual([host for host, _, _ in relay.connections()], ["192.0.2.20"])
+
+    def test_noSuchDomain(self):
+        """
+        NXDOMAIN: bounced.
+        """
+        relay = RelayHarness(self, dns=resolver(failures={("gone.test", "MX"): DNSNameError}))
+        relay.enqueue([b"a@gone.test"])
+        relay.turn()
+        [(_, report)] = relay.reports()
+        self.assertEqual([f["Status"] for f in statusFields(report)], ["5.1.2"])
+
+    def test_expiry(self):
+        """
+        A recipient still deferred when the message's lifetime is over
+        fails with 4.4.7, is reported once, and the message is gone.
+        """
+        relay = RelayHarness(self, schedule=RetrySchedule(300, 4000, 3600))
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        attempts = 0
+        while relay.queue.ids() == [envelope.id] or envelope.id in relay.queue.ids():
+            made = relay.connections()
+            if not made:
+                relay.turn(envelope.nextAttempt - relay.reactor.seconds())
+                continue
+            [(_, _, factory)] = made
+            relay.serve(factory, Scripted(RCPT=b"451 4.3.0 Later"))
+            attempts += 1
+            self.assertLess(attempts, 20)
+        self.assertEqual(envelope.recipients[0].state, FAILED)
+        self.assertTrue(envelope.recipients[0].lastReply.startswith("4.4.7"))
+        [(_, report)] = relay.reports()
+        [fields] = statusFields(report)
+        self.assertEqual((fields["Action"], fields["Status"]), ("failed", "4.4.7"))
+        self.assertEqual(attempts, 5)  # at 0, 300, 900, 2100, 4500 s
+
+    def test_neverBounceABounce(self):
+        """
+        A report that cannot be delivered is dropped, not reported.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com"], sender=b"")
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(RCPT=b"550 5.1.1 No such user"))
+        self.assertEqual(relay.queue.ids(), [])
+        self.assertEqual(relay.queue.removed, [envelope.id])
+
+    def test_notifyNever(self):
+        """
+        NOTIFY=NEVER: no report.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([Recipient(b"a@example.com", notify=(b"NEVER",))])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(RCPT=b"550 5.1.1 No such user"))
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_reportCannotBeQueued(self):
+        """
+        If the report cannot be written the failed recipients wait again,
+        so the report is made on a later attempt.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.queue.failWrites = True
+        relay.serve(factory, Scripted(RCPT=b"550 5.1.1 No such user"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(relay.queue.ids(), [envelope.id])
+        self.assertEqual(envelope.recipients[0].state, WAITING)
+        relay.accounted()
+
+    def test_delayWarning(self):
+        """
+        With C{delayWarning}, a message deferred for that long gets one
+        "delayed" report, and no more.
+        """
+        relay = RelayHarness(self, delayWarning=600)
+        envelope = relay.enqueue([b"rcpt@example.com"])
+        relay.turn()
+        for _ in range(4):
+            made = relay.connections()
+            if not made:
+                relay.turn(envelope.nextAttempt - relay.reactor.seconds())
+                made = relay.connections()
+            [(_, _, factory)] = made
+            relay.serve(factory, Scripted(RCPT=b"451 4.3.0 Later"))
+        reports = [r for r in relay.reports()]
+        self.assertEqual(len(reports), 1)
+        [fields] = statusFields(reports[0][1])
+        self.assertEqual((fields["Action"], fields["Status"]), ("delayed", "4.3.0"))
+        self.assertTrue(envelope.warned)
+        self.assertTrue(relay.queue.states[envelope.id]["warned"])
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    Concurrency limits.
+    """
+
+    def test_maxConnections(self):
+        """
+        No more than C{maxConnections} connections at once; the next starts
+        when one ends.
+        """
+        relay = RelayHarness(self, maxConnections=2)
+        for domain in (b"example.com", b"other.test", b"origin.test"):
+            relay.enqueue([b"a@" + domain])
+        relay.turn()
+        made = relay.connections()
+        self.assertEqual(len(made), 2)
+        relay.serve(made[0][2], Scripted())
+        relay.turn()
+        [third] = relay.connections()
+        relay.serve(made[1][2], Scripted())
+        relay.serve(third[2], Scripted())
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_perDestination(self):
+        """
+        No more than C{maxConnectionsPerDestination} to one domain.
+        """
+        relay = RelayHarness(self, maxConnections=10, maxMessagesPerConnection=1, maxConnectionsPerDestination=2)
+        for i in range(5):
+            relay.enqueue([b"a%d@example.com" % i])
+        relay.enqueue([b"a@other.test"])
+        relay.turn()
+        made = relay.connections()
+        self.assertEqual(sorted(h for h, _, _ in made), ["192.0.2.1", "192.0.2.1", "192.0.2.10"])
+        served = 0
+        while made:
+            for _, _, factory in made:
+                relay.serve(factory, Scripted())
+                served += 1
+            relay.turn()
+            made = relay.connections()
+            self.assertLessEqual(len(made), 2)
+        self.assertEqual(served, 6)
+        self.assertEqual(relay.queue.ids(), [])
+
+
+class SmartHostTests(SynchronousTestCase):
+    """
+    Relaying through a smart host.
+    """
+
+    def test_everythingToSmartHost(self):
+        """
+        Every domain goes to the smart host, on its port, without DNS
+        lookups; one connection for all.
+        """
+        relay = RelayHarness(self, smartHost="smart.test:2525")
+        relay.enqueue([b"a@example.com", b"b@other.test"])
+        relay.turn()
+        host, port, factory = relay.connection()
+        self.assertEqual((host, port), ("smart.test", 2525))
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(server.commands[2:4], [b"RCPT TO:<a@example.com>", b"RCPT TO:<b@other.test>"])
+        self.assertEqual(relay.resolver.queries, [])
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_authenticates(self):
+        """
+        With credentials the relay authenticates to the smart host, and
+        the message arrives as the user's.
+        """
+        relay = RelayHarness(self, smartHost=SmartHost("smart.test", 587, username="alice", password=PASSWORD, tls=TLSPolicy("none")))
+        relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = authFactory(clock=relay.reactor, allowPlaintextAuth=True)
+        relay.serve(factory, server.buildProtocol(None))
+        [message] = server.realm.deliveries[b"alice"].messages
+        self.assertEqual(message.data, MESSAGE)
+        self.assertEqual(relay.queue.ids(), [])
+
+    def test_authRefusedDeferred(self):
+        """
+        Credentials refused: deferred, nothing sent, not bounced.
+        """
+        relay = RelayHarness(self, smartHost=SmartHost("smart.test", 587, username="alice", password=b"wrong", tls=TLSPolicy("none")))
+        envelope = relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = authFactory(clock=relay.reactor, allowPlaintextAuth=True)
+        relay.serve(factory, server.buildProtocol(None))
+        self.assertEqual(relay.queue.ids(), [envelope.id])
+        self.assertIn("535", envelope.recipients[0].lastReply)
+        self.assertEqual(relay.reports(), [])
+
+    def test_parse(self):
+        """
+        C{host}, C{host:port}, C{[IPv6]:port}; anything else is refused.
+        """
+        self.assertEqual((SmartHost.fromString("mail.test").host, SmartHost.fromString("mail.test").port), ("mail.test", 25))
+        parsed = SmartHost.fromString("[::1]:2525")
+        self.assertEqual((parsed.host, parsed.port), ("::1", 2525))
+        for bad in ("", "mail.test:x", "::1:25", "[::1", "mail.test:0", "mail.test:70000"):
+            self.assertRaises(ValueError, SmartHost.fromString, bad)
+
+
+class TLSPolicyTests(SynchronousTestCase):
+    """
+    Outbound TLS policies.
+    """
+
+    def test_encryptRequiresTLS(self):
+        """
+        Policy C{encrypt} and a server without STARTTLS: nothing is sent,
+        the message is deferred.
+        """
+        relay = RelayHarness(self, tlsPolicies={"example.com": TLSPolicy(ENCRYPT)})
+        envelope = relay.enqueue([b"a@example.com"])
+        relay.turn()
+        for _ in range(2):
+            _, _, factory = relay.connection()
+            server = Scripted()
+            relay.serve(factory, server)
+            self.assertNotIn(b"MAIL", b" ".join(server.commands))
+        self.assertEqual(relay.queue.ids(), [envelope.id])
+        self.assertIn("TLS", envelope.recipients[0].lastReply)
+
+    def test_maySendsPlain(self):
+        """
+        Policy C{may} and a server without STARTTLS: sent in the clear.
+        """
+        relay = RelayHarness(self, tls=TLSPolicy("may"))
+        relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(len(server.messages), 1)
+
+    def test_contexts(self):
+        """
+        C{none} gives no TLS options, C{verify} checks the host name,
+        C{may} and C{encrypt} do not check.
+        """
+        self.assertIsNone(TLSPolicy("none").contextFor("mx.test"))
+        self.assertEqual(TLSPolicy("verify").contextFor("mx.test")._hostnameASCII, "mx.test")
+        self.assertFalse(TLSPolicy("may").contextFor("mx.test").verify)
+        self.assertTrue(TLSPolicy("verify").required)
+        self.assertFalse(TLSPolicy("may").required)
+        self.assertRaises(ValueError, TLSPolicy, "sometimes")
+
+
+class RestartTests(SynchronousTestCase):
+    """
+    A relay restarted over the same queue.
+    """
+
+    def test_inFlightRetriedAfterRestart(self):
+        """
+        A message in flight when the relay stopped is tried again by the
+        next manager at once.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com"])
+        relay.turn()
+        relay.connection()
+        relay.manager.stop()
+        for queueID in relay.queue.ids():
+            relay.queue.setWaiting(queueID)
+        manager = SmartHostESMTPRelayingManager(
+            relay.queue, 10, 10, reactor=relay.reactor, hostname="relay.test", tls=TLSPolicy("none"), mxcalc=MXCalculator(relay.resolver, clock=relay.reactor)
+        )
+        manager.start()
+        self.addCleanup(manager.stop)
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(len(server.messages), 1)
+        self.assertNotIn(envelope.id, relay.queue.ids())
+
+    def test_checkStateWithoutStart(self):
+        """
+        twisted.mail's way: no L{start}, L{checkState} called now and
+        then, returning a L{Deferred} for the connections it opened.
+        """
+        relay = RelayHarness(self, start=False)
+        relay.enqueue([b"a@example.com"])
+        d = relay.manager.checkState()
+        self.assertIsNotNone(d)
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted())
+        self.successResultOf(d)
+        self.assertEqual(relay.queue.ids(), [])
+        self.assertIsNone(relay.manager.checkState())
+
+    def test_relayStateHelper(self):
+        """
+        L{RelayStateHelper} is a timer service calling C{checkState}.
+        """
+        relay = RelayHarness(self, start=False)
+        helper = RelayStateHelper(relay.manager, 60)
+        self.assertEqual(helper.step, 60)
+        self.assertEqual(helper.call[0].__name__, "_checkState")
+
+
+class RelayerTests(SynchronousTestCase):
+    """
+    The relayers on their own, as twisted.mail's are used.
+    """
+
+    def queueFile(self, recipients, sender=SENDER):
+        queue = Queue(self.mktemp(), runInThread=lambda f, *a: __import__("twisted.internet.defer").internet.defer.succeed(f(*a)))
+        envelope = Envelope(newMessageID(), sender, [Recipient(r) for r in recipients], received=1.0)
+        spool = queue.newMessage(envelope)
+        spool.write(MESSAGE)
+        self.successResultOf(spool.commit())
+        return queue, queue.getPath(envelope.id)
+
+    def test_relayerFromPaths(self):
+        """
+        L{SMTPRelayer} reads queue files: their sender, waiting recipients
+        and message; a message every recipient accepted is removed.
+        """
+        queue, path = self.queueFile([b"a@example.com"])
+        relayer = SMTPRelayer([path], "relay.test")
+        self.assertEqual(bytes(relayer.getMailFrom().address), SENDER)
+        self.assertEqual([bytes(r.address) for r in relayer.getMailTo()], [b"a@example.com"])
+        self.assertEqual(relayer.getMailData().read(), MESSAGE)
+        relayer.sentMail(250, b"2.0.0 Ok", 1, [(relayer.getMailTo()[0], 250, b"2.1.5 Ok")], None)
+        self.assertFalse(os.path.exists(path))
+        self.assertIsNone(relayer.getMailFrom())
+
+    def test_relayerKeepsRefused(self):
+        """
+        A message not accepted by everyone stays in the spool.
+        """
+        queue, path = self.queueFile([b"a@example.com"])
+        relayer = ESMTPRelayer([path], None, None, "relay.test")
+        to = relayer.getMailTo()
+        relayer.sentMail(550, b"5.1.1 No", 0, [(to[0], 550, b"5.1.1 No")], None)
+        self.assertTrue(os.path.exists(path))
+
+    def test_managedRelayerOldManager(self):
+        """
+        A twisted.mail-style attempt manager (no C{notifySent}) hears
+        C{notifySuccess}/C{notifyFailure} with each message's name, and
+        C{notifyDone} when the connection is lost.
+        """
+        calls = []
+
+        class OldManager:
+            def notifySuccess(self, factory, message):
+                calls.append(("success", message))
+
+            def notifyFailure(self, factory, message):
+                calls.append(("failure", message))
+
+            def notifyDone(self, factory):
+                calls.append(("done",))
+
+        _, first = self.queueFile([b"a@example.com"])
+        _, second = self.queueFile([b"b@example.com"])
+        manager = OldManager()
+        factory = ESMTPManagedRelayerFactory([first, second], manager, None, None, "relay.test")
+        relayer = factory.buildProtocol(None)
+        self.assertIsInstance(relayer, ESMTPManagedRelayer)
+        self.assertIs(relayer.factory, factory)
+        relayer.sentMail(250, b"Ok", 1, [], None)
+        relayer.sentMail(550, b"No", 0, [], None)
+        relayer.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(calls, [("success", first), ("failure", second), ("done",)])
+
+    def test_smtpManagerFactory(self):
+        """
+        L{SmartHostSMTPRelayingManager} uses plain SMTP relayers (HELO).
+        """
+        relay = RelayHarness(self, managerClass=SmartHostSMTPRelayingManager)
+        relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        self.assertIsInstance(factory, SMTPManagedRelayerFactory)
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual(server.commands[0], b"HELO relay.test")
+        self.assertEqual(relay.queue.ids(), [])
+        self.assertEqual(SMARTHOST, "[smarthost]")
