@@ -67,3 +67,9 @@ class DocsTests(SynchronousTestCase):
         docs/sending.rst.
         """
         self.runPage("sending.rst")
+
+    def test_relaying(self):
+        """
+        docs/relaying.rst.
+        """
+        self.runPage("relaying.rst")
