@@ -20,7 +20,9 @@ file into C{queue/} and C{fsync}s that directory; its L{Deferred} fires
 only then, so the server says C{250} only for a message that is on disk.
 Disk waits run in threads, and commits and state updates from concurrent
 sessions share their directory C{fsync} (group commit): one C{fsync} per
-message plus one per batch.
+message plus one per batch.  Removals (a message delivered, or reported
+back to its sender) are not made durable: one undone by a crash only
+means the message is sent again.
 
 Envelopes are JSON, never pickle.  Bytes (addresses, parameters) are
 stored as text decoded from UTF-8, with undecodable octets kept by
@@ -632,7 +634,8 @@ class Queue(QueueView):
     def _doBatch(self, items: list) -> list:
         """
         In a thread: do each item's disk work, then one C{fsync} of the
-        queue directory for all of them.
+        queue directory for all of them (none for a batch of removals
+        only).
         """
         outcomes = []
         for kind, item in items:
@@ -647,7 +650,9 @@ class Queue(QueueView):
                 outcomes.append(None)
             except BaseException as e:
                 outcomes.append(e)
-        if any(outcome is None for outcome in outcomes):
+        # A removal needs no fsync of its own: if a crash undoes it, the
+        # message is sent again (a duplicate), never lost.
+        if any(outcome is None and kind != "remove" for (kind, _), outcome in zip(items, outcomes)):
             try:
                 fd = os.open(self._path("queue"), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
                 try:

@@ -89,11 +89,17 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual([r.address for r in found.waiting], [b"c@example.com"])
 
     def test_remove(self):
+        """
+        A removed message's files are gone, without an C{fsync}: a removal
+        undone by a crash only means the message is sent again.
+        """
         added = self.add()
         self.successResultOf(self.queue.update(added))
+        fsyncs = self.queue.fsyncs
         self.successResultOf(self.queue.remove(added.id))
         self.assertEqual(os.listdir(os.path.join(self.directory, "queue")), [])
         self.assertRaises(KeyError, self.queue.getEnvelope, added.id)
+        self.assertEqual(self.queue.fsyncs, fsyncs)
 
     def test_abort(self):
         spool = self.queue.newMessage(envelope())
