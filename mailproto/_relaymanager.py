@@ -427,6 +427,17 @@ class ManagedRelayerMixin:
     def factory(self, value) -> None:
         self._factory = value
 
+    def getMailFrom(self):
+        if not self.messages:
+            # Before saying QUIT, take whatever has come due for the same
+            # destination since the connection was opened.
+            more = getattr(self.manager, "moreMessages", None)
+            if more is not None:
+                for job in more(self.factory):
+                    self.messages.append(job)
+                    self.names.append(job.path if job.path is not None else job.envelope.id)
+        return super().getMailFrom()
+
     def sentMail(self, code, resp, numOk, addresses, log) -> None:
         job = self.messages.pop(0)
         name = self.names.pop(0)
@@ -600,6 +611,19 @@ class _AttemptManager:
         else:
             host = None
         self.manager._jobAnswered(job, replies, host)
+
+    def moreMessages(self, relay) -> list[_Job]:
+        """
+        @return: more jobs for the connection of C{relay}, which has sent
+            all it was given: those waiting for its destination, as many
+            as the per-connection limit still allows.
+        """
+        if self.connection is None or relay not in self.manager.managed:
+            return []
+        jobs = self.manager._moreJobs(self.connection)
+        self.manager.managed[relay].extend(jobs)
+        self.connection.jobs.extend(jobs)
+        return jobs
 
     def notifySuccess(self, relay, message) -> None:
         """
@@ -1091,6 +1115,18 @@ class SmartHostSMTPRelayingManager:
             relayer.registerAuthenticator(CramMD5ClientAuthenticator(smartHost.username))
             relayer.registerAuthenticator(LOGINAuthenticator(smartHost.username))
             relayer.registerAuthenticator(PLAINAuthenticator(smartHost.username))
+
+    def _moreJobs(self, connection: _Connection) -> list[_Job]:
+        if not self.running:
+            return []
+        line = self._lines.get(connection.destination)
+        room = self.maxMessagesPerConnection - len(connection.jobs)
+        if not line or room <= 0:
+            return []
+        jobs = [line.popleft() for _ in range(min(room, len(line)))]
+        if not line:
+            del self._lines[connection.destination]
+        return jobs
 
     def _connectionEnded(self, connection: _Connection) -> None:
         self._connections -= 1

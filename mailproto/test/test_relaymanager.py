@@ -319,6 +319,29 @@ class DeliveryTests(SynchronousTestCase):
         self.assertEqual(sorted(len(s.messages) for s in servers), [1, 2])
         self.assertEqual(relay.queue.ids(), [])
 
+    def test_connectionTakesMore(self):
+        """
+        A message that comes due while a connection to its domain is busy
+        goes over that connection before it says QUIT.
+        """
+        relay = RelayHarness(self, maxConnectionsPerDestination=1)
+        relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        later = []
+
+        def rcpt(line):
+            if not later:
+                later.append(relay.enqueue([b"b@example.com"]))
+            return b"250 2.1.5 Ok"
+
+        server = Scripted(RCPT=rcpt)
+        relay.serve(factory, server)
+        self.assertEqual(len(server.messages), 2)
+        self.assertEqual(server.commands[-1], b"QUIT")
+        self.assertEqual(relay.connections(), [])
+        self.assertEqual(relay.queue.ids(), [])
+
     def test_twoDomains(self):
         """
         A message for two domains goes over two connections at once, and
