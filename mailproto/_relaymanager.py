@@ -219,6 +219,8 @@ class _MessageAttempt:
     @ivar replies: the final reply for each recipient answered, by
         address.
     @ivar hosts: the host that answered, by address.
+    @ivar withoutDSN: the addresses answered by a server that does not
+        offer DSN.
     @ivar unanswered: how many jobs have not been answered.
     """
 
@@ -226,6 +228,7 @@ class _MessageAttempt:
         self.envelope = envelope
         self.replies: dict[bytes, tuple[int, str]] = {}
         self.hosts: dict[bytes, str] = {}
+        self.withoutDSN: set[bytes] = set()
         self.unanswered = 0
 
 
@@ -251,6 +254,7 @@ class _Job:
         self._opener = opener
         self._file = None
         self.answered = False
+        self.dsn = False
 
     @classmethod
     def fromPath(cls, path) -> _Job:
@@ -442,6 +446,7 @@ class ManagedRelayerMixin:
         job = self.messages.pop(0)
         name = self.names.pop(0)
         job.close()
+        job.dsn = b"DSN" in getattr(self, "extensions", ())
         notifySent = getattr(self.manager, "notifySent", None)
         if notifySent is not None:
             notifySent(self.factory, job, job.replies(code, resp, addresses))
@@ -1151,6 +1156,8 @@ class SmartHostSMTPRelayingManager:
                 attempt.replies[recipient.address] = reply
                 if host is not None:
                     attempt.hosts[recipient.address] = host
+                    if not job.dsn:
+                        attempt.withoutDSN.add(recipient.address)
         attempt.unanswered -= 1
         if attempt.unanswered == 0:
             self._record(attempt)
@@ -1187,11 +1194,16 @@ class SmartHostSMTPRelayingManager:
             )
         reports = []
         if result.failed:
-            reports.append(self._report(envelope, result.failed, "failed", attempt, now))
+            reports.append(defer.maybeDeferred(self._report, envelope, result.failed, "failed", attempt, now))
+        # RFC 3461 section 5.2.2: a server without DSN cannot report the
+        # delivery a recipient asked to hear of; the relay says "relayed".
+        relayed = [r for r in result.delivered if r.address in attempt.withoutDSN and r.notify and b"SUCCESS" in (n.upper() for n in r.notify)]
+        if relayed:
+            reports.append(defer.maybeDeferred(self._report, envelope, relayed, "relayed", attempt, now))
         if result.deferred and self.delayWarning is not None and not envelope.warned and now - envelope.received >= self.delayWarning:
             envelope.warned = True
-            reports.append(self._report(envelope, result.deferred, "delayed", attempt, now))
-        d = defer.gatherResults([r for r in reports if r is not None], consumeErrors=True)
+            reports.append(defer.maybeDeferred(self._report, envelope, result.deferred, "delayed", attempt, now))
+        d = defer.gatherResults(reports, consumeErrors=True)
         d.addCallback(lambda _: self._save(envelope))
         d.addErrback(self._notSaved, attempt, result, now)
         d.addBoth(lambda _: self._settled(envelope))
@@ -1253,6 +1265,7 @@ class SmartHostSMTPRelayingManager:
                     notify=recipient.notify,
                 )
             )
+        bounceID = newMessageID(now)
         message = self.queue.openMessage(envelope.id)
         try:
             report = makeReport(
@@ -1266,6 +1279,7 @@ class SmartHostSMTPRelayingManager:
                     message=message,
                 ),
                 date=now,
+                messageID=f"<{bounceID}@{self.hostname}>",
                 returnLimit=self.returnLimit,
             )
         finally:
@@ -1273,7 +1287,7 @@ class SmartHostSMTPRelayingManager:
         if report is None:
             return None
         bounce = Envelope(
-            id=newMessageID(now),
+            id=bounceID,
             sender=b"",
             recipients=[Recipient(address) for address in report.recipients],
             received=now,
@@ -1340,6 +1354,8 @@ def _statusAndDiagnostic(lastReply: str | None, action: str) -> tuple[str, objec
     recipient's last reply (C{"550 5.1.1 No such user"}, or for an expiry
     C{"4.4.7 Message expired ..."}).
     """
+    if action == "relayed":
+        return "2.0.0", None
     default = "4.0.0" if action == "delayed" else "5.0.0"
     if not lastReply:
         return default, None

@@ -764,6 +764,46 @@ class FailureTests(SynchronousTestCase):
         self.assertEqual(envelope.recipients[0].state, WAITING)
         relay.accounted()
 
+    def test_reportRaises(self):
+        """
+        A report that fails at once (the spool cannot be opened) is
+        handled as one that fails later: the message waits again, and is
+        not left in flight.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+
+        def broken(envelope):
+            raise OSError("no space left")
+
+        self.patch(relay.queue, "newMessage", broken)
+        relay.serve(factory, Scripted(RCPT=b"550 5.1.1 No such user"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(relay.manager._inFlight, {})
+        self.assertEqual(envelope.recipients[0].state, WAITING)
+        self.successResultOf(relay.manager.whenIdle())
+        relay.accounted()
+
+    def test_relayedReport(self):
+        """
+        NOTIFY=SUCCESS, delivered to a server without DSN: the sender gets
+        a "relayed" report (RFC 3461 section 5.2.2); to a server with DSN,
+        none (that server reports the delivery).
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([Recipient(b"a@example.com", notify=(b"SUCCESS",))])
+        relay.enqueue([Recipient(b"b@other.test", notify=(b"SUCCESS",))])
+        relay.turn()
+        byHost = {h: f for h, _, f in relay.connections()}
+        relay.serve(byHost["192.0.2.1"], Scripted())
+        relay.serve(byHost["192.0.2.10"], Scripted(EHLO=b"250-mx.test\r\n250 DSN"))
+        [(_, report)] = relay.reports()
+        [fields] = statusFields(report)
+        self.assertEqual((fields["Final-Recipient"], fields["Action"], fields["Status"]), ("rfc822;a@example.com", "relayed", "2.0.0"))
+        self.assertIn("@relay.test>", report["Message-ID"])
+
     def test_delayWarning(self):
         """
         With C{delayWarning}, a message deferred for that long gets one
