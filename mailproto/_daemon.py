@@ -37,18 +37,7 @@ DEFAULT_LISTEN = "tcp:8025:interface=127.0.0.1"
 DEFAULT_SPOOL = "mailrelay-spool"
 
 
-def _positive(convert, what: str):
-    def coerce(value: str):
-        try:
-            number = convert(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not {what}") from None
-        if number <= 0:
-            raise ValueError(f"{value!r}: must be more than 0")
-        return number
-
-    coerce.coerceDoc = f"({what}, more than 0)"
-    return coerce
+_LIMITS = ("max-connections", "max-connections-per-destination", "max-messages-per-connection")
 
 
 class Options(usage.Options):
@@ -67,15 +56,14 @@ class Options(usage.Options):
         ["spool", None, DEFAULT_SPOOL, "The queue's directory (made if missing)."],
         ["smarthost", None, None, "Relay everything through HOST:PORT ([ADDRESS]:PORT for IPv6) instead of by MX."],
         ["hostname", None, None, "The relay's name, for its greeting, EHLO and reports (default: this machine's name)."],
-        ["max-connections", None, 50, "Outgoing connections open at once.", _positive(int, "a whole number")],
+        ["max-connections", None, 50, "Outgoing connections open at once."],
         [
             "max-connections-per-destination",
             None,
             20,
             "Outgoing connections open at once to one domain (or to the smart host).",
-            _positive(int, "a whole number"),
         ],
-        ["max-messages-per-connection", None, 100, "Messages sent over one outgoing connection.", _positive(int, "a whole number")],
+        ["max-messages-per-connection", None, 100, "Messages sent over one outgoing connection."],
     ]
 
     def __init__(self) -> None:
@@ -105,26 +93,55 @@ class Options(usage.Options):
         self["relay-domain"].append(domain)
 
     def postOptions(self) -> None:
+        for name in _LIMITS:
+            text = str(self[name])
+            try:
+                self[name] = int(text)
+            except ValueError:
+                raise usage.UsageError(f"--{name}: {text!r} is not a whole number") from None
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name}: {text!r} must be more than 0")
         if not self["smtp"]:
             self["smtp"] = [DEFAULT_LISTEN]
         from twisted.internet import reactor
 
         for description in self["smtp"]:
             try:
-                endpoints.serverFromString(reactor, description)
+                endpoint = endpoints.serverFromString(reactor, description)
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"--smtp {description!r}: not an endpoint ({e})") from None
+            port = getattr(endpoint, "_port", 0)
+            if isinstance(port, int) and not 0 <= port <= 65535:
+                raise usage.UsageError(f"--smtp {description!r}: no such port {port}")
         if self["smarthost"] is not None:
             try:
                 self["smarthost"] = SmartHost.fromString(self["smarthost"])
             except ValueError as e:
                 raise usage.UsageError(f"--smarthost: {e}") from None
-        try:
-            self["policy"] = RelayPolicy(networks=self["relay-network"] or LOOPBACK, domains=self["relay-domain"])
-        except ValueError as e:
-            raise usage.UsageError(f"--relay-network: {e}") from None
+        for domain in self["relay-domain"]:
+            try:
+                RelayPolicy(networks=(), domains=[domain])
+            except ValueError as e:
+                raise usage.UsageError(f"--relay-domain {domain!r}: not a domain name ({e})") from None
+        for network in self["relay-network"]:
+            try:
+                RelayPolicy(networks=[network])
+            except ValueError as e:
+                raise usage.UsageError(f"--relay-network: {e}") from None
+        self["policy"] = RelayPolicy(networks=self["relay-network"] or LOOPBACK, domains=self["relay-domain"])
         if self["hostname"] is None:
             self["hostname"] = socket.getfqdn()
+        try:
+            self["hostname"].encode("idna")
+        except UnicodeError as e:
+            raise usage.UsageError(f"--hostname {self['hostname']!r}: not a host name ({e})") from None
+        spool = self["spool"]
+        try:
+            os.makedirs(spool, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(f"--spool {spool!r}: cannot make the directory ({e.strerror})") from None
+        if not os.access(spool, os.W_OK | os.X_OK):
+            raise usage.UsageError(f"--spool {spool!r}: the directory is not writable")
 
 
 class RelayService(service.MultiService):

@@ -221,6 +221,8 @@ class _MessageAttempt:
     @ivar hosts: the host that answered, by address.
     @ivar withoutDSN: the addresses answered by a server that does not
         offer DSN.
+    @ivar interrupted: whether the relay stopped before some recipients
+        had an answer.
     @ivar unanswered: how many jobs have not been answered.
     """
 
@@ -229,6 +231,7 @@ class _MessageAttempt:
         self.replies: dict[bytes, tuple[int, str]] = {}
         self.hosts: dict[bytes, str] = {}
         self.withoutDSN: set[bytes] = set()
+        self.interrupted = False
         self.unanswered = 0
 
 
@@ -762,7 +765,7 @@ class _Connection:
     def _finish(self, jobs: list[_Job], reply) -> None:
         for job in jobs:
             if not job.answered:
-                self.manager._jobAnswered(job, {r.address: reply for r in job.recipients}, self.host)
+                self.manager._jobAnswered(job, {r.address: reply for r in job.recipients}, self.host, madeUp=True)
         if not self.done.called:
             self.manager._connectionEnded(self)
             self.done.callback(None)
@@ -1142,7 +1145,11 @@ class SmartHostSMTPRelayingManager:
 
     # -- results -----------------------------------------------------------------
 
-    def _jobAnswered(self, job: _Job, replies: dict, host: str | None) -> None:
+    def _jobAnswered(self, job: _Job, replies: dict, host: str | None, madeUp: bool = False) -> None:
+        """
+        A job has its replies: from the server, or (C{madeUp}) the relay's
+        own, for a connection that failed.
+        """
         if job.answered:
             return
         job.answered = True
@@ -1150,6 +1157,10 @@ class SmartHostSMTPRelayingManager:
         attempt = job.attempt
         if attempt is None:
             return
+        if madeUp and not self.running:
+            # Cut by the relay's own stop: no outcome for these recipients.
+            attempt.interrupted = True
+            replies = {}
         for recipient in job.recipients:
             reply = replies.get(recipient.address)
             if reply is not None:
@@ -1165,7 +1176,14 @@ class SmartHostSMTPRelayingManager:
     def _record(self, attempt: _MessageAttempt) -> None:
         envelope = attempt.envelope
         now = self._now()
+        if attempt.interrupted and not attempt.replies:
+            # The relay stopped before anyone answered: the state on disk
+            # stays as it was, and the next start tries again at once.
+            self._settled(envelope)
+            return
         result = recordAttempt(envelope, attempt.replies, now, self.schedule)
+        if attempt.interrupted and result.deferred:
+            envelope.nextAttempt = now
         for recipient in result.delivered:
             self.stats["delivered"] += 1
             _log.info(
