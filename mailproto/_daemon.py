@@ -29,7 +29,7 @@ from mailproto._attempts import RetrySchedule
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
 from mailproto._relaymanager import SmartHost, SmartHostESMTPRelayingManager
 from mailproto._queue import Queue
-from mailproto._server import ESMTPFactory
+from mailproto._server import ESMTP, ESMTPFactory
 
 _log = Logger()
 
@@ -197,6 +197,15 @@ class RelayService(service.MultiService):
         return result
 
 
+class RelayESMTP(ESMTP):
+    """
+    The relay's server: the queue logs each message it takes, with its
+    queue id, so the server does not log it again.
+    """
+
+    noisy = False
+
+
 def makeService(options: Options) -> RelayService:
     """
     Make the relay from its options.
@@ -206,6 +215,7 @@ def makeService(options: Options) -> RelayService:
     queue = Queue(options["spool"], reactor=reactor)
     policy = options["policy"]
     factory = ESMTPFactory(deliveryFactory=QueueDeliveryFactory(queue, policy), domain=options["hostname"].encode("idna"))
+    factory.protocol = RelayESMTP
     smartHost = options["smarthost"]
     manager = SmartHostESMTPRelayingManager(
         queue,

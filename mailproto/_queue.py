@@ -413,17 +413,40 @@ class SpoolFile:
     A message being written into the queue.  Write its data with
     L{write}; then L{commit} it (durable when the L{Deferred} fires) or
     L{abort} it.
+
+    The first L{SPILL} octets are kept in memory, so that a small
+    message's file is made, written and synced by the disk thread at
+    commit, never by the reactor; a larger message spills into its file
+    in C{tmp/} as it arrives, so memory stays bounded.
     """
 
-    def __init__(self, queue: Queue, envelope: Envelope, path: str, file) -> None:
+    SPILL = 256 * 1024
+
+    def __init__(self, queue: Queue, envelope: Envelope, path: str, header: bytes) -> None:
         self.queue = queue
         self.envelope = envelope
         self.path = path
-        self._file = file
-        self._headerLength = file.tell()
+        self._file = None
+        self._buffer = [header]
+        self._buffered = len(header)
+        self._headerLength = len(header)
+        self._size = 0
         self._closed = False
 
     def write(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._file is None:
+            if self._buffered + len(data) <= self.SPILL:
+                self._buffer.append(bytes(data))
+                self._buffered += len(data)
+                return
+            self._file = open(self.path, "xb")
+            try:
+                self._file.writelines(self._buffer)
+            except BaseException:
+                self._discard()
+                raise
+            self._buffer = []
         self._file.write(data)
 
     @property
@@ -431,7 +454,7 @@ class SpoolFile:
         """
         The octets of message written so far.
         """
-        return self._file.tell() - self._headerLength
+        return self._size
 
     def commit(self) -> defer.Deferred:
         """
@@ -447,6 +470,15 @@ class SpoolFile:
         d.addCallback(lambda _: self.queue._added(self.envelope))
         return d
 
+    def _discard(self) -> None:
+        self._buffer = []
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+                _unlink(self.path)
+
     def abort(self) -> None:
         """
         Throw the message away.
@@ -454,10 +486,25 @@ class SpoolFile:
         if self._closed:
             return
         self._closed = True
+        self._discard()
+
+    def _writeDurably(self, fsync) -> None:
+        """
+        In the disk thread: the whole message in its file in C{tmp/},
+        flushed and synced.
+        """
         try:
-            self._file.close()
-        finally:
-            _unlink(self.path)
+            if self._file is None:
+                self._file = open(self.path, "xb")
+                self._file.writelines(self._buffer)
+                self._buffer = []
+            self._file.flush()
+            fsync(self._file.fileno())
+        except BaseException:
+            self._discard()
+            raise
+        self._file.close()
+        self._file = None
 
 
 def _unlink(path: str) -> None:
@@ -580,15 +627,8 @@ class Queue(QueueView):
         @param envelope: its envelope (its C{id} names the file).
         @return: the file to write the message into.
         """
-        path = self._path("tmp", envelope.id)
-        f = open(path, "xb")
-        try:
-            f.write(json.dumps(envelope.header(), ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n")
-        except BaseException:
-            f.close()
-            _unlink(path)
-            raise
-        return SpoolFile(self, envelope, path, f)
+        header = json.dumps(envelope.header(), ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+        return SpoolFile(self, envelope, self._path("tmp", envelope.id), header)
 
     def openMessage(self, queueID: str):
         """
@@ -664,15 +704,7 @@ class Queue(QueueView):
         return outcomes
 
     def _commitFile(self, spool: SpoolFile) -> None:
-        f = spool._file
-        try:
-            f.flush()
-            self._fsync(f.fileno())
-        except BaseException:
-            f.close()
-            _unlink(spool.path)
-            raise
-        f.close()
+        spool._writeDurably(self._fsync)
         os.replace(spool.path, self.getPath(spool.envelope.id))
 
     def _writeState(self, item: tuple[str, dict]) -> None:

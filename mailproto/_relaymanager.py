@@ -1229,7 +1229,7 @@ class SmartHostSMTPRelayingManager:
     def _save(self, envelope: Envelope) -> defer.Deferred:
         if envelope.waiting:
             return self.queue.update(envelope)
-        _log.info("Removed {queueID} from the queue: done", queueID=envelope.id)
+        # Done: its last recipient's line (delivered, or failed) said so.
         return self.queue.remove(envelope.id)
 
     def _notSaved(self, failure: Failure, attempt: _MessageAttempt, result, now: float) -> None:

@@ -906,8 +906,11 @@ class CommandTests(TestCase):
         [queued] = relay.logLines(f"Queued {queueID} from <sender@example.org> for ['rcpt@example.com']")
         # The queued size counts the relay's own Received header.
         self.assertIn(f"({len(stored)} octets)", queued)
-        yield waitUntil(lambda: relay.logLines(f"Removed {queueID} from the queue: done"), 20, "the message to leave the queue")
+        yield waitUntil(lambda: spoolListing(spool)["queue"] == [], 20, "the message to leave the queue")
         self.assertEqual(spoolListing(spool), {"tmp": [], "queue": [], "corrupt": []})
+        # The server does not log the message again: the queue's line has
+        # its queue id.
+        self.assertEqual(relay.logLines("Receiving message"), [])
 
         yield relay.terminate()
         self.assertTrue(relay.stoppedCleanly, relay.text())

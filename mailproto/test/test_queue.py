@@ -58,6 +58,40 @@ class QueueTests(SynchronousTestCase):
             self.assertEqual(f.read(), b"Subject: x\r\n\r\nhi\r\n")
         self.assertIs(self.queue.getEnvelope(added.id), added)
 
+    def test_smallMessageWrittenAtCommit(self):
+        """
+        A message smaller than L{SpoolFile.SPILL} makes no file until it is
+        committed: the disk thread makes, writes and syncs it.
+        """
+        spool = self.queue.newMessage(envelope())
+        spool.write(b"Subject: x\r\n\r\nhi\r\n")
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+        self.assertEqual(spool.size, len(b"Subject: x\r\n\r\nhi\r\n"))
+        self.successResultOf(spool.commit())
+        with self.queue.openMessage(spool.envelope.id) as f:
+            self.assertEqual(f.read(), b"Subject: x\r\n\r\nhi\r\n")
+
+    def test_largeMessageSpills(self):
+        """
+        A larger message goes into its file in C{tmp/} as it arrives, and
+        is whole in the queue after the commit; abort removes the file.
+        """
+        chunk = b"x" * 1000 + b"\r\n"
+        spool = self.queue.newMessage(envelope())
+        for _ in range(300):
+            spool.write(chunk)
+        [name] = os.listdir(os.path.join(self.directory, "tmp"))
+        self.assertEqual(spool.size, 300 * len(chunk))
+        self.successResultOf(spool.commit())
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+        with self.queue.openMessage(name) as f:
+            self.assertEqual(f.read(), chunk * 300)
+        aborted = self.queue.newMessage(envelope())
+        for _ in range(300):
+            aborted.write(chunk)
+        aborted.abort()
+        self.assertEqual(os.listdir(os.path.join(self.directory, "tmp")), [])
+
     def test_recoverRoundTrip(self):
         """
         A new queue on the same directory finds the message with every
