@@ -32,6 +32,7 @@ C{surrogateescape}.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import secrets
@@ -432,6 +433,7 @@ class SpoolFile:
         self._headerLength = len(header)
         self._size = 0
         self._closed = False
+        self._message: bytes | None = None
 
     def write(self, data: bytes) -> None:
         self._size += len(data)
@@ -467,7 +469,7 @@ class SpoolFile:
         self.envelope.size = self.size
         self._closed = True
         d = self.queue._committer.submit(("commit", self))
-        d.addCallback(lambda _: self.queue._added(self.envelope))
+        d.addCallback(lambda _: self.queue._committed(self))
         return d
 
     def _discard(self) -> None:
@@ -497,6 +499,7 @@ class SpoolFile:
             if self._file is None:
                 self._file = open(self.path, "xb")
                 self._file.writelines(self._buffer)
+                self._message = b"".join(self._buffer[1:])
                 self._buffer = []
             self._file.flush()
             fsync(self._file.fileno())
@@ -526,7 +529,12 @@ class Queue(QueueView):
     @ivar directory: the spool directory.
     @ivar fsyncs: how many C{fsync} calls were made (files and
         directories), for measurements.
+    @cvar cacheLimit: how many octets of small messages (those that fit in
+        memory while they were received) are kept in memory while they
+        are queued, so that sending them needs no read of the disk.
     """
+
+    cacheLimit = 32 * 1024 * 1024
 
     def __init__(self, directory: str, reactor=None, runInThread=None) -> None:
         """
@@ -538,6 +546,8 @@ class Queue(QueueView):
             pool.
         """
         QueueView.__init__(self)
+        self._cache: dict[str, bytes] = {}
+        self._cached = 0
         self.directory = directory
         self.fsyncs = 0
         self._reactor = reactor
@@ -575,6 +585,7 @@ class Queue(QueueView):
         names = set(os.listdir(self._path("queue")))
         self._envelopes = {}
         self._relaying = set()
+        self._cache, self._cached = {}, 0
         for name in sorted(names):
             path = self._path("queue", name)
             if name.endswith(".state.tmp"):
@@ -633,8 +644,12 @@ class Queue(QueueView):
     def openMessage(self, queueID: str):
         """
         @return: the message's file open for reading, at its first octet
-            (after the envelope line).
+            (after the envelope line); for a small message committed by
+            this queue, a copy kept in memory (see L{cacheLimit}).
         """
+        cached = self._cache.get(queueID)
+        if cached is not None:
+            return io.BytesIO(cached)
         f = open(self.getPath(queueID), "rb")
         f.readline(MAX_ENVELOPE_LINE)
         return f
@@ -657,7 +672,22 @@ class Queue(QueueView):
         @return: a L{Deferred} that fires when it is gone.
         """
         self._forget(queueID)
+        self._uncache(queueID)
         return self._committer.submit(("remove", queueID))
+
+    def _uncache(self, queueID: str) -> None:
+        data = self._cache.pop(queueID, None)
+        if data is not None:
+            self._cached -= len(data)
+
+    def _committed(self, spool: SpoolFile) -> Envelope:
+        # A small message is usually sent on at once: keep it, so that
+        # sending it needs no read of the disk in the reactor.
+        data = spool._message
+        if data is not None and self._cached + len(data) <= self.cacheLimit:
+            self._cache[spool.envelope.id] = data
+            self._cached += len(data)
+        return self._added(spool.envelope)
 
     def _runBatch(self, items: list) -> defer.Deferred:
         if self._runInThread is not None:

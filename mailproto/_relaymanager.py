@@ -1033,12 +1033,14 @@ class SmartHostSMTPRelayingManager:
         opener = self._opener(envelope.id)
         jobs = [_Job(envelope, rcpts, destination, attempt, opener, self.queue.getPath(envelope.id)) for destination, rcpts in byDestination.items()]
         attempt.unanswered = len(jobs) + (1 if nowhere else 0)
-        _log.info(
-            "Attempt {attempt} for {queueID} to {destinations}",
-            attempt=envelope.attempts + 1,
-            queueID=envelope.id,
-            destinations=sorted(byDestination),
-        )
+        if envelope.attempts:
+            # (The first attempt follows the "Queued" line at once.)
+            _log.info(
+                "Attempt {attempt} for {queueID} to {destinations}",
+                attempt=envelope.attempts + 1,
+                queueID=envelope.id,
+                destinations=sorted(byDestination),
+            )
         for job in jobs:
             self._lines.setdefault(job.destination, collections.deque()).append(job)
         if nowhere:

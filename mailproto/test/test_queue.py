@@ -70,6 +70,24 @@ class QueueTests(SynchronousTestCase):
         self.successResultOf(spool.commit())
         with self.queue.openMessage(spool.envelope.id) as f:
             self.assertEqual(f.read(), b"Subject: x\r\n\r\nhi\r\n")
+        # Sending it reads a copy kept in memory, until it is removed.
+        self.assertEqual(self.queue._cached, spool.size)
+        with open(self.queue.getPath(spool.envelope.id), "rb") as f:
+            self.assertTrue(f.read().endswith(b"\r\n\r\nhi\r\n"))
+        self.successResultOf(self.queue.remove(spool.envelope.id))
+        self.assertEqual((self.queue._cache, self.queue._cached), ({}, 0))
+
+    def test_cacheLimit(self):
+        """
+        Past C{cacheLimit}, messages are read from their files.
+        """
+        self.queue.cacheLimit = 10
+        spool = self.queue.newMessage(envelope())
+        spool.write(b"Subject: x\r\n\r\nhi\r\n")
+        self.successResultOf(spool.commit())
+        self.assertEqual(self.queue._cache, {})
+        with self.queue.openMessage(spool.envelope.id) as f:
+            self.assertEqual(f.read(), b"Subject: x\r\n\r\nhi\r\n")
 
     def test_largeMessageSpills(self):
         """
