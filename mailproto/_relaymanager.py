@@ -445,6 +445,25 @@ class ManagedRelayerMixin:
                     self.names.append(job.path if job.path is not None else job.envelope.id)
         return super().getMailFrom()
 
+    def smtpState_from(self, code, resp) -> None:
+        if not self.messages:
+            self.getMailFrom()  # takes what came due meanwhile, if anything
+            park = getattr(self.manager, "park", None)
+            if not self.messages and park is not None and park(self.factory, self):
+                # The connection waits a little for more mail to its
+                # destination; the manager calls resume().
+                return
+        super().smtpState_from(code, resp)
+
+    def resume(self, jobs) -> None:
+        """
+        Go on after waiting: send C{jobs}, or say QUIT if there are none.
+        """
+        for job in jobs:
+            self.messages.append(job)
+            self.names.append(job.path if job.path is not None else job.envelope.id)
+        super().smtpState_from(250, b"")
+
     def sentMail(self, code, resp, numOk, addresses, log) -> None:
         job = self.messages.pop(0)
         name = self.names.pop(0)
@@ -633,6 +652,15 @@ class _AttemptManager:
         self.connection.jobs.extend(jobs)
         return jobs
 
+    def park(self, relay, relayer) -> bool:
+        """
+        The connection of C{relay} has nothing more to send: may it wait
+        for more (L{SmartHostSMTPRelayingManager.connectionCacheTime})?
+        """
+        if self.connection is None or relay not in self.manager.managed:
+            return False
+        return self.manager._park(self.connection, relay, relayer)
+
     def notifySuccess(self, relay, message) -> None:
         """
         twisted.mail's report: the first job was accepted by everyone.
@@ -818,6 +846,7 @@ class SmartHostSMTPRelayingManager:
         maxAddresses: int = 5,
         delayWarning: float | None = None,
         returnLimit: int | None = DEFAULT_RETURN_LIMIT,
+        connectionCacheTime: float = 2.0,
     ) -> None:
         """
         @param queue: the L{Queue} (or L{mailproto.testing.MemoryQueue}).
@@ -843,6 +872,9 @@ class SmartHostSMTPRelayingManager:
             is told once that delivery is delayed (for recipients whose
             NOTIFY allows it); never if L{None}.
         @param returnLimit: the largest message returned whole in a report.
+        @param connectionCacheTime: how long a connection with nothing
+            more to send waits for more mail to its destination before it
+            says QUIT (0: not at all).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -879,6 +911,8 @@ class SmartHostSMTPRelayingManager:
         self._lines: dict[str, collections.deque] = {}
         self._open: collections.Counter = collections.Counter()
         self._connections = 0
+        self._parked: dict[str, list] = {}
+        self.connectionCacheTime = connectionCacheTime
         self._timer = None
         self._wakeCall = None
         self._idle: list[defer.Deferred] = []
@@ -918,6 +952,9 @@ class SmartHostSMTPRelayingManager:
             if call is not None and call.active():
                 call.cancel()
         self._timer = self._wakeCall = None
+        for entries in list(self._parked.values()):
+            for entry in list(entries):
+                self._unpark(entry, [])
 
     def whenIdle(self) -> defer.Deferred:
         """
@@ -1056,6 +1093,11 @@ class SmartHostSMTPRelayingManager:
             return started
         for destination in list(self._lines):
             line = self._lines[destination]
+            parked = self._parked.get(destination)
+            while line and parked:
+                entry = parked[0]
+                room = self.maxMessagesPerConnection - len(entry[0].jobs)
+                self._unpark(entry, [line.popleft() for _ in range(min(room, len(line)))])
             while line and self._connections < self.maxConnections and self._open[destination] < self.maxConnectionsPerDestination:
                 jobs = [line.popleft() for _ in range(min(self.maxMessagesPerConnection, len(line)))]
                 connection = _Connection(self, destination, jobs)
@@ -1138,7 +1180,36 @@ class SmartHostSMTPRelayingManager:
             del self._lines[connection.destination]
         return jobs
 
+    def _park(self, connection: _Connection, factory, relayer) -> bool:
+        if not self.running or self.connectionCacheTime <= 0 or len(connection.jobs) >= self.maxMessagesPerConnection:
+            return False
+        entry = [connection, factory, relayer, None]
+        entry[3] = self.reactor.callLater(self.connectionCacheTime, self._unpark, entry, [])
+        self._parked.setdefault(connection.destination, []).append(entry)
+        return True
+
+    def _unpark(self, entry: list, jobs: list[_Job]) -> None:
+        connection, factory, relayer, timer = entry
+        self._forgetParked(entry)
+        if jobs:
+            self.managed.setdefault(factory, []).extend(jobs)
+            connection.jobs.extend(jobs)
+        relayer.resume(jobs)
+
+    def _forgetParked(self, entry: list) -> None:
+        connection, _, _, timer = entry
+        parked = self._parked.get(connection.destination, [])
+        if entry in parked:
+            parked.remove(entry)
+            if not parked:
+                del self._parked[connection.destination]
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def _connectionEnded(self, connection: _Connection) -> None:
+        for entry in list(self._parked.get(connection.destination, [])):
+            if entry[0] is connection:
+                self._forgetParked(entry)
         self._connections -= 1
         self._open[connection.destination] -= 1
         if self._open[connection.destination] <= 0:

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import TestCase
 
-from mailproto._queue import readQueueFile
+from mailproto._queue import SpoolFile, readQueueFile
 from mailproto.smtp import ESMTPClient
 from mailproto.test.test_daemon import (
     START_DEADLINE,
@@ -476,7 +476,8 @@ class _StallingFactory(Factory):
 
 class _Unfinished(Protocol):
     """
-    A client that begins a message and never finishes it.
+    A client that begins a message and never finishes it: more than the
+    queue keeps in memory (L{SpoolFile.SPILL}), so that it is in C{tmp/}.
     """
 
     def connectionMade(self) -> None:
@@ -488,6 +489,7 @@ class _Unfinished(Protocol):
             b"DATA\r\n"
             b"X-Test-Id: unfinished\r\n\r\nThe first part of a message that never ends.\r\n"
         )
+        self.transport.write((b"y" * 98 + b"\r\n") * (SpoolFile.SPILL // 100 + 100))
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data

@@ -150,6 +150,7 @@ class RelayHarness:
         self.queue = MemoryQueue()
         self.resolver = dns or resolver()
         kw.setdefault("tls", TLSPolicy("none"))
+        kw.setdefault("connectionCacheTime", 0)
         self.manager = managerClass(
             self.queue,
             kw.pop("maxConnections", 10),
@@ -341,6 +342,54 @@ class DeliveryTests(SynchronousTestCase):
         self.assertEqual(server.commands[-1], b"QUIT")
         self.assertEqual(relay.connections(), [])
         self.assertEqual(relay.queue.ids(), [])
+
+    def test_connectionWaitsForMore(self):
+        """
+        With C{connectionCacheTime}, a connection that has sent everything
+        waits that long for more mail to its destination, takes it, and
+        says QUIT when the time is up with nothing more.
+        """
+        relay = RelayHarness(self, connectionCacheTime=2)
+        relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = Scripted()
+        client = factory.buildProtocol(None)
+        pump = connectInMemory(server, client, clock=relay.reactor)
+        pump.flush()
+        self.assertEqual(len(server.messages), 1)
+        self.assertNotIn(b"QUIT", server.commands)
+        relay.enqueue([b"b@example.com"])
+        relay.turn(1)
+        pump.flush()
+        self.assertEqual(len(server.messages), 2)
+        self.assertEqual(relay.connections(), [])
+        self.assertEqual(relay.queue.ids(), [])
+        relay.turn(1.5)
+        pump.flush()
+        self.assertNotIn(b"QUIT", server.commands)
+        relay.turn(0.5)
+        pump.flush()
+        self.assertEqual(server.commands[-1], b"QUIT")
+        self.assertTrue(client.transport.disconnected)
+        self.assertEqual(relay.manager._parked, {})
+        self.assertEqual(relay.manager._connections, 0)
+
+    def test_stopEndsWaitingConnections(self):
+        """
+        Stopping the manager sends QUIT on connections waiting for more.
+        """
+        relay = RelayHarness(self, connectionCacheTime=2)
+        relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = Scripted()
+        pump = connectInMemory(server, factory.buildProtocol(None), clock=relay.reactor)
+        pump.flush()
+        self.assertNotIn(b"QUIT", server.commands)
+        relay.manager.stop()
+        pump.flush()
+        self.assertEqual(server.commands[-1], b"QUIT")
 
     def test_twoDomains(self):
         """
