@@ -197,18 +197,19 @@ class _Waiter(Protocol):
 
 
 @defer.inlineCallbacks
-def _waitForGreeting(port, what, log=None):
+def _waitForGreeting(port, what, log=None, host="127.0.0.1"):
     """
     Wait, a bounded number of times and at most L{_READY_DEADLINE} seconds,
-    until a daemon answers on a port of 127.0.0.1 with a 220 greeting.
+    until a daemon answers on C{host}, C{port} with a 220 greeting.
 
     @param log: a file the daemon logs to, shown if it never answers.
+    @param host: a loopback address.
     @return: a L{Deferred} firing with the greeting line.
     """
     deadline = time.monotonic() + _READY_DEADLINE
     lastError = None
     for attempt in range(_READY_ATTEMPTS):
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=2)
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=2)
         try:
             waiter = yield connectProtocol(endpoint, _Waiter())
             greeting = yield waiter.greeting.addTimeout(2, reactor)
@@ -225,7 +226,7 @@ def _waitForGreeting(port, what, log=None):
     if log is not None and os.path.exists(log):
         with open(log, "rb") as f:
             logged = f.read().decode("utf-8", "replace")
-    raise AssertionError(f"{what} did not answer on 127.0.0.1:{port}: {lastError!r}\n{logged}")
+    raise AssertionError(f"{what} did not answer on {host}:{port}: {lastError!r}\n{logged}")
 
 
 @defer.inlineCallbacks

@@ -30,7 +30,6 @@ import os
 import random
 import re
 import signal
-import time
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol

@@ -46,7 +46,6 @@ import socket
 import time
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.names import client, dns, server
@@ -64,7 +63,7 @@ from mailproto.test.test_interop_client import (
     _Recorder,
     _spawnDaemon,
     _tool,
-    _Waiter,
+    _waitForGreeting,
 )
 from mailproto.test.test_mx import MemoryAuthority
 
@@ -146,30 +145,6 @@ def _until(predicate, what, timeout=_DEADLINE):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
         yield deferLater(reactor, _POLL, lambda: None)
-
-
-@defer.inlineCallbacks
-def _waitForGreeting(host, port, what, log):
-    """
-    Wait, at most L{_DEADLINE} seconds, until a daemon answers on
-    C{host}, C{port} with a 220 greeting.
-    """
-    deadline = time.monotonic() + _DEADLINE
-    lastError = None
-    while time.monotonic() < deadline:
-        try:
-            waiter = yield connectProtocol(TCP4ClientEndpoint(reactor, host, port, timeout=2), _Waiter())
-            greeting = yield waiter.greeting.addTimeout(2, reactor)
-        except Exception as e:
-            lastError = e
-        else:
-            if greeting.startswith(b"220"):
-                return greeting
-            lastError = greeting
-        yield deferLater(reactor, _POLL, lambda: None)
-    with open(log, "rb") as f:
-        logged = f.read().decode("utf-8", "replace")
-    raise AssertionError(f"{what} did not answer on {host}:{port}: {lastError!r}\n{logged}")
 
 
 class _Downstream(_Recorder):
@@ -342,7 +317,7 @@ class RelayEndToEndTests(TestCase):
         log = os.path.abspath(self.mktemp())
         args += ["-d", os.path.join(dumps, "msg."), f"127.0.0.2:{self.port}", "16"]
         _spawnDaemon(self, sink, args, log)
-        yield _waitForGreeting("127.0.0.2", self.port, "smtp-sink", log)
+        yield _waitForGreeting(self.port, "smtp-sink", log, host="127.0.0.2")
         return dumps
 
     def startRelay(self, policy=None, schedule=RetrySchedule(300, 4000, 3600)):

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailproto._attempts import RetrySchedule
-from mailproto._queue import DELIVERED, FAILED, WAITING, Envelope, Queue, Recipient, newMessageID
+from mailproto._queue import FAILED, WAITING, Envelope, Queue, Recipient, newMessageID
 from mailproto._relaymanager import (
     ENCRYPT,
     SMARTHOST,
