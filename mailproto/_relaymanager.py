@@ -1150,6 +1150,8 @@ class SmartHostSMTPRelayingManager:
         extend it.
         """
         relayer.timeout = self.timeout
+        # Its time-outs run on the manager's clock, like everything else.
+        relayer.callLater = self.reactor.callLater
         if connection is None or not isinstance(relayer, ESMTPClient):
             return
         tls = connection.tls

@@ -75,7 +75,7 @@ class Scripted(LineReceiver):
 
     @ivar replies: the reply to each command, by verb; a callable is given
         the command line.  C{b"."} is the reply after the message.  A
-        reply of L{None} drops the connection.
+        reply of L{None} drops the connection; C{...} is no answer.
     @ivar dropInData: drop the connection after this many lines of a
         message, or L{None}.
     @ivar commands: the commands received.
@@ -113,6 +113,8 @@ class Scripted(LineReceiver):
         reply = self.replies.get(key, b"502 5.5.1 Unknown")
         if callable(reply):
             reply = reply(line)
+        if reply is ...:
+            return  # no answer
         if reply is None:
             self.transport.loseConnection()
         else:
@@ -374,6 +376,30 @@ class DeliveryTests(SynchronousTestCase):
         self.assertTrue(client.transport.disconnected)
         self.assertEqual(relay.manager._parked, {})
         self.assertEqual(relay.manager._connections, 0)
+
+    def test_timeoutOnManagerClock(self):
+        """
+        A relayer's time-out runs on the manager's clock: a server that
+        stops answering is given up on after C{timeout} seconds of it, and
+        the message is deferred.
+        """
+        relay = RelayHarness(self, timeout=60)
+        envelope = relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        client = factory.buildProtocol(None)
+        pump = connectInMemory(Scripted(RCPT=...), client, clock=relay.reactor)
+        pump.flush()
+        relay.turn(59)
+        pump.flush()
+        self.assertFalse(client.transport.disconnected)
+        relay.turn(1)
+        pump.flush()
+        self.assertTrue(client.transport.disconnected)
+        # Nothing answered on this connection: the next MX is tried.
+        host, _, _ = relay.connection()
+        self.assertEqual(host, "192.0.2.2")
+        self.assertEqual(relay.queue.ids(), [envelope.id])
 
     def test_stopEndsWaitingConnections(self):
         """
