@@ -264,6 +264,20 @@ class Envelope:
 
 
 
+def openQueueFile(path: str):
+    """
+    @return: the message of queue file C{path}, open for reading at its
+        first octet (after the envelope line).
+    """
+    f = open(path, "rb")
+    try:
+        f.readline(MAX_ENVELOPE_LINE)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 def readQueueFile(path: str) -> Envelope:
     """
     Read a queued message's envelope, and its delivery state if it has
@@ -650,9 +664,7 @@ class Queue(QueueView):
         cached = self._cache.get(queueID)
         if cached is not None:
             return io.BytesIO(cached)
-        f = open(self.getPath(queueID), "rb")
-        f.readline(MAX_ENVELOPE_LINE)
-        return f
+        return openQueueFile(self.getPath(queueID))
 
     def update(self, envelope: Envelope) -> defer.Deferred:
         """

@@ -72,7 +72,7 @@ from mailproto._client import SUCCESS, ESMTPClient, SMTPClient, statusOf
 from mailproto._commands import MailFrom, RcptTo
 from mailproto._errors import AddressError, SMTPClientError
 from mailproto._mx import Candidate, Destination, MailRoutingError, MXCalculator, NullMX
-from mailproto._queue import WAITING, Envelope, Recipient, newMessageID, readQueueFile
+from mailproto._queue import WAITING, Envelope, Recipient, newMessageID, openQueueFile, readQueueFile
 
 _log = Logger()
 
@@ -268,15 +268,7 @@ class _Job:
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         envelope = readQueueFile(path)
-
-        def opener():
-            from mailproto._queue import MAX_ENVELOPE_LINE
-
-            f = open(path, "rb")
-            f.readline(MAX_ENVELOPE_LINE)
-            return f
-
-        return cls(envelope, envelope.waiting, "", opener=opener, path=path)
+        return cls(envelope, envelope.waiting, "", opener=lambda: openQueueFile(path), path=path)
 
     def mailFrom(self) -> MailFrom:
         envelope = self.envelope
