@@ -14,6 +14,8 @@ subcommand.
   - C{mailproto send}: send test messages, one or many, over several
     connections at once, with TLS and AUTH (L{SendOptions}; the sending is
     in L{mailproto._send}).
+  - C{mailproto queue}: list and manage a relay's queue
+    (L{mailproto._queuecommand}).
   - C{mailproto adduser}: add a user to a users file (scrypt-hashed
     passwords, for L{mailproto._cred.UsersFileChecker}), or change a
     user's password (L{AddUserOptions}).
@@ -35,6 +37,7 @@ from mailproto._send import (
     DEFAULT_TIMEOUT as SEND_TIMEOUT,
     IMPLICIT_TLS_PORT as SEND_TLS_PORT,
 )
+from mailproto._queuecommand import QueueOptions
 from mailproto._server import SMTP
 
 __all__ = ["AddUserOptions", "MailprotoOptions", "SendOptions", "SinkOptions", "main", "runCommand"]
@@ -808,6 +811,7 @@ class MailprotoOptions(usage.Options):
         ["sink", None, SinkOptions, "Run a debugging SMTP/LMTP server that prints, or stores, all mail sent to it."],
         ["send", None, SendOptions, "Send test messages (one, or many over several connections) by SMTP or LMTP."],
         ["adduser", None, AddUserOptions, "Add a user to a users file (scrypt password hashes), or change a password."],
+        ["queue", None, QueueOptions, "List and manage a relay's queue (list, show, flush, requeue, delete)."],
     ]
 
     def opt_version(self) -> None:

@@ -11,33 +11,101 @@ C{./mailrelay-spool}, accepts mail from loopback clients only, and relays
 it by MX records.
 
 L{RelayService} is the whole relay: the queue (recovered when the service
-starts, before anything listens), the SMTP listeners writing into it, and
-the relaying manager sending from it.
+starts, before anything listens), the listeners writing into it (SMTP,
+submission, SMTPS, LMTP), the relaying manager sending from it, the
+control socket of C{mailproto queue}, and the metrics.  It stops in
+order: it stops listening, lets the sessions in the middle of a
+transaction finish (for at most C{--shutdown-grace} seconds, idle ones
+are told C{421} at once), lets attempts in progress end within the same
+time, and stops.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
+import threading
 
-from twisted.application import service, strports
+from twisted.application import internet, service
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, endpoints
-from twisted.logger import Logger
-from twisted.python import usage
+from twisted.logger import ILogObserver, Logger
+from twisted.protocols import haproxy
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import components, usage
+from zope.interface import implementer
 
 from mailproto._attempts import RetrySchedule
+from mailproto._control import ControlFactory, SpoolBusy, SpoolLock, socketPath
+from mailproto._logs import FORMATS as LOG_FORMATS, RelayLog
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
-from mailproto._relaymanager import SmartHost, SmartHostESMTPRelayingManager
+from mailproto._relaymanager import ENCRYPT, MAY, NONE, VERIFY, SmartHost, SmartHostESMTPRelayingManager, TLSPolicy
 from mailproto._queue import Queue
-from mailproto._server import ESMTP, ESMTPFactory
+from mailproto._server import ESMTP, LMTP, ESMTPFactory, LMTPFactory
+from mailproto.interfaces import IMessageDeliveryFactory
 
 _log = Logger()
 
 DEFAULT_LISTEN = "tcp:8025:interface=127.0.0.1"
 DEFAULT_SPOOL = "mailrelay-spool"
 
+#: The smart host's TLS choices: a L{TLSPolicy} mode, or C{implicit} (TLS
+#: from the first octet, RFC 8314, certificate checked).
+SMARTHOST_TLS = (NONE, MAY, ENCRYPT, VERIFY, "implicit")
 
-_LIMITS = ("max-connections", "max-connections-per-destination", "max-messages-per-connection")
+_LIMITS = ("max-connections", "max-connections-per-destination", "max-messages-per-connection", "max-recipients")
+_LISTENERS = ("smtp", "submission", "smtps", "lmtp")
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parseDuration(text: str) -> float:
+    """
+    Parse a duration: a number of seconds, or a number with a unit
+    C{s}, C{m}, C{h}, C{d} or C{w} (C{90}, C{5m}, C{1.5h}, C{5d}).
+
+    @raise ValueError: if it is not one, or not more than 0.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (such as 300, 90s, 5m, 2h, 5d)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be more than 0")
+    return seconds
+
+
+def parseSize(text: str) -> int:
+    """
+    Parse a size in octets, with an optional binary unit C{K}, C{M} or
+    C{G} (C{1048576}, C{10M}).
+
+    @raise ValueError: if it is not one.
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size in octets (such as 1048576, 512K, 32M)")
+    return int(match.group(1)) * _SIZES[match.group(2).lower()]
+
+
+def _readSecret(path: str, what: str) -> tuple[str, str]:
+    """
+    @return: C{(user, password)} from the first line of a file holding
+        C{USER:PASSWORD}.
+    @raise usage.UsageError: if it cannot be read or has no colon.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeError) as e:
+        raise usage.UsageError(f"{what} {path!r}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    user, colon, password = line.partition(":")
+    if not colon or not user or not password:
+        raise usage.UsageError(f"{what} {path!r}: its first line must be USER:PASSWORD")
+    return user, password
 
 
 class Options(usage.Options):
@@ -49,13 +117,53 @@ class Options(usage.Options):
     longdesc = (
         "A mail relay with a durable queue.  With no options it listens on "
         "127.0.0.1:8025, spools to ./mailrelay-spool, accepts mail from "
-        "loopback clients and relays it by MX records."
+        "loopback clients and relays it by MX records.  Listeners are Twisted "
+        "endpoint strings (tcp:25, tcp6:25:interface=\\:\\:1, unix:/run/relay.sock); "
+        "the default SMTP listener is used only when no listener is given.  "
+        "Durations take a unit: 300, 90s, 5m, 2h, 5d.  "
+        "SIGTERM stops the relay gracefully, SIGHUP reopens its log file, and "
+        "`mailproto queue` lists and manages the queue."
     )
+
+    optFlags = [
+        [
+            "proxy-protocol",
+            None,
+            "Every listener expects a PROXY protocol header (v1 or v2) first, as HAProxy sends it, and "
+            "judges the client by the address in it.",
+        ],
+    ]
 
     optParameters = [
         ["spool", None, DEFAULT_SPOOL, "The queue's directory (made if missing)."],
-        ["smarthost", None, None, "Relay everything through HOST:PORT ([ADDRESS]:PORT for IPv6) instead of by MX."],
         ["hostname", None, None, "The relay's name, for its greeting, EHLO and reports (default: this machine's name)."],
+        ["smarthost", None, None, "Relay everything through HOST:PORT ([ADDRESS]:PORT for IPv6) instead of by MX."],
+        [
+            "smarthost-auth",
+            None,
+            None,
+            "A file whose first line is USER:PASSWORD, to authenticate to the smart host with (AUTH is then "
+            "required, and TLS defaults to encrypt).",
+        ],
+        [
+            "smarthost-tls",
+            None,
+            None,
+            "TLS towards the smart host: none, may (STARTTLS when offered; the default), encrypt (STARTTLS "
+            "required), verify (STARTTLS and the certificate checked), implicit (TLS from the start, port 465, "
+            "certificate checked).",
+        ],
+        ["smarthost-ca", None, None, "PEM certificates of the authorities trusted for the smart host (default: the system's)."],
+        ["users", None, None, "A users file (made with `mailproto adduser FILE USER`): AUTH for clients, over TLS only."],
+        ["certificate", None, None, "A PEM certificate (then its chain) for STARTTLS and --smtps; with the key unless --private-key."],
+        ["private-key", None, None, "The PEM private key of --certificate."],
+        ["max-message-size", None, "32M", "The largest message accepted, in octets (K, M, G allowed; 0: no limit)."],
+        ["max-recipients", None, 1000, "The most recipients of one message."],
+        ["retry-schedule", None, "5m,4000s", "FIRST[,MAXIMUM]: the first retry delay, doubling up to MAXIMUM."],
+        ["max-queue-lifetime", None, "5d", "How long a message is retried before it is returned to its sender."],
+        ["metrics", None, None, "Serve Prometheus metrics over HTTP on this endpoint (for example tcp:9125:interface=127.0.0.1)."],
+        ["log-format", None, "text", "The log's lines: text or json (one JSON object per line)."],
+        ["shutdown-grace", None, "30s", "On SIGTERM, how long sessions in a transaction and attempts in progress may take to end."],
         ["max-connections", None, 50, "Outgoing connections open at once."],
         [
             "max-connections-per-destination",
@@ -66,18 +174,57 @@ class Options(usage.Options):
         ["max-messages-per-connection", None, 100, "Messages sent over one outgoing connection."],
     ]
 
+    compData = usage.Completions(
+        optActions={
+            "spool": usage.CompleteDirs(descr="spool directory"),
+            "users": usage.CompleteFiles(descr="users file"),
+            "certificate": usage.CompleteFiles("*.pem", descr="PEM certificate"),
+            "private-key": usage.CompleteFiles("*.pem", descr="PEM private key"),
+            "smarthost-auth": usage.CompleteFiles(descr="USER:PASSWORD file"),
+            "smarthost-ca": usage.CompleteFiles("*.pem", descr="PEM CA certificates"),
+            "smarthost-tls": usage.CompleteList(SMARTHOST_TLS),
+            "log-format": usage.CompleteList(LOG_FORMATS),
+        }
+    )
+
     def __init__(self) -> None:
         super().__init__()
-        self["smtp"] = []
+        for name in _LISTENERS:
+            self[name] = []
         self["relay-network"] = []
         self["relay-domain"] = []
 
     def opt_smtp(self, endpoint: str) -> None:
         """
         Listen for SMTP on this endpoint (repeatable; default
-        tcp:8025:interface=127.0.0.1).
+        tcp:8025:interface=127.0.0.1).  Clients in a relay network may
+        relay; others only to a relay domain; with --users, clients may
+        AUTH after STARTTLS.
         """
         self["smtp"].append(endpoint)
+
+    def opt_submission(self, endpoint: str) -> None:
+        """
+        Listen for message submission (RFC 6409, usually tcp:587) on this
+        endpoint (repeatable): STARTTLS, then AUTH is required.  Needs
+        --users and --certificate.
+        """
+        self["submission"].append(endpoint)
+
+    def opt_smtps(self, endpoint: str) -> None:
+        """
+        Listen for submission over implicit TLS (RFC 8314, usually
+        tcp:465) on this endpoint (repeatable): AUTH is required.  Needs
+        --users and --certificate.
+        """
+        self["smtps"].append(endpoint)
+
+    def opt_lmtp(self, endpoint: str) -> None:
+        """
+        Listen for LMTP (RFC 2033) on this endpoint (repeatable), with the
+        same relay rules as --smtp; for example unix:/run/mailrelay.lmtp.
+        """
+        self["lmtp"].append(endpoint)
 
     def opt_relay_network(self, network: str) -> None:
         """
@@ -93,6 +240,15 @@ class Options(usage.Options):
         self["relay-domain"].append(domain)
 
     def postOptions(self) -> None:
+        self._checkNumbers()
+        self._checkListeners()
+        self._checkSmartHost()
+        self._checkPolicy()
+        self._checkTLSAndUsers()
+        self._checkHostname()
+        self._checkSpool()
+
+    def _checkNumbers(self) -> None:
         for name in _LIMITS:
             text = str(self[name])
             try:
@@ -101,23 +257,74 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name}: {text!r} is not a whole number") from None
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name}: {text!r} must be more than 0")
-        if not self["smtp"]:
+        try:
+            self["max-message-size"] = parseSize(str(self["max-message-size"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--max-message-size: {e}") from None
+        schedule = str(self["retry-schedule"])
+        first, comma, maximum = schedule.partition(",")
+        try:
+            first = parseDuration(first)
+            maximum = parseDuration(maximum) if comma else max(first, RetrySchedule.maximum)
+        except ValueError as e:
+            raise usage.UsageError(f"--retry-schedule: {e}") from None
+        if maximum < first:
+            raise usage.UsageError(f"--retry-schedule {schedule!r}: the maximum is less than the first delay")
+        try:
+            lifetime = parseDuration(str(self["max-queue-lifetime"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--max-queue-lifetime: {e}") from None
+        self["schedule"] = RetrySchedule(first=first, maximum=maximum, lifetime=lifetime)
+        try:
+            self["shutdown-grace"] = parseDuration(str(self["shutdown-grace"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--shutdown-grace: {e}") from None
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format: {self['log-format']!r} is not one of {', '.join(LOG_FORMATS)}")
+
+    def _checkListeners(self) -> None:
+        if not any(self[name] for name in _LISTENERS):
             self["smtp"] = [DEFAULT_LISTEN]
         from twisted.internet import reactor
 
-        for description in self["smtp"]:
-            try:
-                endpoint = endpoints.serverFromString(reactor, description)
-            except (ValueError, TypeError, KeyError) as e:
-                raise usage.UsageError(f"--smtp {description!r}: not an endpoint ({e})") from None
-            port = getattr(endpoint, "_port", 0)
-            if isinstance(port, int) and not 0 <= port <= 65535:
-                raise usage.UsageError(f"--smtp {description!r}: no such port {port}")
-        if self["smarthost"] is not None:
-            try:
-                self["smarthost"] = SmartHost.fromString(self["smarthost"])
-            except ValueError as e:
-                raise usage.UsageError(f"--smarthost: {e}") from None
+        for name in (*_LISTENERS, "metrics"):
+            descriptions = self[name] if name != "metrics" else ([self[name]] if self[name] else [])
+            for description in descriptions:
+                try:
+                    endpoint = endpoints.serverFromString(reactor, description)
+                except (ValueError, TypeError, KeyError) as e:
+                    raise usage.UsageError(f"--{name} {description!r}: not an endpoint ({e})") from None
+                port = getattr(endpoint, "_port", 0)
+                if isinstance(port, int) and not 0 <= port <= 65535:
+                    raise usage.UsageError(f"--{name} {description!r}: no such port {port}")
+
+    def _checkSmartHost(self) -> None:
+        extras = [name for name in ("smarthost-auth", "smarthost-tls", "smarthost-ca") if self[name] is not None]
+        if self["smarthost"] is None:
+            if extras:
+                raise usage.UsageError(f"--{extras[0]} needs --smarthost")
+            return
+        keywords = {}
+        if self["smarthost-auth"] is not None:
+            keywords["username"], keywords["password"] = _readSecret(self["smarthost-auth"], "--smarthost-auth")
+        mode = self["smarthost-tls"] or (ENCRYPT if self["smarthost-auth"] else MAY)
+        if mode not in SMARTHOST_TLS:
+            raise usage.UsageError(f"--smarthost-tls: {mode!r} is not one of {', '.join(SMARTHOST_TLS)}")
+        trustRoot = None
+        if self["smarthost-ca"] is not None:
+            if mode not in (VERIFY, "implicit"):
+                raise usage.UsageError("--smarthost-ca needs --smarthost-tls verify or implicit")
+            trustRoot = _loadAuthorities(self["smarthost-ca"])
+        if mode == "implicit":
+            keywords["tls"], keywords["implicitTLS"] = TLSPolicy(VERIFY, trustRoot), True
+        else:
+            keywords["tls"] = TLSPolicy(mode, trustRoot)
+        try:
+            self["smarthost"] = SmartHost.fromString(self["smarthost"], **keywords)
+        except ValueError as e:
+            raise usage.UsageError(f"--smarthost: {e}") from None
+
+    def _checkPolicy(self) -> None:
         for domain in self["relay-domain"]:
             try:
                 RelayPolicy(networks=(), domains=[domain])
@@ -129,12 +336,40 @@ class Options(usage.Options):
             except ValueError as e:
                 raise usage.UsageError(f"--relay-network: {e}") from None
         self["policy"] = RelayPolicy(networks=self["relay-network"] or LOOPBACK, domains=self["relay-domain"])
+
+    def _checkTLSAndUsers(self) -> None:
+        if self["private-key"] and not self["certificate"]:
+            raise usage.UsageError("--private-key needs --certificate")
+        self["tls"] = None
+        if self["certificate"]:
+            from mailproto._cli import loadTLS
+
+            try:
+                self["tls"] = loadTLS(self["certificate"], self["private-key"])
+            except usage.UsageError as e:
+                raise usage.UsageError(f"--certificate: {e}") from None
+        if self["users"] is not None:
+            from mailproto._cred import UsersFile
+
+            try:
+                UsersFile(self["users"]).read()
+            except OSError as e:
+                raise usage.UsageError(f"--users {self['users']!r}: cannot read it ({e.strerror})") from None
+            except ValueError as e:
+                raise usage.UsageError(f"--users {self['users']!r}: {e}") from None
+        for name in ("submission", "smtps"):
+            if self[name] and (self["users"] is None or self["tls"] is None):
+                raise usage.UsageError(f"--{name} needs --users and --certificate (AUTH is offered over TLS only)")
+
+    def _checkHostname(self) -> None:
         if self["hostname"] is None:
             self["hostname"] = socket.getfqdn()
         try:
             self["hostname"].encode("idna")
         except UnicodeError as e:
             raise usage.UsageError(f"--hostname {self['hostname']!r}: not a host name ({e})") from None
+
+    def _checkSpool(self) -> None:
         spool = self["spool"]
         try:
             os.makedirs(spool, exist_ok=True)
@@ -142,28 +377,257 @@ class Options(usage.Options):
             raise usage.UsageError(f"--spool {spool!r}: cannot make the directory ({e.strerror})") from None
         if not os.access(spool, os.W_OK | os.X_OK):
             raise usage.UsageError(f"--spool {spool!r}: the directory is not writable")
+        if SpoolLock(spool).isHeldElsewhere():
+            raise usage.UsageError(f"--spool {spool!r}: another relay (or a `mailproto queue` command) is using it")
+
+
+def _loadAuthorities(path: str):
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
+
+    from mailproto._tls import _PEM_CERTIFICATE
+
+    try:
+        with open(path, "rb") as f:
+            blocks = _PEM_CERTIFICATE.findall(f.read())
+        if not blocks:
+            raise ValueError("no PEM certificate in it")
+        return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+    except OSError as e:
+        raise usage.UsageError(f"--smarthost-ca {path!r}: cannot read it ({e.strerror})") from None
+    except Exception as e:
+        raise usage.UsageError(f"--smarthost-ca {path!r}: {e}") from None
+
+
+@implementer(IRealm)
+class _SubmissionRealm:
+    """
+    An authenticated client's mail goes into the queue (and may go
+    anywhere: the relay policy lets authenticated clients relay).
+    """
+
+    def __init__(self, deliveryFactory) -> None:
+        self.deliveryFactory = deliveryFactory
+
+    def requestAvatar(self, avatarId, mind, *interfaces):
+        if IMessageDeliveryFactory in interfaces:
+            return IMessageDeliveryFactory, self.deliveryFactory, lambda: None
+        raise NotImplementedError("the relay's realm only gives IMessageDeliveryFactory avatars")
+
+
+class _RelaySession:
+    """
+    What the relay's servers share: their metrics, and graceful shutdown.
+    A session in the middle of a transaction (or of a command's answer)
+    is left to finish it; one between transactions is told C{421} and
+    closed.
+    """
+
+    listener = "smtp"
+    metrics = None
+    _shuttingDown = False
+
+    def connectionMade(self) -> None:
+        self._verb = None
+        sessions = getattr(self.factory, "sessions", None)
+        if sessions is not None:
+            sessions.add(self)
+        if self.metrics is not None:
+            self.metrics.connectionOpened(self.listener)
+        super().connectionMade()
+
+    def connectionLost(self, reason=None) -> None:
+        sessions = getattr(self.factory, "sessions", None)
+        if sessions is not None:
+            sessions.discard(self)
+        if self.metrics is not None:
+            self.metrics.connectionClosed(self.listener)
+        super().connectionLost(reason)
+
+    def lookupMethod(self, command):
+        method = super().lookupMethod(command)
+        self._verb = method.__name__[3:] if method is not None else None
+        return method
+
+    def sendCode(self, code: int, message: bytes = b"", status: bytes | None = None) -> None:
+        super().sendCode(code, message, status)
+        if code >= 400 and self.metrics is not None and self._verb in ("MAIL", "RCPT", "DATA", "BDAT"):
+            stage = {"MAIL": "mail", "RCPT": "rcpt"}.get(self._verb, "data")
+            self.metrics.refused(stage, code, status or _statusOf(message, code))
+        if self._shuttingDown:
+            self.callLater(0, self._closeIfIdle)
+
+    def inTransaction(self) -> bool:
+        """
+        @return: whether a transaction is open (MAIL given and not over),
+            or a command is being answered.
+        """
+        return self._from is not None or self._pending is not None or self.mode != "COMMAND"
+
+    def shutDown(self) -> None:
+        """
+        The relay is stopping: close now if idle, else after the
+        transaction.
+        """
+        self._shuttingDown = True
+        self._closeIfIdle()
+
+    def _closeIfIdle(self) -> None:
+        if not self._closing and not self.inTransaction():
+            self._hangUp(421, self.host + b" Service shutting down", b"4.3.2")
+
+
+def _statusOf(message, code: int) -> bytes | None:
+    if isinstance(message, bytes):
+        first = message.split(b" ", 1)[0]
+        if re.fullmatch(rb"[245]\.\d{1,3}\.\d{1,3}", first) and first[:1] == str(code)[0].encode():
+            return first
+    return None
+
+
+class RelayESMTP(_RelaySession, ESMTP):
+    """
+    The relay's server: the queue logs each message it takes, with its
+    queue id, so the server does not log it again.
+    """
+
+    noisy = False
+
+
+class RelayLMTP(_RelaySession, LMTP):
+    """
+    The relay's LMTP server.
+    """
+
+    noisy = False
+    listener = "lmtp"
+
+
+class _RelayFactoryMixin:
+    """
+    Keeps the factory's sessions, and gives them its listener name and
+    metrics.
+    """
+
+    listener = "smtp"
+    metrics = None
+
+    def startFactory(self) -> None:
+        self.sessions = getattr(self, "sessions", set())
+
+    def buildProtocol(self, addr):
+        p = super().buildProtocol(addr)
+        p.listener = self.listener
+        p.metrics = self.metrics
+        return p
+
+
+class RelayESMTPFactory(_RelayFactoryMixin, ESMTPFactory):
+    protocol = RelayESMTP
+    noisy = False
+
+
+class RelayLMTPFactory(_RelayFactoryMixin, LMTPFactory):
+    protocol = RelayLMTP
+    noisy = False
 
 
 class RelayService(service.MultiService):
     """
-    The relay: its queue, its listeners and its relaying manager.
+    The relay: its queue, its listeners, its relaying manager, its control
+    socket and its metrics.
 
     @ivar queue: the L{Queue}.
     @ivar manager: the L{SmartHostESMTPRelayingManager}.
-    @ivar factory: the L{ESMTPFactory} of the listeners.
+    @ivar factory: the L{ESMTPFactory} of the SMTP listeners.
+    @ivar factories: the factories of every listener, by kind (C{smtp},
+        C{submission}, C{smtps}, C{lmtp}).
+    @ivar listeners: the listening services, in the order they start.
+    @ivar metrics: the L{RelayMetrics}, or L{None}.
+    @ivar log: the L{RelayLog} this relay logs to, or L{None} if twistd
+        logs as it does by default.
+    @ivar shutdownGrace: seconds sessions in a transaction and attempts in
+        progress get to end when the relay stops.
     """
 
-    def __init__(self, queue: Queue, manager, factory: ESMTPFactory, listen: list[str], description: str = "") -> None:
+    metrics = None
+    log = None
+
+    def __init__(
+        self,
+        queue: Queue,
+        manager,
+        factory: ESMTPFactory,
+        listen: list[str],
+        description: str = "",
+        *,
+        listeners: list | None = None,
+        factories: dict | None = None,
+        control: bool = True,
+        shutdownGrace: float = 30.0,
+        clock=None,
+    ) -> None:
+        """
+        @param listen: SMTP endpoint descriptions for C{factory}.
+        @param listeners: more C{(description, endpoint, factory)} to
+            listen with.
+        @param control: whether to listen on the spool's control socket.
+        @param clock: the L{IReactorTime} of the shutdown's grace; the
+            reactor if L{None}.
+        """
         super().__init__()
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.queue = queue
         self.manager = manager
         self.factory = factory
         self.description = description
-        for endpoint in listen:
-            strports.service(endpoint, factory).setServiceParent(self)
-        self.listen = list(listen)
+        self.factories = dict(factories or {"smtp": factory})
+        self.shutdownGrace = shutdownGrace
+        self.lock = SpoolLock(queue.directory)
+        self.listeners = []
+        from twisted.internet import reactor
+
+        for description in listen:
+            self._listen(description, endpoints.serverFromString(reactor, description), factory)
+        for description, endpoint, each in listeners or ():
+            self._listen(description, endpoint, each)
+        self.listen = list(listen) + [description for description, _, _ in listeners or ()]
+        self.control = None
+        if control:
+            path = socketPath(queue.directory)
+            self.control = internet.UNIXServer(path, ControlFactory(manager), mode=0o600, wantPID=False)
+            self.control.setServiceParent(self)
+
+    def _listen(self, description: str, endpoint, factory) -> None:
+        listener = internet.StreamServerEndpointService(endpoint, factory)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(self)
+        self.listeners.append(listener)
+
+    def setServiceParent(self, parent):
+        # twistd passes the application itself: log the way the options
+        # say, before twistd would start its own log.
+        if self.log is not None and isinstance(parent, components.Componentized):
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, self.log.observer())
+        return super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
+        # Only one relay per spool: the lock is held until the process ends.
+        try:
+            self.lock.acquire()
+        except SpoolBusy as e:
+            raise RuntimeError(f"cannot start: {e}") from None
+        if self.control is not None:
+            _unlink(socketPath(self.queue.directory))
+        super().privilegedStartService()
 
     def startService(self) -> None:
+        if not self.lock.held:
+            self.lock.acquire()
+            if self.control is not None:
+                _unlink(socketPath(self.queue.directory))
         # The queue is set right before anything listens.
         counts = self.queue.recover()
         _log.info(
@@ -175,14 +639,88 @@ class RelayService(service.MultiService):
         )
         super().startService()
         self.manager.start()
+        if self.log is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, self._hangUpSignal)
+
+    def _hangUpSignal(self, number, frame) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(self.reopenLog)
+
+    def reopenLog(self) -> None:
+        """
+        Open the log file again (SIGHUP: after log rotation moved it).
+        """
+        if self.log is not None:
+            self.log.reopen()
+            _log.info("mailrelay: log file reopened")
 
     def stopService(self) -> defer.Deferred:
-        d = defer.maybeDeferred(super().stopService)
+        """
+        Stop listening, let sessions in a transaction and attempts in
+        progress end (for at most L{shutdownGrace} seconds), then stop.
+        """
+        service.Service.stopService(self)
+        deadline = self.clock.seconds() + self.shutdownGrace
+        d = defer.gatherResults([defer.maybeDeferred(each.stopService) for each in self.listeners], consumeErrors=True)
+        d.addBoth(lambda _: self._drainSessions(deadline))
+        d.addBoth(lambda _: self._drainAttempts(deadline))
+        d.addBoth(lambda _: defer.gatherResults(
+            [defer.maybeDeferred(each.stopService) for each in self if each not in self.listeners and each.running],
+            consumeErrors=True,
+        ))
         d.addBoth(self._stopped)
         return d
 
-    def _stopped(self, result):
+    def _sessions(self) -> list:
+        return [s for f in self.factories.values() for s in getattr(f, "sessions", ())]
+
+    def _drainSessions(self, deadline: float) -> defer.Deferred:
+        sessions = self._sessions()
+        if sessions:
+            busy = sum(1 for s in sessions if s.inTransaction())
+            _log.info(
+                "mailrelay: stopping; {busy} sessions in a transaction get up to {grace:g} s to finish",
+                busy=busy,
+                grace=max(deadline - self.clock.seconds(), 0),
+            )
+        for session in sessions:
+            session.shutDown()
+        return self._waitFor(lambda: not self._sessions(), deadline, self._abortSessions)
+
+    def _abortSessions(self) -> None:
+        sessions = self._sessions()
+        _log.info("mailrelay: {count} sessions did not finish in time; closed (their messages were not accepted)", count=len(sessions))
+        for session in sessions:
+            session.transport.abortConnection()
+
+    def _drainAttempts(self, deadline: float) -> defer.Deferred:
         self.manager.stop()
+        if self.manager.inFlight():
+            return self._waitFor(lambda: not self.manager.inFlight(), deadline, lambda: None)
+        return defer.succeed(None)
+
+    def _waitFor(self, done, deadline: float, giveUp) -> defer.Deferred:
+        """
+        @return: a L{Deferred} that fires once C{done()} is true, or at the
+            deadline after C{giveUp()}.
+        """
+        result = defer.Deferred()
+
+        def check() -> None:
+            if done():
+                result.callback(None)
+            elif self.clock.seconds() >= deadline:
+                giveUp()
+                result.callback(None)
+            else:
+                self.clock.callLater(min(0.05, max(deadline - self.clock.seconds(), 0)), check)
+
+        check()
+        return result
+
+    def _stopped(self, result):
+        self.lock.release()
         stats = self.manager.stats
         _log.info(
             "mailrelay: stopped; {queued} queued now; this run: {delivered} delivered, {deferred} deferred, "
@@ -194,16 +732,28 @@ class RelayService(service.MultiService):
             reports=stats["reports"],
             fsyncs=self.queue.fsyncs,
         )
-        return result
+        return None
 
 
-class RelayESMTP(ESMTP):
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _logPath(options: Options) -> str | None:
     """
-    The relay's server: the queue logs each message it takes, with its
-    queue id, so the server does not log it again.
+    @return: where twistd was told to log (C{"-"}: standard output), or
+        L{None} when it logs to syslog or is not running this.
     """
-
-    noisy = False
+    parent = getattr(options, "parent", None)
+    if parent is None or parent.get("syslog"):
+        return None
+    path = parent.get("logfile")
+    if path is None:
+        path = "-" if parent.get("nodaemon") else "twistd.log"
+    return path
 
 
 def makeService(options: Options) -> RelayService:
@@ -214,8 +764,45 @@ def makeService(options: Options) -> RelayService:
 
     queue = Queue(options["spool"], reactor=reactor)
     policy = options["policy"]
-    factory = ESMTPFactory(deliveryFactory=QueueDeliveryFactory(queue, policy), domain=options["hostname"].encode("idna"))
-    factory.protocol = RelayESMTP
+    hostname = options["hostname"].encode("idna")
+    deliveryFactory = QueueDeliveryFactory(queue, policy)
+    limits = {"maxMessageSize": options["max-message-size"], "maxRecipients": options["max-recipients"]}
+    portal = None
+    if options["users"] is not None:
+        from mailproto._cred import UsersFileChecker
+
+        portal = Portal(_SubmissionRealm(deliveryFactory), [UsersFileChecker(options["users"], reactor=reactor)])
+    tls = options["tls"]
+
+    def esmtp(kind: str, required: bool):
+        # With AUTH required there is no delivery for anonymous clients: 530.
+        factory = RelayESMTPFactory(
+            portal,
+            deliveryFactory=None if required else deliveryFactory,
+            contextFactory=tls if kind != "smtps" else None,
+            domain=hostname,
+            **limits,
+        )
+        factory.listener = kind
+        return factory
+
+    factories = {"smtp": esmtp("smtp", False)}
+    listeners = []
+    for kind in ("submission", "smtps"):
+        if options[kind]:
+            factories[kind] = esmtp(kind, True)
+    if options["lmtp"]:
+        factories["lmtp"] = RelayLMTPFactory(deliveryFactory=deliveryFactory, domain=hostname, **limits)
+    for kind in _LISTENERS:
+        for description in options[kind]:
+            endpoint = endpoints.serverFromString(reactor, description)
+            if options["proxy-protocol"]:
+                endpoint = haproxy.proxyEndpoint(endpoint)
+            factory = factories[kind]
+            if kind == "smtps":
+                factory = TLSMemoryBIOFactory(tls, False, factory)
+            listeners.append((f"{description} ({kind})" if kind != "smtp" else description, endpoint, factory))
+
     smartHost = options["smarthost"]
     manager = SmartHostESMTPRelayingManager(
         queue,
@@ -223,7 +810,7 @@ def makeService(options: Options) -> RelayService:
         options["max-messages-per-connection"],
         smartHost=smartHost,
         maxConnectionsPerDestination=options["max-connections-per-destination"],
-        schedule=RetrySchedule(),
+        schedule=options["schedule"],
         hostname=options["hostname"],
         reactor=reactor,
     )
@@ -234,4 +821,30 @@ def makeService(options: Options) -> RelayService:
     who = ", ".join(str(n) for n in policy.networks) or "no network"
     if policy.domains:
         who += "; anyone for " + ", ".join(sorted(d.decode("idna") for d in policy.domains))
-    return RelayService(queue, manager, factory, options["smtp"], f"{route}; accepting mail from {who}")
+    if portal is not None:
+        who += "; authenticated users"
+    relay = RelayService(
+        queue,
+        manager,
+        factories["smtp"],
+        [],
+        f"{route}; accepting mail from {who}",
+        listeners=listeners,
+        factories=factories,
+        shutdownGrace=options["shutdown-grace"],
+        clock=reactor,
+    )
+    if options["metrics"]:
+        from mailproto._metrics import RelayMetrics
+
+        relay.metrics = RelayMetrics(queue, manager, reactor)
+        for factory in factories.values():
+            factory.metrics = relay.metrics
+        metrics = internet.StreamServerEndpointService(endpoints.serverFromString(reactor, options["metrics"]), relay.metrics.site())
+        metrics._raiseSynchronously = True
+        metrics.setServiceParent(relay)
+        relay.listen.append(f"{options['metrics']} (metrics)")
+    path = _logPath(options)
+    if path is not None:
+        relay.log = RelayLog(path, options["log-format"])
+    return relay

@@ -224,6 +224,7 @@ class _MessageAttempt:
     @ivar interrupted: whether the relay stopped before some recipients
         had an answer.
     @ivar unanswered: how many jobs have not been answered.
+    @ivar started: when the attempt started (seconds since the epoch).
     """
 
     def __init__(self, envelope: Envelope) -> None:
@@ -233,6 +234,7 @@ class _MessageAttempt:
         self.withoutDSN: set[bytes] = set()
         self.interrupted = False
         self.unanswered = 0
+        self.started = 0.0
 
 
 class _Job:
@@ -811,6 +813,11 @@ class SmartHostSMTPRelayingManager:
         attempt manager; if empty, the relay's own (its host name, TLS
         options, and for the smart host its password).
     @ivar fKwArgs: keyword arguments for the relayer factory.
+    @ivar stats: counts for this run: C{delivered}, C{deferred}, C{failed}
+        (recipients) and C{reports} (reports queued).
+    @ivar outcomeListeners: callables told of each recorded attempt, as
+        C{listener(envelope, result, started, now)} with the
+        L{AttemptResult} and when the attempt started and ended.
     """
 
     factory = SMTPManagedRelayerFactory
@@ -909,6 +916,7 @@ class SmartHostSMTPRelayingManager:
         self._wakeCall = None
         self._idle: list[defer.Deferred] = []
         self.stats = collections.Counter()
+        self.outcomeListeners: list = []
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -975,6 +983,73 @@ class SmartHostSMTPRelayingManager:
         if not started:
             return None
         return defer.DeferredList([c.done for c in started])
+
+    # -- what an operator asks for -----------------------------------------
+
+    def inFlight(self) -> list[str]:
+        """
+        @return: the queue ids of the messages being sent now.
+        """
+        return sorted(self._inFlight)
+
+    def flush(self, queueID: str | None = None) -> list[str]:
+        """
+        Try waiting messages now rather than at their next attempt (a
+        message being sent is left to its attempt).
+
+        @param queueID: the one message to try, or L{None} for all.
+        @return: the ids of the messages made due.
+        @raise KeyError: if C{queueID} is not queued.
+        """
+        ids = self.queue.ids() if queueID is None else [self.queue.getEnvelope(queueID).id]
+        now = self._now()
+        due = []
+        for each in ids:
+            envelope = self.queue.getEnvelope(each)
+            if each in self._inFlight or not envelope.waiting:
+                continue
+            envelope.nextAttempt = min(envelope.nextAttempt, now)
+            self._schedule(envelope)
+            due.append(each)
+        self._wake()
+        return due
+
+    def requeue(self, queueID: str) -> defer.Deferred:
+        """
+        Start a message's retries over: its attempt count back to 0 (so
+        the next delay is the schedule's first), no delay warning sent, and
+        due now.  Its lifetime still counts from when it arrived.
+
+        @return: a L{Deferred} that fires when the new state is on disk.
+        @raise KeyError: if C{queueID} is not queued.
+        @raise ValueError: if it is being sent now.
+        """
+        envelope = self.queue.getEnvelope(queueID)
+        if queueID in self._inFlight:
+            raise ValueError(f"{queueID} is being sent now; try again when the attempt is over")
+        envelope.attempts = 0
+        envelope.warned = False
+        envelope.nextAttempt = self._now()
+        d = self.queue.update(envelope)
+        self._schedule(envelope)
+        self._wake()
+        _log.info("Requeued {queueID}", queueID=queueID)
+        return d
+
+    def delete(self, queueID: str) -> defer.Deferred:
+        """
+        Take a message out of the queue without sending it on or reporting
+        it to its sender.
+
+        @return: a L{Deferred} that fires when it is gone.
+        @raise KeyError: if C{queueID} is not queued.
+        @raise ValueError: if it is being sent now.
+        """
+        self.queue.getEnvelope(queueID)
+        if queueID in self._inFlight:
+            raise ValueError(f"{queueID} is being sent now; try again when the attempt is over")
+        _log.info("Deleted {queueID}", queueID=queueID)
+        return self.queue.remove(queueID)
 
     def _queued(self, envelope: Envelope) -> None:
         self._schedule(envelope)
@@ -1049,6 +1124,7 @@ class SmartHostSMTPRelayingManager:
 
     def _startAttempt(self, envelope: Envelope) -> None:
         attempt = _MessageAttempt(envelope)
+        attempt.started = self._now()
         self._inFlight[envelope.id] = attempt
         self.queue.setRelaying(envelope.id)
         byDestination: dict[str, list[Recipient]] = {}
@@ -1277,6 +1353,11 @@ class SmartHostSMTPRelayingManager:
                 recipient=_show(recipient.address),
                 reply=recipient.lastReply,
             )
+        for listener in self.outcomeListeners:
+            try:
+                listener(envelope, result, attempt.started, now)
+            except Exception:
+                _log.failure("Outcome listener failed for {queueID}", queueID=envelope.id)
         reports = []
         if result.failed:
             reports.append(defer.maybeDeferred(self._report, envelope, result.failed, "failed", attempt, now))

@@ -532,7 +532,9 @@ class SIGTERMTests(TestCase):
         self.addCleanup(closeStalling)
         port = freePort()
         listen = ["--smtp", f"tcp:{port}:interface=127.0.0.1", "--spool", spool, "--hostname", "relay.term.test"]
-        limits = ["--max-connections", "1", "--max-messages-per-connection", "1"]
+        # The half-received message and the stalled attempt get one second
+        # to end before the relay closes them.
+        limits = ["--max-connections", "1", "--max-messages-per-connection", "1", "--shutdown-grace", "1"]
         first = RelayProcess.spawn(self, [*listen, *limits, "--smarthost", f"127.0.0.1:{listening.getHost().port}"], scratch)
         yield first.whenListening()
 

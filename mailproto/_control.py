@@ -1,0 +1,251 @@
+# -*- test-case-name: mailproto.test.test_queuecommand -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+How C{mailproto queue} reaches the relay that owns a spool directory.
+
+A running relay holds an exclusive lock on C{lock} in its spool directory
+(L{SpoolLock}) and listens on the UNIX socket C{control} there
+(L{ControlFactory}).  The socket speaks one JSON object per line each
+way:
+
+    {"command": "flush", "id": null}          ->  {"ok": true, "ids": [...]}
+    {"command": "requeue", "id": "ID"}        ->  {"ok": true}
+    {"command": "delete", "id": "ID"}         ->  {"ok": true}
+    {"command": "status"}                     ->  {"ok": true, "inFlight": [...], ...}
+
+and answers C{{"ok": false, "error": "..."}} to anything it cannot do.
+The socket is made with mode 0600, so that only the relay's user (and
+root) can command it.
+
+When no relay runs, C{mailproto queue} takes the lock itself and changes
+the files directly (L{offlineQueue}), so that a relay cannot start while
+it does.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+
+_log = Logger()
+
+LOCK_NAME = "lock"
+SOCKET_NAME = "control"
+
+#: The longest request or answer line.
+MAX_LINE = 1024 * 1024
+
+
+class SpoolBusy(Exception):
+    """
+    Another process holds the spool's lock.
+    """
+
+
+class SpoolLock:
+    """
+    The exclusive lock on a spool directory (C{flock} on its C{lock}
+    file): one relay, or one offline C{mailproto queue} command, at a
+    time.  The lock goes with the process: a crash releases it.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, LOCK_NAME)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """
+        @raise SpoolBusy: if another process holds it.
+        @raise OSError: if the lock file cannot be opened.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise SpoolBusy(f"{os.path.dirname(self.path) or '.'} is in use by another process") from None
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def isHeldElsewhere(self) -> bool:
+        """
+        @return: whether another process holds the lock now.
+        """
+        try:
+            self.acquire()
+        except SpoolBusy:
+            return True
+        except FileNotFoundError:
+            return False
+        self.release()
+        return False
+
+
+#: The longest UNIX socket path that binds everywhere (the limit is 108
+#: octets on Linux, 104 on the BSDs, counting the terminating NUL).
+MAX_SOCKET_PATH = 100
+
+_directoryHandles: dict[str, int] = {}
+
+
+def socketPath(directory: str) -> str:
+    """
+    @return: a path of the control socket of the spool C{directory} that
+        can be bound and connected to: its own path, or, when that is too
+        long for a UNIX socket address, the same file reached through an
+        open handle on the directory (C{/proc/self/fd/N/control}, on
+        Linux; the handle stays open for the process's life).
+    """
+    path = os.path.join(directory, SOCKET_NAME)
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH or not os.path.isdir("/proc/self/fd"):
+        return path
+    key = os.path.realpath(directory)
+    fd = _directoryHandles.get(key)
+    if fd is None:
+        fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        _directoryHandles[key] = fd
+    return f"/proc/self/fd/{fd}/{SOCKET_NAME}"
+
+
+class ControlProtocol(LineOnlyReceiver):
+    """
+    Answers one JSON request per line for the relaying manager.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+            command = request.get("command")
+            handler = getattr(self, f"command_{command}", None) if isinstance(command, str) else None
+            if handler is None:
+                raise ValueError(f"unknown command {command!r}")
+            d = defer.maybeDeferred(handler, request.get("id"))
+        except (ValueError, KeyError) as e:
+            d = defer.fail(e)
+        d.addCallbacks(self._answer, self._refuse)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse(ValueError("request too long"))
+        self.transport.loseConnection()
+
+    def _answer(self, result: dict) -> None:
+        self._send({"ok": True, **result})
+
+    def _refuse(self, failure) -> None:
+        error = failure.value if hasattr(failure, "value") else failure
+        if isinstance(error, KeyError):
+            text = f"no message {error.args[0]} in the queue"
+        elif isinstance(error, ValueError):
+            text = str(error)
+        else:
+            _log.failure("Queue command failed", failure)
+            text = "internal error; see the relay's log"
+        self._send({"ok": False, "error": text})
+
+    def _send(self, answer: dict) -> None:
+        if self.transport is not None and self.connected:
+            self.sendLine(json.dumps(answer).encode("utf-8"))
+
+    @property
+    def manager(self):
+        return self.factory.manager
+
+    def command_status(self, queueID) -> dict:
+        queue = self.manager.queue
+        return {"inFlight": self.manager.inFlight(), "queued": len(queue.ids()), "pid": os.getpid()}
+
+    def command_flush(self, queueID) -> dict:
+        return {"ids": self.manager.flush(_optionalID(queueID))}
+
+    def command_requeue(self, queueID) -> defer.Deferred:
+        d = self.manager.requeue(_requiredID(queueID))
+        return d.addCallback(lambda _: {})
+
+    def command_delete(self, queueID) -> defer.Deferred:
+        d = self.manager.delete(_requiredID(queueID))
+        return d.addCallback(lambda _: {})
+
+
+def _optionalID(queueID):
+    if queueID is not None and not isinstance(queueID, str):
+        raise ValueError("a queue id is a string")
+    return queueID
+
+
+def _requiredID(queueID) -> str:
+    if not isinstance(queueID, str) or not queueID:
+        raise ValueError("this command needs a queue id")
+    return queueID
+
+
+class ControlFactory(Factory):
+    """
+    Makes L{ControlProtocol}s for a relaying manager.
+    """
+
+    protocol = ControlProtocol
+    noisy = False
+
+    def __init__(self, manager) -> None:
+        self.manager = manager
+
+
+class RelayNotRunning(Exception):
+    """
+    No relay answers on the spool's control socket.
+    """
+
+
+def ask(directory: str, command: str, queueID: str | None = None, timeout: float = 30.0) -> dict:
+    """
+    Send one request to the relay running on a spool (blocking: for the
+    command line).
+
+    @return: the relay's answer (C{"ok"} is true).
+    @raise RelayNotRunning: if nothing listens on the control socket.
+    @raise ValueError: with the relay's reason, if it refused.
+    @raise OSError: if the exchange failed half-way.
+    """
+    path = socketPath(directory)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise RelayNotRunning(str(e)) from None
+        s.sendall(json.dumps({"command": command, "id": queueID}).encode("utf-8") + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError(errno.ECONNRESET, "the relay closed the control connection without an answer")
+            answer += chunk
+            if len(answer) > MAX_LINE:
+                raise OSError(errno.EMSGSIZE, "the relay's answer is too long")
+    reply = json.loads(answer)
+    if not reply.get("ok"):
+        raise ValueError(reply.get("error", "refused"))
+    return reply

@@ -1,0 +1,124 @@
+# -*- test-case-name: mailproto.test.test_logs -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+The relay's log: one line per event, as text or as JSON, into a file that
+SIGHUP reopens (for C{logrotate} and its peers, which move the file away
+and signal the process).
+
+Text lines are Twisted's usual ones.  A JSON line is one object:
+
+    {"time": "2026-11-21T10:00:00.123Z", "level": "info",
+     "namespace": "mailproto._relay", "text": "Queued 1763719200.0001a2b3 from ...",
+     "queueID": "1763719200.0001a2b3", "sender": "jo@example.com", ...}
+
+with the event's named fields (those of its format string, and any others
+whose values JSON can carry) and, for a failure, C{"traceback"}.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+
+from twisted.logger import ILogObserver, formatEvent, textFileLogObserver
+from twisted.python.logfile import LogFile
+from zope.interface import implementer
+
+FORMATS = ("text", "json")
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _jsonValue(value):
+    """
+    @return: C{value} if JSON can carry it as it is; lists and tuples of
+        such values as lists; anything else as its C{str}.
+    """
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, _SCALARS) for v in value):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def eventAsJSONLine(event: dict) -> str:
+    """
+    @return: a log event as one line of JSON, newline included.
+    """
+    when = event.get("log_time")
+    record = {
+        "time": None
+        if when is None
+        else datetime.datetime.fromtimestamp(when, datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": getattr(event.get("log_level"), "name", None),
+        "namespace": event.get("log_namespace"),
+        "text": formatEvent(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in record or key in ("format", "message", "isError", "failure", "why", "system"):
+            continue
+        record[key] = _jsonValue(value)
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            record["traceback"] = failure.getTraceback()
+        except Exception:
+            record["traceback"] = repr(failure)
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+@implementer(ILogObserver)
+class JSONLineObserver:
+    """
+    Writes each event as a line of JSON (L{eventAsJSONLine}).
+    """
+
+    def __init__(self, outFile) -> None:
+        self.outFile = outFile
+
+    def __call__(self, event: dict) -> None:
+        try:
+            line = eventAsJSONLine(event)
+        except Exception as e:
+            line = json.dumps({"text": f"(unformattable log event: {e!r})"}) + "\n"
+        self.outFile.write(line)
+        self.outFile.flush()
+
+
+class RelayLog:
+    """
+    Where the relay logs: a file (reopened by L{reopen}) or standard
+    output, as text or JSON.
+
+    @ivar path: the file's path, or C{"-"} for standard output.
+    @ivar format: C{"text"} or C{"json"}.
+    """
+
+    def __init__(self, path: str, format: str = "text") -> None:
+        if format not in FORMATS:
+            raise ValueError(f"log format must be one of {', '.join(FORMATS)}; not {format!r}")
+        self.path = path
+        self.format = format
+        if path == "-":
+            self.file = sys.stdout
+        else:
+            self.file = LogFile.fromFullPath(path, rotateLength=None, defaultMode=0o640)
+
+    def observer(self):
+        """
+        @return: an L{ILogObserver} writing to this log.
+        """
+        if self.format == "json":
+            return JSONLineObserver(self.file)
+        return textFileLogObserver(self.file)
+
+    def reopen(self) -> None:
+        """
+        Open the file again by its path (after something renamed it);
+        nothing for standard output.
+        """
+        if isinstance(self.file, LogFile):
+            self.file.reopen()

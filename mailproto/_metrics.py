@@ -1,0 +1,154 @@
+# -*- test-case-name: mailproto.test.test_metrics -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+The relay's Prometheus metrics (C{twistd mailrelay --metrics ENDPOINT}).
+
+    mailrelay_connections_total{listener}            connections accepted
+    mailrelay_connections_open{listener}             connections open now
+    mailrelay_messages_accepted_total                messages queued (250 after DATA/BDAT)
+    mailrelay_messages_rejected_total{stage,reason}  4xx/5xx replies to MAIL, RCPT and message data
+    mailrelay_queue_messages                         messages queued now
+    mailrelay_queue_in_flight                        messages being sent now
+    mailrelay_queue_oldest_age_seconds               age of the oldest queued message
+    mailrelay_deliveries_total{result}               recipients delivered, deferred or failed
+    mailrelay_delivery_latency_seconds               from arrival to delivery, per recipient
+    mailrelay_attempt_duration_seconds               length of a delivery attempt
+
+They are served as Prometheus text on C{/metrics} (any path, in fact) by
+L{MetricsResource}, computed in the reactor thread, so that the queue is
+read while nothing changes it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+#: Bucket bounds (seconds) of the delivery latency: from a second to days.
+LATENCY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 5 * 24 * 3600)
+
+#: Bucket bounds (seconds) of an attempt's length.
+ATTEMPT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class _QueueCollector:
+    """
+    The queue's size and age, read when scraped.
+    """
+
+    def __init__(self, queue, manager, clock) -> None:
+        self.queue = queue
+        self.manager = manager
+        self.clock = clock
+
+    def collect(self):
+        ids = self.queue.ids()
+        oldest = 0.0
+        if ids:
+            first = min(self.queue.getEnvelope(i).received for i in ids)
+            oldest = max(self.clock.seconds() - first, 0.0)
+        yield GaugeMetricFamily("mailrelay_queue_messages", "Messages in the queue.", value=len(ids))
+        yield GaugeMetricFamily("mailrelay_queue_in_flight", "Messages being sent now.", value=len(self.manager.inFlight()))
+        yield GaugeMetricFamily(
+            "mailrelay_queue_oldest_age_seconds", "Seconds since the oldest queued message arrived (0 when empty).", value=oldest
+        )
+
+
+class RelayMetrics:
+    """
+    The relay's metrics, in their own registry.
+
+    @ivar registry: the L{CollectorRegistry}.
+    """
+
+    def __init__(self, queue, manager, clock) -> None:
+        """
+        @param queue: the relay's queue; its messages are counted as they
+            are committed, and its size is read when scraped.
+        @param manager: the relaying manager; its outcomes are counted.
+        @param clock: an L{IReactorTime}.
+        """
+        self.registry = registry = CollectorRegistry()
+        self.clock = clock
+        self.connections = Counter("mailrelay_connections", "Connections accepted.", ["listener"], registry=registry)
+        self.open = Gauge("mailrelay_connections_open", "Connections open now.", ["listener"], registry=registry)
+        self.accepted = Counter("mailrelay_messages_accepted", "Messages accepted into the queue.", registry=registry)
+        self.rejected = Counter(
+            "mailrelay_messages_rejected",
+            "Refusals (4xx and 5xx replies) of MAIL, RCPT and message data, by stage and reply.",
+            ["stage", "reason"],
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "mailrelay_deliveries", "Outcomes of delivery attempts, per recipient.", ["result"], registry=registry
+        )
+        for result in ("delivered", "deferred", "failed"):
+            self.deliveries.labels(result)
+        self.latency = Histogram(
+            "mailrelay_delivery_latency_seconds",
+            "Seconds from a message's arrival to its delivery, per recipient.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.attempts = Histogram(
+            "mailrelay_attempt_duration_seconds", "Seconds a delivery attempt took.", buckets=ATTEMPT_BUCKETS, registry=registry
+        )
+        registry.register(_QueueCollector(queue, manager, clock))
+        queue.listeners.append(self._queued)
+        manager.outcomeListeners.append(self._outcome)
+
+    def _queued(self, envelope) -> None:
+        self.accepted.inc()
+
+    def _outcome(self, envelope, result, started: float, now: float) -> None:
+        self.deliveries.labels("delivered").inc(len(result.delivered))
+        self.deliveries.labels("deferred").inc(len(result.deferred))
+        self.deliveries.labels("failed").inc(len(result.failed))
+        for _ in result.delivered:
+            self.latency.observe(max(now - envelope.received, 0.0))
+        self.attempts.observe(max(now - started, 0.0))
+
+    def connectionOpened(self, listener: str) -> None:
+        self.connections.labels(listener).inc()
+        self.open.labels(listener).inc()
+
+    def connectionClosed(self, listener: str) -> None:
+        self.open.labels(listener).dec()
+
+    def refused(self, stage: str, code: int, status: bytes | None) -> None:
+        """
+        Count a refusal.
+
+        @param stage: C{"mail"}, C{"rcpt"} or C{"data"}.
+        @param code: the reply code.
+        @param status: its enhanced status code, if any.
+        """
+        reason = str(code) if not status else f"{code} {status.decode('ascii', 'replace')}"
+        self.rejected.labels(stage, reason).inc()
+
+    def site(self) -> Site:
+        """
+        @return: a web site serving the metrics.
+        """
+        site = Site(MetricsResource(self.registry))
+        site.noisy = False
+        return site
+
+
+class MetricsResource(Resource):
+    """
+    Serves a registry's metrics as Prometheus text, on every path.
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.registry)

@@ -1,0 +1,427 @@
+# -*- test-case-name: mailproto.test.test_queuecommand -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+C{mailproto queue}: look at and manage a relay's queue.
+
+    mailproto queue list [--spool DIR] [--json]
+    mailproto queue show ID [--message]
+    mailproto queue flush [ID]
+    mailproto queue requeue ID
+    mailproto queue delete ID
+
+C{list} and C{show} read the spool's files, which the relay only ever
+replaces whole, so they are safe at any time.  C{flush}, C{requeue} and
+C{delete} go through the running relay's control socket (see
+L{mailproto._control}), so that the relay, which keeps the queue's state
+in memory, does the change; when no relay runs on the spool, they take
+its lock and change the files themselves.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+from twisted.internet import defer
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from mailproto._control import RelayNotRunning, SpoolBusy, SpoolLock, ask
+from mailproto._queue import WAITING, Queue, _isID, openQueueFile, readQueueFile
+
+DEFAULT_SPOOL = "mailrelay-spool"
+
+
+def _age(seconds: float) -> str:
+    """
+    @return: a duration in its largest whole unit or two: C{45s},
+        C{12m}, C{3h05m}, C{2d04h}.
+    """
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _size(octets: int) -> str:
+    if octets < 1024:
+        return f"{octets} B"
+    if octets < 1024 * 1024:
+        return f"{octets / 1024:.1f} KiB"
+    return f"{octets / 1024 / 1024:.1f} MiB"
+
+
+def _text(value: bytes | None) -> str:
+    return "" if value is None else value.decode("utf-8", "replace")
+
+
+def describe(envelope, now: float, sending: bool = False) -> dict:
+    """
+    @return: a queued message as plain data (what C{list --json} prints).
+    """
+    return {
+        "id": envelope.id,
+        "received": envelope.received,
+        "age": max(now - envelope.received, 0.0),
+        "size": envelope.size,
+        "sender": _text(envelope.sender),
+        "recipients": [
+            {"address": _text(r.address), "state": r.state, "lastReply": r.lastReply} for r in envelope.recipients
+        ],
+        "attempts": envelope.attempts,
+        "nextAttempt": envelope.nextAttempt,
+        "lastReply": envelope.lastReply,
+        "sending": sending,
+        "client": envelope.client,
+        "helo": envelope.helo,
+        "user": envelope.user,
+    }
+
+
+def readSpool(spool: str) -> list:
+    """
+    @return: the envelopes of the messages queued in C{spool}, oldest
+        first (a file that vanishes or cannot be read while this runs is
+        left out).
+    """
+    directory = os.path.join(spool, "queue")
+    envelopes = []
+    for name in sorted(os.listdir(directory)):
+        if not _isID(name):
+            continue
+        try:
+            envelopes.append(readQueueFile(os.path.join(directory, name)))
+        except (OSError, ValueError):
+            continue
+    envelopes.sort(key=lambda e: (e.received, e.id))
+    return envelopes
+
+
+class _QueueCommand(usage.Options):
+    """
+    A C{mailproto queue} command.
+    """
+
+    synopsis = "[options]"
+    optParameters = [["spool", "s", DEFAULT_SPOOL, "The relay's spool directory."]]
+
+    def getSynopsis(self) -> str:
+        return f"Usage: mailproto queue {self.parent.subCommand} {self.synopsis}"
+
+    def postOptions(self) -> None:
+        if not os.path.isdir(os.path.join(self["spool"], "queue")):
+            raise usage.UsageError(f"--spool {self['spool']!r}: not a relay's spool directory (it has no queue/)")
+
+    def _oneID(self, args, optional: bool = False) -> None:
+        if len(args) > 1 or (not args and not optional):
+            raise usage.UsageError(f"expected {'at most ' if optional else ''}one queue ID, got {len(args)}")
+        self["id"] = args[0] if args else None
+        if self["id"] is not None and not _isID(self["id"]):
+            raise usage.UsageError(f"{self['id']!r} is not a queue ID")
+
+    def _sending(self) -> tuple[list[str], int | None]:
+        """
+        @return: the ids the running relay is sending, and its process id;
+            C{([], None)} when no relay runs.
+        """
+        try:
+            status = ask(self["spool"], "status")
+        except (RelayNotRunning, OSError, ValueError):
+            return [], None
+        return status.get("inFlight", []), status.get("pid")
+
+    def _change(self, command: str, queueID: str | None, stdout, stderr) -> int:
+        """
+        Have the running relay do C{command}, or do it on the files when no
+        relay runs.
+        """
+        try:
+            answer = ask(self["spool"], command, queueID)
+        except RelayNotRunning:
+            pass
+        except ValueError as e:
+            stderr.write(f"mailproto queue {command}: {e}\n")
+            return 1
+        except OSError as e:
+            stderr.write(f"mailproto queue {command}: the relay did not answer: {e}\n")
+            return 1
+        else:
+            stdout.write(self.done(answer, True) + "\n")
+            return 0
+        lock = SpoolLock(self["spool"])
+        try:
+            lock.acquire()
+        except SpoolBusy:
+            stderr.write(
+                f"mailproto queue {command}: a relay holds {self['spool']} but does not answer on its control socket; "
+                "try again in a moment\n"
+            )
+            return 1
+        try:
+            answer = self.offline(_offlineQueue(self["spool"]), queueID)
+        except KeyError:
+            stderr.write(f"mailproto queue {command}: no message {queueID} in the queue\n")
+            return 1
+        finally:
+            lock.release()
+        stdout.write(self.done(answer, False) + "\n")
+        return 0
+
+
+def _offlineQueue(spool: str) -> Queue:
+    """
+    @return: the queue of C{spool}, read, doing its disk work at once (for
+        use while holding the spool's lock, with no relay running).
+    """
+    queue = Queue(spool, runInThread=lambda f, *args: defer.maybeDeferred(f, *args))
+    queue.recover()
+    return queue
+
+
+def _settle(d: defer.Deferred):
+    """
+    @return: the result of a L{Deferred} that has fired; its error raised.
+    """
+    results = []
+    d.addBoth(results.append)
+    if not results:
+        raise RuntimeError("the queue's disk work did not finish")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+class ListOptions(_QueueCommand):
+    """
+    C{mailproto queue list}.
+    """
+
+    longdesc = (
+        "List the queued messages, oldest first: id, age, size, attempts, when the next is due, sender, and each "
+        "recipient still waiting with the last reply about it.  (sending) marks a message the relay is sending now."
+    )
+    optFlags = [["json", None, "Print a JSON array instead, one object per message."]]
+
+    def parseArgs(self, *args) -> None:
+        if args:
+            raise usage.UsageError(f"unexpected arguments: {' '.join(args)}")
+
+    def run(self, reactor, stdout, stderr) -> int:
+        now = time.time()
+        envelopes = readSpool(self["spool"])
+        sending, _ = self._sending() if envelopes else ([], None)
+        if self["json"]:
+            stdout.write(json.dumps([describe(e, now, e.id in sending) for e in envelopes], indent=1) + "\n")
+            return 0
+        total = 0
+        for envelope in envelopes:
+            total += envelope.size
+            if envelope.id in sending:
+                due = "sending now"
+            elif envelope.nextAttempt <= now:
+                due = "next attempt now"
+            else:
+                due = f"next attempt in {_age(envelope.nextAttempt - now)}"
+            stdout.write(
+                f"{envelope.id}  {_size(envelope.size)}  age {_age(now - envelope.received)}  "
+                f"{envelope.attempts} attempt{'' if envelope.attempts == 1 else 's'}  {due}\n"
+            )
+            stdout.write(f"    from <{_text(envelope.sender)}>\n")
+            for recipient in envelope.recipients:
+                if recipient.state != WAITING:
+                    continue
+                reply = f"  ({recipient.lastReply})" if recipient.lastReply else ""
+                stdout.write(f"    to   <{_text(recipient.address)}>{reply}\n")
+        count = len(envelopes)
+        stdout.write(f"{count} message{'s' if count != 1 else ''} queued, {_size(total)}\n")
+        return 0
+
+
+class ShowOptions(_QueueCommand):
+    """
+    C{mailproto queue show ID}.
+    """
+
+    synopsis = "[options] ID"
+    longdesc = "Show a queued message: its envelope, each recipient's state and last reply, and the message's header."
+    optFlags = [
+        ["message", "m", "Print the whole message as queued instead (to standard output, as octets)."],
+        ["json", None, "Print the envelope as JSON."],
+    ]
+
+    def parseArgs(self, *args) -> None:
+        self._oneID(args)
+
+    def run(self, reactor, stdout, stderr) -> int:
+        path = os.path.join(self["spool"], "queue", self["id"])
+        try:
+            envelope = readQueueFile(path)
+        except FileNotFoundError:
+            stderr.write(f"mailproto queue show: no message {self['id']} in the queue\n")
+            return 1
+        except (OSError, ValueError) as e:
+            stderr.write(f"mailproto queue show: cannot read {self['id']}: {e}\n")
+            return 1
+        if self["message"]:
+            with openQueueFile(path) as f:
+                out = getattr(stdout, "buffer", None)
+                for chunk in iter(lambda: f.read(65536), b""):
+                    if out is not None:
+                        out.write(chunk)
+                    else:
+                        stdout.write(chunk.decode("utf-8", "replace"))
+            return 0
+        now = time.time()
+        sending, _ = self._sending()
+        data = describe(envelope, now, envelope.id in sending)
+        if self["json"]:
+            stdout.write(json.dumps(data, indent=1) + "\n")
+            return 0
+        stamp = datetime.datetime.fromtimestamp(envelope.received, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        lines = [
+            f"id:         {envelope.id}",
+            f"received:   {stamp} ({_age(now - envelope.received)} ago) from {envelope.client or '?'} ({envelope.helo or '?'})"
+            + (f", authenticated as {envelope.user}" if envelope.user else ""),
+            f"size:       {envelope.size} octets",
+            f"sender:     <{data['sender']}>",
+            f"attempts:   {envelope.attempts}" + ("  (sending now)" if data["sending"] else ""),
+        ]
+        if envelope.nextAttempt > now:
+            lines.append(f"next:       in {_age(envelope.nextAttempt - now)}")
+        if envelope.lastReply:
+            lines.append(f"last reply: {envelope.lastReply}")
+        for recipient in data["recipients"]:
+            reply = f"  {recipient['lastReply']}" if recipient["lastReply"] else ""
+            lines.append(f"recipient:  <{recipient['address']}> {recipient['state']}{reply}")
+        lines.append("")
+        with openQueueFile(path) as f:
+            for line in f:
+                if line in (b"\r\n", b"\n"):
+                    break
+                lines.append(line.decode("utf-8", "replace").rstrip("\r\n"))
+        stdout.write("\n".join(lines) + "\n")
+        return 0
+
+
+class FlushOptions(_QueueCommand):
+    """
+    C{mailproto queue flush [ID]}.
+    """
+
+    synopsis = "[options] [ID]"
+    longdesc = (
+        "Try every waiting message (or only ID) now rather than at its next attempt.  With the relay running, it "
+        "starts at once; otherwise when the relay next starts."
+    )
+
+    def parseArgs(self, *args) -> None:
+        self._oneID(args, optional=True)
+
+    def run(self, reactor, stdout, stderr) -> int:
+        return self._change("flush", self["id"], stdout, stderr)
+
+    def offline(self, queue: Queue, queueID) -> dict:
+        ids = queue.ids() if queueID is None else [queue.getEnvelope(queueID).id]
+        flushed = []
+        for each in ids:
+            envelope = queue.getEnvelope(each)
+            if envelope.waiting and envelope.nextAttempt > 0:
+                envelope.nextAttempt = 0.0
+                _settle(queue.update(envelope))
+            if envelope.waiting:
+                flushed.append(each)
+        return {"ids": flushed}
+
+    def done(self, answer: dict, running: bool) -> str:
+        count = len(answer["ids"])
+        what = f"{count} message{'s' if count != 1 else ''}"
+        if running:
+            return f"{what} to be tried now"
+        return f"{what} to be tried as soon as the relay starts"
+
+
+class RequeueOptions(_QueueCommand):
+    """
+    C{mailproto queue requeue ID}.
+    """
+
+    synopsis = "[options] ID"
+    longdesc = (
+        "Start a message's retries over: its attempt count goes back to 0 (so that the next delays are short "
+        "again) and it is tried now.  Its lifetime still counts from when it arrived."
+    )
+
+    def parseArgs(self, *args) -> None:
+        self._oneID(args)
+
+    def run(self, reactor, stdout, stderr) -> int:
+        return self._change("requeue", self["id"], stdout, stderr)
+
+    def offline(self, queue: Queue, queueID) -> dict:
+        envelope = queue.getEnvelope(queueID)
+        envelope.attempts = 0
+        envelope.warned = False
+        envelope.nextAttempt = 0.0
+        _settle(queue.update(envelope))
+        return {}
+
+    def done(self, answer: dict, running: bool) -> str:
+        return f"{self['id']} requeued" + ("" if running else "; it will be tried as soon as the relay starts")
+
+
+class DeleteOptions(_QueueCommand):
+    """
+    C{mailproto queue delete ID}.
+    """
+
+    synopsis = "[options] ID"
+    longdesc = "Take a message out of the queue, without sending it on or telling its sender."
+
+    def parseArgs(self, *args) -> None:
+        self._oneID(args)
+
+    def run(self, reactor, stdout, stderr) -> int:
+        return self._change("delete", self["id"], stdout, stderr)
+
+    def offline(self, queue: Queue, queueID) -> dict:
+        queue.getEnvelope(queueID)
+        _settle(queue.remove(queueID))
+        return {}
+
+    def done(self, answer: dict, running: bool) -> str:
+        return f"{self['id']} deleted"
+
+
+class QueueOptions(usage.Options):
+    """
+    C{mailproto queue}: its commands.
+    """
+
+    synopsis = "<command> [options]"
+    longdesc = (
+        "Look at and manage the queue of a relay (twistd mailrelay) by its spool directory (--spool, default "
+        "./mailrelay-spool).  Safe while the relay runs: changes go through the relay."
+    )
+    subCommands = [
+        ["list", None, ListOptions, "List the queued messages."],
+        ["show", None, ShowOptions, "Show one message's envelope, state and header."],
+        ["flush", None, FlushOptions, "Try waiting messages now."],
+        ["requeue", None, RequeueOptions, "Start a message's retries over."],
+        ["delete", None, DeleteOptions, "Take a message out of the queue."],
+    ]
+
+    def getSynopsis(self) -> str:
+        return f"Usage: mailproto queue {self.synopsis}"
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("no queue command given (list, show, flush, requeue, delete)")
+
+    def run(self, reactor, stdout, stderr) -> int:
+        return self.subOptions.run(reactor, stdout, stderr)
