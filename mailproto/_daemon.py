@@ -352,6 +352,8 @@ class Options(usage.Options):
             from mailproto._cred import UsersFile
 
             try:
+                if not os.path.isfile(self["users"]):
+                    raise FileNotFoundError(2, "no such file")
                 UsersFile(self["users"]).read()
             except OSError as e:
                 raise usage.UsageError(f"--users {self['users']!r}: cannot read it ({e.strerror})") from None
@@ -511,8 +513,9 @@ class _RelayFactoryMixin:
     listener = "smtp"
     metrics = None
 
-    def startFactory(self) -> None:
-        self.sessions = getattr(self, "sessions", set())
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.sessions = set()
 
     def buildProtocol(self, addr):
         p = super().buildProtocol(addr)

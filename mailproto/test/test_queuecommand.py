@@ -1,0 +1,462 @@
+# -*- test-case-name: mailproto.test.test_queuecommand -*-
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+Tests for what an operator does to a relay's queue: the relaying
+manager's L{flush}, L{requeue} and L{delete}, the control socket that
+carries them (L{mailproto._control}), the spool's lock, and the
+C{mailproto queue} command on a spool with no relay running.  The same
+commands against a live relay are in L{mailproto.test.test_operations}.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+from twisted.internet import defer
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mailproto._cli import runCommand
+from mailproto._control import ControlFactory, RelayNotRunning, SpoolBusy, SpoolLock, ask, socketPath
+from mailproto._queue import Envelope, Queue, Recipient, newMessageID
+from mailproto.test.test_relaymanager import RelayHarness, Scripted
+
+
+class ManagerCommandTests(SynchronousTestCase):
+    """
+    L{SmartHostESMTPRelayingManager.flush}, C{requeue}, C{delete} and
+    C{inFlight}.
+    """
+
+    def setUp(self):
+        self.harness = RelayHarness(self, smartHost="smart.test:25")
+
+    def deferOnce(self, envelope: Envelope) -> None:
+        """
+        Run the first attempt of C{envelope} against a smart host that
+        answers 451 to RCPT.
+        """
+        harness = self.harness
+        harness.turn()
+        _, _, factory = harness.connection()
+        harness.serve(factory, Scripted(RCPT=b"451 4.7.1 Later"))
+        harness.turn()
+        self.assertEqual(envelope.attempts, 1)
+        self.assertGreater(envelope.nextAttempt, harness.reactor.seconds() + 200)
+
+    def test_flushAll(self):
+        """
+        C{flush()} makes every waiting message due now: the manager
+        connects at once instead of after the retry delay.
+        """
+        harness = self.harness
+        envelope = harness.enqueue([b"a@example.net"])
+        self.deferOnce(envelope)
+        self.assertEqual(harness.connections(), [])
+        self.assertEqual(harness.manager.flush(), [envelope.id])
+        harness.turn()
+        [(host, port, _)] = harness.connections()
+        self.assertEqual((host, port), ("smart.test", 25))
+        self.assertEqual(harness.manager.inFlight(), [envelope.id])
+
+    def test_flushOne(self):
+        """
+        C{flush(ID)} makes only that message due.
+        """
+        harness = self.harness
+        first = harness.enqueue([b"a@example.net"])
+        second = harness.enqueue([b"b@example.net"])
+        harness.turn()
+        _, _, factory = harness.connection()
+        harness.serve(factory, Scripted(RCPT=b"451 4.7.1 Later"))
+        harness.turn()
+        self.assertEqual((first.attempts, second.attempts), (1, 1))
+        self.assertEqual(harness.manager.flush(second.id), [second.id])
+        harness.turn()
+        harness.connection()
+        self.assertEqual(harness.manager.inFlight(), [second.id])
+        self.assertGreater(first.nextAttempt, harness.reactor.seconds())
+
+    def test_flushLeavesInFlightAlone(self):
+        """
+        A message being sent is not made due again.
+        """
+        harness = self.harness
+        envelope = harness.enqueue([b"a@example.net"])
+        harness.turn()
+        harness.connection()
+        self.assertEqual(harness.manager.inFlight(), [envelope.id])
+        self.assertEqual(harness.manager.flush(), [])
+
+    def test_flushUnknown(self):
+        """
+        C{flush} of an id that is not queued raises L{KeyError}.
+        """
+        self.assertRaises(KeyError, self.harness.manager.flush, newMessageID())
+
+    def test_requeue(self):
+        """
+        C{requeue} sets the attempt count back to 0 and the warning flag
+        off, writes that state, and makes the message due now; the next
+        deferral waits the schedule's first delay again.
+        """
+        harness = self.harness
+        envelope = harness.enqueue([b"a@example.net"])
+        self.deferOnce(envelope)
+        envelope.warned = True
+        harness.manager.requeue(envelope.id)
+        state = harness.queue.states[envelope.id]
+        self.assertEqual((state["attempts"], state["warned"]), (0, False))
+        self.assertEqual(envelope.nextAttempt, harness.reactor.seconds())
+        harness.turn()
+        _, _, factory = harness.connection()
+        harness.serve(factory, Scripted(RCPT=b"451 4.7.1 Later"))
+        harness.turn()
+        self.assertEqual(envelope.attempts, 1)
+        self.assertEqual(envelope.nextAttempt, harness.reactor.seconds() + 300)
+
+    def test_requeueOrDeleteInFlight(self):
+        """
+        A message being sent can be neither requeued nor deleted: the
+        error says to try again.
+        """
+        harness = self.harness
+        envelope = harness.enqueue([b"a@example.net"])
+        harness.turn()
+        harness.connection()
+        for command in (harness.manager.requeue, harness.manager.delete):
+            error = self.assertRaises(ValueError, command, envelope.id)
+            self.assertIn("being sent now", str(error))
+        self.assertIn(envelope.id, harness.queue.ids())
+
+    def test_delete(self):
+        """
+        C{delete} takes a waiting message out of the queue, with no report
+        to its sender, and the manager forgets it.
+        """
+        harness = self.harness
+        envelope = harness.enqueue([b"a@example.net"], sender=b"jo@example.com")
+        self.deferOnce(envelope)
+        harness.manager.delete(envelope.id)
+        self.assertEqual(harness.queue.ids(), [])
+        self.assertEqual(harness.queue.removed, [envelope.id])
+        harness.turn(5000)
+        self.assertEqual(harness.connections(), [])
+        self.assertRaises(KeyError, harness.manager.delete, envelope.id)
+
+    def test_outcomeListeners(self):
+        """
+        Each recorded attempt is told to the outcome listeners with its
+        result and when it started and ended; a listener that raises is
+        logged and does not stop the others.
+        """
+        harness = self.harness
+        heard = []
+
+        def broken(*args):
+            raise RuntimeError("listener bug")
+
+        harness.manager.outcomeListeners.extend([broken, lambda *args: heard.append(args)])
+        envelope = harness.enqueue([b"a@example.net", b"b@example.net"])
+        harness.turn()
+        _, _, factory = harness.connection()
+        started = harness.reactor.seconds()
+        harness.serve(factory, Scripted(RCPT=lambda line: b"550 5.1.1 No" if b"b@" in line else b"250 OK"))
+        harness.turn()
+        [(heardEnvelope, result, heardStarted, now)] = heard
+        self.assertIs(heardEnvelope, envelope)
+        self.assertEqual([r.address for r in result.delivered], [b"a@example.net"])
+        self.assertEqual([r.address for r in result.failed], [b"b@example.net"])
+        self.assertEqual(heardStarted, started)
+        self.assertGreaterEqual(now, started)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class ControlProtocolTests(SynchronousTestCase):
+    """
+    The control socket's protocol: one JSON request per line, one JSON
+    answer per line.
+    """
+
+    def setUp(self):
+        self.harness = RelayHarness(self, smartHost="smart.test:25")
+        self.protocol = ControlFactory(self.harness.manager).buildProtocol(None)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def request(self, line: bytes) -> dict:
+        self.transport.clear()
+        self.protocol.dataReceived(line + b"\n")
+        answer = self.transport.value()
+        self.assertTrue(answer.endswith(b"\n"), answer)
+        self.assertEqual(answer.count(b"\n"), 1, answer)
+        return json.loads(answer)
+
+    def test_status(self):
+        """
+        C{status} gives the messages in flight, the queue's size and the
+        relay's process id.
+        """
+        envelope = self.harness.enqueue([b"a@example.net"])
+        self.harness.turn()
+        answer = self.request(b'{"command": "status"}')
+        self.assertEqual(answer, {"ok": True, "inFlight": [envelope.id], "queued": 1, "pid": os.getpid()})
+
+    def test_flushRequeueDelete(self):
+        """
+        C{flush}, C{requeue} and C{delete} do what the manager's methods
+        do and answer C{ok}.
+        """
+        harness = self.harness
+        envelope = harness.enqueue([b"a@example.net"])
+        harness.turn()
+        _, _, factory = harness.connection()
+        harness.serve(factory, Scripted(RCPT=b"451 4.7.1 Later"))
+        harness.turn()
+        self.assertEqual(self.request(b'{"command": "flush", "id": null}'), {"ok": True, "ids": [envelope.id]})
+        harness.turn()
+        _, _, factory = harness.connection()
+        harness.serve(factory, Scripted(RCPT=b"451 4.7.1 Later"))
+        harness.turn()
+        self.assertEqual(envelope.attempts, 2)
+        request = json.dumps({"command": "requeue", "id": envelope.id}).encode()
+        self.assertEqual(self.request(request), {"ok": True})
+        self.assertEqual(harness.queue.states[envelope.id]["attempts"], 0)
+        harness.turn()
+        _, _, factory = harness.connection()
+        harness.serve(factory, Scripted(RCPT=b"451 4.7.1 Later"))
+        harness.turn()
+        request = json.dumps({"command": "delete", "id": envelope.id}).encode()
+        self.assertEqual(self.request(request), {"ok": True})
+        self.assertEqual(harness.queue.ids(), [])
+
+    def test_refusals(self):
+        """
+        Bad requests get C{ok: false} and a reason, and the connection goes
+        on.
+        """
+        unknown = newMessageID()
+        cases = [
+            (b"not json", "Expecting value"),
+            (b"[1, 2]", "a request is a JSON object"),
+            (b'{"command": "explode"}', "unknown command 'explode'"),
+            (b'{"command": 7}', "unknown command 7"),
+            (b'{"command": "delete"}', "this command needs a queue id"),
+            (b'{"command": "flush", "id": 3}', "a queue id is a string"),
+            (json.dumps({"command": "requeue", "id": unknown}).encode(), f"no message {unknown} in the queue"),
+        ]
+        for line, reason in cases:
+            answer = self.request(line)
+            self.assertFalse(answer["ok"], line)
+            self.assertIn(reason, answer["error"])
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.request(b'{"command": "status"}')["ok"], True)
+
+    def test_internalError(self):
+        """
+        An unexpected error is logged, and the client is told to look at
+        the relay's log, not given the exception.
+        """
+        self.harness.manager.flush = lambda queueID=None: 1 / 0
+        answer = self.request(b'{"command": "flush"}')
+        self.assertEqual(answer, {"ok": False, "error": "internal error; see the relay's log"})
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_tooLong(self):
+        """
+        A request longer than the limit is refused and the connection
+        closed.
+        """
+        self.protocol.MAX_LENGTH = 100
+        self.protocol.dataReceived(b"x" * 200)
+        self.assertIn(b'"request too long"', self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+
+
+class SpoolLockTests(SynchronousTestCase):
+    """
+    L{SpoolLock}: one holder at a time.
+    """
+
+    def test_exclusive(self):
+        """
+        A second lock on the same spool fails with L{SpoolBusy} until the
+        first is released.
+        """
+        spool = self.mktemp()
+        os.makedirs(spool)
+        first, second = SpoolLock(spool), SpoolLock(spool)
+        first.acquire()
+        self.addCleanup(first.release)
+        self.assertTrue(first.held)
+        self.assertRaises(SpoolBusy, second.acquire)
+        self.assertTrue(second.isHeldElsewhere())
+        first.release()
+        self.assertFalse(second.isHeldElsewhere())
+        second.acquire()
+        second.release()
+
+    def test_noDirectory(self):
+        """
+        A spool that does not exist is not locked by anyone.
+        """
+        self.assertFalse(SpoolLock(self.mktemp()).isHeldElsewhere())
+
+    def test_longSocketPath(self):
+        """
+        A spool whose path is too long for a UNIX socket address still
+        gets a control socket path that fits, naming the same file.
+        """
+        spool = os.path.abspath(self.mktemp()) + "/" + "d" * 120
+        os.makedirs(spool)
+        path = socketPath(spool)
+        self.assertLessEqual(len(path), 100)
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(path)
+            self.assertIn("control", os.listdir(spool))
+
+
+def _queueMessages(spool: str, count: int, **state) -> list[str]:
+    """
+    Queue C{count} messages in C{spool} as a relay would (with the
+    delivery C{state} written), and return their ids.
+    """
+    queue = Queue(spool, runInThread=lambda f, *args: defer.maybeDeferred(f, *args))
+    ids = []
+    for n in range(count):
+        envelope = Envelope(newMessageID(), b"jo@example.com", [Recipient(f"r{n}@example.net".encode())], received=1_700_000_000.0 + n)
+        spool_ = queue.newMessage(envelope)
+        spool_.write(b"Subject: message %d\r\n\r\nbody\r\n" % n)
+        spool_.commit()
+        for key, value in state.items():
+            setattr(envelope, key, value)
+        queue.update(envelope)
+        ids.append(envelope.id)
+    return ids
+
+
+class OfflineCommandTests(TestCase):
+    """
+    C{mailproto queue} on a spool no relay is running on (its answers on
+    a live relay are tested in L{mailproto.test.test_operations}).
+    """
+
+    def setUp(self):
+        self.spool = self.mktemp()
+        self.ids = _queueMessages(self.spool, 2, attempts=3, nextAttempt=4_000_000_000.0, lastReply="451 4.7.1 Later")
+
+    def run_(self, *argv) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = runCommand(["queue", *argv], reactor=object(), stdout=out, stderr=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_list(self):
+        """
+        C{list} shows every message: id, size, attempts, when the next is
+        due, sender and waiting recipients.
+        """
+        status, out, err = self.run_("list", "--spool", self.spool)
+        self.assertEqual((status, err), (0, ""))
+        for n, queueID in enumerate(self.ids):
+            self.assertIn(queueID, out)
+            self.assertIn(f"to   <r{n}@example.net>", out)
+        self.assertIn("3 attempts", out)
+        self.assertIn("from <jo@example.com>", out)
+        self.assertTrue(out.endswith("2 messages queued, 56 B\n"), out)
+
+    def test_listJSON(self):
+        """
+        C{list --json} prints the messages as a JSON array.
+        """
+        status, out, err = self.run_("list", "--spool", self.spool, "--json")
+        self.assertEqual(status, 0)
+        listed = json.loads(out)
+        self.assertEqual([m["id"] for m in listed], self.ids)
+        self.assertEqual(listed[0]["recipients"], [{"address": "r0@example.net", "state": "waiting", "lastReply": None}])
+        self.assertEqual((listed[0]["attempts"], listed[0]["sending"], listed[0]["size"]), (3, False, 28))
+
+    def test_show(self):
+        """
+        C{show ID} prints the envelope and the message's header; with
+        C{--message}, the message.
+        """
+        status, out, err = self.run_("show", "--spool", self.spool, self.ids[1])
+        self.assertEqual(status, 0, err)
+        self.assertIn(f"id:         {self.ids[1]}", out)
+        self.assertIn("recipient:  <r1@example.net> waiting", out)
+        self.assertTrue(out.endswith("Subject: message 1\n"), out)
+        status, out, err = self.run_("show", "--spool", self.spool, "--message", self.ids[1])
+        self.assertEqual(out, "Subject: message 1\r\n\r\nbody\r\n")
+
+    def test_flushOffline(self):
+        """
+        With no relay, C{flush} makes the messages due by their state
+        files, and says so.
+        """
+        status, out, err = self.run_("flush", "--spool", self.spool)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, "2 messages to be tried as soon as the relay starts\n")
+        for queueID in self.ids:
+            with open(os.path.join(self.spool, "queue", queueID + ".state")) as f:
+                self.assertEqual(json.load(f)["nextAttempt"], 0)
+
+    def test_requeueOffline(self):
+        """
+        With no relay, C{requeue ID} resets the attempts in the state file.
+        """
+        status, out, err = self.run_("requeue", "--spool", self.spool, self.ids[0])
+        self.assertEqual(status, 0, err)
+        with open(os.path.join(self.spool, "queue", self.ids[0] + ".state")) as f:
+            state = json.load(f)
+        self.assertEqual((state["attempts"], state["nextAttempt"]), (0, 0))
+
+    def test_deleteOffline(self):
+        """
+        With no relay, C{delete ID} removes the message's files.
+        """
+        status, out, err = self.run_("delete", "--spool", self.spool, self.ids[0])
+        self.assertEqual((status, out), (0, f"{self.ids[0]} deleted\n"))
+        self.assertEqual(sorted(os.listdir(os.path.join(self.spool, "queue"))), [self.ids[1], self.ids[1] + ".state"])
+
+    def test_errors(self):
+        """
+        Unknown ids, bad ids, missing arguments and a directory that is not
+        a spool give exit status 1 or 2 and one line on stderr.
+        """
+        unknown = newMessageID()
+        cases = [
+            (("delete", "--spool", self.spool, unknown), 1, f"no message {unknown} in the queue"),
+            (("show", "--spool", self.spool, unknown), 1, f"no message {unknown} in the queue"),
+            (("delete", "--spool", self.spool, "../etc"), 2, "'../etc' is not a queue ID"),
+            (("requeue", "--spool", self.spool), 2, "expected one queue ID, got 0"),
+            (("list", "--spool", self.mktemp()), 2, "not a relay's spool directory"),
+            ((), 2, "no queue command given"),
+        ]
+        for argv, expected, reason in cases:
+            status, out, err = self.run_(*argv)
+            self.assertEqual(status, expected, (argv, err))
+            self.assertIn(reason, err)
+            self.assertEqual(err.count("\n"), 1, err)
+
+    def test_lockedWithoutControl(self):
+        """
+        A spool locked by a process that does not answer on the control
+        socket: the command says so rather than changing the files under
+        it.
+        """
+        lock = SpoolLock(self.spool)
+        lock.acquire()
+        self.addCleanup(lock.release)
+        status, out, err = self.run_("flush", "--spool", self.spool)
+        self.assertEqual(status, 1)
+        self.assertIn("does not answer on its control socket", err)
+
+    def test_askWithoutRelay(self):
+        """
+        L{ask} raises L{RelayNotRunning} when nothing listens.
+        """
+        self.assertRaises(RelayNotRunning, ask, self.spool, "status")
