@@ -20,10 +20,10 @@ import urllib.request
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Application
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -39,6 +39,8 @@ try:
     import trustme
 except ImportError:  # pragma: no cover
     trustme = None
+
+from twisted.trial.unittest import SkipTest
 
 
 def _parse(*arguments: str) -> Options:
@@ -76,9 +78,6 @@ class _Files:
         context = ssl.create_default_context()
         self.ca.configure_trust(context)
         return context
-
-
-from twisted.trial.unittest import SkipTest  # noqa: E402
 
 
 class ParsingTests(SynchronousTestCase):
@@ -366,7 +365,7 @@ class LogTests(SynchronousTestCase):
         event = {
             "log_format": "Queued {queueID} for {recipients}",
             "log_time": 1_795_000_000.25,
-            "log_level": Logger().info.__self__ and __import__("twisted.logger").logger.LogLevel.info,
+            "log_level": LogLevel.info,
             "log_namespace": "mailproto._relay",
             "queueID": "1a1fd6e3790b5319794f843",
             "recipients": ["a@example.net", "b@example.net"],
