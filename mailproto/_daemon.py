@@ -643,7 +643,31 @@ class RelayService(service.MultiService):
         super().startService()
         self.manager.start()
         if self.log is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, self._hangUpSignal)
+            from twisted.internet import reactor
+
+            # After the reactor's own handlers, which it installs as it starts.
+            reactor.callWhenRunning(self._installSignalHandlers)
+
+    def _installSignalHandlers(self) -> None:
+        """
+        SIGHUP reopens the log; a second SIGTERM while the relay is
+        stopping is only logged (the reactor would complain that it is
+        already stopping).
+        """
+        signal.signal(signal.SIGHUP, self._hangUpSignal)
+        stop = signal.getsignal(signal.SIGTERM)
+        if not callable(stop):
+            return
+
+        def terminate(number, frame) -> None:
+            if self.running:
+                stop(number, frame)
+            else:
+                from twisted.internet import reactor
+
+                reactor.callFromThread(_log.info, "mailrelay: already stopping; SIGTERM ignored")
+
+        signal.signal(signal.SIGTERM, terminate)
 
     def _hangUpSignal(self, number, frame) -> None:
         from twisted.internet import reactor
@@ -685,7 +709,7 @@ class RelayService(service.MultiService):
             _log.info(
                 "mailrelay: stopping; {busy} sessions in a transaction get up to {grace:g} s to finish",
                 busy=busy,
-                grace=max(deadline - self.clock.seconds(), 0),
+                grace=round(max(deadline - self.clock.seconds(), 0), 1),
             )
         for session in sessions:
             session.shutDown()
