@@ -32,7 +32,6 @@ from twisted.application import internet, service
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, endpoints
 from twisted.logger import ILogObserver, Logger
-from twisted.protocols import haproxy
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import components, usage
 from zope.interface import implementer
@@ -40,6 +39,7 @@ from zope.interface import implementer
 from mailproto._attempts import RetrySchedule
 from mailproto._control import ControlFactory, SpoolBusy, SpoolLock, socketPath
 from mailproto._logs import FORMATS as LOG_FORMATS, RelayLog
+from mailproto._proxy import proxyEndpoint
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
 from mailproto._relaymanager import ENCRYPT, MAY, NONE, VERIFY, SmartHost, SmartHostESMTPRelayingManager, TLSPolicy
 from mailproto._queue import Queue
@@ -458,6 +458,14 @@ class _RelaySession:
         if self._shuttingDown:
             self.callLater(0, self._closeIfIdle)
 
+    def state_COMMAND(self, line: bytes) -> None:
+        # Stopping: a command after the transaction (pipelined after its
+        # end, say) gets 421 rather than a new transaction.
+        if self._shuttingDown and not self.inTransaction():
+            self._closeIfIdle()
+            return
+        return super().state_COMMAND(line)
+
     def inTransaction(self) -> bool:
         """
         @return: whether a transaction is open (MAIL given and not over),
@@ -550,10 +558,13 @@ class RelayService(service.MultiService):
         logs as it does by default.
     @ivar shutdownGrace: seconds sessions in a transaction and attempts in
         progress get to end when the relay stops.
+    @ivar handleSignals: whether to handle SIGHUP (reopen the log) and a
+        second SIGTERM (ignored while stopping) once the reactor runs.
     """
 
     metrics = None
     log = None
+    handleSignals = False
 
     def __init__(
         self,
@@ -642,7 +653,7 @@ class RelayService(service.MultiService):
         )
         super().startService()
         self.manager.start()
-        if self.log is not None and threading.current_thread() is threading.main_thread():
+        if self.handleSignals and threading.current_thread() is threading.main_thread():
             from twisted.internet import reactor
 
             # After the reactor's own handlers, which it installs as it starts.
@@ -824,7 +835,7 @@ def makeService(options: Options) -> RelayService:
         for description in options[kind]:
             endpoint = endpoints.serverFromString(reactor, description)
             if options["proxy-protocol"]:
-                endpoint = haproxy.proxyEndpoint(endpoint)
+                endpoint = proxyEndpoint(endpoint, clock=reactor)
             factory = factories[kind]
             if kind == "smtps":
                 factory = TLSMemoryBIOFactory(tls, False, factory)
@@ -874,4 +885,6 @@ def makeService(options: Options) -> RelayService:
     path = _logPath(options)
     if path is not None:
         relay.log = RelayLog(path, options["log-format"])
+    # Under twistd: SIGHUP and SIGTERM are the relay's.
+    relay.handleSignals = getattr(options, "parent", None) is not None
     return relay

@@ -20,8 +20,10 @@ its lock and change the files themselves.
 from __future__ import annotations
 
 import datetime
+import getopt
 import json
 import os
+import sys
 import time
 
 from twisted.internet import defer
@@ -113,6 +115,24 @@ class _QueueCommand(usage.Options):
 
     def getSynopsis(self) -> str:
         return f"Usage: mailproto queue {self.parent.subCommand} {self.synopsis}"
+
+    def parseOptions(self, options=None) -> None:
+        """
+        Options may come after the queue id too (C{show ID --message}).
+        """
+        if options is None:
+            options = sys.argv[1:]
+        try:
+            found, args = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        ordered = []
+        for name, value in found:
+            if name.startswith("--"):
+                ordered.append(f"{name}={value}" if name[2:] + "=" in self.longOpt else name)
+            else:
+                ordered.extend([name, value] if name[1] + ":" in self.shortOpt else [name])
+        super().parseOptions([*ordered, "--", *args])
 
     def postOptions(self) -> None:
         if not os.path.isdir(os.path.join(self["spool"], "queue")):
