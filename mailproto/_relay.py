@@ -50,7 +50,7 @@ class RelayPolicy:
         """
         @param networks: CIDR strings (C{"192.0.2.0/24"}, C{"2001:db8::/32"});
             loopback only by default.
-        @param domains: inbound domains (L{str} or L{bytes}).
+        @param domains: inbound domains (C{str} or C{bytes}).
         @param unixSockets: whether clients on a UNIX socket may relay.
         @raise ValueError: for a malformed network.
         """
@@ -134,7 +134,7 @@ class _Transaction:
 
     def commit(self) -> defer.Deferred:
         """
-        @return: a L{Deferred} of its own for each copy, firing when the
+        @return: a C{Deferred} of its own for each copy, firing when the
             message is queued.
         """
         waiter = defer.Deferred()
@@ -231,8 +231,10 @@ class QueueDelivery:
 
     def _queued(self, envelope: Envelope) -> Envelope:
         _log.info(
-            "Queued {queueID} from <{sender}> for {recipients} ({size} octets)",
+            "Queued {queueID} from <{sender}> for {recipients} ({size} octets) from {client}",
             queueID=envelope.id,
+            client=envelope.client,
+            user=envelope.user,
             sender=envelope.sender.decode("utf-8", "replace"),
             recipients=[r.address.decode("utf-8", "replace") for r in envelope.recipients],
             size=envelope.size,
@@ -259,8 +261,8 @@ class QueueDeliveryFactory:
     def __init__(self, queue: Queue, policy: RelayPolicy | None = None, clock=None) -> None:
         """
         @param queue: the queue to write into.
-        @param policy: who may relay; loopback clients only if L{None}.
-        @param clock: the clock for arrival times; real time if L{None}.
+        @param policy: who may relay; loopback clients only if C{None}.
+        @param clock: the clock for arrival times; real time if C{None}.
         """
         self.queue = queue
         self.policy = policy or RelayPolicy()

@@ -7,7 +7,7 @@ protocols people subclass or configure to receive mail.
 The protocol reads commands a line at a time and message data in bulk.
 Every command is answered in the order it came, also when the client
 pipelines and validation is asynchronous: while a command waits for a
-L{Deferred}, later input stays buffered (and the transport is paused if it
+C{Deferred}, later input stays buffered (and the transport is paused if it
 grows).  Message data goes to the L{IMessageSMTP} objects as it arrives;
 memory per connection is bounded by the longest line allowed, whatever the
 message size.
@@ -24,7 +24,7 @@ States (C{SMTP.mode}):
   - C{AUTH}: in a SASL exchange (L{ESMTP} with a portal).
 
 Transaction state: C{_helo} is C{(HELO argument, client address)}, the
-argument being L{None} until HELO/EHLO; C{_from} is the accepted sender;
+argument being C{None} until HELO/EHLO; C{_from} is the accepted sender;
 C{_to} the accepted recipients as C{(User, message factory)} pairs.
 """
 
@@ -105,7 +105,7 @@ class AuthFailures:
         """
         @param limit: see L{AuthFailures.limit}.
         @param window: see L{AuthFailures.window}.
-        @param clock: an L{IReactorTime}; real time if L{None}.
+        @param clock: an C{IReactorTime}; real time if C{None}.
         """
         self.limit = limit
         self.window = window
@@ -141,6 +141,13 @@ class AuthFailures:
         return len(self._recent(address)) >= self.limit
 
 
+# What may stay of a peer's host in C{_helo} and trace headers: the
+# characters of IPv4 and IPv6 addresses (with a zone index).  A TCP
+# transport only ever gives those; a PROXY protocol header (v1 is text)
+# can carry anything else, which must not reach a header or a log line.
+_NOT_ADDRESS = re.compile(rb"[^0-9A-Za-z.:%_-]")
+
+
 def _peerHost(address) -> bytes:
     """
     @return: the client's address as it goes into C{_helo} and trace
@@ -149,7 +156,9 @@ def _peerHost(address) -> bytes:
     host = getattr(address, "host", None)
     if host is None:
         return b"unix" if getattr(address, "type", None) is None else str(address).encode("ascii", "replace")
-    return host.encode("ascii") if isinstance(host, str) else host
+    if isinstance(host, str):
+        host = host.encode("ascii", "replace")
+    return _NOT_ADDRESS.sub(b"?", host) or b"?"
 
 
 class SMTP(LineReceiver, TimeoutMixin):
@@ -243,6 +252,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._chunkSize = 0
         self._chunkOctets = 0
         self._recipients = []
+        self._peerKnown = False
 
     # -- the server's name ------------------------------------------------
 
@@ -274,8 +284,27 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._sendPlain(220, self.greeting())
         self.setTimeout(self.timeout)
 
+    def _clientAddress(self) -> None:
+        """
+        Take the client's address again when its first input arrives.
+
+        Behind a PROXY protocol wrapper (C{twisted.protocols.haproxy}), the
+        transport's C{getPeer()} is the proxy's address when the connection
+        is made (the wrapper connects this protocol at once, and the
+        greeting goes out then) and the real client's only once the
+        header, which comes before any SMTP input, has been read.
+        """
+        self._peerKnown = True
+        self._helo = (self._helo[0], _peerHost(self.transport.getPeer()))
+
+    def _peerText(self) -> str:
+        """
+        @return: the client's address, for log lines.
+        """
+        return "unknown" if self._helo is None else self._helo[1].decode("ascii", "replace")
+
     def timeoutConnection(self) -> None:
-        self._log.info("SMTP client {peer} timed out", peer=self._helo[1])
+        self._log.info("SMTP client {peer} timed out", peer=self._peerText())
         self._hangUp(421, self.host + b" Timeout. Try talking faster next time!", b"4.4.2")
 
     def connectionLost(self, reason=None) -> None:
@@ -354,7 +383,7 @@ class SMTP(LineReceiver, TimeoutMixin):
     def _countError(self) -> None:
         self._errorCount += 1
         if self.maxErrors and self._errorCount > self.maxErrors:
-            self._log.info("SMTP client {peer} made too many errors", peer=self._helo and self._helo[1])
+            self._log.info("SMTP client {peer} made too many errors", peer=self._peerText())
             self._hangUp(421, self.host + b" Too many errors, closing connection", b"4.7.0")
 
     def sendSyntaxError(self) -> None:
@@ -370,6 +399,8 @@ class SMTP(LineReceiver, TimeoutMixin):
         self.resetTimeout()
         if self._closing:
             return
+        if not self._peerKnown and self._helo is not None:
+            self._clientAddress()
         self._input = self._input + data if self._input else data
         if not self._processing:
             self._processInput()
@@ -431,7 +462,7 @@ class SMTP(LineReceiver, TimeoutMixin):
     def state_COMMAND(self, line: bytes) -> None:
         """
         Dispatch a command line to C{do_<VERB>}.  A command whose handler
-        returns a L{Deferred} is answered before the next one is read.
+        returns a C{Deferred} is answered before the next one is read.
         """
         if not line.strip():
             self.sendSyntaxError()
@@ -447,7 +478,7 @@ class SMTP(LineReceiver, TimeoutMixin):
     def _run(self, method, *args) -> None:
         """
         Call a command handler, turning its errors into replies; if it
-        returns a L{Deferred}, hold later input until it fires.
+        returns a C{Deferred}, hold later input until it fires.
         """
         try:
             result = method(*args)
@@ -487,8 +518,8 @@ class SMTP(LineReceiver, TimeoutMixin):
     def lookupMethod(self, command):
         """
         @param command: a command's verb.
-        @type command: L{bytes} or L{str}
-        @return: the method C{do_<VERB>} that handles it, or L{None}.
+        @type command: C{bytes} or C{str}
+        @return: the method C{do_<VERB>} that handles it, or C{None}.
         """
         if isinstance(command, bytes):
             command = command.decode("ascii", "replace")
@@ -873,7 +904,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         @param helo: C{(HELO argument, client address)}.
         @param origin: the sender.
         @type origin: L{Address}
-        @return: C{origin}, or a L{Deferred} firing with it.
+        @return: C{origin}, or a C{Deferred} firing with it.
         @raise SMTPBadSender: to refuse it.
         """
         if self.deliveryFactory is not None:
@@ -903,7 +934,7 @@ class SMTP(LineReceiver, TimeoutMixin):
 
         @param user: the recipient.
         @type user: L{User}
-        @return: a message factory, or a L{Deferred} firing with one.
+        @return: a message factory, or a C{Deferred} firing with one.
         @raise SMTPBadRcpt: to refuse it.
         """
         if self.delivery is not None:
@@ -918,7 +949,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         C{with} the protocol (RFC 3848), C{for} the recipient when there is
         one.
 
-        @return: the header, or L{None}.
+        @return: the header, or C{None}.
         """
         if self.delivery is not None:
             return self.delivery.receivedHeader(helo, origin, recipients)
@@ -966,7 +997,7 @@ class ESMTP(SMTP):
     AUTH to an address with too many recent failures.
 
     @ivar challengers: SASL mechanism names mapped to
-        L{IChallengeResponse} credential classes.
+        C{IChallengeResponse} credential classes.
     @ivar ctx: the TLS context factory for STARTTLS, if any.
     @ivar startedTLS: whether the connection is encrypted (after
         STARTTLS, or from the start on an implicit-TLS listener).
@@ -977,7 +1008,7 @@ class ESMTP(SMTP):
     @ivar maxAuthFailures: failed AUTH attempts allowed per connection.
     @ivar authFailureDelay: seconds of delay added per failed attempt.
     @ivar authFailures: an L{AuthFailures} shared between connections, or
-        L{None}.
+        C{None}.
     """
 
     ctx = None
@@ -1018,7 +1049,7 @@ class ESMTP(SMTP):
 
     def lookupMethod(self, command):
         """
-        @return: C{do_<VERB>}, else C{ext_<VERB>}, else L{None}.
+        @return: C{do_<VERB>}, else C{ext_<VERB>}, else C{None}.
         """
         method = SMTP.lookupMethod(self, command)
         if method is None:
@@ -1032,7 +1063,7 @@ class ESMTP(SMTP):
         The service extensions offered after EHLO.
 
         @return: EHLO keywords mapped to their parameters (a list of
-            L{bytes}) or L{None}.
+            C{bytes}) or C{None}.
         """
         extensions = {
             b"PIPELINING": None,
@@ -1156,7 +1187,7 @@ class ESMTP(SMTP):
             # (CVE-2011-0411 class).  None of it is executed.
             self._log.warn(
                 "SMTP client {peer} sent {count} octets after STARTTLS; thrown away",
-                peer=self._helo[1],
+                peer=self._peerText(),
                 count=len(self._input),
             )
             self._input = b""
@@ -1188,7 +1219,7 @@ class ESMTP(SMTP):
         if mechanism in _PLAINTEXT_MECHANISMS and not (self.startedTLS or self.allowPlaintextAuth):
             raise SMTPServerError(538, "Encryption required for requested authentication mechanism", b"5.7.11")
         if self.authFailures is not None and self.authFailures.blocked(self._helo[1]):
-            self._log.info("AUTH refused to {peer}: too many failures", peer=self._helo[1])
+            self._log.info("AUTH refused to {peer}: too many failures", peer=self._peerText())
             self._hangUp(421, self.host + b" Too many failed authentications, try later", b"4.7.0")
             return None
         factory = {name.upper(): value for name, value in self.challengers.items()}[mechanism]
@@ -1240,7 +1271,7 @@ class ESMTP(SMTP):
         SMTP._cbAnonymousAuthentication(self, loginInfo)
         self.authenticated = True
         self.authenticatedUser = user
-        self._log.info("SMTP client {peer} authenticated as {user}", peer=self._helo[1], user=_printable(user))
+        self._log.info("SMTP client {peer} authenticated as {user}", peer=self._peerText(), user=_printable(user))
         self.sendCode(235, b"Authentication successful", b"2.7.0")
 
     def _ebAuthenticated(self, reason: Failure):
@@ -1262,7 +1293,7 @@ class ESMTP(SMTP):
         if self.authFailures is not None:
             self.authFailures.failed(self._helo[1])
         self._log.info(
-            "SMTP client {peer} failed to authenticate ({count})", peer=self._helo[1], count=self._authFailureCount
+            "SMTP client {peer} failed to authenticate ({count})", peer=self._peerText(), count=self._authFailureCount
         )
         delay = self.authFailureDelay * self._authFailureCount
         done = defer.Deferred()
@@ -1394,8 +1425,8 @@ class SMTPFactory(ServerFactory):
         @param deliveryFactory: an L{IMessageDeliveryFactory} for every
             connection.
         @param domain: see L{SMTPFactory.domain}.
-        @param clock: the L{IReactorTime} for timeouts; the reactor if
-            L{None}.
+        @param clock: the C{IReactorTime} for timeouts; the reactor if
+            C{None}.
         @param limits: any of C{timeout}, C{maxCommandLength},
             C{maxLineLength}, C{maxMessageSize}, C{maxRecipients},
             C{maxErrors}, C{bareNewlinePolicy}; see L{SMTP}.
@@ -1474,7 +1505,7 @@ class ESMTPFactory(SMTPFactory):
             clients get an anonymous login, or C{delivery} if given, or
             C{530 5.7.0 Authentication required}.
         @param challengers: SASL mechanisms by name, each a callable making
-            an L{IChallengeResponse}; by default PLAIN and LOGIN, and
+            an C{IChallengeResponse}; by default PLAIN and LOGIN, and
             CRAM-MD5 when the portal can check hashed-password credentials
             (which needs the password in the clear on the server).
         @param contextFactory: TLS options for STARTTLS (see
@@ -1483,7 +1514,7 @@ class ESMTPFactory(SMTPFactory):
         @param maxAuthFailures: see L{ESMTP.maxAuthFailures}.
         @param authFailureDelay: see L{ESMTP.authFailureDelay}.
         @param authFailures: an L{AuthFailures}; one (10 failures per
-            address in 10 minutes) if L{None}.
+            address in 10 minutes) if C{None}.
         @param kw: as for L{SMTPFactory}.
         """
         SMTPFactory.__init__(self, portal, **kw)

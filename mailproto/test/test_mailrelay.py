@@ -303,14 +303,39 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_proxyProtocol(self):
         """
-        C{--proxy-protocol} wraps every listener in the PROXY protocol.
+        C{--proxy-protocol} wraps every listener's endpoint in
+        L{mailproto._proxy}'s PROXY protocol endpoint, on the reactor's
+        clock, which listens with a L{ProxyProtocolFactory} around the
+        listener's factory.
         """
+        from twisted.internet import reactor
+        from twisted.internet.interfaces import IStreamServerEndpoint
+        from zope.interface import implementer
+
+        from mailproto._proxy import ProxyProtocolEndpoint, ProxyProtocolFactory
+
+        @implementer(IStreamServerEndpoint)
+        class Recording:
+            factory = None
+
+            def listen(self, factory):
+                self.factory = factory
+                return defer.succeed(None)
+
         relay = makeService(_parse("--spool", self.mktemp(), "--smtp", "tcp:0", "--lmtp", "tcp:0", "--proxy-protocol"))
         self.assertEqual(len(relay.listeners), 2)
+        self.assertEqual([listener.factory for listener in relay.listeners], [relay.factories["smtp"], relay.factories["lmtp"]])
         for listener in relay.listeners:
-            self.assertEqual(type(listener.endpoint).__name__, "_WrapperServerEndpoint")
+            endpoint = listener.endpoint
+            self.assertIsInstance(endpoint, ProxyProtocolEndpoint)
+            self.assertIs(endpoint.clock, reactor)
+            self.assertTrue(IStreamServerEndpoint.providedBy(endpoint.wrappedEndpoint))
+            endpoint.wrappedEndpoint = recording = Recording()
+            endpoint.listen(listener.factory)
+            self.assertIsInstance(recording.factory, ProxyProtocolFactory)
+            self.assertIs(recording.factory.wrappedFactory, listener.factory)
         plain = makeService(_parse("--spool", self.mktemp(), "--smtp", "tcp:0"))
-        self.assertNotEqual(type(plain.listeners[0].endpoint).__name__, "_WrapperServerEndpoint")
+        self.assertNotIsInstance(plain.listeners[0].endpoint, ProxyProtocolEndpoint)
 
     def test_metricsService(self):
         """
