@@ -39,16 +39,16 @@ class Address:
 
     @ivar local: the local part in its wire form (a C{Quoted-string} keeps
         its quotes; see L{dequote}).
-    @type local: L{bytes}
+    @type local: C{bytes}
     @ivar domain: the domain or address literal (C{[192.0.2.1]}).
-    @type domain: L{bytes}
+    @type domain: C{bytes}
     @ivar addrstr: what the address was parsed from.
-    @type addrstr: L{bytes}
+    @type addrstr: C{bytes}
     """
 
     def __init__(self, addr, defaultDomain: bytes | str | None = None) -> None:
         """
-        @param addr: an address as L{bytes} or L{str} (UTF-8), an
+        @param addr: an address as C{bytes} or C{str} (UTF-8), an
             L{Address} (copied) or a L{User} (its destination is copied).
         @param defaultDomain: the domain for a bare local part; the local
             host name if not given.
@@ -180,12 +180,12 @@ class User:
     @ivar orig: the sender's address (the reverse-path).
     @type orig: L{Address}
     @ivar mail: the C{MAIL} command of the transaction, with its ESMTP
-        parameters, when a server made this user; else L{None}.
-    @type mail: L{mailproto.wire.MailFrom} or L{None}
+        parameters, when a server made this user; else C{None}.
+    @type mail: L{mailproto.wire.MailFrom} or C{None}
     @ivar rcpt: the C{RCPT} command for this recipient, with its ESMTP
         parameters (DSN's NOTIFY and ORCPT), when a server made this user;
-        else L{None}.
-    @type rcpt: L{mailproto.wire.RcptTo} or L{None}
+        else C{None}.
+    @type rcpt: L{mailproto.wire.RcptTo} or C{None}
     """
 
     mail = None
@@ -226,8 +226,8 @@ def quoteaddr(addr) -> bytes:
     Turn an address, possibly with a display name (C{"Name <a@b.example>"}),
     into the C{<path>} form of the SMTP envelope.
 
-    @param addr: an L{Address}, L{User}, or an address as L{bytes} or
-        L{str}.
+    @param addr: an L{Address}, L{User}, or an address as C{bytes} or
+        C{str}.
     @return: C{b"<local@domain>"}, or C{b"<>"} for the null address.
     @raise AddressError: if C{addr} has a control character, or does not
         parse as an address.

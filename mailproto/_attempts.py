@@ -15,7 +15,8 @@ A recipient's states (L{mailproto._queue.Recipient.state}):
     recipients are reported to the sender once.
 
 Nothing here touches the disk or the network: L{recordAttempt} changes an
-L{Envelope} in memory and says what the relay should do next.
+L{Envelope <mailproto.relaymanager.Envelope>} in memory and says what the
+relay should do next.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def recordAttempt(
     @param schedule: the retry schedule.
     @param default: the outcome for waiting recipients without a reply
         (the connection failed, or the route could not be found), such as
-        C{(451, "4.4.1 Connection refused")}; if L{None}, they are left
+        C{(451, "4.4.1 Connection refused")}; if C{None}, they are left
         as they were, without a reply.
     @return: what changed.
     """

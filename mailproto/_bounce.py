@@ -155,11 +155,11 @@ def shouldNotify(notify, action, delayByDefault: bool = True) -> bool:
     Does a recipient's C{NOTIFY} parameter (RFC 3461 section 4.1) ask for
     a report of C{action}?
 
-    @param notify: the parameter: L{None} if the client gave none, else its
+    @param notify: the parameter: C{None} if the client gave none, else its
         keywords, as C{RcptTo.notify} has them (C{(b"FAILURE", b"DELAY")})
         or as text (C{"SUCCESS,FAILURE"}), in any case.  C{NEVER} wins over
         any other keyword.
-    @param action: one of L{ACTIONS}, as L{str} or L{bytes}.
+    @param action: one of L{ACTIONS}, as C{str} or C{bytes}.
     @param delayByDefault: without C{NOTIFY}, RFC 3461 leaves it to the MTA
         whether delays are reported; failures always are, successes never.
     @return: whether to report C{action} to the sender.
@@ -244,9 +244,9 @@ def _date(value, what: str) -> str:
     """
     Format a date-time for a header or DSN field (RFC 5322 section 3.3).
 
-    @param value: an aware L{datetime}; a naive one, taken as local time;
-        a POSIX timestamp; or a date already formatted, as L{bytes} or
-        L{str}.
+    @param value: an aware C{datetime}; a naive one, taken as local time;
+        a POSIX timestamp; or a date already formatted, as C{bytes} or
+        C{str}.
     """
     if isinstance(value, (bytes, str)):
         text = _text(value, "ascii").strip()
@@ -264,7 +264,7 @@ def _diagnostic(value) -> tuple[str, str] | None:
     """
     Normalise a diagnostic to C{(diagnostic type, text)}.
 
-    @param value: L{None}; a L{Reply}; C{(type, text)}; or the text of an
+    @param value: C{None}; a L{Reply}; C{(type, text)}; or the text of an
         SMTP reply (type C{smtp}), its lines joined.
     """
     if value is None:
@@ -347,26 +347,26 @@ class RecipientReport:
     creation.
 
     @ivar address: the final recipient (C{Final-Recipient}), as an
-        L{Address}; L{bytes}, L{str} or a L{User} are converted.
+        L{Address}; C{bytes}, C{str} or a L{User} are converted.
     @ivar action: one of L{ACTIONS}, lower case.
-    @ivar status: the RFC 3463 status code, e.g. C{"5.1.1"}, as L{str}; its
+    @ivar status: the RFC 3463 status code, e.g. C{"5.1.1"}, as C{str}; its
         class fits the action: 2 for a success, 4 or 5 for C{failed} and
         C{delayed}.
     @ivar diagnostic: what the remote MTA said: a L{Reply}, the text of an
-        SMTP reply (L{bytes} or L{str}), C{(diagnostic type, text)} for
-        anything else, or L{None}.
+        SMTP reply (C{bytes} or C{str}), C{(diagnostic type, text)} for
+        anything else, or C{None}.
     @ivar remoteMTA: the host name of the MTA that gave the diagnostic, as
-        ASCII L{str}, or L{None}.
+        ASCII C{str}, or C{None}.
     @ivar originalRecipient: the recipient the sender gave (C{ORCPT}):
         C{(address type, address)} with the address decoded from xtext as
         C{RcptTo.orcpt} has it; a plain address given is of type
-        C{rfc822}.  L{None} if unknown.
-    @ivar lastAttempt: when delivery was last tried (a L{datetime}, a POSIX
-        timestamp or a formatted date), or L{None}.
+        C{rfc822}.  C{None} if unknown.
+    @ivar lastAttempt: when delivery was last tried (a C{datetime}, a POSIX
+        timestamp or a formatted date), or C{None}.
     @ivar willRetryUntil: for C{delayed}, until when delivery will be
-        tried, or L{None}.
+        tried, or C{None}.
     @ivar notify: the recipient's C{NOTIFY} parameter, as L{shouldNotify}
-        takes it; L{None} if not given.
+        takes it; C{None} if not given.
     """
 
     address: Address
@@ -409,17 +409,17 @@ class DeliveryReport:
 
     @ivar reportingMTA: the host name of the MTA making the report
         (C{Reporting-MTA}, and the domain of the report's C{From:}), as
-        ASCII L{str}.
+        ASCII C{str}.
     @ivar sender: the envelope sender of the message, as an L{Address}:
         where the report goes.  The null address gives no report.
-    @ivar recipients: the L{RecipientReport}s, as a L{tuple}.
+    @ivar recipients: the L{RecipientReport}s, as a C{tuple}.
     @ivar envid: the C{ENVID} parameter of C{MAIL} (RFC 3461), decoded from
-        xtext, as L{bytes}; or L{None}.
-    @ivar ret: the C{RET} parameter: C{"FULL"}, C{"HDRS"} or L{None}.
+        xtext, as C{bytes}; or C{None}.
+    @ivar ret: the C{RET} parameter: C{"FULL"}, C{"HDRS"} or C{None}.
     @ivar arrivalDate: when the message arrived (as for
-        L{RecipientReport.lastAttempt}), or L{None}.
-    @ivar message: the message: L{bytes}, L{str}, or a file open for
-        reading (binary or text) at its start; or L{None} to return
+        L{RecipientReport.lastAttempt}), or C{None}.
+    @ivar message: the message: C{bytes}, C{str}, or a file open for
+        reading (binary or text) at its start; or C{None} to return
         nothing.  At most the return limit (+1) is read from a file, when
         the report is made, once.
     """
@@ -459,7 +459,7 @@ class ReportMessage(NamedTuple):
     @ivar sender: the envelope sender, always C{b""} (the null reverse-path
         C{<>}, so that the report is never bounced in turn).
     @ivar recipients: the envelope recipients: the original sender, as
-        L{bytes} (UTF-8 for an internationalised address).
+        C{bytes} (UTF-8 for an internationalised address).
     @ivar message: the message, CRLF line ends throughout.
     """
 
@@ -781,16 +781,16 @@ def makeReport(
 
     @param report: what to report.
     @param date: the report's C{Date:} (as for L{RecipientReport.lastAttempt});
-        now if L{None}.
-    @param messageID: the report's C{Message-ID:}; a new one if L{None}.
+        now if C{None}.
+    @param messageID: the report's C{Message-ID:}; a new one if C{None}.
     @param boundary: the MIME boundary; a random one that occurs nowhere in
-        the report if L{None}.
+        the report if C{None}.
     @param returnLimit: the largest message returned in full, in octets;
-        L{None} for no limit.  Of a larger message only the header section
+        C{None} for no limit.  Of a larger message only the header section
         is returned, and no more than this (+1) is read.
     @param delayByDefault: whether delays are reported to recipients that
         gave no C{NOTIFY}; see L{shouldNotify}.
-    @return: the report with its envelope, or L{None} if there is none to
+    @return: the report with its envelope, or C{None} if there is none to
         send: the sender is the null address, or no recipient asked for a
         report of what happened to it.
     @raise ValueError: if C{boundary}, C{date} or C{messageID} is malformed,
@@ -810,7 +810,7 @@ def _replyIn(transcript: str) -> tuple[str, str | None, str] | None:
     Find the first failure reply (4xx or 5xx) in a transcript.
 
     @return: C{(code, enhanced status or None, the reply as one line)}, or
-        L{None} if the transcript has none.
+        C{None} if the transcript has none.
     """
     lines = transcript.splitlines()
     for index, line in enumerate(lines):
@@ -849,16 +849,16 @@ def generateBounce(message, failedFrom, failedTo, transcript="", encoding="utf-8
     L{DEFAULT_RETURN_LIMIT}, else its headers.
 
     @param message: the message: a file (binary or text), read from where
-        it is; or L{bytes} or L{str}.
-    @param failedFrom: the sender of the message, L{bytes} or L{str}.
-    @param failedTo: the recipient that failed, L{bytes} or L{str}.
-    @param transcript: what went wrong, shown in the report; L{bytes} or
-        L{str}.  If empty, a generic explanation is given.
-    @param encoding: the encoding of the L{bytes} arguments, and the one
+        it is; or C{bytes} or C{str}.
+    @param failedFrom: the sender of the message, C{bytes} or C{str}.
+    @param failedTo: the recipient that failed, C{bytes} or C{str}.
+    @param transcript: what went wrong, shown in the report; C{bytes} or
+        C{str}.  If empty, a generic explanation is given.
+    @param encoding: the encoding of the C{bytes} arguments, and the one
         text read from C{message} is encoded with.
     @return: C{(b"", failedFrom, report)}: the report's envelope sender (the
         null path), its recipient (C{failedFrom}, encoded) and the report
-        itself; or L{None} if C{failedFrom} is the null address: a bounce
+        itself; or C{None} if C{failedFrom} is the null address: a bounce
         is never bounced.
     """
     if isinstance(failedFrom, bytes):

@@ -3,7 +3,7 @@
 """
 The C{mailproto} command and its subcommands.
 
-Each subcommand is a L{usage.Options} subclass listed in
+Each subcommand is a C{usage.Options} subclass listed in
 L{MailprotoOptions.subCommands}, with a C{run(reactor, stdout, stderr)}
 method that returns the exit status.  L{main} parses the command line,
 answers a usage error with one line on stderr and status 2, and runs the
@@ -55,7 +55,7 @@ def _number(convert, what: str, low: float, high: float, limits: str, kind: str 
     """
     @return: an option coercer: C{convert} the value, which must be
         C{what} from C{low} to C{high} (both included); C{kind} names what
-        a value that does not convert is not (C{what} if L{None}).
+        a value that does not convert is not (C{what} if C{None}).
     """
 
     def coerce(value: str):
@@ -202,8 +202,9 @@ class SinkOptions(_Command):
         "Listen on this Twisted server endpoint, such as tcp:2525, "
         "tcp6:1025:interface=\\:\\:1, unix:/tmp/sink.sock or "
         "ssl:1465:privateKey=key.pem:certKey=cert.pem (implicit TLS).  May be given more than once.  "
-        f"[default: tcp:{DEFAULT_PORT}:interface={DEFAULT_HOST}]"
+        "[default: tcp:1025:interface=127.0.0.1]"
     )
+    assert opt_listen.__doc__.endswith(f"tcp:{DEFAULT_PORT}:interface={DEFAULT_HOST}]")
 
     opt_l = opt_listen
 
@@ -662,9 +663,9 @@ class AddUserOptions(_Command):
 
         @param reactor: unused.
         @param stdin: the stream to read the password from when it is not
-            a terminal; C{sys.stdin} if L{None}.
+            a terminal; C{sys.stdin} if C{None}.
         @param getpass: asks for the password on the terminal;
-            L{getpass.getpass} if L{None}.
+            C{getpass.getpass} if C{None}.
         @return: C{0} when done, C{1} if nothing was changed.
         """
         from mailproto._cred import UsersFile
@@ -709,7 +710,7 @@ class AddUserOptions(_Command):
         Get the password: from the terminal, twice; or the first line of
         C{stdin}.
 
-        @return: the password (L{bytes}), or why there is none (L{str}).
+        @return: the password (C{bytes}), or why there is none (C{str}).
         """
         stdin = sys.stdin if stdin is None else stdin
         if stdin is None:
@@ -753,7 +754,7 @@ class AddUserOptions(_Command):
 
 def _describeOSError(error: OSError) -> str:
     """
-    @return: an L{OSError} in one line, without its class name.
+    @return: an C{OSError} in one line, without its class name.
     """
     if error.strerror and error.filename:
         return f"{error.strerror}: {error.filename}"
@@ -782,9 +783,9 @@ def loadTLS(certificatePath: str, keyPath: str | None = None):
     Load a certificate and its key for a TLS server.
 
     @param certificatePath: a PEM file with the certificate (then any
-        chain), and the private key if C{keyPath} is L{None}.
-    @param keyPath: a PEM file with the private key, or L{None}.
-    @return: a L{twisted.internet.ssl.CertificateOptions}.
+        chain), and the private key if C{keyPath} is C{None}.
+    @param keyPath: a PEM file with the private key, or C{None}.
+    @return: a C{twisted.internet.ssl.CertificateOptions}.
     @raise usage.UsageError: if they cannot be read or do not match.
     """
     try:
@@ -832,9 +833,9 @@ def runCommand(argv, reactor=None, stdout=None, stderr=None) -> int:
 
     @param argv: the arguments, without the program name.
     @param reactor: the reactor to run; the global one, with log messages
-        of level warning and above going to C{stderr}, if L{None}.
-    @param stdout: the text stream for output; C{sys.stdout} if L{None}.
-    @param stderr: the text stream for messages; C{sys.stderr} if L{None}.
+        of level warning and above going to C{stderr}, if C{None}.
+    @param stdout: the text stream for output; C{sys.stdout} if C{None}.
+    @param stderr: the text stream for messages; C{sys.stderr} if C{None}.
     @return: the exit status: C{2} for a usage error.
     """
     stdout = sys.stdout if stdout is None else stdout
@@ -877,7 +878,7 @@ def main(argv=None) -> None:
     The C{mailproto} command.
 
     @param argv: the arguments, without the program name; C{sys.argv[1:]}
-        if L{None}.
+        if C{None}.
     @raise SystemExit: always, with the exit status.
     """
     if argv is None:

@@ -7,7 +7,7 @@ L{SMTPClient} sends mail on one connection: it asks L{getMailFrom
 <SMTPClient.getMailFrom>}, L{getMailTo <SMTPClient.getMailTo>} and
 L{getMailData <SMTPClient.getMailData>} for a message, sends it, reports
 with L{sentMail <SMTPClient.sentMail>}, and asks again until
-C{getMailFrom()} returns L{None}.
+C{getMailFrom()} returns C{None}.
 
 Each reply is handed to C{_okresponse} if its code is in C{_expected},
 else to C{_failresponse}; the states are these methods, in order:
@@ -70,7 +70,7 @@ CHUNK_SIZE = 65536
 def statusOf(code: int, resp: bytes) -> bytes | None:
     """
     @return: the enhanced status code (RFC 3463) that C{resp}, the text of
-        a reply with C{code}, starts with, or L{None}.
+        a reply with C{code}, starts with, or C{None}.
     """
     first = resp.split(b" ", 1)[0].split(b"\n", 1)[0]
     return first if code > 0 and isStatus(first, code) else None
@@ -176,7 +176,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
     L{sentMail} (and maybe L{sendError}).
 
     @ivar identity: the name sent with HELO/EHLO.
-    @ivar timeout: seconds to wait for each reply, or L{None}.
+    @ivar timeout: seconds to wait for each reply, or C{None}.
     @ivar log: the last lines of the exchange, for error reports.
     @ivar debug: whether to keep C{log}.
     @ivar toAddressesResult: the C{(address, code, resp)} of each RCPT of
@@ -512,7 +512,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         Work out the MAIL command for the message C{getMailFrom} gave, with
         the parameters the server offers and the message needs.
 
-        @return: L{None}, or why the message cannot go to this server: a
+        @return: C{None}, or why the message cannot go to this server: a
             reply code and text, as if the server had refused it.
         """
         sender = self._from
@@ -642,9 +642,9 @@ class SMTPClient(LineReceiver, TimeoutMixin):
 
     def getMailFrom(self):
         """
-        @return: the sender of the next message (an address as L{bytes},
-            L{str} or L{Address}, or a L{mailproto.wire.MailFrom} with DSN
-            parameters), or L{None} when there are no more.
+        @return: the sender of the next message (an address as C{bytes},
+            C{str} or L{Address}, or a L{mailproto.wire.MailFrom} with DSN
+            parameters), or C{None} when there are no more.
         """
         raise NotImplementedError
 
@@ -719,7 +719,7 @@ class ESMTPClient(SMTPClient):
     @ivar requireAuthentication: refuse to send without authenticating.
     @ivar requireTransportSecurity: refuse to send without TLS.
     @ivar context: the TLS client context for STARTTLS; with
-        L{twisted.internet.ssl.optionsForClientTLS} it checks the
+        C{twisted.internet.ssl.optionsForClientTLS} it checks the
         server's certificate and name.
     @ivar useChunking: whether to use BDAT when the server offers
         CHUNKING.
@@ -734,7 +734,7 @@ class ESMTPClient(SMTPClient):
 
     def __init__(self, secret, contextFactory=None, *args, **kw) -> None:
         """
-        @param secret: the password (or token) for AUTH, or L{None}.
+        @param secret: the password (or token) for AUTH, or C{None}.
         @param contextFactory: see L{ESMTPClient.context}.
         @param args: for L{SMTPClient}: C{identity}, C{logsize}.
         """
@@ -935,9 +935,9 @@ class ESMTPClient(SMTPClient):
 class LMTPClient(ESMTPClient):
     """
     An LMTP client (RFC 2033): LHLO, and after the message one reply per
-    accepted recipient.  L{sentMail} gets, in C{addresses}, each
-    recipient's final C{(address, code, resp)}: the RCPT refusal, or the
-    reply after the message.
+    accepted recipient.  L{sentMail <SMTPClient.sentMail>} gets, in
+    C{addresses}, each recipient's final C{(address, code, resp)}: the RCPT
+    refusal, or the reply after the message.
     """
 
     heloFallback = False

@@ -14,7 +14,7 @@ the server should send.  The replies used:
   - C{553 5.1.7} / C{553 5.1.3} a bad sender / recipient address;
   - C{553 5.6.7} a non-ASCII address without SMTPUTF8 (RFC 6531).
 
-RFC 5321 section 4.1.1 and 4.1.2, with the extensions' parameters:
+RFC 5321 section 4.1.1 and 4.1.2, with the extensions' parameters::
 
     mail = "MAIL FROM:" Reverse-path [SP Mail-parameters] CRLF
     rcpt = "RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" /
@@ -160,7 +160,7 @@ class RcptTo:
 
     @ivar address: the forward-path.
     @ivar notify: C{NOTIFY=} (RFC 3461): C{(b"NEVER",)} or some of
-        C{b"SUCCESS"}, C{b"FAILURE"}, C{b"DELAY"}, upper-case; L{None} if
+        C{b"SUCCESS"}, C{b"FAILURE"}, C{b"DELAY"}, upper-case; C{None} if
         not given.
     @ivar orcpt: C{ORCPT=} (RFC 3461): C{(address type, original
         recipient)}, the recipient decoded from xtext.
@@ -340,7 +340,7 @@ def parseMailFrom(
     @param rest: what follows C{MAIL }.
     @param known: the parameter keywords (upper-case) the server accepts,
         i.e. those of the extensions it offers; keywords outside
-        L{MAIL_PARAMETERS} are returned in C{extra}.  L{None} accepts
+        L{MAIL_PARAMETERS} are returned in C{extra}.  C{None} accepts
         exactly L{MAIL_PARAMETERS}.
     @param defaultDomain: the domain for a bare local part.
     @return: the command.
@@ -401,7 +401,7 @@ def parseAuth(rest: bytes) -> tuple[bytes, bytes | None]:
 
     @param rest: what follows C{AUTH }.
     @return: the mechanism, upper-case, and the initial response as sent
-        (base64, or C{b"="} for an empty one), or L{None}.
+        (base64, or C{b"="} for an empty one), or C{None}.
     @raise SMTPServerError: C{501 5.5.4} if malformed.
     """
     words = rest.split()
@@ -414,8 +414,8 @@ def parseAuth(rest: bytes) -> tuple[bytes, bytes | None]:
 
 def _formatParameters(pairs, extra) -> bytes:
     """
-    Format parameters: a value of L{None} or L{False} leaves one out,
-    L{True} writes the keyword alone.  In C{extra}, L{None} means the
+    Format parameters: a value of C{None} or C{False} leaves one out,
+    C{True} writes the keyword alone.  In C{extra}, C{None} means the
     keyword alone.
     """
     pairs = [*pairs, *((keyword, True if value is None else value) for keyword, value in extra)]

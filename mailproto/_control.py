@@ -6,7 +6,7 @@ How C{mailproto queue} reaches the relay that owns a spool directory.
 A running relay holds an exclusive lock on C{lock} in its spool directory
 (L{SpoolLock}) and listens on the UNIX socket C{control} there
 (L{ControlFactory}).  The socket speaks one JSON object per line each
-way:
+way::
 
     {"command": "flush", "id": null}          ->  {"ok": true, "ids": [...]}
     {"command": "requeue", "id": "ID"}        ->  {"ok": true}
@@ -18,7 +18,7 @@ The socket is made with mode 0600, so that only the relay's user (and
 root) can command it.
 
 When no relay runs, C{mailproto queue} takes the lock itself and changes
-the files directly (L{offlineQueue}), so that a relay cannot start while
+the files directly (C{mailproto queue}), so that a relay cannot start while
 it does.
 """
 

@@ -1,9 +1,9 @@
 # -*- test-case-name: mailproto.test.test_cred -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-The server side of SMTP AUTH with L{twisted.cred}: the SASL exchanges the
+The server side of SMTP AUTH with C{twisted.cred}: the SASL exchanges the
 server runs (L{PLAINCredentials}, L{LOGINCredentials}; CRAM-MD5 is
-L{twisted.cred.credentials.CramMD5Credentials}), and a users file with
+C{twisted.cred.credentials.CramMD5Credentials}), and a users file with
 scrypt-hashed passwords (L{UsersFile}, L{UsersFileChecker}).
 
 A users file has one line per user, C{name:hash}, where the hash is
@@ -94,7 +94,7 @@ _KEY_LENGTH = 32
 def hashPassword(password: bytes, salt: bytes | None = None, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
     """
     @param password: the password.
-    @param salt: 16 random octets if L{None}.
+    @param salt: 16 random octets if C{None}.
     @return: the password's hash as stored in a users file.
     """
     salt = secrets.token_bytes(16) if salt is None else salt
@@ -212,7 +212,7 @@ class UsersFileChecker:
         """
         @param path: the users file.
         @param reactor: the reactor whose thread pool hashes; the global
-            one if L{None}.
+            one if C{None}.
         """
         self.usersFile = UsersFile(path)
         self._reactor = reactor

@@ -1,7 +1,7 @@
 # -*- test-case-name: mailproto.test.test_daemon -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-The mail relay as a service: C{twistd mailrelay}.
+The mail relay as a service: C{twistd mailrelay}::
 
     twistd -n mailrelay --smtp tcp:2525:interface=127.0.0.1 \\
         --spool /var/spool/mailrelay --smarthost mail.example.net:587
@@ -553,8 +553,8 @@ class RelayService(service.MultiService):
     @ivar factories: the factories of every listener, by kind (C{smtp},
         C{submission}, C{smtps}, C{lmtp}).
     @ivar listeners: the listening services, in the order they start.
-    @ivar metrics: the L{RelayMetrics}, or L{None}.
-    @ivar log: the L{RelayLog} this relay logs to, or L{None} if twistd
+    @ivar metrics: the L{RelayMetrics}, or C{None}.
+    @ivar log: the L{RelayLog} this relay logs to, or C{None} if twistd
         logs as it does by default.
     @ivar shutdownGrace: seconds sessions in a transaction and attempts in
         progress get to end when the relay stops.
@@ -585,8 +585,8 @@ class RelayService(service.MultiService):
         @param listeners: more C{(description, endpoint, factory)} to
             listen with.
         @param control: whether to listen on the spool's control socket.
-        @param clock: the L{IReactorTime} of the shutdown's grace; the
-            reactor if L{None}.
+        @param clock: the C{IReactorTime} of the shutdown's grace; the
+            reactor if C{None}.
         """
         super().__init__()
         if clock is None:
@@ -740,7 +740,7 @@ class RelayService(service.MultiService):
 
     def _waitFor(self, done, deadline: float, giveUp) -> defer.Deferred:
         """
-        @return: a L{Deferred} that fires once C{done()} is true, or at the
+        @return: a C{Deferred} that fires once C{done()} is true, or at the
             deadline after C{giveUp()}.
         """
         result = defer.Deferred()
@@ -783,7 +783,7 @@ def _unlink(path: str) -> None:
 def _logPath(options: Options) -> str | None:
     """
     @return: where twistd was told to log (C{"-"}: standard output), or
-        L{None} when it logs to syslog or is not running this.
+        C{None} when it logs to syslog or is not running this.
     """
     parent = getattr(options, "parent", None)
     if parent is None or parent.get("syslog"):

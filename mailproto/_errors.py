@@ -45,18 +45,18 @@ class SMTPClientError(SMTPError):
 
     @ivar code: the SMTP reply code, or a value C{<= 0} for an error that
         did not come from a reply (a lost connection, a timeout).
-    @ivar resp: the reply text, as L{bytes}.
+    @ivar resp: the reply text, as C{bytes}.
     @ivar log: a transcript of the exchange that led to the error, or
-        L{None}.
+        C{None}.
     @ivar addresses: the recipients this error is about, if any.
     @ivar isFatal: whether the connection cannot go on after this error.
     @ivar retry: whether delivery should be tried again later.
-    @cvar defaultFatal: C{isFatal} when not given: L{False} here; L{True}
+    @cvar defaultFatal: C{isFatal} when not given: C{False} here; C{True}
         for connection, timeout and protocol errors, as in twisted.mail.
-    @cvar defaultRetry: C{retry} when not given: L{False} here; L{True} for
+    @cvar defaultRetry: C{retry} when not given: C{False} here; C{True} for
         connection and timeout errors, as in twisted.mail.
     @ivar status: the reply's enhanced status code (RFC 3463), such as
-        C{b"5.1.1"}, when the server sent one; else L{None}.
+        C{b"5.1.1"}, when the server sent one; else C{None}.
     """
 
     defaultFatal = False
@@ -75,9 +75,9 @@ class SMTPClientError(SMTPError):
     ) -> None:
         """
         @param code: see L{SMTPClientError.code}.
-        @param resp: see L{SMTPClientError.resp}; L{str} is encoded as
+        @param resp: see L{SMTPClientError.resp}; C{str} is encoded as
             UTF-8.
-        @param log: see L{SMTPClientError.log}; L{str} is encoded as UTF-8.
+        @param log: see L{SMTPClientError.log}; C{str} is encoded as UTF-8.
         @param addresses: see L{SMTPClientError.addresses}.
         @param isFatal: see L{SMTPClientError.isFatal}; the class's
             C{defaultFatal} if not given.
@@ -190,9 +190,9 @@ class SMTPServerError(SMTPError):
     C{code}, C{status} and C{resp} to the client.
 
     @ivar code: the three-digit reply code.
-    @ivar resp: the reply text (L{bytes} or L{str}, as given).
-    @ivar status: the RFC 3463 enhanced status code as L{bytes}, such as
-        C{b"5.1.1"}, or L{None} for the server's default for C{code}.
+    @ivar resp: the reply text (C{bytes} or C{str}, as given).
+    @ivar status: the RFC 3463 enhanced status code as C{bytes}, such as
+        C{b"5.1.1"}, or C{None} for the server's default for C{code}.
     """
 
     def __init__(self, code: int, resp: bytes | str, status: bytes | None = None) -> None:

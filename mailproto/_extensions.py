@@ -3,7 +3,7 @@
 """
 The service extensions a server lists in its EHLO reply (RFC 5321 section
 4.1.1.1), as a value both sides use: the client reads one from the reply,
-the server formats its own.
+the server formats its own.  RFC 5321's grammar of a line::
 
     ehlo-line      = ehlo-keyword *( SP ehlo-param )
     ehlo-keyword   = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
@@ -109,7 +109,7 @@ class Extensions(Mapping):
     @property
     def size(self) -> int | None:
         """
-        The server's message size limit (RFC 1870): L{None} if SIZE is not
+        The server's message size limit (RFC 1870): C{None} if SIZE is not
         offered, 0 if it is offered with no fixed limit, else the limit in
         octets.
         """

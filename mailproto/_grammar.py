@@ -2,7 +2,7 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 The productions of RFC 5321 section 4.1.2 (with the RFC 6531 additions for
-internationalised addresses) as regular expressions over L{bytes}, and the
+internationalised addresses) as regular expressions over C{bytes}, and the
 few checks a regular expression cannot make (octet ranges of IPv4 literals,
 IPv6 literals, label and domain lengths, well-formed UTF-8).
 
@@ -136,7 +136,7 @@ def isDomain(data: bytes, utf8: bool = False) -> bool:
 
     @param data: the candidate.
     @param utf8: whether U-labels (RFC 6531) are allowed.
-    @return: L{True} for a well-formed domain of at most 255 octets whose
+    @return: C{True} for a well-formed domain of at most 255 octets whose
         ASCII labels have at most 63 octets.
     """
     if len(data) > MAX_DOMAIN_LENGTH:
@@ -154,7 +154,7 @@ def isAddressLiteral(data: bytes) -> bool:
     C{[IPv6:2001:db8::1]} or C{[tag:content]}?
 
     @param data: the candidate, brackets included.
-    @return: L{True} if it is well formed, octet ranges and IPv6 syntax
+    @return: C{True} if it is well formed, octet ranges and IPv6 syntax
         included.
     """
     if _addressLiteralRe.fullmatch(data) is None:
@@ -231,7 +231,7 @@ def matchMailbox(data: bytes) -> re.Match[bytes] | None:
 
     @param data: the path without its angle brackets.
     @return: a match with groups C{route}, C{local} and C{domain}, or
-        L{None}.
+        C{None}.
     """
     return _mailboxRe.fullmatch(data)
 
@@ -242,7 +242,7 @@ def matchParameter(data: bytes) -> re.Match[bytes] | None:
 
     @param data: C{KEYWORD} or C{KEYWORD=value}.
     @return: a match whose groups are the keyword and the value (or
-        L{None} for a keyword alone), or L{None}.
+        C{None} for a keyword alone), or C{None}.
     """
     return _esmtpParamRe.fullmatch(data)
 

@@ -5,7 +5,7 @@ The relay's log: one line per event, as text or as JSON, into a file that
 SIGHUP reopens (for C{logrotate} and its peers, which move the file away
 and signal the process).
 
-Text lines are Twisted's usual ones.  A JSON line is one object:
+Text lines are Twisted's usual ones.  A JSON line is one object::
 
     {"time": "2026-11-21T10:00:00.123Z", "level": "info",
      "namespace": "mailproto._relay", "text": "Queued 1763719200.0001a2b3 from ...",
@@ -109,7 +109,7 @@ class RelayLog:
 
     def observer(self):
         """
-        @return: an L{ILogObserver} writing to this log.
+        @return: an C{ILogObserver} writing to this log.
         """
         if self.format == "json":
             return JSONLineObserver(self.file)

@@ -1,7 +1,7 @@
 # -*- test-case-name: mailproto.test.test_metrics -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-The relay's Prometheus metrics (C{twistd mailrelay --metrics ENDPOINT}).
+The relay's Prometheus metrics (C{twistd mailrelay --metrics ENDPOINT})::
 
     mailrelay_connections_total{listener}            connections accepted
     mailrelay_connections_open{listener}             connections open now
@@ -61,7 +61,7 @@ class RelayMetrics:
     """
     The relay's metrics, in their own registry.
 
-    @ivar registry: the L{CollectorRegistry}.
+    @ivar registry: the C{CollectorRegistry}.
     """
 
     def __init__(self, queue, manager, clock) -> None:
@@ -69,7 +69,7 @@ class RelayMetrics:
         @param queue: the relay's queue; its messages are counted as they
             are committed, and its size is read when scraped.
         @param manager: the relaying manager; its outcomes are counted.
-        @param clock: an L{IReactorTime}.
+        @param clock: an C{IReactorTime}.
         """
         self.registry = registry = CollectorRegistry()
         self.clock = clock

@@ -31,9 +31,9 @@ Along the way:
     C{[IPv6:2001:db8::1]}) is routed to that address without the DNS.
 
 L{MXCalculator.getMX} is twisted.mail's method, kept for code that wants a
-single L{Record_MX <twisted.names.dns.Record_MX>}.
+single C{Record_MX}.
 
-Host and domain names are L{str}: ASCII, lower case, without a final dot
+Host and domain names are C{str}: ASCII, lower case, without a final dot
 (internationalized domain names are converted to their A-labels).
 """
 
@@ -58,8 +58,8 @@ class MailRoutingError(Exception):
     @cvar permanent: whether retrying later cannot help, so that the
         message should bounce (C{5xx}) rather than wait in the queue
         (C{4xx}).
-    @ivar domain: the domain being routed, or L{None} if unknown.
-    @type domain: L{str} or L{None}
+    @ivar domain: the domain being routed, or C{None} if unknown.
+    @type domain: C{str} or C{None}
     """
 
     permanent = False
@@ -70,7 +70,7 @@ class _DomainFailure(MailRoutingError):
     """
     A routing failure about a domain, with an optional reason.
 
-    @ivar reason: the resolver's exception, or a text, or L{None}.
+    @ivar reason: the resolver's exception, or a text, or C{None}.
     """
 
     reason: object = None
@@ -144,7 +144,7 @@ class CanonicalNameLoop(MailRoutingError):
 
     A DNS misconfiguration that can be fixed: the failure is temporary.
 
-    @ivar record: the L{Record_CNAME <twisted.names.dns.Record_CNAME>}.
+    @ivar record: the C{Record_CNAME}.
     """
 
     def __init__(self, record: object = None, domain: str | None = None) -> None:
@@ -164,7 +164,7 @@ class CanonicalNameChainTooLong(MailRoutingError):
 
     The failure is temporary.
 
-    @ivar record: the L{Record_CNAME <twisted.names.dns.Record_CNAME>}.
+    @ivar record: the C{Record_CNAME}.
     """
 
     def __init__(self, record: object = None, domain: str | None = None) -> None:
@@ -188,7 +188,7 @@ class Candidate:
         address.
     @ivar addresses: its addresses, IPv4 ones (A records, in the DNS's
         order) first, then IPv6 ones (AAAA); never empty.
-    @type addresses: L{tuple} of L{str}
+    @type addresses: C{tuple} of C{str}
     @ivar bad: whether the host was marked bad (L{MXCalculator.markBad})
         and its time-out had not passed when the route was computed.
     """
@@ -211,7 +211,7 @@ class Destination:
     @ivar domain: the domain routed (normalized: lower case, A-labels, no
         final dot; an address literal keeps its brackets).
     @ivar candidates: the hosts.
-    @type candidates: L{tuple} of L{Candidate}
+    @type candidates: C{tuple} of L{Candidate}
     @ivar implicit: whether the domain has no MX records, so that its only
         candidate is the domain itself, or the name its CNAME records lead
         to (RFC 5321 section 5.1).
@@ -235,10 +235,10 @@ class Destination:
 
 def _hostKey(name) -> str:
     """
-    Normalize a host or domain name as it is compared and kept: L{str},
+    Normalize a host or domain name as it is compared and kept: C{str},
     lower case, no final dot.
 
-    @param name: a L{str}, L{bytes} or L{twisted.names.dns.Name}.
+    @param name: a C{str}, C{bytes} or C{twisted.names.dns.Name}.
     """
     if isinstance(name, dns.Name):
         name = name.name
@@ -275,7 +275,7 @@ def _addressLiteral(domain: str) -> str | None:
     """
     The address of an address literal domain (RFC 5321 section 4.1.3).
 
-    @return: the address, or L{None} if C{domain} is not in brackets.
+    @return: the address, or C{None} if C{domain} is not in brackets.
     @raise NoSuchDomain: if it is in brackets but not an IPv4 or IPv6
         address literal.
     """
@@ -327,16 +327,16 @@ class MXCalculator:
     Finds the hosts to deliver a domain's mail to, and remembers which
     hosts failed lately.
 
-    @ivar resolver: the L{IResolver <twisted.internet.interfaces.IResolver>}
+    @ivar resolver: the C{IResolver}
         asked; by default the one of
-        L{twisted.names.client.createResolver}, made when first needed.
-    @ivar clock: the L{IReactorTime <twisted.internet.interfaces.IReactorTime>}
+        C{twisted.names.client.createResolver}, made when first needed.
+    @ivar clock: the C{IReactorTime}
         that dates bad hosts; by default the reactor.
     @ivar random: what puts MX records of equal preference in random order:
         an object with a C{shuffle} method, like C{random.Random}.
     @ivar badMXs: the hosts marked bad, each with the time (per C{clock})
         at which it may be tried first again.
-    @type badMXs: L{dict} of L{str} to L{float}
+    @type badMXs: C{dict} of C{str} to C{float}
     @cvar timeOutBadMX: how long, in seconds, a host marked bad goes last.
     @cvar fallbackToDomain: whether a domain without MX records gets its
         mail at its own address (RFC 5321 section 5.1); if false, such a
@@ -348,10 +348,10 @@ class MXCalculator:
 
     def __init__(self, resolver=None, clock=None, random=None) -> None:
         """
-        @param resolver: see L{MXCalculator.resolver}; L{None} for the
+        @param resolver: see L{MXCalculator.resolver}; C{None} for the
             default.
-        @param clock: see L{MXCalculator.clock}; L{None} for the reactor.
-        @param random: see L{MXCalculator.random}; L{None} for a new
+        @param clock: see L{MXCalculator.clock}; C{None} for the reactor.
+        @param random: see L{MXCalculator.random}; C{None} for a new
             C{random.Random}.
         """
         self.badMXs: dict[str, float] = {}
@@ -388,7 +388,7 @@ class MXCalculator:
         Record that a host does not work now: it goes last for
         L{timeOutBadMX} seconds.
 
-        @param mx: the host's name (L{str} or L{bytes}; case and a final dot
+        @param mx: the host's name (C{str} or C{bytes}; case and a final dot
             do not matter).
         """
         self.badMXs[_hostKey(mx)] = self.clock.seconds() + self.timeOutBadMX
@@ -423,11 +423,11 @@ class MXCalculator:
         chosen, a domain that does not exist is not looked up again as a
         host, and a null MX fails.
 
-        @param domain: the domain (L{str} or L{bytes}).
+        @param domain: the domain (C{str} or C{bytes}).
         @param maximumCanonicalChainLength: how many CNAME records to follow,
             one after the other.
-        @return: a L{Deferred <twisted.internet.defer.Deferred>} that fires with a
-            L{Record_MX <twisted.names.dns.Record_MX>}.  For a domain
+        @return: a C{Deferred} that fires with a
+            C{Record_MX}.  For a domain
             without MX records (and for an address literal) the record
             names the first address of the domain, as twisted.mail's did.
             It fails like L{getRoute}'s.
@@ -438,11 +438,11 @@ class MXCalculator:
         """
         Find the hosts to try for a domain's mail, in order.
 
-        @param domain: the domain (L{str} or L{bytes}; an internationalized
+        @param domain: the domain (C{str} or C{bytes}; an internationalized
             name is converted to A-labels), or an address literal.
         @param maximumCanonicalChainLength: how many CNAME records to follow,
             one after the other, for each name looked up.
-        @return: a L{Deferred <twisted.internet.defer.Deferred>} that fires with a L{Destination}, or fails
+        @return: a C{Deferred} that fires with a L{Destination}, or fails
             with a L{MailRoutingError}: L{NullMX}, L{NoSuchDomain},
             L{NoMailExchange}, L{DNSTemporaryFailure},
             L{CanonicalNameLoop} or L{CanonicalNameChainTooLong}.
@@ -615,7 +615,7 @@ async def _gather(coroutines) -> list:
 
 def _bestRecord(destination: Destination):
     """
-    The L{Record_MX <twisted.names.dns.Record_MX>} of a destination's first
+    The C{Record_MX} of a destination's first
     host, as twisted.mail's C{getMX} gave it.
     """
     first = destination.candidates[0]

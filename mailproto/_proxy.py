@@ -17,7 +17,7 @@ What is accepted:
 
   - v1: C{PROXY TCP4|TCP6 SOURCE DESTINATION SPORT DPORT\\r\\n}, at most
     107 octets, fields separated by exactly one space, addresses of the
-    named family in the forms L{ipaddress} reads (IPv4 without leading
+    named family in the forms C{ipaddress} reads (IPv4 without leading
     zeros, IPv6 without zone), ports C{0} to C{65535} without leading
     zeros; and C{PROXY UNKNOWN} followed by anything up to the C{CRLF}, for
     which the connection's own addresses count.
@@ -114,8 +114,8 @@ def parseV1(line: bytes):
     Read a v1 header.
 
     @param line: the header without its C{CRLF}.
-    @return: the source and destination addresses, as L{IPv4Address} or
-        L{IPv6Address}; or L{None} for C{UNKNOWN} (the connection's own
+    @return: the source and destination addresses, as C{IPv4Address} or
+        C{IPv6Address}; or C{None} for C{UNKNOWN} (the connection's own
         addresses count).
     @raise InvalidProxyHeader: if the header is not valid.
     """
@@ -170,8 +170,8 @@ def parseV2(header: bytes):
 
     @param header: the whole header, C{16} octets and as many more as its
         length says.
-    @return: the source and destination addresses, as L{IPv4Address} or
-        L{IPv6Address}; or L{None} if the connection's own addresses count
+    @return: the source and destination addresses, as C{IPv4Address} or
+        C{IPv6Address}; or C{None} if the connection's own addresses count
         (command LOCAL, family AF_UNSPEC or AF_UNIX).
     @raise InvalidProxyHeader: if the header is not valid.
     """
@@ -217,7 +217,7 @@ class HeaderReader:
         Take more input.
 
         @param data: the octets that came.
-        @return: L{None} if the header is not complete yet; else a tuple
+        @return: C{None} if the header is not complete yet; else a tuple
             of the addresses (as L{parseV1} and L{parseV2} return them)
             and the octets after the header.
         @raise InvalidProxyHeader: if the input is not a valid header.
@@ -396,7 +396,7 @@ class ProxyProtocolFactory(WrappingFactory):
     Wraps a server's factory so that each connection starts with a PROXY
     protocol header (see L{ProxyProtocolWrapper}).
 
-    @ivar clock: the L{IReactorTime} of the header's time limit.
+    @ivar clock: the C{IReactorTime} of the header's time limit.
     @ivar timeout: seconds a connection has to send its whole header.
     """
 
@@ -405,8 +405,8 @@ class ProxyProtocolFactory(WrappingFactory):
     def __init__(self, wrappedFactory, clock=None, timeout: float = HEADER_TIMEOUT) -> None:
         """
         @param wrappedFactory: the server's factory.
-        @param clock: the L{IReactorTime} of the header's time limit; the
-            reactor if L{None}.
+        @param clock: the C{IReactorTime} of the header's time limit; the
+            reactor if C{None}.
         @param timeout: seconds a connection has to send its whole header.
         """
         super().__init__(wrappedFactory)
@@ -418,7 +418,7 @@ class ProxyProtocolFactory(WrappingFactory):
     def buildProtocol(self, addr):
         """
         @return: a L{ProxyProtocolWrapper} around the wrapped factory's
-            protocol, or L{None} if the wrapped factory refuses the
+            protocol, or C{None} if the wrapped factory refuses the
             connection.
         """
         wrapped = self.wrappedFactory.buildProtocol(addr)
@@ -445,8 +445,8 @@ class ProxyProtocolEndpoint:
     header.
 
     @ivar wrappedEndpoint: the endpoint that listens.
-    @ivar clock: the L{IReactorTime} of the header's time limit, or
-        L{None} for the reactor.
+    @ivar clock: the C{IReactorTime} of the header's time limit, or
+        C{None} for the reactor.
     @ivar timeout: seconds a connection has to send its whole header.
     """
 
@@ -460,7 +460,7 @@ class ProxyProtocolEndpoint:
         Listen with a L{ProxyProtocolFactory} around C{protocolFactory}.
 
         @return: what the wrapped endpoint's C{listen} returns: a
-            L{Deferred} firing with an L{IListeningPort}.
+            C{Deferred} firing with an C{IListeningPort}.
         """
         return self.wrappedEndpoint.listen(ProxyProtocolFactory(protocolFactory, self.clock, self.timeout))
 
@@ -471,10 +471,10 @@ def proxyEndpoint(endpoint, clock=None, timeout: float = HEADER_TIMEOUT) -> Prox
     PROXY protocol header (v1 or v2), and their transports' C{getPeer()}
     and C{getHost()} give the addresses from it.
 
-    @param endpoint: the L{IStreamServerEndpoint} to listen on.
-    @param clock: the L{IReactorTime} of the header's time limit; the
-        reactor if L{None}.
+    @param endpoint: the C{IStreamServerEndpoint} to listen on.
+    @param clock: the C{IReactorTime} of the header's time limit; the
+        reactor if C{None}.
     @param timeout: seconds a connection has to send its whole header.
-    @return: an L{IStreamServerEndpoint}.
+    @return: an C{IStreamServerEndpoint}.
     """
     return ProxyProtocolEndpoint(endpoint, clock, timeout)

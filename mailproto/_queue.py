@@ -16,7 +16,7 @@ Layout of the spool directory:
     logged) by recovery, never deleted.
 
 Committing a message (L{SpoolFile.commit}) writes, C{fsync}s, renames the
-file into C{queue/} and C{fsync}s that directory; its L{Deferred} fires
+file into C{queue/} and C{fsync}s that directory; its C{Deferred} fires
 only then, so the server says C{250} only for a message that is on disk.
 Disk waits run in threads, and commits and state updates from concurrent
 sessions share their directory C{fsync} (group commit): one C{fsync} per
@@ -85,11 +85,11 @@ class Recipient:
     One recipient of a queued message.
 
     @ivar address: the address, in wire form.
-    @ivar notify: its DSN NOTIFY values, or L{None}.
-    @ivar orcpt: its DSN ORCPT C{(type, address)}, or L{None}.
+    @ivar notify: its DSN NOTIFY values, or C{None}.
+    @ivar orcpt: its DSN ORCPT C{(type, address)}, or C{None}.
     @ivar state: L{WAITING}, L{DELIVERED} or L{FAILED}.
     @ivar lastReply: the last reply about it (C{"550 5.1.1 ..."}), or
-        L{None}.
+        C{None}.
     """
 
     address: bytes
@@ -110,17 +110,17 @@ class Envelope:
     @ivar received: when the message was accepted (seconds since the
         epoch).
     @ivar size: the message's size in octets (filled in at commit).
-    @ivar body: the BODY parameter (C{b"8BITMIME"}, ...), or L{None}.
+    @ivar body: the BODY parameter (C{b"8BITMIME"}, ...), or C{None}.
     @ivar smtputf8: whether MAIL had SMTPUTF8.
-    @ivar ret: the DSN RET parameter, or L{None}.
-    @ivar envid: the DSN ENVID, or L{None}.
+    @ivar ret: the DSN RET parameter, or C{None}.
+    @ivar envid: the DSN ENVID, or C{None}.
     @ivar client: the client's address, for trace and logs.
     @ivar helo: the client's HELO/EHLO name.
     @ivar user: the user the client authenticated as, if any.
     @ivar attempts: delivery attempts made.
     @ivar nextAttempt: when to try next (seconds since the epoch); C{0} for
         at once.
-    @ivar lastReply: the last reply of a delivery attempt, or L{None}.
+    @ivar lastReply: the last reply of a delivery attempt, or C{None}.
     @ivar warned: whether the sender was told that delivery is delayed.
     """
 
@@ -426,7 +426,7 @@ class QueueView:
 class SpoolFile:
     """
     A message being written into the queue.  Write its data with
-    L{write}; then L{commit} it (durable when the L{Deferred} fires) or
+    L{write}; then L{commit} it (durable when the C{Deferred} fires) or
     L{abort} it.
 
     The first L{SPILL} octets are kept in memory, so that a small
@@ -476,7 +476,7 @@ class SpoolFile:
         """
         Make the message durable and put it in the queue.
 
-        @return: a L{Deferred} firing with the L{Envelope} once the
+        @return: a C{Deferred} firing with the L{Envelope} once the
             message is on disk; failing (and the message thrown away) if
             it could not be written.
         """
@@ -537,8 +537,9 @@ class Queue(QueueView):
     docstring for the layout).
 
     Also keeps twisted.mail's view of the queue: each message is I{waiting}
-    or I{relaying} (L{getWaiting}, L{getRelayed}, L{setRelaying},
-    L{setWaiting}, L{done}).
+    or I{relaying} (L{getWaiting <QueueView.getWaiting>},
+    L{getRelayed <QueueView.getRelayed>}, L{setRelaying <QueueView.setRelaying>},
+    L{setWaiting <QueueView.setWaiting>}, L{done <QueueView.done>}).
 
     @ivar directory: the spool directory.
     @ivar fsyncs: how many C{fsync} calls were made (files and
@@ -554,7 +555,7 @@ class Queue(QueueView):
         """
         @param directory: the spool directory; made if missing.
         @param reactor: the reactor whose thread pool does the disk work;
-            the global one if L{None}.
+            the global one if C{None}.
         @param runInThread: a callable C{(f, *args) -> Deferred} running
             C{f} off the reactor thread; by default the reactor's thread
             pool.
@@ -670,7 +671,7 @@ class Queue(QueueView):
         """
         Write a message's delivery state durably.
 
-        @return: a L{Deferred} that fires when it is on disk.
+        @return: a C{Deferred} that fires when it is on disk.
         """
         # The state is taken now, in the reactor thread: the envelope may
         # change again before the disk work runs.
@@ -681,7 +682,7 @@ class Queue(QueueView):
         Take a message out of the queue (delivered, or reported back to
         its sender).
 
-        @return: a L{Deferred} that fires when it is gone.
+        @return: a C{Deferred} that fires when it is gone.
         """
         self._forget(queueID)
         self._uncache(queueID)

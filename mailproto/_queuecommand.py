@@ -1,7 +1,7 @@
 # -*- test-case-name: mailproto.test.test_queuecommand -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-C{mailproto queue}: look at and manage a relay's queue.
+C{mailproto queue}: look at and manage a relay's queue::
 
     mailproto queue list [--spool DIR] [--json]
     mailproto queue show ID [--message]
@@ -206,7 +206,7 @@ def _offlineQueue(spool: str) -> Queue:
 
 def _settle(d: defer.Deferred):
     """
-    @return: the result of a L{Deferred} that has fired; its error raised.
+    @return: the result of a C{Deferred} that has fired; its error raised.
     """
     results = []
     d.addBoth(results.append)

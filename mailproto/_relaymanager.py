@@ -34,7 +34,7 @@ The parts, in the order a message meets them:
      in turn) before the message's new state is written.  A message
      with no recipient left waiting is removed from the queue.
 
-The state of a queued message, and what moves it:
+The state of a queued message, and what moves it::
 
   ============  ==========================  ===============================
   state         where it lives              leaves it when
@@ -92,8 +92,8 @@ class TLSPolicy:
 
     @ivar mode: L{NONE}, L{MAY}, L{ENCRYPT} or L{VERIFY}.
     @ivar trustRoot: for L{VERIFY}, the certificate authorities trusted
-        (an L{IOpenSSLTrustRoot <twisted.internet.interfaces.IOpenSSLTrustRoot>});
-        the platform's if L{None}.
+        (an C{IOpenSSLTrustRoot});
+        the platform's if C{None}.
     """
 
     def __init__(self, mode: str = MAY, trustRoot=None) -> None:
@@ -119,7 +119,7 @@ class TLSPolicy:
         """
         @param hostname: the name the server's certificate must have (for
             L{VERIFY}).
-        @return: the client TLS options for a server, or L{None} for no TLS.
+        @return: the client TLS options for a server, or C{None} for no TLS.
         """
         if self.mode == NONE:
             return None
@@ -136,8 +136,8 @@ class SmartHost:
 
     @ivar host: its name or address.
     @ivar port: its port.
-    @ivar username: the user name to authenticate with, or L{None}.
-    @ivar password: the password, or L{None}.
+    @ivar username: the user name to authenticate with, or C{None}.
+    @ivar password: the password, or C{None}.
     @ivar tls: the L{TLSPolicy}.
     @ivar implicitTLS: whether the port speaks TLS from the start (RFC 8314,
         port 465) rather than STARTTLS.
@@ -198,7 +198,7 @@ def _text(resp) -> str:
 def _connectionReply(reason) -> tuple[int, str]:
     """
     The deferral reply for a job whose connection failed for C{reason} (a
-    L{Failure} or an exception).
+    C{Failure} or an exception).
     """
     exception = reason.value if isinstance(reason, Failure) else reason
     if isinstance(exception, SMTPClientError):
@@ -242,7 +242,7 @@ class _Job:
     A message's part for one destination: the message, and its recipients
     there.
 
-    @ivar attempt: the L{_MessageAttempt}, or L{None} for a job made from a
+    @ivar attempt: the L{_MessageAttempt}, or C{None} for a job made from a
         queue file (L{RelayerMixin.loadMessages}).
     @ivar envelope: the message's envelope.
     @ivar recipients: the L{Recipient}s to send to.
@@ -528,7 +528,7 @@ class SMTPManagedRelayerFactory(ClientFactory):
     @ivar pArgs: more positional arguments for the relayer.
     @ivar pKwArgs: keyword arguments for the relayer.
     @ivar lastError: why the session failed (an L{SMTPClientError} or a
-        L{Failure}), or L{None}.
+        C{Failure}), or C{None}.
     """
 
     protocol = SMTPManagedRelayer
@@ -563,8 +563,8 @@ class ESMTPManagedRelayerFactory(SMTPManagedRelayerFactory):
     Makes the L{ESMTPManagedRelayer} for one connection.
 
     @ivar secret: the password for AUTH, or a callable given the server's
-        address that returns it, or L{None}.
-    @ivar contextFactory: the TLS client options for STARTTLS, or L{None}.
+        address that returns it, or C{None}.
+    @ivar contextFactory: the TLS client options for STARTTLS, or C{None}.
     """
 
     protocol = ESMTPManagedRelayer
@@ -602,7 +602,7 @@ class _AttemptManager:
 
     def getCompletionDeferred(self) -> defer.Deferred:
         """
-        @return: a L{Deferred} that fires when the connection is over.
+        @return: a C{Deferred} that fires when the connection is over.
         """
         d = defer.Deferred()
         if self._completionDeferreds is None:
@@ -806,7 +806,7 @@ class SmartHostSMTPRelayingManager:
         C{factory(jobs, attemptManager, *fArgs, **fKwArgs)}.
     @cvar PORT: the port of mail exchangers.
     @ivar mxcalc: the L{MXCalculator}; one on the system's resolver if
-        L{None}.
+        C{None}.
     @ivar managed: the relayer factories of the connections in progress,
         each with the jobs it has not answered yet.
     @ivar fArgs: positional arguments for the relayer factory after the
@@ -852,24 +852,24 @@ class SmartHostSMTPRelayingManager:
         @param maxConnections: connections open at once, overall.
         @param maxMessagesPerConnection: jobs given to one connection.
         @param smartHost: the host to send everything through (a
-            L{SmartHost}, or C{"host:port"}); by MX records if L{None}.
+            L{SmartHost}, or C{"host:port"}); by MX records if C{None}.
         @param maxConnectionsPerDestination: connections open at once to
-            one destination; C{maxConnections} if L{None}.
-        @param schedule: the L{RetrySchedule}; Postfix's if L{None}.
+            one destination; C{maxConnections} if C{None}.
+        @param schedule: the L{RetrySchedule}; Postfix's if C{None}.
         @param hostname: the relay's name, for EHLO and the reports;
-            the machine's if L{None}.
-        @param tls: the TLS policy for mail exchangers (L{MAY} if L{None}).
+            the machine's if C{None}.
+        @param tls: the TLS policy for mail exchangers (L{MAY} if C{None}).
         @param tlsPolicies: TLS policies for some domains, by domain.
-        @param port: the mail exchangers' port; L{PORT} if L{None}.
+        @param port: the mail exchangers' port; L{PORT} if C{None}.
         @param mxcalc: the L{MXCalculator}.
         @param reactor: the reactor (TCP, SSL, time); the global one if
-            L{None}.
+            C{None}.
         @param connectTimeout: seconds to wait for a connection.
         @param timeout: seconds to wait for each reply.
         @param maxAddresses: how many addresses one connection tries.
         @param delayWarning: after how many seconds in the queue a sender
             is told once that delivery is delayed (for recipients whose
-            NOTIFY allows it); never if L{None}.
+            NOTIFY allows it); never if C{None}.
         @param returnLimit: the largest message returned whole in a report.
         @param connectionCacheTime: how long a connection with nothing
             more to send waits for more mail to its destination before it
@@ -958,7 +958,7 @@ class SmartHostSMTPRelayingManager:
 
     def whenIdle(self) -> defer.Deferred:
         """
-        @return: a L{Deferred} that fires once no attempt is in progress.
+        @return: a C{Deferred} that fires once no attempt is in progress.
         """
         d = defer.Deferred()
         if not self._inFlight:
@@ -973,8 +973,8 @@ class SmartHostSMTPRelayingManager:
         limits allow (twisted.mail's periodic entry point; the manager
         also runs by itself once L{start}ed).
 
-        @return: a L{Deferred} that fires when the connections this call
-            opened are over, or L{None} if it opened none.
+        @return: a C{Deferred} that fires when the connections this call
+            opened are over, or C{None} if it opened none.
         """
         if not self.running:
             for envelope in self.queue.due(self._now()):
@@ -997,7 +997,7 @@ class SmartHostSMTPRelayingManager:
         Try waiting messages now rather than at their next attempt (a
         message being sent is left to its attempt).
 
-        @param queueID: the one message to try, or L{None} for all.
+        @param queueID: the one message to try, or C{None} for all.
         @return: the ids of the messages made due.
         @raise KeyError: if C{queueID} is not queued.
         """
@@ -1020,7 +1020,7 @@ class SmartHostSMTPRelayingManager:
         the next delay is the schedule's first), no delay warning sent, and
         due now.  Its lifetime still counts from when it arrived.
 
-        @return: a L{Deferred} that fires when the new state is on disk.
+        @return: a C{Deferred} that fires when the new state is on disk.
         @raise KeyError: if C{queueID} is not queued.
         @raise ValueError: if it is being sent now.
         """
@@ -1041,7 +1041,7 @@ class SmartHostSMTPRelayingManager:
         Take a message out of the queue without sending it on or reporting
         it to its sender.
 
-        @return: a L{Deferred} that fires when it is gone.
+        @return: a C{Deferred} that fires when it is gone.
         @raise KeyError: if C{queueID} is not queued.
         @raise ValueError: if it is being sent now.
         """
@@ -1410,7 +1410,7 @@ class SmartHostSMTPRelayingManager:
         """
         Queue a delivery status notification to the sender.
 
-        @return: a L{Deferred} that fires once it is queued, or L{None} if
+        @return: a C{Deferred} that fires once it is queued, or C{None} if
             there is none to send.
         """
         if not envelope.sender:

@@ -5,7 +5,7 @@ SMTP replies: the L{Reply} value, its wire format, and L{ReplyParser}, which
 assembles replies (multi-line C{250-} continuations included) from the
 lines or bytes a server sends.
 
-RFC 5321 section 4.2:
+RFC 5321 section 4.2::
 
     Greeting   = ( "220 " (Domain / address-literal) [ SP textstring ] CRLF ) /
                  ( "220-" (Domain / address-literal) [ SP textstring ] CRLF
@@ -42,7 +42,7 @@ def isStatus(status: bytes, code: int | None = None) -> bool:
 
     @param status: the candidate.
     @param code: a reply code the status must agree with (same class), or
-        L{None}.
+        C{None}.
     @return: whether it is well formed (and agrees with C{code}).
     """
     if _statusRe.fullmatch(status) is None:
@@ -72,11 +72,11 @@ class Reply:
     wire and is kept apart from the text here.
 
     @ivar code: the reply code, 200 to 599.
-    @type code: L{int}
+    @type code: C{int}
     @ivar lines: the lines of text, without the code and status.
-    @type lines: L{tuple} of L{bytes}
-    @ivar status: the enhanced status code, e.g. C{b"2.1.5"}, or L{None}.
-    @type status: L{bytes} or L{None}
+    @type lines: C{tuple} of C{bytes}
+    @ivar status: the enhanced status code, e.g. C{b"2.1.5"}, or C{None}.
+    @type status: C{bytes} or C{None}
     """
 
     __slots__ = ("code", "lines", "status")
@@ -108,8 +108,8 @@ class Reply:
         as twisted.mail's C{sendCode} takes it.
 
         @param code: the reply code.
-        @param text: the text; L{str} is encoded as UTF-8.
-        @param status: the enhanced status code, or L{None}.
+        @param text: the text; C{str} is encoded as UTF-8.
+        @param status: the enhanced status code, or C{None}.
         @return: the reply.
         """
         if isinstance(text, str):
@@ -227,7 +227,7 @@ class ReplyParser:
         Take one line.
 
         @param line: a line without its line ending.
-        @return: the reply this line completes, or L{None} if more lines
+        @return: the reply this line completes, or C{None} if more lines
             are to come.
         @raise ReplySyntaxError: if the line is malformed.
         """

@@ -126,22 +126,22 @@ class SendConfig:
     @ivar recipients: the envelope recipients.
     @ivar host: the server's host name or address.
     @ivar port: its TCP port.
-    @ivar socket: a UNIX socket to connect to instead, or L{None}.
+    @ivar socket: a UNIX socket to connect to instead, or C{None}.
     @ivar lmtp: whether to speak LMTP instead of ESMTP.
     @ivar tls: C{"none"}, C{"opportunistic"} (STARTTLS if offered),
         C{"starttls"} (STARTTLS required) or C{"implicit"} (RFC 8314).
-    @ivar trustRoot: the CAs to trust (from C{--cafile}), or L{None} for
+    @ivar trustRoot: the CAs to trust (from C{--cafile}), or C{None} for
         the system's.
     @ivar insecure: whether to skip checking the server's certificate.
-    @ivar user: the user name for AUTH, or L{None}.
+    @ivar user: the user name for AUTH, or C{None}.
     @ivar auth: the one SASL mechanism to use (a key of L{MECHANISMS}), or
-        L{None} for PLAIN, LOGIN and CRAM-MD5.
-    @ivar data: the message file (C{"-"}: stdin), or L{None} for
+        C{None} for PLAIN, LOGIN and CRAM-MD5.
+    @ivar data: the message file (C{"-"}: stdin), or C{None} for
         generated messages.
     @ivar headers: header fields, C{(name, value)}: they replace the
         generated ones of the same name, or go before the message file.
-    @ivar body: the body of the generated messages, or L{None}.
-    @ivar helo: the name for EHLO/LHLO; this host's if L{None}.
+    @ivar body: the body of the generated messages, or C{None}.
+    @ivar helo: the name for EHLO/LHLO; this host's if C{None}.
     @ivar timeout: seconds to wait for a connection and for each reply.
     @ivar count: how many messages to send.
     @ivar concurrency: how many connections to use at once.
@@ -243,7 +243,7 @@ class GeneratedMessages:
     @ivar sender: the envelope sender.
     @type sender: L{Address}
     @ivar recipients: the envelope recipients.
-    @type recipients: L{list} of L{Address}
+    @type recipients: C{list} of L{Address}
     """
 
     def __init__(self, sender: Address, recipients, count: int, headers=(), body: str | None = None) -> None:
@@ -254,7 +254,7 @@ class GeneratedMessages:
         @param headers: C{(name, value)} fields: each replaces the
             generated fields of its name, where they were; fields of
             other names are added after them.
-        @param body: the body; a few lines about the message if L{None}.
+        @param body: the body; a few lines about the message if C{None}.
         """
         self.sender = sender
         self.recipients = list(recipients)
@@ -339,7 +339,7 @@ def loadTrustRoot(path: str):
     """
     Read the CA certificates to trust from a PEM file.
 
-    @return: an L{twisted.internet.interfaces.IOpenSSLTrustRoot} for
+    @return: an C{twisted.internet.interfaces.IOpenSSLTrustRoot} for
         C{optionsForClientTLS}.
     @raise OSError: if the file cannot be read.
     @raise ValueError: if it has no certificate, or a bad one.
@@ -380,7 +380,7 @@ def makeAuthenticators(user: str, mechanism: str | None = None, encrypted: bool 
     Make the SASL mechanisms of one connection (they keep state).
 
     @param user: the user name.
-    @param mechanism: the one mechanism to use, or L{None} for PLAIN,
+    @param mechanism: the one mechanism to use, or C{None} for PLAIN,
         LOGIN and CRAM-MD5, whichever the server offers first in that
         order; CRAM-MD5 first when C{encrypted} is false, so that the
         password does not cross the wire in the clear if it can help it.
@@ -412,8 +412,8 @@ def readSecret(user: str, where: str, mechanism: str | None = None, environ=None
     @param user: the user name, for the prompt.
     @param where: the server, for the prompt.
     @param mechanism: the SASL mechanism, if one was chosen.
-    @param environ: the environment; C{os.environ} if L{None}.
-    @param prompt: asks for it; L{getpass.getpass} if L{None}.
+    @param environ: the environment; C{os.environ} if C{None}.
+    @param prompt: asks for it; C{getpass.getpass} if C{None}.
     @return: the secret, UTF-8.
     @raise NoSecret: if there is no terminal to ask on (getpass would
         read stdin and show what is typed).
@@ -438,7 +438,7 @@ def readSecret(user: str, where: str, mechanism: str | None = None, environ=None
 
 def _oneLine(value) -> str:
     """
-    @return: C{value} (L{bytes} as UTF-8) on one line, control characters
+    @return: C{value} (C{bytes} as UTF-8) on one line, control characters
         shown as spaces and line ends as C{" / "}.
     """
     if isinstance(value, bytes):
@@ -528,7 +528,7 @@ class ProgressBar:
         """
         @param stream: the terminal's text stream (stderr).
         @param total: how many messages there are.
-        @param clock: the L{IReactorTime}.
+        @param clock: the C{IReactorTime}.
         """
         self.stream = stream
         self.total = total
@@ -647,9 +647,9 @@ class _BulkClientMixin:
 
     @ivar bulk: the L{BulkSender}.
     @ivar index: the connection's number, from 0.
-    @ivar current: the number of the message being sent, or L{None}.
+    @ivar current: the number of the message being sent, or C{None}.
     @ivar completed: how many messages the server answered.
-    @ivar error: what ended the connection before its time, or L{None}.
+    @ivar error: what ended the connection before its time, or C{None}.
     @ivar quitting: whether the client is done: no more messages, or an
         error.
     @ivar lastLine: the last line the server sent.
@@ -672,7 +672,7 @@ class _BulkClientMixin:
         """
         @param bulk: the sender the messages come from.
         @param index: the connection's number.
-        @param transcript: where to show the exchange, or L{None}.
+        @param transcript: where to show the exchange, or C{None}.
         """
         self.bulk = bulk
         self.index = index
@@ -691,7 +691,7 @@ class _BulkClientMixin:
 
     def handshakeCompleted(self) -> None:
         """
-        TLS is up (L{IHandshakeListener}).
+        TLS is up (C{IHandshakeListener}).
         """
         if self.transcript is None:
             return
@@ -828,7 +828,7 @@ class BulkSender:
     ) -> None:
         """
         @param reactor: the reactor, for time.
-        @param endpoint: the L{IStreamClientEndpoint} of the server.
+        @param endpoint: the C{IStreamClientEndpoint} of the server.
         @param messages: the messages: C{sender}, C{recipients} and
             C{message(number)} (see L{GeneratedMessages}).
         @param count: how many messages to send.
@@ -837,8 +837,8 @@ class BulkSender:
             number: a L{BulkESMTPClient} or L{BulkLMTPClient}, not set up.
         @param where: the server, for people.
         @param timeout: seconds to wait for each reply.
-        @param report: says a line about an error; nothing if L{None}.
-        @param progress: a L{ProgressBar}, or L{None}.
+        @param report: says a line about an error; nothing if C{None}.
+        @param progress: a L{ProgressBar}, or C{None}.
         """
         self.clock = reactor
         self.endpoint = endpoint
@@ -866,7 +866,7 @@ class BulkSender:
         """
         Open the connections.
 
-        @return: a L{Deferred} firing with the L{SendResult} when every
+        @return: a C{Deferred} firing with the L{SendResult} when every
             connection has ended.
         """
         self._started = self.clock.seconds()
@@ -945,7 +945,7 @@ class BulkSender:
         """
         Take the next message.
 
-        @return: its number, from 1; or L{None} if there are no more.
+        @return: its number, from 1; or C{None} if there are no more.
         """
         if self._stopping or self._claimed >= self.count:
             return None
@@ -980,7 +980,7 @@ class BulkSender:
         A connection has ended.
 
         @param client: its client.
-        @param reason: why, a L{Failure}.
+        @param reason: why, a C{Failure}.
         """
         self._clients.discard(client)
         if self._done.called:
@@ -1077,7 +1077,7 @@ class BulkSender:
 
 def _describeTLSError(problem: BaseException) -> str | None:
     """
-    @return: why TLS failed, for people; or L{None} if C{problem} is not
+    @return: why TLS failed, for people; or C{None} if C{problem} is not
         about TLS.
     """
     try:
@@ -1118,10 +1118,10 @@ class SendCommand:
         @param stderr: the text stream for errors, warnings and the
             progress bar.
         @param stdin: the binary stream for C{--data -}; C{sys.stdin}'s if
-            L{None}.
-        @param environ: the environment; C{os.environ} if L{None}.
-        @param getpass: asks for the password; L{getpass.getpass} if
-            L{None}.
+            C{None}.
+        @param environ: the environment; C{os.environ} if C{None}.
+        @param getpass: asks for the password; C{getpass.getpass} if
+            C{None}.
         """
         self.config = config
         self.reactor = reactor
@@ -1147,7 +1147,7 @@ class SendCommand:
         Read the message, get the password, make the TLS options; warn
         about what is unsafe.
 
-        @return: L{None} to go on, or the exit status.
+        @return: C{None} to go on, or the exit status.
         """
         config = self.config
         sender = Address(config.sender.encode("utf-8", "surrogateescape")) if config.sender else Address(b"")
@@ -1235,7 +1235,7 @@ class SendCommand:
         """
         Send the messages; print the summary.  Call L{prepare} first.
 
-        @return: a L{Deferred} firing with the exit status: C{0} if every
+        @return: a C{Deferred} firing with the exit status: C{0} if every
             message was sent, else C{1}.
         """
         config = self.config
@@ -1281,7 +1281,7 @@ class SendCommand:
         """
         L{prepare}, then L{send}.
 
-        @return: a L{Deferred} firing with the exit status.
+        @return: a C{Deferred} firing with the exit status.
         """
         status = self.prepare()
         if status is not None:

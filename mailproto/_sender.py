@@ -105,9 +105,9 @@ class ESMTPSender(SenderMixin, ESMTPClient):
 
     def __init__(self, username, secret, contextFactory=None, *args, **kw) -> None:
         """
-        @param username: the user name for AUTH, or L{None}.
-        @param secret: the password, or L{None}.
-        @param contextFactory: the TLS context for STARTTLS; if L{None} and
+        @param username: the user name for AUTH, or C{None}.
+        @param secret: the password, or C{None}.
+        @param contextFactory: the TLS context for STARTTLS; if C{None} and
             C{hostname} is given, one that checks the server's certificate
             for that name.
         @param args: C{identity}, C{logsize}, as for L{SMTPClient}.
@@ -166,7 +166,7 @@ class SMTPSenderFactory(ClientFactory):
         @param file: the message, a file open for reading in binary mode.
         @param deferred: fired with C{(numOk, addresses)}, or failed.
         @param retries: how many more connections to try.
-        @param timeout: seconds to wait for each reply, or L{None}.
+        @param timeout: seconds to wait for each reply, or C{None}.
         """
         if not isinstance(retries, int):
             raise TypeError("retries must be an int")
@@ -340,11 +340,11 @@ def sendmail(
     @param from_addr: the envelope sender.
     @param to_addrs: a recipient, or a list of them.
     @param msg: the message: a file open for reading in binary mode, or
-        L{bytes} (or anything L{bytes} accepts, such as an
-        L{email.message.Message}).
-    @param senderDomainName: the name for EHLO; this host's if L{None}.
+        C{bytes} (or anything C{bytes} accepts, such as an
+        C{email.message.Message}).
+    @param senderDomainName: the name for EHLO; this host's if C{None}.
     @param port: the server's port.
-    @param reactor: the reactor; the global one if L{None}.
+    @param reactor: the reactor; the global one if C{None}.
     @param username: the user name for AUTH.
     @param password: the password for AUTH; without it, no AUTH.
     @param requireAuthentication: fail unless AUTH succeeds.
@@ -357,7 +357,7 @@ def sendmail(
     @param timeout: seconds to wait for each reply.
     @param connectTimeout: seconds to wait for each connection.
     @param retries: how many more connections to try.
-    @return: a L{Deferred} firing with C{(numOk, addresses)} -- how many
+    @return: a C{Deferred} firing with C{(numOk, addresses)} -- how many
         recipients the server accepted, and C{(address, code, resp)} for
         each -- or failing with an L{mailproto.smtp.SMTPClientError}.
         Cancelling it stops the send and closes the connection.

@@ -17,7 +17,7 @@ or an mbox.
     L{describePort}.
 
 The message is never held in memory as a whole: it is written as it comes
-in, to the Maildir's C{tmp/} file or to a L{tempfile.SpooledTemporaryFile}
+in, to the Maildir's C{tmp/} file or to a C{tempfile.SpooledTemporaryFile}
 that stays in memory only while small.  The sink adds no trace header: it
 keeps and shows exactly what the client sent, after dot-unstuffing.
 """
@@ -164,11 +164,11 @@ class ReceivedMessage:
     @ivar size: the size of the message in octets, as received (lines
         ending in CRLF, dot-unstuffed).
     @ivar content: the message, a binary file positioned at its start; or
-        L{None} when no printer asked for it.
-    @ivar subject: the decoded C{Subject} header field; L{None} when the
+        C{None} when no printer asked for it.
+    @ivar subject: the decoded C{Subject} header field; C{None} when the
         message has none, or when no printer asked for it.
-    @ivar location: where the message was stored, or L{None}.
-    @ivar error: why storing the message failed, or L{None}.
+    @ivar location: where the message was stored, or C{None}.
+    @ivar error: why storing the message failed, or C{None}.
     """
 
     number: int
@@ -218,7 +218,7 @@ class _SubjectFinder:
     def subject(self) -> str | None:
         """
         The Subject, unfolded, its encoded words (RFC 2047) decoded; or
-        L{None} if the message has none.
+        C{None} if the message has none.
         """
         if not self._found:
             return None
@@ -475,7 +475,7 @@ class _MaildirWriter:
 class MboxStore:
     """
     Append each message to an mbox file with the standard library's
-    L{mailbox.mbox}: the message is spooled while it arrives, then added
+    C{mailbox.mbox}: the message is spooled while it arrives, then added
     with the mailbox locked.  The mbox format turns CRLF into LF and quotes
     body lines that begin with C{"From "}.
 
@@ -577,9 +577,9 @@ class Sink:
     sink's servers.
 
     @ivar store: where messages are kept (a L{MaildirStore} or an
-        L{MboxStore}), or L{None}.
+        L{MboxStore}), or C{None}.
     @ivar printer: what shows each message (a L{MessagePrinter} or a
-        L{SummaryPrinter}), or L{None}.
+        L{SummaryPrinter}), or C{None}.
     @ivar received: how many messages were received and handled.
     """
 
@@ -606,7 +606,7 @@ class Sink:
         needs it.
 
         @return: the writer (C{write}, C{commit}, C{abort}, C{close} and a
-            C{file}), or L{None} if the message needs not be kept.
+            C{file}), or C{None} if the message needs not be kept.
         @raise OSError: if it could not be begun.
         """
         if self.store is not None:
@@ -666,7 +666,7 @@ class SinkTransaction:
 
     def receivedHeader(self, helo, origin, recipients):
         """
-        @return: L{None}: the sink shows what the client sent.
+        @return: C{None}: the sink shows what the client sent.
         """
         return None
 
@@ -729,7 +729,7 @@ class SinkTransaction:
         The message is complete: store it, print it.  Only the first call
         does anything.
 
-        @return: a L{Deferred} that fires with L{None} if the message was
+        @return: a C{Deferred} that fires with C{None} if the message was
             handled, or fails with the reply for the client.
         """
         if self._result is None:
@@ -820,12 +820,12 @@ def makeSinkFactory(
 
     @param sink: the sink.
     @param lmtp: whether to speak LMTP instead of ESMTP.
-    @param hostname: the server's name; the machine's if L{None}.
+    @param hostname: the server's name; the machine's if C{None}.
     @param maxMessageSize: the largest message, in octets (C{0} for no
-        limit); the server's default if L{None}.
+        limit); the server's default if C{None}.
     @param contextFactory: the TLS context factory for STARTTLS, or
-        L{None}.
-    @param clock: the L{IReactorTime} for timeouts; the reactor if L{None}.
+        C{None}.
+    @param clock: the C{IReactorTime} for timeouts; the reactor if C{None}.
     @return: an L{ESMTPFactory} or L{LMTPFactory}.
     """
     limits = {}
@@ -894,7 +894,7 @@ class SinkServer:
         @param reactor: the reactor.
         @param factory: the server factory (see L{makeSinkFactory}).
         @param descriptions: the endpoint descriptions (strings for
-            L{serverFromString}).
+            C{serverFromString}).
         """
         self.reactor = reactor
         self.factory = factory
@@ -905,7 +905,7 @@ class SinkServer:
         """
         Listen on every endpoint.  If one fails, the others stop.
 
-        @return: a L{Deferred} firing with L{ports}, or failing with a
+        @return: a C{Deferred} firing with L{ports}, or failing with a
             L{ListenError} for the first endpoint that failed.
         """
         listening = []
@@ -934,7 +934,7 @@ class SinkServer:
         """
         Stop listening.
 
-        @return: a L{Deferred} that fires when every port has stopped.
+        @return: a C{Deferred} that fires when every port has stopped.
         """
         ports, self.ports = self.ports, []
         return defer.gatherResults(

@@ -2,7 +2,7 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 TLS for servers: a certificate and key from PEM files, as a
-L{twisted.internet.ssl.CertificateOptions} for STARTTLS or for an
+C{twisted.internet.ssl.CertificateOptions} for STARTTLS or for an
 implicit-TLS listener.
 """
 
@@ -19,10 +19,10 @@ def loadServerOptions(certificatePath: str, keyPath: str | None = None):
 
     @param certificatePath: a PEM file with the certificate, then any
         intermediate certificates; and the private key too if C{keyPath}
-        is L{None}.
-    @param keyPath: a PEM file with the private key, or L{None}.
+        is C{None}.
+    @param keyPath: a PEM file with the private key, or C{None}.
     @return: the TLS options, checked to make a context.
-    @rtype: L{twisted.internet.ssl.CertificateOptions}
+    @rtype: C{twisted.internet.ssl.CertificateOptions}
     @raise OSError: if a file cannot be read.
     @raise ValueError: if they are not a certificate and its key.
     """

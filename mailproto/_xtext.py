@@ -2,7 +2,7 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 The xtext encoding of RFC 3461 section 4, used by the DSN parameters
-C{ENVID} and C{ORCPT} and by the C{AUTH=} parameter of C{MAIL} (RFC 4954).
+C{ENVID} and C{ORCPT} and by the C{AUTH=} parameter of C{MAIL} (RFC 4954)::
 
     xtext   = *( xchar / hexchar )
     xchar   = any ASCII CHAR between "!" (33) and "~" (126) inclusive,
@@ -10,9 +10,9 @@ C{ENVID} and C{ORCPT} and by the C{AUTH=} parameter of C{MAIL} (RFC 4954).
     hexchar = ASCII "+" immediately followed by two upper case
               hexadecimal digits
 
-The codec is registered with L{codecs} under the name C{xtext}, as
+The codec is registered with C{codecs} under the name C{xtext}, as
 twisted.mail does, so that C{"a+b".encode("xtext") == b"a+2Bb"}.  Unlike
-twisted.mail's, it encodes C{+} and C{=} in L{bytes} input too, and text
+twisted.mail's, it encodes C{+} and C{=} in C{bytes} input too, and text
 is encoded as UTF-8 before escaping, so every code point round-trips.
 """
 
@@ -107,10 +107,10 @@ class xtextStreamWriter(codecs.StreamWriter):
 
 def xtext_codec(name: str) -> codecs.CodecInfo | None:
     """
-    The L{codecs} search function that finds the C{xtext} codec.
+    The C{codecs} search function that finds the C{xtext} codec.
 
     @param name: the codec name looked up.
-    @return: the codec for C{"xtext"}, else L{None}.
+    @return: the codec for C{"xtext"}, else C{None}.
     """
     if name != "xtext":
         return None

@@ -7,7 +7,7 @@ parameters of RFC 3461.
 
   - L{makeReport} makes a report from a L{DeliveryReport} (the message and
     its sender) and L{RecipientReport}s (what happened per recipient), and
-    gives it with its envelope as a L{ReportMessage}; or L{None} when no
+    gives it with its envelope as a L{ReportMessage}; or C{None} when no
     report is to be sent (a null sender, or C{NOTIFY} asked for none);
   - L{shouldNotify} says whether a recipient's C{NOTIFY} asks for a report
     of what happened;

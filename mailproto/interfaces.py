@@ -19,8 +19,7 @@ class IMessageDelivery(Interface):
     Decides, for a server, who may send and who may receive, and makes the
     message objects that receive the data.
 
-    Either validation method may return a L{Deferred
-    <twisted.internet.defer.Deferred>}; the server answers commands in the
+    Either validation method may return a C{Deferred}; the server answers commands in the
     order they came, also when the client pipelines them.
     """
 
@@ -29,14 +28,14 @@ class IMessageDelivery(Interface):
         Make the C{Received:} trace header for a message.
 
         @param helo: the client's C{(HELO argument, address)}.
-        @type helo: 2-L{tuple} of L{bytes}
+        @type helo: 2-C{tuple} of C{bytes}
         @param origin: the sender.
         @type origin: L{mailproto.smtp.Address}
         @param recipients: the recipients this copy of the message is for.
-        @type recipients: L{list} of L{mailproto.smtp.User}
+        @type recipients: C{list} of L{mailproto.smtp.User}
         @return: the whole header field (C{b"Received: ..."}), its lines
-            separated by LF or CRLF; or L{None} for none.
-        @rtype: L{bytes} or L{None}
+            separated by LF or CRLF; or C{None} for none.
+        @rtype: C{bytes} or C{None}
         """
 
     def validateFrom(helo, origin):
@@ -44,12 +43,12 @@ class IMessageDelivery(Interface):
         Decide whether to accept mail from a sender.
 
         @param helo: the client's C{(HELO argument, address)}.
-        @type helo: 2-L{tuple} of L{bytes}
+        @type helo: 2-C{tuple} of C{bytes}
         @param origin: the sender (C{MAIL FROM}).  Its ESMTP parameters are
             on each L{mailproto.smtp.User} later given to L{validateTo}, as
             C{user.mail}.
         @type origin: L{mailproto.smtp.Address}
-        @return: C{origin}, or a L{Deferred} firing with it.
+        @return: C{origin}, or a C{Deferred} firing with it.
         @raise mailproto.smtp.SMTPBadSender: to refuse the sender; any
             L{mailproto.smtp.SMTPServerError} gives its own reply.
         """
@@ -66,7 +65,7 @@ class IMessageDelivery(Interface):
             ORCPT).
         @type user: L{mailproto.smtp.User}
         @return: a callable taking no arguments and returning an
-            L{IMessageSMTP} provider, or a L{Deferred} firing with one.  It
+            L{IMessageSMTP} provider, or a C{Deferred} firing with one.  It
             is called once the client sends the message.
         @raise mailproto.smtp.SMTPBadRcpt: to refuse the recipient; any
             L{mailproto.smtp.SMTPServerError} gives its own reply.
@@ -96,14 +95,14 @@ class IMessageSMTP(Interface):
         Receive one line of the message, without its line ending, after
         dot-unstuffing.
 
-        @type line: L{bytes}
+        @type line: C{bytes}
         """
 
     def eomReceived():
         """
         The whole message has been received.
 
-        @return: a L{Deferred} that fires when the message is safely
+        @return: a C{Deferred} that fires when the message is safely
             handled, or fails (with an L{mailproto.smtp.SMTPServerError}
             for a reply of its own) when it is refused.
         """
@@ -127,7 +126,7 @@ class IMessageStream(IMessageSMTP):
         Receive the next part of the message: one or more whole lines, each
         ending in CRLF, after dot-unstuffing.
 
-        @type data: L{bytes}
+        @type data: C{bytes}
         """
 
 
@@ -140,19 +139,19 @@ class IChallengeResponse(Interface):
     def getChallenge():
         """
         @return: the next challenge to send, decoded.
-        @rtype: L{bytes}
+        @rtype: C{bytes}
         """
 
     def setResponse(response):
         """
         @param response: the client's decoded response.
-        @type response: L{bytes}
+        @type response: C{bytes}
         """
 
     def moreChallenges():
         """
         @return: whether another challenge follows.
-        @rtype: L{bool}
+        @rtype: C{bool}
         """
 
 
@@ -164,7 +163,7 @@ class IClientAuthentication(Interface):
     def getName():
         """
         @return: the mechanism's name, such as C{b"PLAIN"}.
-        @rtype: L{bytes}
+        @rtype: C{bytes}
         """
 
     def challengeResponse(secret, challenge):
@@ -172,7 +171,7 @@ class IClientAuthentication(Interface):
         @param secret: the client's secret.
         @param challenge: the server's decoded challenge.
         @return: the decoded response.
-        @rtype: L{bytes}
+        @rtype: C{bytes}
         """
 
 

@@ -6,7 +6,7 @@ writes every accepted message into the durable queue before the server
 says 250 (L{QueueDeliveryFactory}, L{QueueDelivery}).  twisted.mail's
 names are here too: L{DomainQueuer} (a relaying domain, one queued message
 per recipient) and the relayers L{RelayerMixin}, L{SMTPRelayer} and
-L{ESMTPRelayer} (SMTP clients sending queue files).
+L{ESMTPRelayer} (SMTP clients sending queue files).  A relay's server::
 
     from mailproto.relay import QueueDeliveryFactory, RelayPolicy
     from mailproto.relaymanager import Queue

@@ -10,8 +10,7 @@ memory, without sockets or real time.
   - L{connectInMemory} connects a server protocol and a client protocol
     through in-memory transports and returns the pump that moves bytes
     between them.
-  - L{FakeResolver} is an L{IResolver
-    <twisted.internet.interfaces.IResolver>} that answers MX, A, AAAA and
+  - L{FakeResolver} is an C{IResolver} that answers MX, A, AAAA and
     CNAME queries from dictionaries, like a real resolver (answers,
     NXDOMAIN, chosen failures such as SERVFAIL or a time-out), and records
     the queries it gets: for tests of mail routing
@@ -31,7 +30,7 @@ A test of an application's own client against a mailproto server::
     pump = connectInMemory(server, myClientProtocol)
     pump.flush()
     [message] = delivery.messages
-    assert message.recipient == b"rcpt@example.com"
+    assert bytes(message.recipient) == b"rcpt@example.com"
 
 A test of routing::
 
@@ -81,14 +80,14 @@ class DeliveredMessage:
     @type recipient: L{Address}
     @ivar mail: the C{MAIL} command with its ESMTP parameters (SIZE, BODY,
         SMTPUTF8, RET, ENVID, ...).
-    @type mail: L{mailproto.wire.MailFrom} or L{None}
+    @type mail: L{mailproto.wire.MailFrom} or C{None}
     @ivar rcpt: the C{RCPT} command with its ESMTP parameters (NOTIFY,
         ORCPT).
-    @type rcpt: L{mailproto.wire.RcptTo} or L{None}
+    @type rcpt: L{mailproto.wire.RcptTo} or C{None}
     @ivar data: the message as received: headers and body, lines ending in
         CRLF, dot-unstuffed, with the trace header the server added, if
         any.
-    @type data: L{bytes}
+    @type data: C{bytes}
     """
 
     def __init__(self, user: User, data: bytes) -> None:
@@ -144,15 +143,15 @@ class MemoryDelivery:
     header.
 
     @ivar messages: the messages delivered, one per recipient, in order.
-    @type messages: L{list} of L{DeliveredMessage}
+    @type messages: C{list} of L{DeliveredMessage}
     @ivar lost: the L{MemoryMessage}s abandoned before their end.
     @ivar senders: the senders validated, in order, as L{Address}es.
-    @ivar refuseSenders: addresses (L{bytes}, C{b"local@domain"}) to refuse
+    @ivar refuseSenders: addresses (C{bytes}, C{b"local@domain"}) to refuse
         with C{550 5.7.1}.
     @ivar refuseRecipients: addresses to refuse with C{550 5.1.1}.
     @ivar failDelivery: an exception with which every message fails at its
-        end, or L{None}.
-    @ivar receivedHeaderText: the trace header to add, or L{None}.
+        end, or C{None}.
+    @ivar receivedHeaderText: the trace header to add, or C{None}.
     """
 
     def __init__(
@@ -203,14 +202,14 @@ def connectInMemory(server, client, clock=None, serverAddress=None, clientAddres
         C{factory.buildProtocol(None)}).
     @param client: the client protocol.
     @param clock: the clock the pump advances a little each time it moves
-        data; a new L{MemoryReactorClock} if L{None}.
+        data; a new C{MemoryReactorClock} if C{None}.
     @param serverAddress: the server's address as both sides see it;
-        C{127.0.0.1:25} if L{None}.
+        C{127.0.0.1:25} if C{None}.
     @param clientAddress: the client's address; C{127.0.0.1:54321} if
-        L{None}.
+        C{None}.
     @return: the pump: C{pump.flush()} moves bytes both ways until neither
         side has anything more to say.
-    @rtype: L{twisted.test.iosim.IOPump}
+    @rtype: C{twisted.test.iosim.IOPump}
     """
     serverAddress = serverAddress or IPv4Address("TCP", "127.0.0.1", 25)
     clientAddress = clientAddress or IPv4Address("TCP", "127.0.0.1", 54321)
@@ -221,7 +220,7 @@ def connectInMemory(server, client, clock=None, serverAddress=None, clientAddres
 
 def _dnsName(name) -> str:
     """
-    A name as L{FakeResolver} keeps it: L{str}, lower case, no final dot.
+    A name as L{FakeResolver} keeps it: C{str}, lower case, no final dot.
     """
     if isinstance(name, bytes):
         name = name.decode("ascii", "backslashreplace")
@@ -243,17 +242,17 @@ def _dnsType(recordType) -> int:
 
 class FakeResolver(common.ResolverBase):
     """
-    An L{IResolver <twisted.internet.interfaces.IResolver>} that answers
+    An C{IResolver} that answers
     from dictionaries, at once, without a network.
 
     It answers like a recursive resolver: a query of a name that has a CNAME
     record gets the CNAME records, one after the other, and the records of
     the name they lead to (stopping before a loop); a name that no
     dictionary knows gets NXDOMAIN (a failure with
-    L{twisted.names.error.DNSNameError}), also at the end of a chain of
+    C{twisted.names.error.DNSNameError}), also at the end of a chain of
     CNAME records; a name known but without records of the type asked gets
     an empty answer.  Answers are C{(answers, authority, additional)}
-    tuples of L{twisted.names.dns.RRHeader}s, the last two empty.
+    tuples of C{twisted.names.dns.RRHeader}s, the last two empty.
 
     Names are matched without regard to case or a final dot, and may be
     given as internationalized names (they are kept as A-labels).  The
@@ -264,7 +263,7 @@ class FakeResolver(common.ResolverBase):
     @ivar queries: the queries received, in order, as C{(name, type)}
         pairs: the name lower case without a final dot, the type's name
         (C{"MX"}, C{"A"}, C{"AAAA"}, ...).
-    @type queries: L{list} of L{tuple}
+    @type queries: C{list} of C{tuple}
     @ivar followCNAMEs: whether answers hold the whole chain of CNAME
         records and the records at its end (like a recursive resolver), or
         only the first CNAME record (like an authoritative server of the
@@ -277,13 +276,13 @@ class FakeResolver(common.ResolverBase):
             exchange)}.  An exchange of C{"."} or C{""} is the root (a null
             MX, RFC 7505).  An empty list makes a domain that exists without
             MX records.
-        @param a: the A records: host -> list of IPv4 addresses (L{str}).
+        @param a: the A records: host -> list of IPv4 addresses (C{str}).
         @param aaaa: the AAAA records: host -> list of IPv6 addresses.
         @param cname: the CNAME records: alias -> canonical name.
         @param failures: the queries that fail: C{(name, type)} -> the
             exception (an instance or a class), for example
-            L{twisted.names.error.DNSServerError} for SERVFAIL or
-            L{twisted.internet.defer.TimeoutError}.  The type is a name
+            C{twisted.names.error.DNSServerError} for SERVFAIL or
+            C{twisted.internet.defer.TimeoutError}.  The type is a name
             (C{"MX"}) or a number (C{dns.MX}).  A query fails also if a name
             its CNAME records lead to is listed with its type.
         @param followCNAMEs: see L{FakeResolver.followCNAMEs}.
@@ -305,7 +304,7 @@ class FakeResolver(common.ResolverBase):
     def _records(self, name: str, recordType: int) -> list:
         """
         The records of one name and type (all types for C{ALL_RECORDS}), as
-        L{dns.RRHeader}s.
+        C{dns.RRHeader}s.
         """
         owner = name.encode("ascii")
         payloads = []

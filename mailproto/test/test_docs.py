@@ -2,7 +2,9 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 The examples in C{docs/} work as shown: each page's C{>>>} examples are run
-with L{doctest}.
+with L{doctest}, and the example programs of the tutorials in
+C{docs/examples/} are run: the mail server and the two senders over
+loopback TCP, the trial tests of the testing tutorial with trial.
 
 The pages are found next to the package in a checkout, or in the source
 tree named by the C{MAILPROTO_SOURCE} environment variable (which
@@ -10,10 +12,18 @@ C{.ci/test} sets when it tests an installed copy).
 """
 
 import doctest
+import importlib
+import io
+import mailbox
 import os
 import pathlib
+import sys
+import tempfile
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer, reactor, task, tcp
+from twisted.protocols.policies import WrappingFactory
+from twisted.trial import reporter, runner
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import mailproto
 
@@ -29,6 +39,25 @@ def _docs():
 
 
 DOCS = _docs()
+EXAMPLES = DOCS / "examples" if DOCS is not None else None
+
+
+def _useExamples(case):
+    """
+    Make the modules of C{docs/examples} importable by their names, as
+    they are when a reader runs Python in that directory, for the rest of
+    the test C{case}; forget them afterwards.
+    """
+    sys.path.insert(0, str(EXAMPLES))
+
+    def forget():
+        sys.path.remove(str(EXAMPLES))
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None) or ""
+            if path and pathlib.Path(path).resolve().parent == EXAMPLES.resolve():
+                del sys.modules[name]
+
+    case.addCleanup(forget)
 
 
 class DocsTests(SynchronousTestCase):
@@ -39,7 +68,20 @@ class DocsTests(SynchronousTestCase):
     if DOCS is None:
         skip = "docs/ not found: set MAILPROTO_SOURCE to the source tree"
 
-    def runPage(self, name):
+    def runPage(self, name, examples=False):
+        """
+        Run the C{>>>} examples of one page, in one namespace, in order.
+
+        @param examples: whether the page imports the modules of
+            C{docs/examples}.
+        """
+        if examples:
+            _useExamples(self)
+        # Temporary files and directories a page makes go where trial
+        # cleans up.
+        temporary = os.path.abspath(self.mktemp())
+        os.makedirs(temporary)
+        self.patch(tempfile, "tempdir", temporary)
         result = doctest.testfile(
             str(DOCS / name),
             module_relative=False,
@@ -73,3 +115,121 @@ class DocsTests(SynchronousTestCase):
         docs/relaying.rst.
         """
         self.runPage("relaying.rst")
+
+    def test_tutorialProgrammer(self):
+        """
+        docs/tutorial-programmer.rst, with docs/examples/mailserver.py.
+        """
+        self.runPage("tutorial-programmer.rst", examples=True)
+
+    def test_tutorialTesting(self):
+        """
+        docs/tutorial-testing.rst.
+        """
+        self.runPage("tutorial-testing.rst")
+
+    def test_tutorialTestingModule(self):
+        """
+        The trial tests that docs/tutorial-testing.rst shows,
+        docs/examples/test_notify.py, pass.
+        """
+        _useExamples(self)
+        suite = runner.TestLoader().loadModule(importlib.import_module("test_notify"))
+        result = reporter.TestResult()
+        suite.run(result)
+        self.assertEqual(result.testsRun, 2)
+        self.assertEqual((result.errors, result.failures), ([], []))
+        self.assertTrue(result.wasSuccessful())
+
+
+class ExampleProgramsTests(TestCase):
+    """
+    The programs of docs/tutorial-programmer.rst, over loopback TCP: the
+    mail server of docs/examples/mailserver.py, and docs/examples/sendone.py
+    and docs/examples/sendmany.py sending to it.
+    """
+
+    if DOCS is None:
+        skip = "docs/ not found: set MAILPROTO_SOURCE to the source tree"
+
+    timeout = 30
+
+    async def quiet(self):
+        """
+        Wait until no TCP connection is left open (a client has its result
+        before it says QUIT).
+        """
+        for _ in range(500):
+            selectables = reactor.getReaders() + reactor.getWriters()
+            if not any(isinstance(s, (tcp.Client, tcp.Server)) for s in selectables):
+                return
+            await task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("connections still open")
+
+    async def serve(self):
+        """
+        Start the example server on a free port, storing mail in a
+        temporary directory.
+
+        @return: the port number.
+        """
+        _useExamples(self)
+        mailserver = importlib.import_module("mailserver")
+        makeFactory = mailserver.makeFactory
+        self.patch(mailserver, "makeFactory", lambda directory: WrappingFactory(makeFactory(directory)))
+        self.directory = os.path.abspath(self.mktemp())
+        port = await mailserver.listen(reactor, "tcp:0:interface=127.0.0.1", self.directory)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def subjects(self, user):
+        """
+        @return: the subjects of the messages in a user's Maildir.
+        """
+        return sorted(message["Subject"] for message in mailbox.Maildir(os.path.join(self.directory, user)))
+
+    def output(self):
+        """
+        Capture what the programs print.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        return out
+
+    @defer.inlineCallbacks
+    def test_sendone(self):
+        """
+        sendone.py sends one message to alice and bob through the server;
+        the unknown recipient is refused.
+        """
+        portNumber = yield defer.ensureDeferred(self.serve())
+        sendone = importlib.import_module("sendone")
+        out = self.output()
+        yield defer.ensureDeferred(sendone.main(reactor, port=portNumber))
+        yield defer.ensureDeferred(self.quiet())
+        self.assertEqual(
+            out.getvalue().splitlines(),
+            [
+                "2 of 3 recipients accepted",
+                "  alice@example.com: 250 2.1.5 Recipient address accepted",
+                "  bob@example.com: 250 2.1.5 Recipient address accepted",
+                "  nobody@example.com: 550 5.1.1 Cannot receive for specified address",
+            ],
+        )
+        self.assertEqual(self.subjects("alice"), ["Lunch?"])
+        self.assertEqual(self.subjects("bob"), ["Lunch?"])
+        [message] = mailbox.Maildir(os.path.join(self.directory, "alice"))
+        self.assertTrue(message["Received"].startswith("from "))
+
+    @defer.inlineCallbacks
+    def test_sendmany(self):
+        """
+        sendmany.py sends three messages to alice over one connection.
+        """
+        portNumber = yield defer.ensureDeferred(self.serve())
+        sendmany = importlib.import_module("sendmany")
+        out = self.output()
+        yield defer.ensureDeferred(sendmany.main(reactor, f"tcp:127.0.0.1:{portNumber}"))
+        yield defer.ensureDeferred(self.quiet())
+        self.assertEqual(out.getvalue().splitlines(), ["250 2.0.0 Delivery in progress 1"] * 3)
+        self.assertEqual(self.subjects("alice"), ["Report 1", "Report 2", "Report 3"])

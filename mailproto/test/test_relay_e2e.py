@@ -8,17 +8,17 @@ twisted.names DNS server on 127.0.0.1 and delivers it to servers nobody
 here wrote: aiosmtpd and Postfix's smtp-sink.
 
 MX records carry no port, so every downstream server of a test listens on
-one port number, on its own loopback address:
+one port number, on its own loopback address::
 
   ==========  ===========================  ==============================
   address     what listens there           names pointing at it
   ==========  ===========================  ==============================
   127.0.0.1   aiosmtpd (records, and       mx.a.test (a.test, sender.test)
-              refuses C{nouser@a.test})
+              refuses nouser@a.test)
   127.0.0.2   smtp-sink (dumps)            mx.b.test (b.test, MX 20)
   127.0.0.3   nothing                      dead.b.test (b.test, MX 10)
   127.0.0.4   aiosmtpd answering DATA      mx.later.test (later.test)
-              with C{451} (once, or
+              with 451 (once, or
               always)
   ::1         aiosmtpd                     mx.v6.test (AAAA only)
   ==========  ===========================  ==============================
