@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import dataclasses
 import functools
 import re
@@ -56,6 +57,7 @@ from mailproto._errors import SMTPBadRcpt, SMTPBadSender, SMTPServerError
 from mailproto._headers import localHostname, rfc822date
 from mailproto._replies import isStatus
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
+from mailproto._writes import writeNow
 
 COMMAND, DATA, BDAT, AUTH = "COMMAND", "DATA", "BDAT", "AUTH"
 
@@ -161,6 +163,35 @@ def _peerHost(address) -> bytes:
     return _NOT_ADDRESS.sub(b"?", host) or b"?"
 
 
+def _replyLines(code: int, lines: list[bytes]) -> bytes:
+    """
+    @return: a reply of one or more lines, as sent.
+    """
+    if len(lines) == 1:
+        return b"%d %s\r\n" % (code, lines[0])
+    last = len(lines) - 1
+    return b"".join(b"%d%s%s\r\n" % (code, b" " if i == last else b"-", line) for i, line in enumerate(lines))
+
+
+@functools.lru_cache(maxsize=256)
+def _formatReply(code: int, message: bytes, status: bytes | None, enhanced: bool) -> bytes:
+    """
+    @return: the reply C{code} C{message} as sent, with the enhanced status
+        code C{status} (or one taken from the start of C{message}, or
+        C{X.0.0}) when C{enhanced}.  Most replies are the same few, so the
+        answers are kept.
+    """
+    lines = message.splitlines() or [b""]
+    if enhanced and code // 100 in (2, 4, 5):
+        first, _, rest = lines[0].partition(b" ")
+        if status is None and isStatus(first, code):
+            status, lines[0] = first, rest
+        elif status is None or not isStatus(status, code):
+            status = b"%d.0.0" % (code // 100)
+        lines = [status + b" " + line if line else status for line in lines]
+    return _replyLines(code, lines)
+
+
 class SMTP(LineReceiver, TimeoutMixin):
     """
     An SMTP server (RFC 5321): HELO sessions, without extensions.  See
@@ -241,6 +272,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._enhanced = False
         self._advertised = {}
         self._messages = None
+        self._feeders = ()
         self._unstuffer = None
         self._dataFailed = None
         self._received = 0
@@ -343,15 +375,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         """
         if not isinstance(message, bytes):
             message = str(message).encode("utf-8")
-        lines = message.splitlines() or [b""]
-        if self._enhanced and code // 100 in (2, 4, 5):
-            first, _, rest = lines[0].partition(b" ")
-            if status is None and isStatus(first, code):
-                status, lines[0] = first, rest
-            elif status is None or not isStatus(status, code):
-                status = b"%d.0.0" % (code // 100)
-            lines = [status + b" " + line if line else status for line in lines]
-        self._writeReply(code, lines)
+        writeNow(self.transport, _formatReply(code, message, status, self._enhanced))
         if code in _BAD_COMMAND_CODES:
             self._countError()
 
@@ -363,10 +387,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._writeReply(code, message.splitlines() or [b""])
 
     def _writeReply(self, code: int, lines: list[bytes]) -> None:
-        last = len(lines) - 1
-        self.transport.write(
-            b"".join(b"%d%s%s\r\n" % (code, b" " if i == last else b"-", line) for i, line in enumerate(lines))
-        )
+        writeNow(self.transport, _replyLines(code, lines))
 
     def _replyError(self, error: SMTPServerError) -> None:
         resp = error.resp if isinstance(error.resp, bytes) else str(error.resp).encode("utf-8")
@@ -603,9 +624,33 @@ class SMTP(LineReceiver, TimeoutMixin):
         if mail.size is not None and self.maxMessageSize and mail.size > self.maxMessageSize:
             raise SMTPServerError(552, "Message size exceeds fixed maximum message size", b"5.3.4")
         self._mail = mail
-        validated = defer.maybeDeferred(self.validateFrom, self._helo, mail.address)
-        validated.addCallbacks(self._cbFromValidate, self._ebFromValidate)
-        return validated
+        if type(self).validateFrom is SMTP.validateFrom:
+            # Ask the delivery itself, so that a plain answer is not wrapped
+            # in a Deferred only to be taken out again.
+            delivery = self._senderDelivery()
+            validate = self._anonymousValidateFrom if delivery is None else delivery.validateFrom
+        else:
+            validate = self.validateFrom
+        return self._validate(validate, (self._helo, mail.address), self._cbFromValidate, self._ebFromValidate)
+
+    @staticmethod
+    def _validate(validate, args, callback, errback, callbackArgs=()):
+        """
+        Call a validator and pass its answer to C{callback} or its error to
+        C{errback}: at once when it answers at once, else when its
+        C{Deferred} fires.
+
+        @return: that C{Deferred}, or C{None}.
+        """
+        try:
+            result = validate(*args)
+        except BaseException:
+            return errback(Failure())
+        if isinstance(result, defer.Deferred):
+            return result.addCallbacks(callback, errback, callbackArgs=callbackArgs)
+        if isinstance(result, Failure):
+            return errback(result)
+        return callback(result, *callbackArgs)
 
     def _cbFromValidate(self, fromEmail, code=250, msg=b"Sender address accepted") -> None:
         self._from = fromEmail
@@ -633,9 +678,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         user = User(rcpt.address, self._helo, self, self._from)
         user.mail = self._mail
         user.rcpt = rcpt
-        validated = defer.maybeDeferred(self.validateTo, user)
-        validated.addCallbacks(self._cbToValidate, self._ebToValidate, callbackArgs=(user,))
-        return validated
+        return self._validate(self.validateTo, (user,), self._cbToValidate, self._ebToValidate, (user,))
 
     def _cbToValidate(self, to, user=None, code=250, msg=b"Recipient address accepted") -> None:
         if user is None:
@@ -684,15 +727,17 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._resetTransaction()
         messages = []
         self._messages = messages
+        self._feeders = feeders = []
         addedHeader = False
         for user, messageFactory in recipients:
             try:
                 message = messageFactory()
                 messages.append(message)
+                feeders.append(self._feeder(message))
                 header = self.receivedHeader(helo, origin, [user])
                 if header:
                     addedHeader = True
-                    self._deliver(message, header.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
+                    feeders[-1](header.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
             except SMTPServerError:
                 self._abortMessages()
                 raise
@@ -713,15 +758,22 @@ class SMTP(LineReceiver, TimeoutMixin):
             )
 
     @staticmethod
-    def _deliver(message, content: bytes) -> None:
+    def _feeder(message):
         """
-        Hand whole CRLF-terminated lines to a message.
+        @return: a function that hands whole CRLF-terminated lines to
+            C{message}: all at once to an L{IMessageStream}, else one by one
+            to its C{lineReceived}.
         """
         if IMessageStream.providedBy(message):
-            message.dataReceived(content)
-        else:
-            for line in content.split(b"\r\n")[:-1]:
-                message.lineReceived(line)
+            return message.dataReceived
+        lineReceived = message.lineReceived
+
+        def feed(content: bytes) -> None:
+            lines = content.split(b"\r\n")
+            lines.pop()
+            collections.deque(map(lineReceived, lines), 0)
+
+        return feed
 
     def _dataInput(self, data: bytes) -> bytes:
         """
@@ -794,8 +846,8 @@ class SMTP(LineReceiver, TimeoutMixin):
                 # header.
                 content = b"\r\n" + content
         try:
-            for message in self._messages:
-                self._deliver(message, content)
+            for feed in self._feeders:
+                feed(content)
         except SMTPServerError as e:
             self._failData(e)
         except BaseException:
@@ -813,6 +865,7 @@ class SMTP(LineReceiver, TimeoutMixin):
 
     def _abortMessages(self, keep: bool = False) -> None:
         messages, self._messages = self._messages, ([] if keep else None)
+        self._feeders = ()
         for message in messages or ():
             try:
                 message.connectionLost()
@@ -832,15 +885,35 @@ class SMTP(LineReceiver, TimeoutMixin):
             self._refuseMessage(error)
             return
         messages, self._messages = self._messages, None
-        results = []
-        for message in messages:
+        self._feeders = ()
+        # (succeeded, result or Failure) per message, as DeferredList gives.
+        outcomes = [None] * len(messages)
+
+        def record(result, i: int) -> None:
+            outcomes[i] = (not isinstance(result, Failure), result)
+
+        waiting = []
+        for i, message in enumerate(messages):
             try:
-                results.append(defer.maybeDeferred(message.eomReceived))
+                result = message.eomReceived()
             except BaseException:
-                results.append(defer.fail())
-        done = defer.DeferredList(results, consumeErrors=True)
-        done.addCallback(self._messageHandled)
-        self._wait(done)
+                result = Failure()
+            if isinstance(result, defer.Deferred):
+                result.addBoth(record, i)
+                if outcomes[i] is None:
+                    waiting.append(result)
+            else:
+                record(result, i)
+        if waiting:
+            done = defer.DeferredList(waiting)
+            done.addCallback(lambda ignored: self._messageHandled(outcomes))
+            self._wait(done)
+            return
+        # Every message has answered already: reply now.
+        try:
+            self._messageHandled(outcomes)
+        except BaseException:
+            self._internalError(Failure(), "replying to the end of a message")
 
     def _refuseMessage(self, error: SMTPServerError) -> None:
         """
@@ -907,10 +980,25 @@ class SMTP(LineReceiver, TimeoutMixin):
         @return: C{origin}, or a C{Deferred} firing with it.
         @raise SMTPBadSender: to refuse it.
         """
+        delivery = self._senderDelivery()
+        if delivery is not None:
+            return defer.maybeDeferred(delivery.validateFrom, helo, origin)
+        return self._anonymousValidateFrom(helo, origin)
+
+    def _senderDelivery(self):
+        """
+        @return: the delivery for the next message (a new one from the
+            C{deliveryFactory}), or C{None}.
+        """
         if self.deliveryFactory is not None:
             self.delivery = self.deliveryFactory.getMessageDelivery()
-        if self.delivery is not None:
-            return defer.maybeDeferred(self.delivery.validateFrom, helo, origin)
+        return self.delivery
+
+    def _anonymousValidateFrom(self, helo, origin):
+        """
+        Without a delivery: log in anonymously to the C{portal} for one,
+        then ask it; without a portal, refuse.
+        """
         if self.portal is not None:
             login = self.portal.login(credentials.Anonymous(), None, IMessageDeliveryFactory, IMessageDelivery)
 

@@ -622,14 +622,14 @@ class SIGTERMTests(TestCase):
         sink = yield SinkProcess.start(self, os.path.join(work["scratch"], "smarthost"))
         second = RelayProcess.spawn(self, [*work["listen"], "--smarthost", f"127.0.0.1:{sink.port}"], work["scratch"])
         yield second.whenListening()
-        # The three that were waiting arrive first (within seconds); the
-        # one that was in flight is due at the same time, so it must be
-        # there a moment later.
+        # All four are due at once: three arrive within seconds, in any
+        # order, and the fourth a moment later (a retry would be minutes
+        # away).
         yield waitUntil(lambda: len(sink.messages()) >= 3, 20, lambda: f"three messages at the smart host:\n{second.text()}")
         yield waitUntil(
-            lambda: work["inFlight"] in {testIDOf(m) for m in sink.messages().values()},
+            lambda: {testIDOf(m) for m in sink.messages().values()} == set(work["ids"]),
             3,
-            lambda: f"{work['inFlight']} (in flight at SIGTERM) at the smart host; spool: {spoolListing(work['spool'])}\n"
+            lambda: f"all four, {work['inFlight']} (in flight at SIGTERM) too, at the smart host; spool: {spoolListing(work['spool'])}\n"
             f"first run:\n{work['first'].text()}\nsecond run:\n{second.text()}",
         )
         self.assertEqual(sorted(testIDOf(m) for m in sink.messages().values()), work["ids"])

@@ -14,6 +14,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyClass, verifyObject
@@ -679,6 +680,39 @@ class PipeliningTests(SynchronousTestCase):
         self.assertEqual(session.codes(TRANSACTION + b"A: b\r\n.\r\nNOOP\r\n"), [b"250 2.1.0", b"250 2.1.5", b"354"])
         pending.callback(None)
         self.assertEqual(session.codes(b""), [b"250 2.0.0", b"250 2.0.0"])
+
+    def test_endOfDataSomeMessagesLater(self):
+        """
+        With several recipients, the reply to the end of data waits for the
+        last message to answer, whether the others answered at once or not;
+        a refusal by the late one is the reply.
+        """
+        pending = defer.Deferred()
+        original = MemoryMessage.eomReceived
+
+        def eomReceived(message):
+            if bytes(message.user.dest) == b"late@example.com":
+                return pending.addCallback(lambda _: original(message))
+            return original(message)
+
+        self.patch(MemoryMessage, "eomReceived", eomReceived)
+        session = esmtpSession()
+        transaction = b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<late@example.com>\r\nDATA\r\n"
+        self.assertEqual(
+            session.codes(transaction + b"A: b\r\n.\r\nNOOP\r\n"), [b"250 2.1.0", b"250 2.1.5", b"250 2.1.5", b"354"]
+        )
+        pending.errback(SMTPServerError(452, "Later, please", b"4.3.1"))
+        self.assertEqual(session.send(b""), [b"452 4.3.1 Later, please", b"250 2.0.0 OK"])
+
+    def test_validatorReturnsFailure(self):
+        """
+        A sender check that returns a L{Failure} (rather than raising) is a
+        refusal, as with C{maybeDeferred}.
+        """
+        delivery = MemoryDelivery()
+        delivery.validateFrom = lambda helo, origin: Failure(SMTPBadSender(origin))
+        session = esmtpSession(delivery)
+        self.assertEqual(session.codes(b"MAIL FROM:<a@example.org>\r\nNOOP\r\n"), [b"550 5.7.1", b"250 2.0.0"])
 
     def test_pauseWhenFlooded(self):
         """
