@@ -232,8 +232,21 @@ class Unstuffer:
         @param region: lines, the last one with its line ending.
         @return: the content.
         """
-        crlf = region.count(b"\r\n")
-        if region.count(b"\n") == crlf and region.count(b"\r") == crlf:
+        # The region ends with a line end, so it has as many lines as line
+        # ends; with no bare CR or LF, that is the number of CRs and of
+        # LFs.  A long region is split into lines anyway, for their length.
+        lf = region.count(b"\n")
+        cr = region.count(b"\r")
+        long = len(region) > self.maxLineLength + 2
+        if long:
+            lines = region.splitlines()
+            clean = lf == cr == len(lines)
+            # Unstuffing and bare line ends only make lines shorter: lines
+            # no longer than the limit here are no longer than it after.
+            long = max(map(len, lines)) > self.maxLineLength
+        else:
+            clean = lf == cr == region.count(b"\r\n")
+        if clean:
             if self.dotted:
                 if self._atLineStart and region[:1] == b".":
                     region = region[1:]
@@ -256,7 +269,7 @@ class Unstuffer:
                     region = region[1:]
                 region = region.replace(b"\n.", b"\n")
             region = region.replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-        if not self.lineTooLong and len(region) > self.maxLineLength + 2:
+        if long and not self.lineTooLong:
             if max(map(len, region.split(b"\r\n"))) > self.maxLineLength:
                 self.lineTooLong = True
         return region
