@@ -59,6 +59,7 @@ from mailproto._errors import (
 )
 from mailproto._extensions import Extensions
 from mailproto._replies import ReplyParser, ReplySyntaxError, isStatus
+from mailproto._writes import writeNow
 
 SUCCESS = range(200, 300)
 _ANY = range(0, 1000)
@@ -257,7 +258,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
     def sendLine(self, line: bytes) -> None:
         if self.debug:
             self.log.append(b">>> " + line)
-        self.transport.write(line + b"\r\n")
+        writeNow(self.transport, line + b"\r\n")
 
     def _sendSecret(self, line: bytes, shown: bytes) -> None:
         """
@@ -265,7 +266,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         """
         if self.debug:
             self.log.append(b">>> " + shown)
-        self.transport.write(line + b"\r\n")
+        writeNow(self.transport, line + b"\r\n")
 
     def _sendLines(self, lines: list[bytes]) -> None:
         """
@@ -274,7 +275,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         if self.debug:
             for line in lines:
                 self.log.append(b">>> " + line)
-        self.transport.write(b"".join(line + b"\r\n" for line in lines))
+        writeNow(self.transport, b"".join(line + b"\r\n" for line in lines))
 
     # -- replies ----------------------------------------------------------
 

@@ -7,9 +7,11 @@ import socket
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from mailproto._writes import writeNow
 
@@ -114,6 +116,32 @@ class WriteNowTests(unittest.TestCase):
         writeNow(transport, b"late\r\n")
         received = yield reader.closed
         self.assertEqual(received, b"last\r\nlate\r\n")
+
+    @defer.inlineCallbacks
+    def test_producerRegistered(self):
+        """
+        With a producer registered, the octets go through the transport, so
+        that a pull producer is asked for more when its buffer drains.
+        """
+        transport, reader = yield self._connect()
+        asked = []
+
+        @implementer(IPullProducer)
+        class Producer:
+            def resumeProducing(self):
+                asked.append(True)
+                if len(asked) == 1:
+                    writeNow(transport, b"chunk\r\n")
+                else:
+                    transport.unregisterProducer()
+                    transport.loseConnection()
+
+            def stopProducing(self):
+                pass
+
+        transport.registerProducer(Producer(), False)
+        received = yield reader.closed
+        self.assertEqual((received, len(asked)), (b"chunk\r\n", 2))
 
     def test_otherTransports(self):
         """
