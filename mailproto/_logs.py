@@ -1,4 +1,4 @@
-# -*- test-case-name: mailproto.test.test_logs -*-
+# -*- test-case-name: mailproto.test.test_mailrelay -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 The relay's log: one line per event, as text or as JSON, into a file that
@@ -18,14 +18,28 @@ whose values JSON can carry) and, for a failure, C{"traceback"}.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import sys
 
-from twisted.logger import ILogObserver, formatEvent, textFileLogObserver
+from twisted.logger import FileLogObserver, ILogObserver, formatEvent, formatEventAsClassicLogText, formatTime
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 FORMATS = ("text", "json")
+
+
+@functools.lru_cache(maxsize=4)
+def _secondAsText(second: int) -> str:
+    return formatTime(second)
+
+
+def _formatTime(when: float | None) -> str:
+    """
+    Twisted's C{formatTime}, worked out once a second: its time stamps
+    have no fraction of a second.
+    """
+    return "-" if when is None else _secondAsText(int(when))
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -88,6 +102,64 @@ class JSONLineObserver:
         self.outFile.flush()
 
 
+class BatchedFile:
+    """
+    A log file's writer that puts the lines of one reactor turn into one
+    write.
+
+    The log observers flush after every line; under load a relay logs
+    several lines per message, and a write per line costs more than the
+    line.  Here C{flush} only makes sure a real flush follows at the end of
+    the reactor's turn (C{callLater(0)}), or at once when the reactor is
+    not running, when more than C{limit} characters wait, and when the
+    reactor shuts down.  A process killed outright loses at most the lines
+    of its last turn.
+    """
+
+    def __init__(self, outFile, reactor=None, limit: int = 65536) -> None:
+        """
+        @param outFile: the file (text or binary, as its C{write} takes
+            text) to write to.
+        @param reactor: provides C{callLater}, C{running} and
+            C{addSystemEventTrigger}; the global reactor by default.
+        @param limit: how many characters may wait before a flush is made
+            at once.
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self.outFile = outFile
+        self.reactor = reactor
+        self.limit = limit
+        self._pending: list[str] = []
+        self._size = 0
+        self._scheduled = None
+        reactor.addSystemEventTrigger("after", "shutdown", self.flushNow)
+
+    def write(self, text: str) -> None:
+        self._pending.append(text)
+        self._size += len(text)
+
+    def flush(self) -> None:
+        if self._size > self.limit or not self.reactor.running:
+            self.flushNow()
+        elif self._scheduled is None and self._pending:
+            self._scheduled = self.reactor.callLater(0, self.flushNow)
+
+    def flushNow(self) -> None:
+        """
+        Write what waits, and flush the file.
+        """
+        scheduled, self._scheduled = self._scheduled, None
+        if scheduled is not None and scheduled.active():
+            scheduled.cancel()
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending = []
+            self._size = 0
+            self.outFile.write(text)
+            self.outFile.flush()
+
+
 class RelayLog:
     """
     Where the relay logs: a file (reopened by L{reopen}) or standard
@@ -97,7 +169,7 @@ class RelayLog:
     @ivar format: C{"text"} or C{"json"}.
     """
 
-    def __init__(self, path: str, format: str = "text") -> None:
+    def __init__(self, path: str, format: str = "text", reactor=None) -> None:
         if format not in FORMATS:
             raise ValueError(f"log format must be one of {', '.join(FORMATS)}; not {format!r}")
         self.path = path
@@ -106,19 +178,21 @@ class RelayLog:
             self.file = sys.stdout
         else:
             self.file = LogFile.fromFullPath(path, rotateLength=None, defaultMode=0o640)
+        self.writer = BatchedFile(self.file, reactor)
 
     def observer(self):
         """
         @return: an C{ILogObserver} writing to this log.
         """
         if self.format == "json":
-            return JSONLineObserver(self.file)
-        return textFileLogObserver(self.file)
+            return JSONLineObserver(self.writer)
+        return FileLogObserver(self.writer, lambda event: formatEventAsClassicLogText(event, _formatTime))
 
     def reopen(self) -> None:
         """
         Open the file again by its path (after something renamed it);
         nothing for standard output.
         """
+        self.writer.flushNow()
         if isinstance(self.file, LogFile):
             self.file.reopen()

@@ -31,7 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mailproto._attempts import RetrySchedule
 from mailproto._cred import UsersFile
 from mailproto._daemon import Options, RelayLMTPFactory, RelayService, makeService, parseDuration, parseSize
-from mailproto._logs import JSONLineObserver, RelayLog, eventAsJSONLine
+from mailproto._logs import BatchedFile, JSONLineObserver, RelayLog, eventAsJSONLine
 from mailproto._relaymanager import ENCRYPT, MAY, NONE, VERIFY
 from mailproto.test.test_daemon import freePort
 
@@ -474,6 +474,90 @@ class _Session:
         if (self.transport.disconnecting or getattr(self.transport, "disconnected", False)) and not self.lost:
             self.lost = True
             self.protocol.connectionLost(None)
+
+
+class _CountingFile(io.StringIO):
+    """
+    A text file that counts its writes.
+    """
+
+    writes = 0
+
+    def write(self, text):
+        self.writes += 1
+        return super().write(text)
+
+
+class BatchedFileTests(SynchronousTestCase):
+    """
+    L{BatchedFile}: the log lines of a reactor turn in one write.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.reactor.running = True
+        self.out = _CountingFile()
+        self.writer = BatchedFile(self.out, self.reactor, limit=100)
+
+    def test_oneWritePerTurn(self):
+        """
+        Lines written and flushed in one turn are written together when the
+        turn ends.
+        """
+        for n in range(3):
+            self.writer.write(f"line {n}\n")
+            self.writer.flush()
+        self.assertEqual(self.out.getvalue(), "")
+        self.reactor.advance(0)
+        self.assertEqual((self.out.getvalue(), self.out.writes), ("line 0\nline 1\nline 2\n", 1))
+
+    def test_notRunning(self):
+        """
+        When the reactor is not running, a flush writes at once.
+        """
+        self.reactor.running = False
+        self.writer.write("before the reactor\n")
+        self.writer.flush()
+        self.assertEqual(self.out.getvalue(), "before the reactor\n")
+
+    def test_limit(self):
+        """
+        More than C{limit} characters waiting are written at once.
+        """
+        self.writer.write("x" * 101 + "\n")
+        self.writer.flush()
+        self.assertEqual(len(self.out.getvalue()), 102)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_shutdown(self):
+        """
+        What waits is written when the reactor shuts down.
+        """
+        self.writer.write("last words\n")
+        self.writer.flush()
+        [(flush, args, kwargs)] = self.reactor.triggers["after"]["shutdown"]
+        flush(*args, **kwargs)
+        self.assertEqual(self.out.getvalue(), "last words\n")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_reopenWritesFirst(self):
+        """
+        L{RelayLog.reopen} writes what waits to the file before it is
+        reopened, so that those lines stay with the ones before them.
+        """
+        path = os.path.abspath(self.mktemp())
+        log = RelayLog(path, "text", reactor=self.reactor)
+        self.addCleanup(log.file.close)
+        observer = log.observer()
+        observer({"log_format": "first", "log_time": 0.0, "log_namespace": "test", "log_level": LogLevel.info})
+        os.rename(path, path + ".1")
+        log.reopen()
+        observer({"log_format": "second", "log_time": 0.0, "log_namespace": "test", "log_level": LogLevel.info})
+        self.reactor.advance(0)
+        with open(path + ".1") as f:
+            self.assertTrue(f.read().endswith(" [test#info] first\n"))
+        with open(path) as f:
+            self.assertTrue(f.read().endswith(" [test#info] second\n"))
 
 
 class GracefulStopTests(SynchronousTestCase):
