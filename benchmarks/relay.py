@@ -52,7 +52,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from send import freePort, tool  # noqa: E402  (benchmarks/send.py)
+from _common import freePort, tool  # noqa: E402  (benchmarks/_common.py)
 
 from mailproto.test._relayprocess import relayCommand  # noqa: E402
 

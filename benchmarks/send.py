@@ -18,30 +18,18 @@ loopback is used.
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
 
+from _common import freePort, machine, tool
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENTS = ["smtp-source", "mailproto", "twisted.mail+nodelay", "twisted.mail", "smtplib", "aiosmtplib"]
 SLOW = {"twisted.mail": 200}  # Nagle: ~40 ms per message; fewer messages keep the run short
 RUN_TIMEOUT = 300
-
-
-def tool(name: str) -> str:
-    for path in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/lib/postfix/sbin/{name}"):
-        if path and os.path.exists(path):
-            return path
-    raise SystemExit(f"{name} not found: install postfix (apt-get install postfix)")
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def startSink(port: int) -> subprocess.Popen:
@@ -112,7 +100,8 @@ def main() -> None:
                             "runs": rates[(conns, client)]})
     if options.json:
         with open(options.json, "w") as f:
-            json.dump({"size": options.size, "repeat": options.repeat, "results": results}, f, indent=2)
+            json.dump({"benchmark": "send", "size": options.size, "repeat": options.repeat, "machine": machine(),
+                       "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

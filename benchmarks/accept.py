@@ -1,0 +1,141 @@
+# Copyright (c) mailproto authors. See LICENSE for details.
+"""
+Accept throughput: Postfix's smtp-source (C) -> a server on 127.0.0.1 that
+throws every message away, side by side in one run.
+
+Servers: mailproto's C{ESMTP} with a discarding delivery (line by line,
+the C{IMessage} interface), the same with a chunked delivery
+(C{IMessageStream}), twisted.mail's C{ESMTP} with the same line delivery,
+aiosmtpd with a handler that returns 250, and Postfix's smtp-sink as the
+ceiling.  C{twisted-floor} is not an SMTP server: it answers each command
+with a canned reply and looks only for the end of data, the least any
+server on Twisted's reactor does (see C{_servers.py}).
+
+Configurations (smtp-source sends HELO, a small header and LENGTH octets of
+payload, one recipient per message):
+
+  - C{20x10x4KiB}: C{smtp-source -s 20 -m 200 -d -l 4096}, 20 sessions of
+    10 messages, repeated until MESSAGES have been sent;
+  - C{100x1x4KiB}: C{smtp-source -s 100 -m MESSAGES -l 4096}, 100 sessions
+    at a time, one message each;
+  - C{4x1MiB}: C{smtp-source -s 4 -m MESSAGES/20 -d -l 1048576}.
+
+Each run starts a fresh server.  Reported per run: messages per second
+(messages / wall time of the smtp-source runs), the server's CPU time (user
++ system, from /proc) per 1000 messages, and its peak resident set size.
+The servers take turns within each repetition (the order rotates from one
+repetition to the next) and the medians are reported with their ratios to
+twisted.mail and to smtp-sink.
+
+    python benchmarks/accept.py [--messages N] [--repeat R] [--servers A,B]
+                                [--configs A,B] [--json FILE]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from _common import Server, machine, median, ratio, tool
+
+SERVERS = ["smtp-sink", "twisted-floor", "mailproto", "mailproto-stream", "twisted.mail", "aiosmtpd"]
+# name: (sessions, messages per smtp-source run (None: all), payload octets, share of --messages)
+CONFIGS = {
+    "20x10x4KiB": (20, 200, 4096, 1),
+    "100x1x4KiB": (100, None, 4096, 1),
+    "4x1MiB": (4, None, 1024 * 1024, 1 / 20),
+}
+RUN_TIMEOUT = 600
+
+
+def sourceRuns(config: str, messages: int):
+    """
+    @return: the smtp-source argument lists of one run of C{config}, and the
+        number of messages they send.
+    """
+    sessions, perRun, length, share = CONFIGS[config]
+    total = max(int(messages * share), sessions)
+    base = [tool("smtp-source"), "-s", str(sessions), "-l", str(length),
+            "-f", "bench@example.org", "-t", "sink@example.com", "-M", "source.example"]
+    if perRun is None:
+        keep = ["-d"] if length > 4096 else []
+        return [base + keep + ["-m", str(total)]], total
+    runs = max(total // perRun, 1)
+    return [base + ["-d", "-m", str(perRun)]] * runs, runs * perRun
+
+
+def runOnce(kind: str, config: str, messages: int) -> dict:
+    runs, total = sourceRuns(config, messages)
+    server = Server(kind)
+    try:
+        cpu = server.cpu()
+        start = time.perf_counter()
+        for args in runs:
+            done = subprocess.run(args + [f"127.0.0.1:{server.port}"], timeout=RUN_TIMEOUT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if done.returncode:
+                raise SystemExit(f"smtp-source against {kind}: {done.stderr.decode(errors='replace').strip()}")
+        elapsed = time.perf_counter() - start
+        cpu = server.cpu() - cpu
+        peak = server.peakRSS()
+    finally:
+        server.stop()
+    return {"msgs_per_s": total / elapsed, "cpu_s_per_1000": cpu / total * 1000, "peak_rss_mib": peak,
+            "messages": total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=4000,
+                        help="4 KiB messages per run (default 4000; the 1 MiB configuration sends 1/20 of it)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions, interleaved (default 3)")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="servers to run")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="configurations to run")
+    parser.add_argument("--json", help="write the results to this file")
+    options = parser.parse_args()
+    servers = options.servers.split(",")
+    configs = options.configs.split(",")
+    for name in servers:
+        if name not in SERVERS:
+            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+    for name in configs:
+        if name not in CONFIGS:
+            parser.error(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)}")
+
+    runs = {}
+    for config in configs:
+        for rep in range(options.repeat):
+            shift = rep % len(servers)
+            for kind in servers[shift:] + servers[:shift]:
+                result = runOnce(kind, config, options.messages)
+                runs.setdefault((config, kind), []).append(result)
+                print(f"  {config:<11} {kind:<17} {result['msgs_per_s']:>8.0f} msg/s "
+                      f"{result['cpu_s_per_1000']:>6.3f} s CPU/1000  {result['peak_rss_mib']:>6.1f} MiB",
+                      file=sys.stderr)
+
+    results = []
+    for config in configs:
+        medians = {kind: {key: median([r[key] for r in runs[(config, kind)]])
+                          for key in ("msgs_per_s", "cpu_s_per_1000", "peak_rss_mib")} for kind in servers}
+        base = medians.get("twisted.mail", {}).get("msgs_per_s", float("nan"))
+        ceiling = medians.get("smtp-sink", {}).get("msgs_per_s", float("nan"))
+        print(f"\naccept {config}, median of {options.repeat}")
+        print(f"  {'server':<17} {'msg/s':>8} {'vs twisted.mail':>16} {'vs smtp-sink':>13}"
+              f" {'CPU s/1000':>11} {'peak RSS MiB':>13}")
+        for kind in servers:
+            m = medians[kind]
+            print(f"  {kind:<17} {m['msgs_per_s']:>8.0f} {ratio(m['msgs_per_s'], base):>15.2f}x"
+                  f" {ratio(m['msgs_per_s'], ceiling):>12.2f}x {m['cpu_s_per_1000']:>11.3f} {m['peak_rss_mib']:>13.1f}")
+            results.append({"config": config, "server": kind, **m,
+                            "vs_twisted_mail": ratio(m["msgs_per_s"], base),
+                            "vs_smtp_sink": ratio(m["msgs_per_s"], ceiling),
+                            "runs": runs[(config, kind)]})
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump({"benchmark": "accept", "messages": options.messages, "repeat": options.repeat,
+                       "machine": machine(), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
