@@ -504,10 +504,10 @@ class SpoolFile:
         self._closed = True
         self._discard()
 
-    def _writeDurably(self, fsync) -> None:
+    def _writeOut(self) -> None:
         """
         In the disk thread: the whole message in its file in C{tmp/},
-        flushed and synced.
+        handed to the operating system (not yet synced).
         """
         try:
             if self._file is None:
@@ -516,6 +516,15 @@ class SpoolFile:
                 self._message = b"".join(self._buffer[1:])
                 self._buffer = []
             self._file.flush()
+        except BaseException:
+            self._discard()
+            raise
+
+    def _sync(self, fsync) -> None:
+        """
+        In the disk thread, after L{_writeOut}: sync the file and close it.
+        """
+        try:
             fsync(self._file.fileno())
         except BaseException:
             self._discard()
@@ -720,19 +729,30 @@ class Queue(QueueView):
         queue directory for all of them (none for a batch of removals
         only).
         """
-        outcomes = []
-        for kind, item in items:
+        outcomes: list = [None] * len(items)
+        # New messages are written out first and synced after: the first
+        # sync usually takes the others' data to the disk with it (ext4 and
+        # XFS commit a journal transaction at a time), so theirs are quick.
+        written = []
+        for i, (kind, item) in enumerate(items):
             try:
                 if kind == "commit":
-                    self._commitFile(item)
+                    item._writeOut()
+                    written.append(i)
                 elif kind == "state":
                     self._writeState(item)
                 else:
                     for suffix in (".state", ""):
                         _unlink(self.getPath(item) + suffix)
-                outcomes.append(None)
             except BaseException as e:
-                outcomes.append(e)
+                outcomes[i] = e
+        for i in written:
+            spool = items[i][1]
+            try:
+                spool._sync(self._fsync)
+                os.replace(spool.path, self.getPath(spool.envelope.id))
+            except BaseException as e:
+                outcomes[i] = e
         # A removal needs no fsync of its own: if a crash undoes it, the
         # message is sent again (a duplicate), never lost.
         if any(outcome is None and kind != "remove" for (kind, _), outcome in zip(items, outcomes)):
@@ -745,10 +765,6 @@ class Queue(QueueView):
             except OSError as e:
                 outcomes = [outcome if outcome is not None else e for outcome in outcomes]
         return outcomes
-
-    def _commitFile(self, spool: SpoolFile) -> None:
-        spool._writeDurably(self._fsync)
-        os.replace(spool.path, self.getPath(spool.envelope.id))
 
     def _writeState(self, item: tuple[str, dict]) -> None:
         queueID, state = item
