@@ -3,8 +3,10 @@
 Durable relay throughput: smtp-source -> relay -> smtp-sink on 127.0.0.1,
 mailproto's `twistd mailrelay` and Postfix side by side in one run.
 
-Each run starts a fresh relay (an empty spool or queue of its own, under
-a private directory in /tmp) and a fresh smtp-sink behind it, then
+Each run first waits until what earlier runs wrote is on the disk (sync,
+then less than 4 MiB dirty or under writeback; at most 30 s), then starts
+a fresh relay (an empty spool or queue of its own, under a private
+directory in /tmp) and a fresh smtp-sink behind it, then
 smtp-source sends MESSAGES messages of SIZE octets over SESSIONS sessions,
 several per session (-d).  A run ends when smtp-sink has counted every
 message (its -c counters) and the relay's queue is empty again:
@@ -513,6 +515,29 @@ def diskCommitRate(directory, seconds=2.0, limit=1_000_000):
     return commits / elapsed
 
 
+def settle(limit_kib=4096, deadline=30.0):
+    """
+    Before a run: write back what earlier runs left dirty in the page
+    cache, and wait (at most C{deadline} seconds) until less than
+    C{limit_kib} is dirty or under writeback, so that a run does not pay
+    for the one before it.
+
+    @return: the seconds it took.
+    """
+    start = time.monotonic()
+    os.sync()
+    while time.monotonic() - start < deadline:
+        pending = 0
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(("Dirty:", "Writeback:")):
+                    pending += int(line.split()[1])
+        if pending < limit_kib:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
 def runOnce(relayName, children, scratch, number, options, strace=False):
     """
     One run: a fresh sink and a fresh relay, the load, the wait until the
@@ -527,6 +552,7 @@ def runOnce(relayName, children, scratch, number, options, strace=False):
     if strace and prefix is None:
         raise Failed("strace is not installed")
     before = list(children.processes)
+    settle()
     try:
         sink = Sink(children, sinkPort, options.messages)
         waitForGreeting(sinkPort, sink.process, os.devnull)
