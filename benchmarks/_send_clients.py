@@ -28,7 +28,7 @@ def shares(total: int, conns: int) -> list[int]:
 
 
 def runTwisted(kind: str, port: int, conns: int, total: int, data: bytes) -> float:
-    from twisted.internet import defer, reactor
+    from twisted.internet import reactor
     from twisted.internet.protocol import ClientFactory
 
     if kind == "mailproto":

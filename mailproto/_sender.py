@@ -154,9 +154,12 @@ class SMTPSenderFactory(ClientFactory):
     @ivar currentProtocol: the protocol of the current attempt.
     @ivar sendFinished: whether the result is known (or the send was
         cancelled).
+    @ivar clock: what times the replies (an C{IReactorTime}); the global
+        reactor if C{None}.
     """
 
     protocol = SMTPSender
+    clock = None
     _domain = None
 
     def __init__(self, fromEmail, toEmail, file, deferred, retries=5, timeout=None) -> None:
@@ -253,6 +256,8 @@ class SMTPSenderFactory(ClientFactory):
     def _configure(self, p) -> None:
         p.factory = self
         p.timeout = self.timeout
+        if self.clock is not None:
+            p.callLater = self.clock.callLater
         self.currentProtocol = p
 
 
@@ -396,6 +401,7 @@ def sendmail(
         requireTransportSecurity=requireTransportSecurity,
         hostname=hosts[0][0],
     )
+    factory.clock = reactor
     if senderDomainName is not None:
         factory.domain = senderDomainName
 

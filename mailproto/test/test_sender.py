@@ -132,10 +132,14 @@ class Dialogue:
     scripted server.
     """
 
-    def __init__(self, factory, clock, transport=None) -> None:
+    def __init__(self, factory, clock=None, transport=None) -> None:
+        """
+        @param clock: the clock to set, or C{None} for the factory's own.
+        """
         self.protocol = factory.buildProtocol(None)
         self.transport = transport if transport is not None else Transport()
-        self.protocol.callLater = clock.callLater
+        if clock is not None:
+            self.protocol.callLater = clock.callLater
         self.protocol.makeConnection(self.transport)
 
     def server(self, data: bytes) -> bytes:
@@ -178,8 +182,10 @@ class SendmailTests(SynchronousTestCase):
         return sendmail(smtphost, SENDER, [BOB], kw.pop("msg", MESSAGE), reactor=self.reactor, **kw)
 
     def dialogue(self, index=0, transport=None):
+        # The protocol's replies are timed by the reactor given to
+        # sendmail, not the global one.
         factory = self.reactor.tcpClients[index][2]
-        return factory, Dialogue(factory, self.reactor, transport)
+        return factory, Dialogue(factory, transport=transport)
 
     def test_connectTCP(self):
         """
