@@ -5,6 +5,7 @@ starting and watching a server process (CPU time and memory from /proc),
 and a description of the machine.
 """
 
+import json
 import os
 import platform
 import shutil
@@ -181,3 +182,13 @@ def machine() -> dict:
         "postfix": postfix or "unknown",
         **versions,
     }
+
+
+def writeResults(path, benchmark: str, results: list, **fields) -> None:
+    """
+    Write a benchmark's results as JSON (what C{report.py} reads): its
+    name, C{fields} (its settings), the L{machine} and the results.
+    """
+    if path:
+        with open(path, "w") as f:
+            json.dump({"benchmark": benchmark, **fields, "machine": machine(), "results": results}, f, indent=2)

@@ -32,12 +32,11 @@ twisted.mail and to smtp-sink.
 """
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 
-from _common import Server, machine, median, ratio, tool
+from _common import Server, median, ratio, tool, writeResults
 
 SERVERS = ["smtp-sink", "twisted-floor", "mailproto", "mailproto-stream", "twisted.mail", "aiosmtpd"]
 # name: (sessions, messages per smtp-source run (None: all), payload octets, share of --messages)
@@ -131,10 +130,7 @@ def main() -> None:
                             "vs_twisted_mail": ratio(m["msgs_per_s"], base),
                             "vs_smtp_sink": ratio(m["msgs_per_s"], ceiling),
                             "runs": runs[(config, kind)]})
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump({"benchmark": "accept", "messages": options.messages, "repeat": options.repeat,
-                       "machine": machine(), "results": results}, f, indent=2)
+    writeResults(options.json, "accept", results, messages=options.messages, repeat=options.repeat)
 
 
 if __name__ == "__main__":

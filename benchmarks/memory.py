@@ -30,12 +30,11 @@ repetition to the next), and the medians are reported.
 """
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 
-from _common import Server, machine, median, tool
+from _common import Server, median, tool, writeResults
 
 SERVERS = ["mailproto", "mailproto-stream", "twisted.mail", "aiosmtpd"]
 MiB = 1024 * 1024
@@ -114,10 +113,7 @@ def main() -> None:
         speed = median([r["mib_per_s"] for r in runs[kind]])
         print(f"  {kind:<17} {growth:>11.1f} {growth / (options.size / MiB):>6.2f}x {speed:>8.1f}")
         results.append({"server": kind, "growth_mib": growth, "mib_per_s": speed, "runs": runs[kind]})
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump({"benchmark": "memory", "size": options.size, "repeat": options.repeat,
-                       "machine": machine(), "results": results}, f, indent=2)
+    writeResults(options.json, "memory", results, size=options.size, repeat=options.repeat)
 
 
 if __name__ == "__main__":

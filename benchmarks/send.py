@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from _common import freePort, machine, tool
+from _common import freePort, tool, writeResults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENTS = ["smtp-source", "mailproto", "twisted.mail+nodelay", "twisted.mail", "smtplib", "aiosmtplib"]
@@ -98,10 +98,7 @@ def main() -> None:
             print(f"  {client:<22} {median:>8.0f}   {median / base:>8.2f}x   {median / ceiling:>14.2f}x")
             results.append({"connections": conns, "client": client, "msgs_per_s": median,
                             "runs": rates[(conns, client)]})
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump({"benchmark": "send", "size": options.size, "repeat": options.repeat, "machine": machine(),
-                       "results": results}, f, indent=2)
+    writeResults(options.json, "send", results, size=options.size, repeat=options.repeat)
 
 
 if __name__ == "__main__":
