@@ -56,8 +56,8 @@ from mailproto._data import BareNewlinePolicy, Unstuffer
 from mailproto._errors import SMTPBadRcpt, SMTPBadSender, SMTPServerError
 from mailproto._headers import localHostname, rfc822date
 from mailproto._replies import isStatus
-from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
 from mailproto._writes import writeNow
+from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
 
 COMMAND, DATA, BDAT, AUTH = "COMMAND", "DATA", "BDAT", "AUTH"
 
