@@ -53,6 +53,8 @@ from mailproto.smtp import (
     TLSRequiredError,
     sendmail,
 )
+from mailproto.test._peers import missing, unprivilegedUser
+from mailproto.test._peers import tool as _tool
 
 try:
     from aiosmtpd.controller import Controller
@@ -67,7 +69,6 @@ except ImportError:
 
 
 # Where Debian puts Postfix's programs, which may not be on PATH.
-_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/usr/lib/postfix/sbin"])
 
 # Seconds a client waits for each reply: well inside the tests' own timeout,
 # so that a server that stops answering fails a test rather than hanging it.
@@ -88,22 +89,12 @@ _PASSWORD = "correct horse battery staple"
 # -- helpers ---------------------------------------------------------------
 
 
-def _tool(name):
-    """
-    @return: the path of an installed program.
-    @raise SkipTest: if it is not installed.
-    """
-    path = shutil.which(name, path=_SEARCH_PATH)
-    if path is None:
-        raise SkipTest(f"{name} is not installed (looked in PATH, /usr/sbin and /usr/lib/postfix/sbin)")
-    return path
-
 
 def _needAiosmtpd():
     if Controller is None:
-        raise SkipTest("aiosmtpd is not installed")
+        missing("aiosmtpd is not installed")
     if trustme is None:
-        raise SkipTest("trustme is not installed")
+        missing("trustme is not installed")
 
 
 def _freePort():
@@ -759,9 +750,9 @@ class SmtpSinkTests(TestCase):
         if os.geteuid() == 0:
             # smtp-sink insists on dropping root; its user must be able
             # to write the dumps.
-            user = pwd.getpwnam("nobody")
+            user = unprivilegedUser()
             os.chown(self.dumps, user.pw_uid, user.pw_gid)
-            args += ["-u", "nobody"]
+            args += ["-u", user.pw_name]
         port = _freePort()
         self.log = os.path.abspath(self.mktemp())
         args += ["-d", os.path.join(self.dumps, "msg."), f"127.0.0.1:{port}", "16"]
@@ -1087,7 +1078,7 @@ class PostfixTests(TestCase):
         try:
             pwd.getpwnam("postfix")
         except KeyError:
-            raise SkipTest("there is no 'postfix' user: the Postfix package was not set up")
+            missing("there is no 'postfix' user: the Postfix package was not set up")
         out, err, code = yield getProcessOutputAndValue(postconf, ["-d"], env=dict(os.environ))
         self.assertEqual(code, 0, err)
         defaults = dict(
@@ -1099,7 +1090,7 @@ class PostfixTests(TestCase):
             raise SkipTest(f"Postfix {defaults['mail_version']} is too old: 3.4 or later is needed")
         self.master = os.path.join(defaults["daemon_directory"], "master")
         if not os.path.exists(self.master):
-            raise SkipTest(f"{self.master} is not installed")
+            missing(f"{self.master} is not installed")
         self.bareNewlineRefused = "smtpd_forbid_bare_newline" in defaults
 
         self.root = _privateDirectory(self, "mailproto-postfix-")

@@ -24,10 +24,12 @@ from email.message import EmailMessage
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from mailproto.smtp import Address, ESMTPFactory, LMTPFactory
 from mailproto.testing import MemoryDelivery
+from mailproto.test._peers import missing
+from mailproto.test._peers import tool as _tool
 
 try:
     import aiosmtplib
@@ -35,7 +37,6 @@ except ImportError:
     aiosmtplib = None
 
 # Where Debian puts Postfix's test programs, which may not be on PATH.
-_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/usr/lib/postfix/sbin"])
 
 # Seconds a client may wait for the server before giving up by itself,
 # and seconds a child process may run before it is killed: both well inside
@@ -126,16 +127,6 @@ def _listenUNIX(testCase, factory):
 
 # -- clients -------------------------------------------------------------
 
-
-def _tool(name):
-    """
-    @return: the path of an installed program.
-    @raise SkipTest: if it is not installed.
-    """
-    path = shutil.which(name, path=_SEARCH_PATH)
-    if path is None:
-        raise SkipTest(f"{name} is not installed")
-    return path
 
 
 class _Collector(ProcessProtocol):
@@ -597,7 +588,7 @@ class AiosmtplibTests(_InteropTestCase):
         it, dot lines and all, with the SIZE aiosmtplib declared.
         """
         if aiosmtplib is None:
-            raise SkipTest("aiosmtplib is not installed")
+            missing("aiosmtplib is not installed")
         delivery, server, port = self.esmtp()
         message = b"From: a@example.com\r\nSubject: aio\r\n\r\n.\r\n..dots\r\nend\r\n"
         recipients = ["b@example.com", "c@example.com"]

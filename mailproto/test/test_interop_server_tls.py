@@ -30,7 +30,7 @@ from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from mailproto.smtp import (
@@ -47,6 +47,7 @@ from mailproto.smtp import (
 )
 from mailproto.test import test_interop_server as _interop
 from mailproto.testing import MemoryDelivery
+from mailproto.test._peers import missing
 
 try:
     import trustme
@@ -113,7 +114,7 @@ class _TLSFiles:
 
     def __init__(self, testCase):
         if trustme is None:
-            raise SkipTest("trustme is not installed")
+            missing("trustme is not installed")
         self.ca = trustme.CA()
         self.leaf = self.ca.issue_cert("localhost", "127.0.0.1")
         directory = os.path.abspath(testCase.mktemp())
@@ -610,7 +611,7 @@ class AiosmtplibTests(_TLSInteropTestCase):
         aiosmtplib connects, does STARTTLS by itself, logs in and sends.
         """
         if aiosmtplib is None:
-            raise SkipTest("aiosmtplib is not installed")
+            missing("aiosmtplib is not installed")
         self.usersFileServer()
         context = self.tls.clientContext()
 

@@ -34,13 +34,13 @@ from mailproto._daemon import Options, RelayLMTPFactory, RelayService, makeServi
 from mailproto._logs import BatchedFile, JSONLineObserver, RelayLog, eventAsJSONLine
 from mailproto._relaymanager import ENCRYPT, MAY, NONE, VERIFY
 from mailproto.test.test_daemon import freePort
+from mailproto.test._peers import missing
 
 try:
     import trustme
 except ImportError:  # pragma: no cover
     trustme = None
 
-from twisted.trial.unittest import SkipTest
 
 
 def _parse(*arguments: str) -> Options:
@@ -57,7 +57,7 @@ class _Files:
 
     def __init__(self, testCase) -> None:
         if trustme is None:
-            raise SkipTest("trustme is not installed")
+            missing("trustme is not installed")
         self.directory = os.path.abspath(testCase.mktemp())
         os.makedirs(self.directory)
         self.users = self.path("users")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import smtplib
 import socket
 
@@ -46,7 +45,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer, providedBy
 from zope.interface.verify import verifyObject
 
-from mailproto._daemon import Options, RelayESMTP, RelayESMTPFactory
+from mailproto._daemon import RelayESMTP, RelayESMTPFactory
 from mailproto._proxy import (
     HEADER_TIMEOUT,
     V1_MAX_LENGTH,
@@ -68,6 +67,7 @@ from mailproto.test.test_daemon import (
     waitUntil,
 )
 from mailproto.testing import MemoryQueue
+from mailproto.test._peers import missing, which
 
 # The proxy's own connection to the relay, as the relay's transport has it.
 PROXY_PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -965,22 +965,7 @@ class ProxyFactoryTests(SynchronousTestCase):
 # -- a real HAProxy ------------------------------------------------------------------
 
 
-def _haproxyCommand() -> str | None:
-    """
-    @return: the path of the C{haproxy} program (Debian puts it in
-        C{/usr/sbin}, which is not on every user's C{PATH}), or L{None}.
-    """
-    found = shutil.which("haproxy")
-    if found is not None:
-        return found
-    for directory in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
-        path = os.path.join(directory, "haproxy")
-        if os.access(path, os.X_OK):
-            return path
-    return None
-
-
-HAPROXY = _haproxyCommand()
+HAPROXY = which("haproxy")
 
 # Seconds an SMTP exchange in the tests may take.
 SMTP_TIMEOUT = 20
@@ -1128,15 +1113,10 @@ class HAProxyTests(TestCase):
 
     timeout = 120
 
-    if HAPROXY is None:
-        skip = "haproxy is not installed (Debian: apt-get install haproxy)"
-    elif not hasattr(Options, "opt_proxy_protocol") and not any(
-        flag[0] == "proxy-protocol" for flag in getattr(Options, "optFlags", [])
-    ):
-        skip = "twistd mailrelay has no --proxy-protocol option"
-
     @defer.inlineCallbacks
     def setUp(self):
+        if HAPROXY is None:
+            missing("haproxy is not installed (Debian: apt-get install haproxy)")
         self.scratch = os.path.abspath(self.mktemp())
         os.makedirs(self.scratch)
         self.sink = yield SinkProcess.start(self, os.path.join(self.scratch, "maildir"))

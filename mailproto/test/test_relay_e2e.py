@@ -40,7 +40,6 @@ import email.policy
 import json
 import logging
 import os
-import pwd
 import smtplib
 import socket
 import time
@@ -66,6 +65,7 @@ from mailproto.test.test_interop_client import (
     _waitForGreeting,
 )
 from mailproto.test.test_mx import MemoryAuthority
+from mailproto.test._peers import missing, unprivilegedUser
 
 # How long a test waits for an outcome before it fails.
 _DEADLINE = 10.0
@@ -270,7 +270,7 @@ class RelayEndToEndTests(TestCase):
 
     def setUp(self):
         if Controller is None:
-            raise SkipTest("aiosmtpd is not installed")
+            missing("aiosmtpd is not installed")
         self.ipv6 = _ipv6()
         hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"] + (["::1"] if self.ipv6 else [])
         self.port = _commonPort(hosts)
@@ -311,9 +311,9 @@ class RelayEndToEndTests(TestCase):
         if os.geteuid() == 0:
             # smtp-sink insists on dropping root; its user must be able
             # to write the dumps.
-            user = pwd.getpwnam("nobody")
+            user = unprivilegedUser()
             os.chown(dumps, user.pw_uid, user.pw_gid)
-            args += ["-u", "nobody"]
+            args += ["-u", user.pw_name]
         log = os.path.abspath(self.mktemp())
         args += ["-d", os.path.join(dumps, "msg."), f"127.0.0.2:{self.port}", "16"]
         _spawnDaemon(self, sink, args, log)

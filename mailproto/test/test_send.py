@@ -63,6 +63,7 @@ from mailproto._send import (
 )
 from mailproto._server import ESMTP, ESMTPFactory, LMTPFactory
 from mailproto.testing import MemoryDelivery
+from mailproto.test._peers import missing
 
 try:
     import trustme
@@ -192,7 +193,7 @@ class OptionsTests(SynchronousTestCase):
         C{--cafile} is read while parsing: its CAs become the trust root.
         """
         if trustme is None:
-            raise self.skipTest("trustme is not installed")
+            missing("trustme is not installed")
         path = self.mktemp()
         trustme.CA().cert_pem.write_to_path(path)
         config = _parse("--from", SENDER, "--to", RECIPIENT, "--tls", "--cafile", path).config
@@ -311,7 +312,7 @@ class DocsExamplesTests(SynchronousTestCase):
         if docs is None:
             raise self.skipTest("docs/send.rst not found: set MAILPROTO_SOURCE to the source tree")
         if trustme is None:
-            raise self.skipTest("trustme is not installed")
+            missing("trustme is not installed")
         with open(os.path.join(docs, "send.rst"), encoding="utf-8") as f:
             text = f.read()
         directory = os.path.abspath(self.mktemp())
@@ -937,7 +938,7 @@ class BulkTests(TestCase):
 
     def tlsFiles(self):
         if trustme is None:
-            raise self.skipTest("trustme is not installed")
+            missing("trustme is not installed")
         ca = trustme.CA()
         directory = self.mktemp()
         os.makedirs(directory)
@@ -1282,7 +1283,7 @@ class AiosmtpdTests(TestCase):
         messages over TLS and authenticated.
         """
         if Controller is None or trustme is None:
-            raise self.skipTest("aiosmtpd or trustme is not installed")
+            missing("aiosmtpd or trustme is not installed")
         import logging
         import socket
         import ssl

@@ -58,6 +58,7 @@ from mailproto._sink import (
 )
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
 from mailproto.wire import parseMailFrom, parseRcptTo, stuff
+from mailproto.test._peers import missing
 
 try:
     import trustme
@@ -716,7 +717,7 @@ class OptionsTests(SynchronousTestCase):
         context; a key that is not the certificate's is a usage error.
         """
         if trustme is None:
-            raise self.skipTest("trustme is not installed")
+            missing("trustme is not installed")
         files = _TLSFiles(self)
         twoFiles = ["--tls-certificate", files.certificate, "--tls-key", files.key]
         for argv in (twoFiles, ["--tls-certificate", files.both]):
@@ -846,7 +847,7 @@ class CommandTests(SynchronousTestCase):
         the server cannot do STARTTLS.
         """
         if trustme is None:
-            raise self.skipTest("trustme is not installed")
+            missing("trustme is not installed")
         files = _TLSFiles(self)
         memory = MemoryReactor()
         self.assertEqual(self.runMailproto("sink", "--tls-certificate", files.both, reactor=memory), 0)
@@ -1019,7 +1020,7 @@ class EndToEndTests(TestCase):
         sink over TLS.
         """
         if trustme is None:
-            raise self.skipTest("trustme is not installed")
+            missing("trustme is not installed")
         files = _TLSFiles(self)
         path = os.path.abspath(self.mktemp())
         sink = Sink(MaildirStore(path))

@@ -20,6 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from mailproto._cli import runCommand
+from mailproto.test._peers import missing
 
 try:
     import trustme
@@ -94,7 +95,7 @@ class SinkSTARTTLSTests(TestCase):
         unavailable, and the sink stops cleanly.
         """
         if trustme is None:
-            raise self.skipTest("trustme is not installed")
+            missing("trustme is not installed")
         ca = trustme.CA()
         leaf = ca.issue_cert("localhost", "127.0.0.1")
         directory = os.path.abspath(self.mktemp())
