@@ -20,10 +20,12 @@ import hmac
 import os
 import secrets
 import tempfile
+import threading
 
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from mailproto.interfaces import IChallengeResponse
@@ -198,25 +200,78 @@ class UsersFile:
             raise
 
 
+class _HashingPool(ThreadPool):
+    """
+    A thread pool whose threads do not keep the process alive: hashing a
+    password leaves nothing to finish.
+    """
+
+    threadFactory = staticmethod(functools.partial(threading.Thread, daemon=True))
+
+
 @implementer(ICredentialsChecker)
 class UsersFileChecker:
     """
     Checks user names and passwords against a L{UsersFile}, read afresh
-    when it changes.  Hashing runs in a thread, so the reactor never waits
-    for it.
+    when it changes.  Hashing runs in a thread pool of the checker's own,
+    so the reactor never waits for it, and neither does work queued on
+    the reactor's thread pool (the spool's commits): a burst of logins
+    uses at most L{threads} threads, and waits its turn in their queue.
+
+    @ivar threads: how many passwords are hashed at once, at most.
     """
 
     credentialInterfaces = (credentials.IUsernamePassword,)
+    threads = 2
 
-    def __init__(self, path: str, reactor=None) -> None:
+    def __init__(self, path: str, reactor=None, threads: int | None = None) -> None:
         """
         @param path: the users file.
-        @param reactor: the reactor whose thread pool hashes; the global
-            one if C{None}.
+        @param reactor: the reactor the results are given back in; the
+            global one if C{None}.  The checker's pool starts with its
+            first check and stops when this reactor stops, or at L{stop}.
+        @param threads: see L{threads}.
         """
         self.usersFile = UsersFile(path)
         self._reactor = reactor
         self._cache = (None, {})
+        self._pool = None
+        self._trigger = None
+        if threads is not None:
+            self.threads = threads
+
+    def _getReactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            return reactor
+        return self._reactor
+
+    def threadPool(self) -> ThreadPool:
+        """
+        @return: the pool that hashes, started if it was not.
+        """
+        if self._pool is None:
+            self._pool = _HashingPool(0, self.threads, name="mailproto-password-hashing")
+            self._pool.start()
+            self._trigger = self._getReactor().addSystemEventTrigger("during", "shutdown", self.stop)
+        return self._pool
+
+    def stop(self) -> None:
+        """
+        Stop the pool, after the checks already queued; the next check
+        starts a new one.
+        """
+        pool, self._pool = self._pool, None
+        trigger, self._trigger = self._trigger, None
+        if trigger is not None:
+            try:
+                self._getReactor().removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):
+                # Already fired: the reactor is shutting down now.
+                pass
+        if pool is not None:
+            pool.stop()
 
     def _users(self) -> dict[bytes, str]:
         try:
@@ -238,11 +293,7 @@ class UsersFileChecker:
             stored = self._users().get(username)
         except ValueError as e:
             return defer.fail(error.UnauthorizedLogin(str(e)))
-        if self._reactor is None:
-            from twisted.internet import reactor
-        else:
-            reactor = self._reactor
-        checked = threads.deferToThreadPool(reactor, reactor.getThreadPool(), _check, password, stored)
+        checked = threads.deferToThreadPool(self._getReactor(), self.threadPool(), _check, password, stored)
 
         def decide(ok: bool):
             if ok and stored is not None:

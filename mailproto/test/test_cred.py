@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import re
 import stat
 
@@ -269,13 +270,65 @@ class UsersFileTests(SynchronousTestCase):
 
 class UsersFileCheckerTests(TestCase):
     """
-    L{UsersFileChecker}, hashing in the reactor's thread pool.
+    L{UsersFileChecker}, hashing in a thread pool of its own.
     """
 
     def setUp(self):
         self.path = self.mktemp()
         writeUsers(self.path, {b"alice": b"pw-alice", b"bob": b"pw-bob"})
         self.checker = UsersFileChecker(self.path)
+        self.addCleanup(self.checker.stop)
+
+    @defer.inlineCallbacks
+    def test_ownThreadPool(self):
+        """
+        Passwords are hashed in the checker's own pool, of L{threads}
+        threads, not in the reactor's: work queued there (the spool's
+        commits) never waits behind a hash.
+        """
+        from twisted.internet import reactor
+
+        import mailproto._cred as cred
+
+        seen = []
+        original = cred._check
+
+        def check(password, stored):
+            seen.append(threading.current_thread())
+            return original(password, stored)
+
+        self.patch(cred, "_check", check)
+        checker = UsersFileChecker(self.path, reactor=reactor, threads=3)
+        self.addCleanup(checker.stop)
+        yield defer.gatherResults(
+            [checker.requestAvatarId(UsernamePassword(b"alice", b"pw-alice")) for _ in range(4)]
+        )
+        pool = checker.threadPool()
+        self.assertEqual(pool.max, 3)
+        self.assertEqual(len(seen), 4)
+        for thread in seen:
+            self.assertIn(thread, pool.threads)
+            self.assertNotIn(thread, reactor.getThreadPool().threads)
+            self.assertTrue(thread.daemon)
+
+    @defer.inlineCallbacks
+    def test_stop(self):
+        """
+        L{UsersFileChecker.stop} stops the pool and takes back its
+        shutdown trigger; the next check starts a new pool.
+        """
+        from twisted.internet import reactor
+
+        checker = UsersFileChecker(self.path, reactor=reactor)
+        self.addCleanup(checker.stop)
+        self.assertEqual((yield checker.requestAvatarId(UsernamePassword(b"bob", b"pw-bob"))), b"bob")
+        first = checker.threadPool()
+        checker.stop()
+        self.assertFalse(first.started)
+        checker.stop()
+        self.assertEqual((yield checker.requestAvatarId(UsernamePassword(b"bob", b"pw-bob"))), b"bob")
+        self.assertIsNot(checker.threadPool(), first)
+        self.assertTrue(checker.threadPool().started)
 
     def test_rightPassword(self):
         """
