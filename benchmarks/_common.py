@@ -8,6 +8,7 @@ and a description of the machine.
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -128,6 +129,10 @@ class Server:
             f.write("5")
 
     def stop(self) -> None:
+        """
+        Stop the server; then C{received} is the number of messages it says
+        it received (C{None} if it does not say: smtp-sink, twisted-floor).
+        """
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -139,6 +144,8 @@ class Server:
         self.process.stderr.close()
         if errors and "Traceback" in errors:
             print(f"  {self.kind} wrote to stderr:\n{errors[-2000:]}", file=sys.stderr)
+        found = re.search(r"^received (\d+) messages$", errors, re.M)
+        self.received = int(found.group(1)) if found else None
 
 
 def machine() -> dict:

@@ -21,7 +21,8 @@ KIND is one of:
     returns 250 for DATA.
 
 MAXSIZE is the largest message each server takes, in octets (default: each
-server's own default; 0 for no limit).  The server writes "ready" to standard output once it listens.
+server's own default; 0 for no limit).  The server writes "ready" to standard output once it listens,
+and "received N messages" to standard error when it stops (not twisted-floor).
 """
 
 import signal
@@ -32,6 +33,13 @@ def receivedHeader(helo, origin, recipients):
     # Both Twisted servers add the same trace header, as a relay would.
     client = helo[0].decode("ascii", "replace") if helo else "unknown"
     return f"Received: from {client} by bench.example with ESMTP".encode("ascii")
+
+
+received = [0]
+
+
+def stopped() -> None:
+    print(f"received {received[0]} messages", file=sys.stderr, flush=True)
 
 
 def twistedServer(kind: str, port: int, maxSize) -> None:
@@ -52,6 +60,7 @@ def twistedServer(kind: str, port: int, maxSize) -> None:
             pass
 
         def eomReceived(self):
+            received[0] += 1
             return defer.succeed(None)
 
         def connectionLost(self):
@@ -86,6 +95,7 @@ def twistedServer(kind: str, port: int, maxSize) -> None:
     signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(reactor.stop))
     reactor.callWhenRunning(print, "ready", flush=True)
     reactor.run()
+    stopped()
 
 
 def floorServer(port: int) -> None:
@@ -140,6 +150,7 @@ def aiosmtpdServer(port: int, maxSize) -> None:
 
     class Discard:
         async def handle_DATA(self, server, session, envelope):
+            received[0] += 1
             return "250 OK"
 
     limit = {} if maxSize is None else {"data_size_limit": maxSize or None}
@@ -156,6 +167,7 @@ def aiosmtpdServer(port: int, maxSize) -> None:
         server.close()
 
     asyncio.run(main())
+    stopped()
 
 
 if __name__ == "__main__":

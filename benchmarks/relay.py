@@ -363,12 +363,13 @@ class MailprotoRelay:
 class PostfixRelay:
     """
     Postfix's master(8) in the foreground, from a configuration directory of
-    its own, relaying everything to relayhost = the sink.
+    its own, relaying everything to relayhost = the sink; C{settings}, more
+    lines of main.cf, come after the ones above.
     """
 
     name = "postfix"
 
-    def __init__(self, children, root, port, sinkPort, strace=None):
+    def __init__(self, children, root, port, sinkPort, strace=None, settings=""):
         self.children = children
         self.root = root
         self.port = port
@@ -379,11 +380,12 @@ class PostfixRelay:
         os.mkdir(data, 0o700)
         owner = pwd.getpwnam("postfix")
         os.chown(data, owner.pw_uid, owner.pw_gid)
-        config = os.path.join(root, "config")
+        self.config = config = os.path.join(root, "config")
         os.mkdir(config, 0o755)
         version = postfixVersion()
         with open(os.path.join(config, "main.cf"), "w") as f:
             f.write(MAIN_CF.format(root=root, sink=sinkPort, compatibility="3.6" if version >= (3, 6) else "2"))
+            f.write(settings)
         with open(os.path.join(config, "master.cf"), "w") as f:
             f.write(MASTER_CF.format(port=port))
         # Postfix waits until main.cf has not changed for a second or so.

@@ -1,11 +1,11 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 Every benchmark, one after the other, then the performance page: runs
-C{accept.py}, C{send.py}, C{memory.py} and C{relay.py}, each writing its
+C{accept.py}, C{send.py}, C{memory.py}, C{relay.py} and C{pipeline.py}, each writing its
 results to C{DIR/NAME.json}, then C{report.py}, which makes
 C{docs/performance.rst} and its plots from them.
 
-    python benchmarks/run.py [--quick] [--out DIR] [--no-docs] [--only accept,send,memory,relay]
+    python benchmarks/run.py [--quick] [--out DIR] [--no-docs] [--only accept,send,memory,relay,pipeline]
 
 The benchmarks' output goes straight to the terminal.  A benchmark that
 fails is reported and the others still run; the exit status is 1 if any
@@ -13,7 +13,7 @@ step failed.  C{DIR/run.json} records, for each benchmark, the command that
 made its results, when, and whether it succeeded; C{report.py} shows the
 commands on the page.
 
-Default counts (about 12 minutes on a 2-core machine, two thirds of it accept;
+Default counts (about 15 minutes on a 2-core machine, half of it accept;
 allow twice that on a slower one):
 
   - accept: 20000 messages per run, 5 repetitions (5 servers, 3
@@ -22,11 +22,14 @@ allow twice that on a slower one):
     connections);
   - memory: one 50 MiB message, 5 repetitions (4 servers);
   - relay: 5000 messages per run, 5 repetitions (mailproto and Postfix),
-    and one more run of each under strace if it is installed.
+    and one more run of each under strace if it is installed;
+  - pipeline: 10 sessions of 2000 messages per run, 3 repetitions (6
+    servers, each run at most 30 s), then 2000 messages through Postfix to
+    smtp-sink and to mailproto, 3 repetitions.
 
 C{--quick} is a smoke run of a few minutes: few messages, one repetition,
-no strace.  Postfix's relay needs root; without it relay.py runs mailproto
-only.
+no strace.  Postfix needs root; without it relay.py runs mailproto only,
+and pipeline.py skips its part with Postfix as the client.
 """
 
 import argparse
@@ -39,18 +42,20 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-NAMES = ["accept", "send", "memory", "relay"]
+NAMES = ["accept", "send", "memory", "relay", "pipeline"]
 ARGUMENTS = {
     "accept": ["--messages", "20000", "--repeat", "5"],
     "send": ["--messages", "5000", "--repeat", "5"],
     "memory": ["--repeat", "5"],
     "relay": ["--repeat", "5"],
+    "pipeline": ["--repeat", "3"],
 }
 QUICK = {
     "accept": ["--messages", "1000", "--repeat", "1"],
     "send": ["--messages", "500", "--repeat", "1"],
     "memory": ["--repeat", "1"],
     "relay": ["--messages", "1000", "--repeat", "1", "--no-strace"],
+    "pipeline": ["--quick"],
 }
 
 
@@ -93,7 +98,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results"),
                         help="the directory of the results (default benchmarks/results)")
     parser.add_argument("--no-docs", action="store_true", help="do not make docs/performance.rst again")
-    parser.add_argument("--only", default=",".join(NAMES), help="the benchmarks to run (default: all four)")
+    parser.add_argument("--only", default=",".join(NAMES), help="the benchmarks to run (default: all)")
     options = parser.parse_args()
     names = options.only.split(",")
     for name in names:
