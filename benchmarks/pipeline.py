@@ -46,15 +46,13 @@ import argparse
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 from _common import Server, freePort, median, pythonEnv, ratio, tool, writeResults
-from relay import Children, Failed, PostfixRelay, postfixUsable
+from relay import Failed, PostfixRelay, postfixUsable, scratchArea
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVERS = ["smtp-sink", "twisted-floor", "mailproto", "mailproto-stream", "twisted.mail", "aiosmtpd"]
@@ -323,47 +321,24 @@ def main() -> None:
             print(f"part two (Postfix as the client) skipped: {skipped}", file=sys.stderr)
             postfixServers = []
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, interrupted)
-    scratch = tempfile.mkdtemp(prefix="mailproto-pipeline-bench-")
-    os.chmod(scratch, 0o755)  # Postfix's unprivileged users need to reach their queue
-    children = Children()
     loadRuns, postfixRuns, failed = {k: [] for k in servers}, {k: [] for k in postfixServers}, 0
-    try:
-        for order in rotations(servers, options.repeat) if servers else ():
-            for kind in order:
-                try:
-                    result = loadOnce(kind, options)
-                except Failed as e:
-                    failed += 1
-                    print(f"  pipeline {kind:<17} FAILED: {e}", file=sys.stderr)
-                    continue
-                loadRuns[kind].append(result)
-                show("pipeline", kind, result)
-        number = 0
-        for order in rotations(postfixServers, options.repeat) if postfixServers else ():
-            for kind in order:
-                number += 1
-                try:
-                    result = postfixOnce(kind, options, children, scratch, number)
-                except Failed as e:
-                    failed += 1
-                    print(f"  postfix  {kind:<17} FAILED: {e}", file=sys.stderr)
-                    continue
-                postfixRuns[kind].append(result)
-                show("postfix", kind, result)
-    except KeyboardInterrupt:
-        print("interrupted: stopping everything", file=sys.stderr)
-        raise SystemExit(130)
-    finally:
-        children.stopAll()
-        if options.keep:
-            print(f"kept {scratch}", file=sys.stderr)
-        else:
-            shutil.rmtree(scratch, True)
+    with scratchArea("mailproto-pipeline-bench-", options.keep) as (children, scratch):
+        numbers = iter(range(1, 1000))
+        for part, kinds, runs, once in (
+            ("pipeline", servers, loadRuns, lambda kind: loadOnce(kind, options)),
+            ("postfix", postfixServers, postfixRuns,
+             lambda kind: postfixOnce(kind, options, children, scratch, next(numbers))),
+        ):
+            for order in rotations(kinds, options.repeat) if kinds else ():
+                for kind in order:
+                    try:
+                        result = once(kind)
+                    except Failed as e:
+                        failed += 1
+                        print(f"  {part:<8} {kind:<17} FAILED: {e}", file=sys.stderr)
+                        continue
+                    runs[kind].append(result)
+                    show(part, kind, result)
 
     load = summarise(loadRuns, servers, ("msgs_per_s", "cpu_s_per_1000", "peak_rss_mib", "client_cpu_s_per_1000"))
     for row in load:
@@ -371,7 +346,7 @@ def main() -> None:
         row["errors"] = sum(r["errors"] for r in row["runs"])
     if load:
         print(f"\npipelining load: {options.sessions} sessions x {options.messages} messages of {options.size}"
-              f" octets, {options.clients} client process(es); median of {options.repeat}")
+              f" octets, client processes: {options.clients}; median of {options.repeat}")
         print(f"  {'server':<17} {'msg/s':>8} {'vs smtp-sink':>13} {'CPU s/1000':>11} {'peak RSS MiB':>13}"
               f" {'PIPELINING':>11} {'errors':>7}")
         for row in load:

@@ -37,6 +37,7 @@ the scratch directory removed on exit, Ctrl-C and failure included.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
@@ -171,6 +172,37 @@ class Children:
     def stopAll(self):
         for process in list(self.processes):
             self.stop(process, grace=3)
+
+
+@contextlib.contextmanager
+def scratchArea(prefix, keep=False):
+    """
+    For a benchmark's runs: a L{Children} and a scratch directory in /tmp
+    (Postfix's unprivileged users can reach it).  SIGINT, SIGTERM and SIGHUP
+    stop the runs (exit status 130); on the way out, every child is
+    stopped and the directory removed, unless C{keep}.
+    """
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell may have started this with SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
+    scratch = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(scratch, 0o755)
+    children = Children()
+    try:
+        yield children, scratch
+    except KeyboardInterrupt:
+        print("interrupted: stopping everything", file=sys.stderr)
+        raise SystemExit(130)
+    finally:
+        children.stopAll()
+        if keep:
+            print(f"kept {scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(scratch, True)
 
 
 def childOf(pid):
@@ -694,17 +726,8 @@ def main():
     for name in ("smtp-sink", "smtp-source"):
         tool(name)
 
-    def interrupted(signum, frame):
-        raise KeyboardInterrupt
-
-    # SIGINT too: a shell may have started this with SIGINT ignored.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, interrupted)
-    scratch = tempfile.mkdtemp(prefix="mailproto-relay-bench-")
-    os.chmod(scratch, 0o755)  # Postfix's unprivileged users need to reach their queue
-    children = Children()
     results, straceResults, disk, loads = [], {}, [], []
-    try:
+    with scratchArea("mailproto-relay-bench-", options.keep) as (children, scratch):
         fsType = filesystemOf(scratch)
         load = os.getloadavg()[0]
         loads.append(load)
@@ -742,15 +765,6 @@ def main():
                         continue
                     straceResults[relayName] = result
                     show(result)
-    except KeyboardInterrupt:
-        print("interrupted: stopping everything", file=sys.stderr)
-        raise SystemExit(130)
-    finally:
-        children.stopAll()
-        if options.keep:
-            print(f"kept {scratch}", file=sys.stderr)
-        else:
-            shutil.rmtree(scratch, True)
 
     summary = {}
     for relayName in relays:
