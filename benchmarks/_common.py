@@ -38,12 +38,12 @@ def freePort() -> int:
         return s.getsockname()[1]
 
 
-def pythonEnv() -> dict:
+def pythonEnv(root: str = ROOT) -> dict:
     """
     @return: the environment for a Python child that imports mailproto from
-        this checkout.
+        this checkout (or from the tree C{root}).
     """
-    path = os.pathsep.join(p for p in [ROOT, os.environ.get("PYTHONPATH", "")] if p)
+    path = os.pathsep.join(p for p in [root, os.environ.get("PYTHONPATH", "")] if p)
     return dict(os.environ, PYTHONPATH=path)
 
 
@@ -72,10 +72,11 @@ def waitForPort(port: int, process: subprocess.Popen, deadline: float = START_DE
 class Server:
     """
     One server process on 127.0.0.1: C{smtp-sink}, or one of the kinds of
-    C{_servers.py}.  Its CPU time and memory are read from /proc.
+    C{_servers.py}.  Its CPU time and memory are read from /proc.  The
+    Python servers import mailproto from C{root} (default: this checkout).
     """
 
-    def __init__(self, kind: str, maxSize=None) -> None:
+    def __init__(self, kind: str, maxSize=None, root: str = ROOT) -> None:
         self.kind = kind
         self.port = freePort()
         if kind == "smtp-sink":
@@ -88,7 +89,7 @@ class Server:
             if maxSize is not None:
                 args.append(str(maxSize))
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=pythonEnv(), cwd="/tmp"
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=pythonEnv(root), cwd="/tmp"
         )
         waitForPort(self.port, self.process)
 

@@ -35,7 +35,10 @@ C{accept.py} does.
     python benchmarks/pipeline.py [--quick] [--sessions N] [--messages M]
                                   [--repeat R] [--servers A,B] [--clients P]
                                   [--postfix-messages K] [--postfix-servers A,B]
-                                  [--no-postfix] [--json FILE]
+                                  [--no-postfix] [--tree DIR] [--json FILE]
+
+--tree DIR runs mailproto's servers from another tree (another
+revision's C{mailproto} package), to compare before and after a change.
 
 Every run is bounded: a session starts no new message after --seconds, and
 every wait has a deadline.  Every process started here is stopped and the
@@ -51,7 +54,7 @@ import sys
 import tempfile
 import time
 
-from _common import Server, freePort, median, pythonEnv, ratio, tool, writeResults
+from _common import ROOT, Server, freePort, median, pythonEnv, ratio, tool, writeResults
 from relay import Failed, PostfixRelay, postfixUsable, scratchArea
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +68,7 @@ POLL = 0.01
 # service, which postqueue insists on): flush dead destinations, ignore the
 # time stamps, scan the deferred and the incoming queues.
 KICK = ["public", "qmgr", "FADI"]
+KICK_AGAIN = 1.0  # seconds without a message delivered before the next kick
 
 # main.cf for part two, after relay.py's (relayhost = the server under
 # test).  What the smtp client does is Postfix's default, written out: it
@@ -92,7 +96,7 @@ def loadOnce(kind: str, options) -> dict:
     One run of part one: a fresh server, the client processes, their
     sessions.
     """
-    server = Server(kind)
+    server = Server(kind, root=options.tree)
     clients = []
     try:
         for sessions in shares(options.sessions, options.clients):
@@ -176,6 +180,20 @@ class LogCounter:
         return self.counts
 
 
+def kick(config: str, attempts: int = 5) -> None:
+    """
+    Ask Postfix's queue manager to deliver what is queued now (L{KICK}).
+    postkick dies of SIGPIPE now and then when the queue manager closes the
+    connection before it has written everything: it tries again.
+    """
+    for attempt in range(attempts):
+        done = subprocess.run([tool("postkick"), "-c", config] + KICK, capture_output=True, timeout=60)
+        if done.returncode == 0:
+            return
+        time.sleep(0.05)
+    raise Failed(f"postkick {' '.join(KICK)}: exit status {done.returncode} {done.stderr!r}")
+
+
 def countFiles(directory: str) -> int:
     return sum(len(files) for _, _, files in os.walk(directory))
 
@@ -186,7 +204,7 @@ def postfixOnce(kind: str, options, children, scratch: str, number: int) -> dict
     the messages injected and held, then released and timed.
     """
     root = tempfile.mkdtemp(prefix=f"{number:02d}-{kind}-", dir=scratch)
-    server = Server(kind)
+    server = Server(kind, root=options.tree)
     relay = None
     try:
         relay = PostfixRelay(children, root, freePort(), server.port, settings=POSTFIX_SETTINGS)
@@ -207,16 +225,22 @@ def postfixOnce(kind: str, options, children, scratch: str, number: int) -> dict
         log = LogCounter(relay.log)
         cpu = server.cpu()
         start = time.perf_counter()
-        for command in (["postsuper", "-c", relay.config, "-H", "ALL"], ["postkick", "-c", relay.config] + KICK):
-            done = subprocess.run([tool(command[0])] + command[1:], capture_output=True, timeout=60)
-            if done.returncode:
-                raise Failed(f"{' '.join(command)}: {done.stderr.decode(errors='replace').strip()}")
-        end = None
+        released = subprocess.run([tool("postsuper"), "-c", relay.config, "-H", "ALL"], capture_output=True,
+                                  timeout=60)
+        if released.returncode:
+            raise Failed(f"postsuper -H ALL: exit status {released.returncode} {released.stderr!r}")
+        kick(relay.config)
+        end, seen, quiet = None, 0, time.monotonic()
         while time.monotonic() < deadline:
-            counts = log.read()
-            if sum(counts.values()) >= options.postfix_messages:
+            done = sum(log.read().values())
+            if done >= options.postfix_messages:
                 end = time.perf_counter()
                 break
+            if done > seen:
+                seen, quiet = done, time.monotonic()
+            elif time.monotonic() - quiet > KICK_AGAIN:
+                kick(relay.config)  # in case the queue manager missed the first
+                quiet = time.monotonic()
             time.sleep(POLL)
         cpu = server.cpu() - cpu
         problems = list(log.examples)
@@ -299,12 +323,20 @@ def main() -> None:
     parser.add_argument("--postfix-servers", default=",".join(POSTFIX_SERVERS), help="servers of part two")
     parser.add_argument("--no-postfix", action="store_true", help="skip part two")
     parser.add_argument("--timeout", type=float, default=300, help="seconds a run of part two may take (default 300)")
+    parser.add_argument("--tree", default=ROOT,
+                        help="import mailproto from this directory, not this checkout: for a comparison with"
+                             " another revision (git archive REV mailproto | tar -x -C DIR)")
     parser.add_argument("--keep", action="store_true", help="keep part two's scratch directory (logs) and say where")
     parser.add_argument("--json", help="write the results to this file")
     options = parser.parse_args()
     for key, value in (QUICK if options.quick else DEFAULTS).items():
         if getattr(options, key) is None:
             setattr(options, key, value)
+    options.tree = os.path.abspath(options.tree)
+    if not os.path.exists(os.path.join(options.tree, "mailproto", "__init__.py")):
+        parser.error(f"--tree: there is no mailproto/__init__.py in {options.tree}")
+    if options.tree != ROOT:
+        print(f"mailproto from {options.tree}, not this checkout", file=sys.stderr)
     servers = options.servers.split(",") if options.servers else []
     postfixServers = options.postfix_servers.split(",") if options.postfix_servers else []
     for name in servers + postfixServers:
@@ -364,7 +396,8 @@ def main() -> None:
     writeResults(options.json, "pipeline", load, postfix=postfix, postfixSkipped=skipped,
                  sessions=options.sessions, messages=options.messages, size=options.size, repeat=options.repeat,
                  clients=options.clients, seconds=options.seconds, postfixMessages=options.postfix_messages,
-                 postfixSettings=POSTFIX_SETTINGS.strip().splitlines())
+                 postfixSettings=POSTFIX_SETTINGS.strip().splitlines(),
+                 tree=None if options.tree == ROOT else options.tree)
     if failed or any(r["problems"] for rows in (load, postfix) for row in rows for r in row["runs"]):
         raise SystemExit(1)
 

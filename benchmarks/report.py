@@ -484,6 +484,8 @@ def pipelineSection(data, name) -> list:
               f" {number(data.get('size'))} octets,",
               f"{'one client process' if clients == 1 else f'{clients} client processes'}; median of"
               f" {data.get('repeat')}.", ""]
+    if data.get("tree"):
+        lines += [f"mailproto's servers imported mailproto from ``{data['tree']}``, not from the checkout.", ""]
     offered = {True: "offered", False: "not offered"}
     lines += listTable("Pipelining load",
                        ["server", "msg/s", "× smtp-sink", "CPU s / 1000 msgs", "peak RSS MiB", "PIPELINING",
