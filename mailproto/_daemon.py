@@ -22,6 +22,7 @@ time, and stops.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -37,13 +38,14 @@ from twisted.python import components, usage
 from zope.interface import implementer
 
 from mailproto._attempts import RetrySchedule
+from mailproto._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts
 from mailproto._control import ControlFactory, SpoolBusy, SpoolLock, socketPath
 from mailproto._logs import FORMATS as LOG_FORMATS, RelayLog
 from mailproto._proxy import proxyEndpoint
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
 from mailproto._relaymanager import ENCRYPT, MAY, NONE, VERIFY, SmartHost, SmartHostESMTPRelayingManager, TLSPolicy
 from mailproto._queue import Queue
-from mailproto._server import ESMTP, LMTP, ESMTPFactory, LMTPFactory
+from mailproto._server import ESMTP, LMTP, AuthFailures, ESMTPFactory, LMTPFactory
 from mailproto.interfaces import IMessageDeliveryFactory
 
 _log = Logger()
@@ -57,6 +59,17 @@ SMARTHOST_TLS = (NONE, MAY, ENCRYPT, VERIFY, "implicit")
 
 _LIMITS = ("max-connections", "max-connections-per-destination", "max-messages-per-connection", "max-recipients")
 _LISTENERS = ("smtp", "submission", "smtps", "lmtp")
+_INTAKE_NUMBERS = (
+    "max-clients",
+    "max-clients-per-address",
+    "max-connection-rate",
+    "min-data-rate",
+    "max-junk-commands",
+    "max-auth-failures",
+)
+
+#: Failed AUTH attempts are counted per address over this many seconds.
+AUTH_FAILURE_WINDOW = 600.0
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -172,6 +185,53 @@ class Options(usage.Options):
             "Outgoing connections open at once to one domain (or to the smart host).",
         ],
         ["max-messages-per-connection", None, 100, "Messages sent over one outgoing connection."],
+        [
+            "max-clients",
+            None,
+            1000,
+            "Incoming connections open at once, on all listeners together (0: no limit).  Each takes a file "
+            "descriptor, two while its message is spooled: keep it under half of `ulimit -n`.",
+        ],
+        [
+            "max-clients-per-address",
+            None,
+            50,
+            "Incoming connections open at once from one client address (an IPv6 /64), as Postfix's "
+            "smtpd_client_connection_count_limit; relay networks are exempt (0: no limit).",
+        ],
+        [
+            "max-connection-rate",
+            None,
+            0,
+            "New connections one client address may open per minute, refused ones included, as Postfix's "
+            "smtpd_client_connection_rate_limit; relay networks are exempt (0, the default: no limit).",
+        ],
+        ["command-deadline", None, "5m", "How long a command line or AUTH response may take to arrive whole."],
+        [
+            "min-data-rate",
+            None,
+            500,
+            "The slowest average rate, in octets per second, at which message data is taken (0: no minimum).",
+        ],
+        [
+            "max-junk-commands",
+            None,
+            100,
+            "HELP, NOOP, VRFY, RSET and unknown commands allowed in one session (0: no limit).",
+        ],
+        [
+            "greeting-delay",
+            None,
+            "0",
+            "Wait this long before the 220 greeting; a client that talks first is refused (0: no wait).",
+        ],
+        [
+            "max-auth-failures",
+            None,
+            10,
+            "Failed AUTH attempts one client address may make in 10 minutes, on all listeners together, "
+            "before AUTH is refused to it.",
+        ],
     ]
 
     compData = usage.Completions(
@@ -241,6 +301,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self._checkNumbers()
+        self._checkIntakeLimits()
         self._checkListeners()
         self._checkSmartHost()
         self._checkPolicy()
@@ -281,6 +342,25 @@ class Options(usage.Options):
             raise usage.UsageError(f"--shutdown-grace: {e}") from None
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(f"--log-format: {self['log-format']!r} is not one of {', '.join(LOG_FORMATS)}")
+
+    def _checkIntakeLimits(self) -> None:
+        """
+        The limits on incoming connections and sessions: whole numbers (0
+        for no limit, except C{--max-auth-failures}) and durations.
+        """
+        for name in _INTAKE_NUMBERS:
+            text = str(self[name])
+            if not re.fullmatch(r"\s*\d+\s*", text):
+                raise usage.UsageError(f"--{name}: {text!r} is not a whole number (0 or more)")
+            self[name] = int(text)
+        if self["max-auth-failures"] <= 0:
+            raise usage.UsageError(f"--max-auth-failures: {self['max-auth-failures']} must be more than 0")
+        for name, zero in (("command-deadline", False), ("greeting-delay", True)):
+            text = str(self[name])
+            try:
+                self[name] = 0.0 if zero and re.fullmatch(r"\s*(?:0+(?:\.0*)?|\.0+)\s*[smhdw]?\s*", text, re.I) else parseDuration(text)
+            except ValueError as e:
+                raise usage.UsageError(f"--{name}: {e}") from None
 
     def _checkListeners(self) -> None:
         if not any(self[name] for name in _LISTENERS):
@@ -445,6 +525,15 @@ class _RelaySession:
             self.metrics.connectionClosed(self.listener)
         super().connectionLost(reason)
 
+    def limitExceeded(self, limit: str) -> None:
+        """
+        Count each time a per-connection limit acts, by listener and
+        limit.
+        """
+        if self.metrics is not None:
+            self.metrics.limitActed(self.listener, limit)
+        super().limitExceeded(limit)
+
     def lookupMethod(self, command):
         method = super().lookupMethod(command)
         self._verb = method.__name__[3:] if method is not None else None
@@ -554,6 +643,12 @@ class RelayService(service.MultiService):
         C{submission}, C{smtps}, C{lmtp}).
     @ivar listeners: the listening services, in the order they start.
     @ivar metrics: the L{RelayMetrics}, or C{None}.
+    @ivar connectionLimits: the L{ConnectionLimits} every listener shares,
+        or C{None}.
+    @ivar authFailures: the L{AuthFailures} every ESMTP listener shares,
+        or C{None}.
+    @ivar checker: the L{mailproto._cred.UsersFileChecker}, stopped with
+        the relay, or C{None}.
     @ivar log: the L{RelayLog} this relay logs to, or C{None} if twistd
         logs as it does by default.
     @ivar shutdownGrace: seconds sessions in a transaction and attempts in
@@ -565,6 +660,9 @@ class RelayService(service.MultiService):
     metrics = None
     log = None
     handleSignals = False
+    connectionLimits = None
+    authFailures = None
+    checker = None
 
     def __init__(
         self,
@@ -759,6 +857,8 @@ class RelayService(service.MultiService):
 
     def _stopped(self, result):
         self.lock.release()
+        if self.checker is not None:
+            self.checker.stop()
         stats = self.manager.stats
         _log.info(
             "mailrelay: stopped; {queued} queued now; this run: {delivered} delivered, {deferred} deferred, "
@@ -794,6 +894,81 @@ def _logPath(options: Options) -> str | None:
     return path
 
 
+def _sessionLimits(options: Options) -> dict:
+    """
+    @return: the per-connection limits of the options, as the server's
+        factories take them.
+    """
+    return {
+        "commandDeadline": options["command-deadline"],
+        "minDataRate": options["min-data-rate"],
+        "maxJunkCommands": options["max-junk-commands"],
+        "greetingDelay": options["greeting-delay"],
+    }
+
+
+def _limitedListeners(options: Options, factories: dict, connectionLimits: ConnectionLimits, reactor) -> list:
+    """
+    @return: C{(description, endpoint, factory)} of every listener: each
+        factory held to C{connectionLimits} (inside TLS for C{--smtps}, so
+        that a refusal is readable), each endpoint pausing when out of
+        file descriptors, and behind the PROXY protocol if asked.
+    """
+    listeners = []
+    for kind in _LISTENERS:
+        for description in options[kind]:
+            name = f"{description} ({kind})" if kind != "smtp" else description
+            endpoint = guardAccepts(
+                endpoints.serverFromString(reactor, description),
+                clock=reactor,
+                description=name,
+                observer=functools.partial(connectionLimits.acted, kind),
+            )
+            if options["proxy-protocol"]:
+                endpoint = proxyEndpoint(endpoint, clock=reactor)
+            factory = ConnectionLimitsFactory(factories[kind], connectionLimits, kind)
+            if kind == "smtps":
+                factory = TLSMemoryBIOFactory(options["tls"], False, factory)
+            listeners.append((name, endpoint, factory))
+    return listeners
+
+
+#: File descriptors kept for what is not a session: the spool, logs,
+#: outgoing connections, the listeners.
+_DESCRIPTOR_RESERVE = 256
+
+
+def _fitDescriptorLimit(maxClients: int) -> None:
+    """
+    Raise the soft limit on open files (C{ulimit -n}) towards the hard
+    one, so that C{maxClients} sessions fit (two descriptors each while a
+    message is spooled), and log a warning if they still do not.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover
+        return
+    needed = 2 * maxClients + _DESCRIPTOR_RESERVE if maxClients else None
+    if soft == resource.RLIM_INFINITY or (needed is not None and soft >= needed):
+        return
+    target = hard if needed is None or (hard != resource.RLIM_INFINITY and hard < needed) else needed
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):  # pragma: no cover
+            pass
+    if needed is None or soft < needed:
+        _log.warn(
+            "mailrelay: --max-clients {clients} may need more file descriptors than the limit of {soft} "
+            "(ulimit -n); past it, accepting pauses a second at a time",
+            clients=maxClients or "0 (no limit)",
+            soft=soft,
+        )
+
+
 def makeService(options: Options) -> RelayService:
     """
     Make the relay from its options.
@@ -804,13 +979,20 @@ def makeService(options: Options) -> RelayService:
     policy = options["policy"]
     hostname = options["hostname"].encode("idna")
     deliveryFactory = QueueDeliveryFactory(queue, policy)
-    limits = {"maxMessageSize": options["max-message-size"], "maxRecipients": options["max-recipients"]}
-    portal = None
+    limits = {
+        "maxMessageSize": options["max-message-size"],
+        "maxRecipients": options["max-recipients"],
+        **_sessionLimits(options),
+    }
+    portal = checker = None
     if options["users"] is not None:
         from mailproto._cred import UsersFileChecker
 
-        portal = Portal(_SubmissionRealm(deliveryFactory), [UsersFileChecker(options["users"], reactor=reactor)])
+        checker = UsersFileChecker(options["users"], reactor=reactor)
+        portal = Portal(_SubmissionRealm(deliveryFactory), [checker])
     tls = options["tls"]
+    # One count of failed AUTH per address for every port: blocked on one, blocked on all.
+    authFailures = AuthFailures(limit=options["max-auth-failures"], window=AUTH_FAILURE_WINDOW, clock=reactor)
 
     def esmtp(kind: str, required: bool):
         # With AUTH required there is no delivery for anonymous clients: 530.
@@ -819,27 +1001,28 @@ def makeService(options: Options) -> RelayService:
             deliveryFactory=None if required else deliveryFactory,
             contextFactory=tls if kind != "smtps" else None,
             domain=hostname,
+            authFailures=authFailures,
             **limits,
         )
         factory.listener = kind
         return factory
 
     factories = {"smtp": esmtp("smtp", False)}
-    listeners = []
     for kind in ("submission", "smtps"):
         if options[kind]:
             factories[kind] = esmtp(kind, True)
     if options["lmtp"]:
-        factories["lmtp"] = RelayLMTPFactory(deliveryFactory=deliveryFactory, domain=hostname, **limits)
-    for kind in _LISTENERS:
-        for description in options[kind]:
-            endpoint = endpoints.serverFromString(reactor, description)
-            if options["proxy-protocol"]:
-                endpoint = proxyEndpoint(endpoint, clock=reactor)
-            factory = factories[kind]
-            if kind == "smtps":
-                factory = TLSMemoryBIOFactory(tls, False, factory)
-            listeners.append((f"{description} ({kind})" if kind != "smtp" else description, endpoint, factory))
+        factories["lmtp"] = RelayLMTPFactory(
+            deliveryFactory=deliveryFactory, domain=hostname, authFailures=authFailures, **limits
+        )
+    connectionLimits = ConnectionLimits(
+        options["max-clients"],
+        options["max-clients-per-address"],
+        options["max-connection-rate"],
+        exempt=policy.networks,
+        clock=reactor,
+    )
+    listeners = _limitedListeners(options, factories, connectionLimits, reactor)
 
     smartHost = options["smarthost"]
     manager = SmartHostESMTPRelayingManager(
@@ -872,10 +1055,15 @@ def makeService(options: Options) -> RelayService:
         shutdownGrace=options["shutdown-grace"],
         clock=reactor,
     )
+    relay.connectionLimits = connectionLimits
+    relay.authFailures = authFailures
+    relay.checker = checker
+    _fitDescriptorLimit(options["max-clients"])
     if options["metrics"]:
         from mailproto._metrics import RelayMetrics
 
         relay.metrics = RelayMetrics(queue, manager, reactor)
+        connectionLimits.observers.append(relay.metrics.limitActed)
         for factory in factories.values():
             factory.metrics = relay.metrics
         metrics = internet.StreamServerEndpointService(endpoints.serverFromString(reactor, options["metrics"]), relay.metrics.site())

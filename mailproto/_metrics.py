@@ -13,6 +13,14 @@ The relay's Prometheus metrics (C{twistd mailrelay --metrics ENDPOINT})::
     mailrelay_deliveries_total{result}               recipients delivered, deferred or failed
     mailrelay_delivery_latency_seconds               from arrival to delivery, per recipient
     mailrelay_attempt_duration_seconds               length of a delivery attempt
+    mailrelay_limits_total{listener,limit}           times an intake limit acted
+
+The limits are the connection limits shared by all listeners
+(C{max-clients}, C{max-clients-per-address}, C{connection-rate}: a
+connection refused; C{accept-emfile}: accepting paused, out of file
+descriptors) and those of a session (C{command-deadline}, C{data-rate},
+C{junk-commands}, C{early-talker}, C{errors}, C{auth-failures},
+C{idle-timeout}: a session ended or AUTH refused).
 
 They are served as Prometheus text on C{/metrics} (any path, in fact) by
 L{MetricsResource}, computed in the reactor thread, so that the queue is
@@ -96,6 +104,9 @@ class RelayMetrics:
         self.attempts = Histogram(
             "mailrelay_attempt_duration_seconds", "Seconds a delivery attempt took.", buckets=ATTEMPT_BUCKETS, registry=registry
         )
+        self.limits = Counter(
+            "mailrelay_limits", "Times an intake limit acted, by listener and limit.", ["listener", "limit"], registry=registry
+        )
         registry.register(_QueueCollector(queue, manager, clock))
         queue.listeners.append(self._queued)
         manager.outcomeListeners.append(self._outcome)
@@ -117,6 +128,16 @@ class RelayMetrics:
 
     def connectionClosed(self, listener: str) -> None:
         self.open.labels(listener).dec()
+
+    def limitActed(self, listener: str, limit: str) -> None:
+        """
+        Count a limit acting on a connection or session.
+
+        @param listener: the listener's kind (C{"smtp"}, C{"submission"},
+            C{"smtps"}, C{"lmtp"}).
+        @param limit: the limit's name (see the module's docstring).
+        """
+        self.limits.labels(listener, limit).inc()
 
     def refused(self, stage: str, code: int, status: bytes | None) -> None:
         """

@@ -46,6 +46,7 @@ from zope.interface.verify import verifyObject
 
 import mailproto
 from mailproto import _daemon
+from mailproto._connlimits import ConnectionLimitsFactory
 from mailproto._daemon import DEFAULT_LISTEN, DEFAULT_SPOOL, Options, RelayService, makeService
 from mailproto._relay import LOOPBACK
 from mailproto._relaymanager import SmartHost, SmartHostESMTPRelayingManager
@@ -627,7 +628,9 @@ class MakeServiceTests(TestCase):
         self.assertEqual(listeners, [each for each in service if each is not service.control])
         for listener in listeners:
             self.assertIsInstance(listener, StreamServerEndpointService)
-            self.assertIs(listener.factory, service.factory)
+            self.assertIsInstance(listener.factory, ConnectionLimitsFactory)
+            self.assertIs(listener.factory.wrappedFactory, service.factory)
+            self.assertIs(listener.factory.limits, service.connectionLimits)
         self.assertEqual(
             service.description, "relaying through smart.example:2526; accepting mail from 127.0.0.0/8, ::1/128"
         )

@@ -29,6 +29,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailproto._attempts import RetrySchedule
+from mailproto._connlimits import ConnectionLimitsFactory
 from mailproto._cred import UsersFile
 from mailproto._daemon import Options, RelayLMTPFactory, RelayService, makeService, parseDuration, parseSize
 from mailproto._logs import BatchedFile, JSONLineObserver, RelayLog, eventAsJSONLine
@@ -161,6 +162,57 @@ class ParsingTests(SynchronousTestCase):
         ]
         for arguments, contains in cases:
             self.assertUsageError(arguments, contains)
+
+    def test_intakeLimits(self):
+        """
+        The limits on incoming connections and sessions: their defaults,
+        values (durations with units, 0 for no limit) and errors.
+        """
+        options = _parse("--spool", self.mktemp())
+        self.assertEqual(
+            [options[name] for name in (
+                "max-clients", "max-clients-per-address", "max-connection-rate", "command-deadline",
+                "min-data-rate", "max-junk-commands", "greeting-delay", "max-auth-failures",
+            )],
+            [1000, 50, 0, 300.0, 500, 100, 0.0, 10],
+        )  # fmt: skip
+        options = _parse(
+            "--spool", self.mktemp(), "--max-clients", "0", "--max-clients-per-address", "5",
+            "--max-connection-rate", "30", "--command-deadline", "90s", "--min-data-rate", "0",
+            "--max-junk-commands", "7", "--greeting-delay", "2.5", "--max-auth-failures", "3",
+        )  # fmt: skip
+        self.assertEqual(
+            (options["max-clients"], options["max-clients-per-address"], options["max-connection-rate"]), (0, 5, 30)
+        )
+        self.assertEqual((options["command-deadline"], options["greeting-delay"]), (90.0, 2.5))
+        self.assertEqual((options["min-data-rate"], options["max-junk-commands"], options["max-auth-failures"]), (0, 7, 3))
+        for zero in ("0", "0s", "0.0", ".0m"):
+            self.assertEqual(_parse("--spool", self.mktemp(), "--greeting-delay", zero)["greeting-delay"], 0.0)
+        cases = [
+            (["--max-clients", "-1"], "--max-clients: '-1' is not a whole number (0 or more)"),
+            (["--max-clients-per-address", "many"], "--max-clients-per-address: 'many' is not a whole number"),
+            (["--max-connection-rate", "1.5"], "--max-connection-rate: '1.5' is not a whole number"),
+            (["--min-data-rate", "fast"], "--min-data-rate: 'fast' is not a whole number"),
+            (["--max-junk-commands", "x"], "--max-junk-commands: 'x' is not a whole number"),
+            (["--max-auth-failures", "0"], "--max-auth-failures: 0 must be more than 0"),
+            (["--command-deadline", "0"], "--command-deadline: '0' must be more than 0"),
+            (["--command-deadline", "soon"], "--command-deadline: 'soon' is not a duration"),
+            (["--greeting-delay", "s"], "--greeting-delay: 's' is not a duration"),
+            (["--greeting-delay", "-1"], "--greeting-delay: '-1' is not a duration"),
+        ]
+        for arguments, contains in cases:
+            self.assertUsageError(arguments, contains)
+
+    def test_intakeLimitsInHelp(self):
+        """
+        Each intake limit is in C{--help}.
+        """
+        text = str(Options())
+        for name in (
+            "max-clients", "max-clients-per-address", "max-connection-rate", "command-deadline",
+            "min-data-rate", "max-junk-commands", "greeting-delay", "max-auth-failures",
+        ):  # fmt: skip
+            self.assertIn(f"--{name}=", text)
 
     def test_listenersReplaceDefault(self):
         """
@@ -297,9 +349,66 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsNotNone(smtp.contextFactory)
         self.assertIsNone(smtps.contextFactory)
         wrapped = [listener.factory for listener in relay.listeners]
-        self.assertEqual(wrapped[:2], [smtp, submission])
+        self.assertEqual([each.wrappedFactory for each in wrapped[:2]], [smtp, submission])
+        self.assertEqual([each.listener for each in wrapped[:2]], ["smtp", "submission"])
+        # Implicit TLS outside the limits, so that a refusal is sent over TLS.
         self.assertIsInstance(wrapped[2], TLSMemoryBIOFactory)
-        self.assertIs(wrapped[2].wrappedFactory, smtps)
+        self.assertIsInstance(wrapped[2].wrappedFactory, ConnectionLimitsFactory)
+        self.assertIs(wrapped[2].wrappedFactory.wrappedFactory, smtps)
+        for each in (*wrapped[:2], wrapped[2].wrappedFactory):
+            self.assertIs(each.limits, relay.connectionLimits)
+        # One count of AUTH failures for all of them.
+        self.assertIs(smtp.authFailures, relay.authFailures)
+        self.assertIs(submission.authFailures, relay.authFailures)
+        self.assertIs(smtps.authFailures, relay.authFailures)
+
+    def test_intakeLimitsReachListeners(self):
+        """
+        One L{ConnectionLimits} (relay networks exempt) for every
+        listener, one L{AuthFailures} for every factory, with the limits
+        of the options; each factory has the session limits the server
+        knows.
+        """
+        options = _parse(
+            "--spool", self.mktemp(), "--smtp", "tcp:0", "--lmtp", "tcp:0", "--relay-network", "10.0.0.0/8",
+            "--max-clients", "7", "--max-clients-per-address", "3", "--max-connection-rate", "20",
+            "--max-auth-failures", "4", "--command-deadline", "1m", "--min-data-rate", "100",
+            "--max-junk-commands", "9", "--greeting-delay", "1s",
+        )  # fmt: skip
+        relay = makeService(options)
+        limits = relay.connectionLimits
+        self.assertEqual((limits.maxClients, limits.maxPerAddress, limits.maxRate), (7, 3, 20))
+        self.assertEqual([str(n) for n in limits.exempt], ["10.0.0.0/8"])
+        self.assertEqual([listener.factory.limits for listener in relay.listeners], [limits, limits])
+        self.assertEqual([listener.factory.listener for listener in relay.listeners], ["smtp", "lmtp"])
+        self.assertEqual((relay.authFailures.limit, relay.authFailures.window), (4, 600))
+        expected = {"commandDeadline": 60.0, "minDataRate": 100, "maxJunkCommands": 9, "greetingDelay": 1.0}
+        for factory in relay.factories.values():
+            self.assertIs(factory.authFailures, relay.authFailures)
+            self.assertEqual({name: getattr(factory, name) for name in expected}, expected)
+            session = factory.buildProtocol(None)
+            self.assertEqual({name: getattr(session, name) for name in expected}, expected)
+
+    def test_limitsCounted(self):
+        """
+        With C{--metrics}, each time a connection limit or a session limit
+        acts is counted in C{mailrelay_limits_total}, by listener and
+        limit.
+        """
+        from twisted.internet.address import IPv4Address
+
+        from mailproto._connlimits import MAX_CLIENTS_PER_ADDRESS
+
+        relay = makeService(_parse("--spool", self.mktemp(), "--metrics", "tcp:0", "--relay-network", "10.0.0.0/8"))
+        relay.connectionLimits.refused("smtp", MAX_CLIENTS_PER_ADDRESS, IPv4Address("TCP", "192.0.2.1", 1))
+        relay.connectionLimits.acted("smtp", "accept-emfile")
+        session = relay.factories["smtp"].buildProtocol(IPv4Address("TCP", "192.0.2.1", 1))
+        session.limitExceeded("junk-commands")
+        session.limitExceeded("junk-commands")
+        value = relay.metrics.registry.get_sample_value
+        self.assertEqual(value("mailrelay_limits_total", {"listener": "smtp", "limit": "max-clients-per-address"}), 1)
+        self.assertEqual(value("mailrelay_limits_total", {"listener": "smtp", "limit": "accept-emfile"}), 1)
+        self.assertEqual(value("mailrelay_limits_total", {"listener": "smtp", "limit": "junk-commands"}), 2)
 
     def test_proxyProtocol(self):
         """
@@ -324,7 +433,9 @@ class MakeServiceTests(SynchronousTestCase):
 
         relay = makeService(_parse("--spool", self.mktemp(), "--smtp", "tcp:0", "--lmtp", "tcp:0", "--proxy-protocol"))
         self.assertEqual(len(relay.listeners), 2)
-        self.assertEqual([listener.factory for listener in relay.listeners], [relay.factories["smtp"], relay.factories["lmtp"]])
+        self.assertEqual(
+            [listener.factory.wrappedFactory for listener in relay.listeners], [relay.factories["smtp"], relay.factories["lmtp"]]
+        )
         for listener in relay.listeners:
             endpoint = listener.endpoint
             self.assertIsInstance(endpoint, ProxyProtocolEndpoint)
