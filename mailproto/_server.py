@@ -33,10 +33,10 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import contextlib
 import dataclasses
 import functools
 import re
-import time
 
 from twisted.cred import credentials
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
@@ -50,11 +50,13 @@ from twisted.python.failure import Failure
 
 from mailproto import __version__
 from mailproto._address import Address, User, quoteaddr
+from mailproto._authfailures import AuthFailures
 from mailproto._commands import noArgument, parseAuth, parseBdat, parseHelo, parseMailFrom, parseRcptTo, splitCommand
 from mailproto._cred import LOGINCredentials, PLAINCredentials
 from mailproto._data import BareNewlinePolicy, Unstuffer
 from mailproto._errors import SMTPBadRcpt, SMTPBadSender, SMTPServerError
 from mailproto._headers import localHostname, rfc822date
+from mailproto._intake import UNCONNECTED, InputValve, RequestDeadline, setNoDelay
 from mailproto._replies import isStatus
 from mailproto._writes import writeNow
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
@@ -81,6 +83,26 @@ _headerLineRe = re.compile(rb"[!-9;-~]+:")
 # before the transport is paused.
 _MAX_BUFFERED = 65536
 
+# How many replies' octets are gathered before they are written even
+# though input remains to be handled.
+_MAX_OUTBOX = 65536
+
+# How many pipelined commands are handled in one go before the reactor
+# gets to run other connections.
+_BATCH_COMMANDS = 100
+
+# The modules whose command handlers are known to leave the transport
+# alone, so that their replies may be gathered (see SMTP._runAlone).
+_COALESCING_MODULES = frozenset({__name__, "mailproto._daemon", "mailproto._sink"})
+
+# Commands that carry no mail (Postfix's junk commands, and HELP); unknown
+# commands count too.
+_JUNK_COMMANDS = frozenset({b"NOOP", b"RSET", b"VRFY", b"EXPN", b"HELP"})
+
+# The longest AUTH command line (with an initial response) and SASL
+# response, CRLF included (RFC 4954 section 4).
+_MAX_AUTH_LINE = 12288
+
 # SASL mechanisms that send the password itself.
 _PLAINTEXT_MECHANISMS = frozenset({b"PLAIN", b"LOGIN"})
 
@@ -91,56 +113,6 @@ def _printable(value) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
     return str(value)
-
-
-class AuthFailures:
-    """
-    Failed AUTH attempts per client address, over a sliding window, shared
-    by the connections of a factory.
-
-    @ivar limit: failures allowed in C{window} seconds; after that, AUTH
-        from the address is refused until older failures age out.
-    @ivar window: the window, in seconds.
-    """
-
-    def __init__(self, limit: int = 10, window: float = 600.0, clock=None) -> None:
-        """
-        @param limit: see L{AuthFailures.limit}.
-        @param window: see L{AuthFailures.window}.
-        @param clock: an C{IReactorTime}; real time if C{None}.
-        """
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._failures: dict[bytes, list[float]] = {}
-
-    def _now(self) -> float:
-        return self._clock.seconds() if self._clock is not None else time.time()
-
-    def _recent(self, address: bytes) -> list[float]:
-        cutoff = self._now() - self.window
-        times = [t for t in self._failures.get(address, ()) if t > cutoff]
-        if times:
-            self._failures[address] = times
-        else:
-            self._failures.pop(address, None)
-        return times
-
-    def failed(self, address: bytes) -> None:
-        """
-        Count a failure from C{address}.
-        """
-        self._failures[address] = [*self._recent(address), self._now()]
-        if len(self._failures) > 100000:
-            # Bounded memory: forget the quietest addresses.
-            for old in sorted(self._failures, key=lambda a: self._failures[a][-1])[:10000]:
-                del self._failures[old]
-
-    def blocked(self, address: bytes) -> bool:
-        """
-        @return: whether C{address} has had C{limit} failures in the window.
-        """
-        return len(self._recent(address)) >= self.limit
 
 
 # What may stay of a peer's host in C{_helo} and trace headers: the
@@ -192,6 +164,20 @@ def _formatReply(code: int, message: bytes, status: bytes | None, enhanced: bool
     return _replyLines(code, lines)
 
 
+@functools.lru_cache(maxsize=64)
+def _helpText(protocol: type) -> bytes:
+    """
+    @return: the text of C{HELP} for a server class: the commands it has.
+    """
+    verbs = set()
+    for name in dir(protocol):
+        prefix, _, verb = name.partition("_")
+        if prefix in ("do", "ext") and verb.isalpha() and verb.isupper() and verb != "UNKNOWN":
+            if getattr(protocol, name) is not None:
+                verbs.add(verb)
+    return b"Commands: " + " ".join(sorted(verbs)).encode("ascii") + b"\nSee RFC 5321"
+
+
 class SMTP(LineReceiver, TimeoutMixin):
     """
     An SMTP server (RFC 5321): HELO sessions, without extensions.  See
@@ -207,6 +193,24 @@ class SMTP(LineReceiver, TimeoutMixin):
     @ivar host: the server's name, in the greeting and trace headers.
     @ivar timeout: seconds of silence from the client before the server
         says C{421} and hangs up.  Any received data restarts the count.
+    @ivar commandDeadline: seconds a command line (or SASL response) may
+        take from its first octet to its CRLF, whatever arrives meanwhile;
+        also the most time message data can have in hand (see
+        C{minDataRate}).  Then C{421 4.4.2} and the server hangs up.  C{0}
+        for no deadline.
+    @ivar minDataRate: the least average rate of message data (DATA and
+        BDAT), in octets per second: each octet received moves the
+        deadline on by C{1 / minDataRate} seconds, up to
+        C{commandDeadline} from now (as Postfix's C{smtpd_min_data_rate}).
+        C{0} for none: then data only has to keep arriving within
+        C{commandDeadline}.
+    @ivar maxJunkCommands: how many commands that carry no mail (NOOP,
+        RSET, VRFY, EXPN, HELP and unknown ones) the client may send per
+        message it sends; with the next, C{421 4.7.0} and the server hangs
+        up.  C{0} for no limit.
+    @ivar greetingDelay: seconds to wait before the C{220} greeting; a
+        client that talks before it (as spam software does) is told C{554
+        5.5.1} and dropped.  C{0} greets at once.
     @ivar maxCommandLength: the longest command line, CRLF included (RFC
         5321 section 4.5.3.1.4: 512).  A longer line gets C{500}.
     @ivar maxLineLength: the longest line of message text, without its
@@ -237,6 +241,10 @@ class SMTP(LineReceiver, TimeoutMixin):
     maxRecipients = 1000
     maxErrors = 20
     bareNewlinePolicy = BareNewlinePolicy.NORMALIZE
+    commandDeadline = 300.0
+    minDataRate = 500
+    maxJunkCommands = 100
+    greetingDelay = 0.0
 
     #: The protocol's name in the C{with} clause of trace headers.
     _protocolName = b"SMTP"
@@ -266,9 +274,16 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._pending = None
         self._heldTimeout = None
         self._processing = False
-        self._pausedTransport = False
+        self._gathering = 0
+        self._outbox = []
+        self._outboxSize = 0
+        self._valve = InputValve(UNCONNECTED, self._inputResumed)
+        self._deadline = RequestDeadline(lambda: self.callLater, self._deadlinePassed)
+        self._linesRead = 0
+        self._greeting = None
         self._closing = False
         self._errorCount = 0
+        self._junkCount = 0
         self._enhanced = False
         self._advertised = {}
         self._messages = None
@@ -313,8 +328,29 @@ class SMTP(LineReceiver, TimeoutMixin):
 
     def connectionMade(self) -> None:
         self._helo = (None, _peerHost(self.transport.getPeer()))
-        self._sendPlain(220, self.greeting())
+        setNoDelay(self.transport)
+        self._valve = InputValve(self.transport, self._inputResumed)
+        self.transport.registerProducer(self._valve, True)
         self.setTimeout(self.timeout)
+        if self.greetingDelay > 0:
+            self._greeting = self.callLater(self.greetingDelay, self._greet)
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
+        self._greeting = None
+        self._sendPlain(220, self.greeting())
+
+    def limitExceeded(self, limit: str) -> None:
+        """
+        Called once each time a limit of the session acts, after the
+        server has logged it and before it replies.  Override it to count
+        them; this one does nothing.
+
+        @param limit: which: C{"idle-timeout"}, C{"command-deadline"},
+            C{"data-rate"}, C{"junk-commands"}, C{"errors"},
+            C{"early-talker"} or C{"auth-failures"}.
+        """
 
     def _clientAddress(self) -> None:
         """
@@ -337,9 +373,31 @@ class SMTP(LineReceiver, TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         self._log.info("SMTP client {peer} timed out", peer=self._peerText())
+        self.limitExceeded("idle-timeout")
         self._hangUp(421, self.host + b" Timeout. Try talking faster next time!", b"4.4.2")
 
+    def _deadlinePassed(self, kind: str) -> None:
+        if kind == "data":
+            self._log.info(
+                "SMTP client {peer} sent message data too slowly (under {rate} octets/s)",
+                peer=self._peerText(),
+                rate=self.minDataRate,
+            )
+            self.limitExceeded("data-rate")
+        else:
+            self._log.info(
+                "SMTP client {peer} took over {seconds}s to send a command line",
+                peer=self._peerText(),
+                seconds=self.commandDeadline,
+            )
+            self.limitExceeded("command-deadline")
+        self._hangUp(421, self.host + b" Error: timeout exceeded", b"4.4.2")
+
     def connectionLost(self, reason=None) -> None:
+        self._deadline.clear()
+        greeting, self._greeting = self._greeting, None
+        if greeting is not None and greeting.active():
+            greeting.cancel()
         self._abortMessages()
         if self._onLogout is not None:
             logout, self._onLogout = self._onLogout, None
@@ -357,6 +415,8 @@ class SMTP(LineReceiver, TimeoutMixin):
         self.sendCode(code, text, status)
         self._closing = True
         self._input = b""
+        self._deadline.clear()
+        self._flushReplies()
         self.transport.loseConnection()
 
     # -- replies ----------------------------------------------------------
@@ -375,7 +435,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         """
         if not isinstance(message, bytes):
             message = str(message).encode("utf-8")
-        writeNow(self.transport, _formatReply(code, message, status, self._enhanced))
+        self._send(_formatReply(code, message, status, self._enhanced))
         if code in _BAD_COMMAND_CODES:
             self._countError()
 
@@ -387,7 +447,44 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._writeReply(code, message.splitlines() or [b""])
 
     def _writeReply(self, code: int, lines: list[bytes]) -> None:
-        writeNow(self.transport, _replyLines(code, lines))
+        self._send(_replyLines(code, lines))
+
+    def _send(self, reply: bytes) -> None:
+        """
+        Send a reply: at once, or, while input is being handled, with the
+        other replies to the same input, in one write once the input is
+        used up (RFC 2920 section 3.2), so that pipelined replies never
+        wait for the client's delayed ACK.
+        """
+        if not self._gathering:
+            writeNow(self.transport, reply)
+            return
+        self._outbox.append(reply)
+        self._outboxSize += len(reply)
+        if self._outboxSize > _MAX_OUTBOX:
+            self._flushReplies()
+
+    @contextlib.contextmanager
+    def _repliesTogether(self):
+        """
+        Within this context, replies are gathered and written in one go
+        at its end.
+        """
+        self._gathering += 1
+        try:
+            yield
+        finally:
+            self._gathering -= 1
+            if not self._gathering:
+                self._flushReplies()
+
+    def _flushReplies(self) -> None:
+        """
+        Write the replies gathered so far.
+        """
+        if self._outbox:
+            replies, self._outbox, self._outboxSize = self._outbox, [], 0
+            writeNow(self.transport, replies[0] if len(replies) == 1 else b"".join(replies))
 
     def _replyError(self, error: SMTPServerError) -> None:
         resp = error.resp if isinstance(error.resp, bytes) else str(error.resp).encode("utf-8")
@@ -403,8 +500,9 @@ class SMTP(LineReceiver, TimeoutMixin):
 
     def _countError(self) -> None:
         self._errorCount += 1
-        if self.maxErrors and self._errorCount > self.maxErrors:
+        if self.maxErrors and self._errorCount > self.maxErrors and not self._closing:
             self._log.info("SMTP client {peer} made too many errors", peer=self._peerText())
+            self.limitExceeded("errors")
             self._hangUp(421, self.host + b" Too many errors, closing connection", b"4.7.0")
 
     def sendSyntaxError(self) -> None:
@@ -415,35 +513,63 @@ class SMTP(LineReceiver, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         """
         Take input: commands a line at a time, message data in bulk.  Any
-        input restarts the idle timeout.
+        input restarts the idle timeout; only a complete line, or message
+        data at C{minDataRate}, keeps the request deadline away.
         """
         self.resetTimeout()
         if self._closing:
             return
+        if self._greeting is not None:
+            self._earlyTalker()
+            return
         if not self._peerKnown and self._helo is not None:
             self._clientAddress()
+        if self.mode == DATA or self.mode == BDAT:
+            self._deadline.earn(len(data), self.minDataRate, self.commandDeadline)
         self._input = self._input + data if self._input else data
         if not self._processing:
             self._processInput()
 
+    def _earlyTalker(self) -> None:
+        """
+        The client talked before the greeting, which no client that waits
+        for the server's replies does.
+        """
+        greeting, self._greeting = self._greeting, None
+        greeting.cancel()
+        self._log.info("SMTP client {peer} talked before the greeting", peer=self._peerText())
+        self.limitExceeded("early-talker")
+        self._hangUp(554, self.host + b" Protocol error: talking before the greeting", b"5.5.1")
+
     def _processInput(self) -> None:
+        """
+        Handle the input received so far, as long as nothing holds it (a
+        pending answer, a paused transport, a closing connection), then
+        write the replies it produced in one go.
+        """
         self._processing = True
+        self._gathering += 1
+        commands = 0
         try:
-            while self._input and self._pending is None and not self._closing:
+            while self._input and self._pending is None and not self._closing and not self._valve.paused:
                 if self.mode == DATA or self.mode == BDAT:
                     self._input = self._dataInput(self._input)
                     continue
+                if commands >= _BATCH_COMMANDS:
+                    self._yieldToReactor()
+                    break
                 end = self._input.find(b"\r\n")
                 if end < 0:
-                    limit = self._lineLimit()
-                    if len(self._input) > limit:
+                    if len(self._input) > self._lineLimit(self._input):
                         # Read on to the end of the line, keeping only a
                         # final CR, which may start the CRLF.
                         self._discardingLine = True
                         self._input = b"\r" if self._input[-1:] == b"\r" else b""
                     break
                 line, self._input = self._input[:end], self._input[end + 2 :]
-                if self._discardingLine or len(line) + 2 > self._lineLimit():
+                self._linesRead += 1
+                commands += 1
+                if self._discardingLine or len(line) + 2 > self._lineLimit(line):
                     self._discardingLine = False
                     self.lineLengthExceeded(line)
                     continue
@@ -454,13 +580,49 @@ class SMTP(LineReceiver, TimeoutMixin):
                     self._run(self.lineReceived, line)
         finally:
             self._processing = False
-        if self._pending is not None and len(self._input) > _MAX_BUFFERED and not self._pausedTransport:
-            self._pausedTransport = True
-            self.transport.pauseProducing()
+            self._gathering -= 1
+            if not self._gathering:
+                self._flushReplies()
+        if (self._pending is not None or self._valve.outputFull) and len(self._input) > _MAX_BUFFERED:
+            self._valve.hold("backlog")
+        self._watchDeadline()
 
-    def _lineLimit(self) -> int:
-        if self.mode == AUTH:
-            return 12288  # RFC 4954 section 4
+    def _yieldToReactor(self) -> None:
+        """
+        Stop reading until the reactor's next turn, so that a client that
+        pipelines thousands of commands does not keep others waiting.
+        """
+        self._valve.hold("batch")
+        self.callLater(0, self._endBatch)
+
+    def _endBatch(self) -> None:
+        self._valve.release("batch")
+
+    def _inputResumed(self) -> None:
+        if not self._processing and not self._closing:
+            self._processInput()
+
+    def _watchDeadline(self) -> None:
+        """
+        Start, keep or stop the request deadline after input was handled.
+        """
+        if self._closing:
+            self._deadline.clear()
+        elif self.mode == DATA or self.mode == BDAT:
+            self._deadline.data(self.commandDeadline)
+        elif self._pending is None and (self._input or self._discardingLine):
+            # A line has begun and has not ended.
+            self._deadline.line(self.commandDeadline, self._linesRead)
+        else:
+            self._deadline.clear()
+
+    def _lineLimit(self, line: bytes) -> int:
+        """
+        @param line: the line, or its start.
+        @return: the most octets it may have, CRLF included.
+        """
+        if self.mode == AUTH or line[:5].upper() == b"AUTH ":
+            return _MAX_AUTH_LINE
         return self.maxCommandLength + self._parameterAllowance
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -493,8 +655,24 @@ class SMTP(LineReceiver, TimeoutMixin):
         except SMTPServerError as e:
             self._replyError(e)
             return
-        method = self.lookupMethod(verb) or self.do_UNKNOWN
-        self._run(method, rest)
+        method = self.lookupMethod(verb)
+        if (method is None or verb.upper() in _JUNK_COMMANDS) and self._junkCommand():
+            return
+        self._run(method or self.do_UNKNOWN, rest)
+
+    def _junkCommand(self) -> bool:
+        """
+        Count a command that carries no mail.
+
+        @return: whether that was one too many, and the server hangs up.
+        """
+        self._junkCount += 1
+        if not self.maxJunkCommands or self._junkCount <= self.maxJunkCommands:
+            return False
+        self._log.info("SMTP client {peer} sent too many commands without mail", peer=self._peerText())
+        self.limitExceeded("junk-commands")
+        self._hangUp(421, self.host + b" Error: too many commands without mail", b"4.7.0")
+        return True
 
     def _run(self, method, *args) -> None:
         """
@@ -502,7 +680,10 @@ class SMTP(LineReceiver, TimeoutMixin):
         returns a C{Deferred}, hold later input until it fires.
         """
         try:
-            result = method(*args)
+            if getattr(method, "__module__", None) in _COALESCING_MODULES:
+                result = method(*args)
+            else:
+                result = self._runAlone(method, *args)
         except SMTPServerError as e:
             self._replyError(e)
             return
@@ -511,6 +692,20 @@ class SMTP(LineReceiver, TimeoutMixin):
             return
         if isinstance(result, defer.Deferred):
             self._wait(result)
+
+    def _runAlone(self, method, *args):
+        """
+        Call a command handler written elsewhere (a subclass's): the
+        replies so far are written first, and its own replies at once, so
+        that whatever it does to the transport itself after a reply (close
+        it, start TLS) comes after that reply, as with twisted.mail.
+        """
+        self._flushReplies()
+        gathering, self._gathering = self._gathering, 0
+        try:
+            return method(*args)
+        finally:
+            self._gathering = gathering
 
     def _wait(self, d: defer.Deferred) -> None:
         """
@@ -530,9 +725,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         if self._heldTimeout is not None and not self._closing:
             self.setTimeout(self._heldTimeout)
         self._heldTimeout = None
-        if self._pausedTransport:
-            self._pausedTransport = False
-            self.transport.resumeProducing()
+        self._valve.release("backlog")
         if not self._processing:
             self._processInput()
 
@@ -596,13 +789,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self.sendCode(502, b"EXPN not available", b"5.5.1")
 
     def do_HELP(self, rest: bytes) -> None:
-        verbs = set()
-        for name in dir(self):
-            prefix, _, verb = name.partition("_")
-            if prefix in ("do", "ext") and verb.isalpha() and verb.isupper() and verb != "UNKNOWN":
-                if getattr(self, name) is not None:
-                    verbs.add(verb)
-        self.sendCode(214, b"Commands: " + " ".join(sorted(verbs)).encode("ascii") + b"\nSee RFC 5321", b"2.0.0")
+        self.sendCode(214, _helpText(type(self)), b"2.0.0")
 
     def _knownParameters(self, which: int) -> frozenset:
         known = set()
@@ -928,6 +1115,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         """
         failures = [result for ok, result in resultList if not ok]
         if not failures:
+            self._junkCount = 0
             self.sendCode(250, b"Delivery in progress", b"2.0.0")
             return
         for failure in failures:
@@ -1123,6 +1311,7 @@ class ESMTP(SMTP):
         self.ctx = contextFactory
         self.authenticated = False
         self._authFailureCount = 0
+        self._authCounted = False
 
     def connectionMade(self) -> None:
         SMTP.connectionMade(self)
@@ -1280,6 +1469,8 @@ class ESMTP(SMTP):
             )
             self._input = b""
         self.sendCode(220, b"Ready to start TLS", b"2.0.0")
+        # The 220 goes out in the clear, before the handshake.
+        self._flushReplies()
         self.transport.startTLS(self.ctx)
         self.startedTLS = True
         # RFC 3207 section 4.2: forget everything learnt before TLS.
@@ -1306,9 +1497,7 @@ class ESMTP(SMTP):
             raise SMTPServerError(504, "Unrecognized authentication type", b"5.5.4")
         if mechanism in _PLAINTEXT_MECHANISMS and not (self.startedTLS or self.allowPlaintextAuth):
             raise SMTPServerError(538, "Encryption required for requested authentication mechanism", b"5.7.11")
-        if self.authFailures is not None and self.authFailures.blocked(self._helo[1]):
-            self._log.info("AUTH refused to {peer}: too many failures", peer=self._peerText())
-            self._hangUp(421, self.host + b" Too many failed authentications, try later", b"4.7.0")
+        if self._authBlocked():
             return None
         factory = {name.upper(): value for name, value in self.challengers.items()}[mechanism]
         self.challenger = factory()
@@ -1345,16 +1534,42 @@ class ESMTP(SMTP):
             self._challenge()
             return None
         self.mode = COMMAND
+        if self._authBlocked():
+            # Other connections from the address used up its attempts
+            # while this exchange went on.
+            self.challenger = None
+            return None
+        if self.authFailures is not None:
+            self.authFailures.attempt(self._helo[1])
+            self._authCounted = True
         login = self.portal.login(self.challenger, None, IMessageDeliveryFactory, IMessageDelivery)
         login.addCallbacks(self._cbAuthenticated, self._ebAuthenticated)
         return login
+
+    def _authBlocked(self) -> bool:
+        """
+        @return: whether the client's address has used up its AUTH
+            attempts, in which case the server has hung up.
+        """
+        if self.authFailures is None or not self.authFailures.blocked(self._helo[1]):
+            return False
+        self._log.info("AUTH refused to {peer}: too many failures", peer=self._peerText())
+        self.limitExceeded("auth-failures")
+        self._hangUp(421, self.host + b" Too many failed authentications, try later", b"4.7.0")
+        return True
 
     def _endAuth(self, error: SMTPServerError) -> None:
         self.mode = COMMAND
         self.challenger = None
         self._replyError(error)
 
+    def _forgiveAttempt(self) -> None:
+        if self._authCounted:
+            self._authCounted = False
+            self.authFailures.forgive(self._helo[1])
+
     def _cbAuthenticated(self, loginInfo) -> None:
+        self._forgiveAttempt()
         user = getattr(self.challenger, "username", None)
         SMTP._cbAnonymousAuthentication(self, loginInfo)
         self.authenticated = True
@@ -1365,6 +1580,7 @@ class ESMTP(SMTP):
     def _ebAuthenticated(self, reason: Failure):
         if reason.check(UnauthorizedLogin):
             return self._authFailed()
+        self._forgiveAttempt()
         self._log.failure("Authentication failed unexpectedly", reason)
         self.challenger = None
         self.sendCode(454, b"Temporary authentication failure", b"4.7.0")
@@ -1378,8 +1594,10 @@ class ESMTP(SMTP):
         self.mode = COMMAND
         self.challenger = None
         self._authFailureCount += 1
-        if self.authFailures is not None:
-            self.authFailures.failed(self._helo[1])
+        if self._authCounted:
+            self._authCounted = False
+        elif self.authFailures is not None:
+            self.authFailures.attempt(self._helo[1])
         self._log.info(
             "SMTP client {peer} failed to authenticate ({count})", peer=self._peerText(), count=self._authFailureCount
         )
@@ -1388,6 +1606,7 @@ class ESMTP(SMTP):
 
         def answer() -> None:
             if self._authFailureCount >= self.maxAuthFailures:
+                self.limitExceeded("auth-failures")
                 self._hangUp(421, self.host + b" Too many failed authentications", b"4.7.0")
             else:
                 self.sendCode(535, b"Authentication credentials invalid", b"5.7.8")
@@ -1457,16 +1676,19 @@ class LMTP(ESMTP):
 
     def _messageHandled(self, resultList) -> None:
         """
-        Reply once per recipient, in the order they were accepted.
+        Reply once per recipient, in the order they were accepted, in
+        one write.
         """
-        for user, (ok, result) in zip(self._recipients, resultList):
-            if ok:
-                self.sendCode(250, quoteaddr(user) + b" Delivered", b"2.1.5")
-            elif result.check(SMTPServerError):
-                self._replyError(result.value)
-            else:
-                self._log.failure("Unexpected error in a message's eomReceived", result)
-                self.sendCode(*_INTERNAL_ERROR)
+        with self._repliesTogether():
+            for user, (ok, result) in zip(self._recipients, resultList):
+                if ok:
+                    self._junkCount = 0
+                    self.sendCode(250, quoteaddr(user) + b" Delivered", b"2.1.5")
+                elif result.check(SMTPServerError):
+                    self._replyError(result.value)
+                else:
+                    self._log.failure("Unexpected error in a message's eomReceived", result)
+                    self.sendCode(*_INTERNAL_ERROR)
 
 
 class SMTPFactory(ServerFactory):
@@ -1493,6 +1715,10 @@ class SMTPFactory(ServerFactory):
     maxRecipients = SMTP.maxRecipients
     maxErrors = SMTP.maxErrors
     bareNewlinePolicy = SMTP.bareNewlinePolicy
+    commandDeadline = SMTP.commandDeadline
+    minDataRate = SMTP.minDataRate
+    maxJunkCommands = SMTP.maxJunkCommands
+    greetingDelay = SMTP.greetingDelay
 
     _LIMITS = (
         "timeout",
@@ -1502,6 +1728,10 @@ class SMTPFactory(ServerFactory):
         "maxRecipients",
         "maxErrors",
         "bareNewlinePolicy",
+        "commandDeadline",
+        "minDataRate",
+        "maxJunkCommands",
+        "greetingDelay",
     )
 
     def __init__(
@@ -1517,7 +1747,9 @@ class SMTPFactory(ServerFactory):
             C{None}.
         @param limits: any of C{timeout}, C{maxCommandLength},
             C{maxLineLength}, C{maxMessageSize}, C{maxRecipients},
-            C{maxErrors}, C{bareNewlinePolicy}; see L{SMTP}.
+            C{maxErrors}, C{bareNewlinePolicy}, C{commandDeadline},
+            C{minDataRate}, C{maxJunkCommands}, C{greetingDelay}; see
+            L{SMTP}.
         @raise TypeError: for an unknown limit.
         """
         self.portal = portal

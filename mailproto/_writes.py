@@ -11,8 +11,10 @@ per line, more than the send itself.
 
 L{writeNow} sends at once when nothing is waiting in the transport's own
 buffer, the connection is plain TCP and still open for writing, and no
-producer is registered (a pull producer is asked for more only when the
-buffer drains), so the order of the octets is kept; whatever the socket does not take (or any
+pull producer is registered (a pull producer is asked for more only when
+the buffer drains; a streaming producer is told to pause by
+C{transport.write} when the buffer fills, which whatever the socket does
+not take still goes through), so the order of the octets is kept; whatever the socket does not take (or any
 other case) goes through C{transport.write} as usual, and errors are left
 to the transport to find, as they would be.
 """
@@ -35,7 +37,7 @@ def writeNow(transport, data: bytes) -> None:
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnecting
-        and transport.producer is None
+        and (transport.producer is None or transport.streamingProducer)
         and not transport._tempDataBuffer
         and transport.offset == len(transport.dataBuffer)
     ):

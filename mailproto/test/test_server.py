@@ -722,12 +722,21 @@ class PipeliningTests(SynchronousTestCase):
         pending = defer.Deferred()
         delivery = MemoryDelivery()
         delivery.validateFrom = lambda helo, origin: pending.addCallback(lambda _: origin)
-        session = esmtpSession(delivery)
+        session = esmtpSession(delivery, maxJunkCommands=0)
         session.send(b"MAIL FROM:<a@example.org>\r\n" + b"NOOP\r\n" * 20000)
         self.assertEqual(session.transport.producerState, "paused")
         pending.callback(None)
+        # The commands are handled a batch at a time, the transport paused
+        # in between, until the reactor has run.
+        replies = session.take()
+        self.assertEqual(len(replies), 101)
+        for _ in range(1000):
+            if session.transport.producerState == "producing":
+                break
+            self.assertEqual(session.transport.producerState, "paused")
+            session.clock.advance(0)
         self.assertEqual(session.transport.producerState, "producing")
-        self.assertEqual(len(session.take()), 20001)
+        self.assertEqual(len(replies + session.take()), 20001)
 
 
 class ErrorTests(SynchronousTestCase):

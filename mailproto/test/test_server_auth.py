@@ -915,12 +915,24 @@ class AuthExchangeTests(SynchronousTestCase):
 
     def test_commandLineLimitUnchanged(self):
         """
-        The longer limit is for SASL responses only: a command line is
-        still limited.
+        The longer limit is for AUTH and SASL responses only: another
+        command line is still limited.
         """
         conn = self.connect()
-        self.assertEqual(conn.codes(b"AUTH PLAIN " + b"A" * 4000 + b"\r\n"), [b"500 5.5.2"])
+        self.assertEqual(conn.codes(b"MAIL FROM:<" + b"a" * 4000 + b"@example.org>\r\n"), [b"500 5.5.2"])
         self.assertEqual(conn.proto.mode, "COMMAND")
+
+    def test_longInitialResponse(self):
+        """
+        An AUTH command line with an initial response may have up to
+        12,288 octets (RFC 4954 section 4); a longer one is refused and the
+        session goes on.
+        """
+        conn = self.connect()
+        self.assertEqual(conn.codes(b"AUTH PLAIN " + b"A" * 12274 + b"\r\n"), [b"501 5.5.4"])
+        self.assertEqual(conn.codes(b"AUTH PLAIN " + b"A" * 12276 + b"\r\n"), [b"500 5.5.2"])
+        self.assertEqual(conn.proto.mode, "COMMAND")
+        self.assertEqual(conn.send(b"NOOP\r\n"), [b"250 2.0.0 OK"])
 
 
 class AuthFailureDelayTests(SynchronousTestCase):
