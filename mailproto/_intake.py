@@ -159,6 +159,12 @@ class RequestDeadline:
     The deadline of the request being read.  See the module's docstring
     for its states.
 
+    Requests come and go many times a second on a busy connection, so the
+    deadline is a number, and one timer per connection wakes up when the
+    earliest deadline may have passed: if the deadline has moved on since
+    (or is gone), the timer is set again for it (or left unset); nothing
+    is scheduled or cancelled per request.
+
     @ivar kind: C{None} (idle), C{"line"} or C{"data"}.
     """
 
@@ -171,18 +177,31 @@ class RequestDeadline:
         """
         self._callLater = callLater
         self._expired = expired
-        self._call = None
+        self._timer = None
+        self._due = None
         self._key = None
         self.kind = None
 
-    def _start(self, kind: str, seconds: float, key=None) -> None:
-        self.clear()
-        self.kind = kind
-        self._key = key
-        self._call = self._callLater()(seconds, self._expire)
+    def _now(self) -> float:
+        return _secondsOf(self._callLater())
 
-    def _expire(self) -> None:
-        kind, self._call, self.kind = self.kind, None, None
+    def _set(self, kind: str, due: float, key=None) -> None:
+        self.kind, self._due, self._key = kind, due, key
+        if self._timer is None or not self._timer.active():
+            self._timer = self._callLater()(max(due - self._now(), 0), self._wake)
+        elif self._timer.getTime() > due:
+            self._timer.reset(max(due - self._now(), 0))
+
+    def _wake(self) -> None:
+        self._timer = None
+        if self._due is None:
+            return
+        now = self._now()
+        if now < self._due:
+            self._timer = self._callLater()(self._due - now, self._wake)
+            return
+        kind = self.kind
+        self.kind, self._due, self._key = None, None, None
         self._expired(kind)
 
     def line(self, seconds: float, key) -> None:
@@ -197,7 +216,7 @@ class RequestDeadline:
         if self.kind == "line" and self._key == key:
             return
         if seconds:
-            self._start("line", seconds, key)
+            self._set("line", self._now() + seconds, key)
         else:
             self.clear()
 
@@ -211,7 +230,7 @@ class RequestDeadline:
         if self.kind == "data":
             return
         if seconds:
-            self._start("data", seconds)
+            self._set("data", self._now() + seconds)
         else:
             self.clear()
 
@@ -225,17 +244,23 @@ class RequestDeadline:
             for none, in which case the deadline is C{cap} from now.
         @param cap: seconds.
         """
-        if self.kind != "data" or self._call is None:
+        if self.kind != "data":
             return
-        now = _secondsOf(self._callLater())
-        limit = now + cap
-        target = min(self._call.getTime() + octets / rate, limit) if rate else limit
-        self._call.reset(max(target - now, 0))
+        limit = self._now() + cap
+        self._due = min(self._due + octets / rate, limit) if rate else limit
 
     def clear(self) -> None:
         """
-        No request is being read: no deadline.
+        No request is being read: no deadline (the timer, if set, finds
+        nothing to do when it wakes).
         """
-        call, self._call, self.kind, self._key = self._call, None, None, None
-        if call is not None and call.active():
-            call.cancel()
+        self.kind, self._due, self._key = None, None, None
+
+    def stop(self) -> None:
+        """
+        The connection is gone: cancel the timer.
+        """
+        self.clear()
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()

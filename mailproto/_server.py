@@ -164,6 +164,19 @@ def _formatReply(code: int, message: bytes, status: bytes | None, enhanced: bool
     return _replyLines(code, lines)
 
 
+@functools.lru_cache(maxsize=256)
+def _knownParameters(keywords: tuple) -> tuple[frozenset, frozenset]:
+    """
+    @param keywords: the EHLO keywords offered.
+    @return: the MAIL and the RCPT parameters they allow.
+    """
+    known = (set(), set())
+    for keyword in keywords:
+        for which, names in enumerate(_PARAMETERS_BY_EXTENSION.get(keyword, ((), ()))):
+            known[which].update(names)
+    return frozenset(known[0]), frozenset(known[1])
+
+
 @functools.lru_cache(maxsize=64)
 def _helpText(protocol: type) -> bytes:
     """
@@ -394,7 +407,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._hangUp(421, self.host + b" Error: timeout exceeded", b"4.4.2")
 
     def connectionLost(self, reason=None) -> None:
-        self._deadline.clear()
+        self._deadline.stop()
         greeting, self._greeting = self._greeting, None
         if greeting is not None and greeting.active():
             greeting.cancel()
@@ -415,7 +428,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self.sendCode(code, text, status)
         self._closing = True
         self._input = b""
-        self._deadline.clear()
+        self._deadline.stop()
         self._flushReplies()
         self.transport.loseConnection()
 
@@ -792,10 +805,11 @@ class SMTP(LineReceiver, TimeoutMixin):
         self.sendCode(214, _helpText(type(self)), b"2.0.0")
 
     def _knownParameters(self, which: int) -> frozenset:
-        known = set()
-        for keyword in self._advertised:
-            known.update(_PARAMETERS_BY_EXTENSION.get(keyword, ((), ()))[which])
-        return frozenset(known)
+        """
+        @param which: 0 for MAIL, 1 for RCPT.
+        @return: the parameters the extensions offered allow.
+        """
+        return _knownParameters(tuple(self._advertised))[which]
 
     def do_MAIL(self, rest: bytes):
         if self._helo[0] is None:

@@ -218,12 +218,43 @@ class RequestDeadlineTests(SynchronousTestCase):
 
     def test_clear(self):
         """
-        Cleared, nothing expires, and no call is left on the clock.
+        Cleared, nothing expires; the timer, when it wakes, is not set
+        again.
         """
         self.deadline.line(10, 1)
         self.deadline.clear()
         self.clock.advance(20)
         self.assertEqual((self.expired, self.clock.getDelayedCalls()), ([], []))
+
+    def test_stop(self):
+        """
+        Stopped, no call is left on the clock.
+        """
+        self.deadline.line(10, 1)
+        self.deadline.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_oneTimerForManyRequests(self):
+        """
+        Thousands of requests, each with its deadline, use one timer.
+        """
+        for key in range(5000):
+            self.deadline.line(10, key)
+            self.clock.advance(0.001)
+            self.deadline.clear()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(20)
+        self.assertEqual((self.expired, self.clock.getDelayedCalls()), ([], []))
+
+    def test_earlierDeadlineMovesTimer(self):
+        """
+        A deadline earlier than the timer's moves the timer.
+        """
+        self.deadline.data(100)
+        self.deadline.clear()
+        self.deadline.line(5, 1)
+        self.clock.advance(5)
+        self.assertEqual(self.expired, ["line"])
 
     def test_zeroMeansNone(self):
         """
@@ -232,6 +263,7 @@ class RequestDeadlineTests(SynchronousTestCase):
         self.deadline.line(0, 1)
         self.deadline.data(0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIsNone(self.deadline.kind)
 
     def test_dataEarnsTime(self):
         """
@@ -499,7 +531,6 @@ class DeadlineTests(SynchronousTestCase):
         self.assertFalse(session.transport.disconnecting)
         # Between lines, only the idle timeout runs.
         self.assertIsNone(session.proto._deadline.kind)
-        self.assertEqual(len(session.clock.getDelayedCalls()), 1)
 
     def test_trickledSASLResponse(self):
         """
