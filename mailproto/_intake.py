@@ -25,12 +25,10 @@ but the transport is read until the backlog grows.
 L{RequestDeadline} states: I{idle}, I{line} (a command line or SASL
 response has begun and must end within its deadline) and I{data} (message
 data, which earns time as it arrives, at most up to the deadline from
-now).  When the deadline passes, the server is called back with the kind.
+now).  The server checks it as input arrives.
 """
 
 from __future__ import annotations
-
-import time
 
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
@@ -46,9 +44,12 @@ def setNoDelay(transport) -> None:
 
     @param transport: an C{ITCPTransport}, or any transport.
     """
+    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is None:
+        return
     try:
-        transport.setTcpNoDelay(True)
-    except (AttributeError, NotImplementedError, OSError):
+        setTcpNoDelay(True)
+    except (NotImplementedError, OSError):
         pass
 
 
@@ -81,7 +82,11 @@ class InputValve:
 
     @ivar reasons: the reasons for which the transport is paused now.
     @ivar outputFull: whether the transport's write buffer is full.
+    @ivar paused: whether input must wait: a reason is held, or the
+        output is full.
     """
+
+    __slots__ = ("_transport", "_resumed", "reasons", "outputFull", "paused")
 
     def __init__(self, transport, resumed) -> None:
         """
@@ -94,6 +99,7 @@ class InputValve:
         self._resumed = resumed
         self.reasons: set[str] = set()
         self.outputFull = False
+        self.paused = False
 
     def hold(self, reason: str) -> None:
         """
@@ -104,6 +110,7 @@ class InputValve:
         if not self.reasons:
             self._transport.pauseProducing()
         self.reasons.add(reason)
+        self.paused = True
 
     def release(self, reason: str) -> None:
         """
@@ -113,26 +120,21 @@ class InputValve:
             return
         self.reasons.discard(reason)
         if not self.reasons:
+            self.paused = self.outputFull
             self._transport.resumeProducing()
             self._resumed()
-
-    @property
-    def paused(self) -> bool:
-        """
-        Whether input must wait: a reason is held, or the output is full.
-        """
-        return bool(self.reasons) or self.outputFull
 
     # IPushProducer: the transport tells us when its write buffer is full
     # and when it has drained.
 
     def pauseProducing(self) -> None:
-        self.outputFull = True
+        self.outputFull = self.paused = True
 
     def resumeProducing(self) -> None:
         if not self.outputFull:
             return
         self.outputFull = False
+        self.paused = bool(self.reasons)
         if "backlog" in self.reasons:
             self.release("backlog")
         elif not self.reasons:
@@ -141,100 +143,62 @@ class InputValve:
     def stopProducing(self) -> None:
         # The connection is going away; there is nothing to resume.
         self.reasons.clear()
-        self.outputFull = False
-
-
-def _secondsOf(callLater) -> float:
-    """
-    @return: the time now on the clock C{callLater} belongs to (a
-        reactor's or a C{Clock}'s), else the wall clock.
-    """
-    clock = getattr(callLater, "__self__", None)
-    seconds = getattr(clock, "seconds", None)
-    return seconds() if seconds is not None else time.time()
+        self.outputFull = self.paused = False
 
 
 class RequestDeadline:
     """
-    The deadline of the request being read.  See the module's docstring
-    for its states.
+    The deadline of the request being read: pure arithmetic on the times
+    the server gives it, with no timer of its own.  See the module's
+    docstring for its states.
 
-    Requests come and go many times a second on a busy connection, so the
-    deadline is a number, and one timer per connection wakes up when the
-    earliest deadline may have passed: if the deadline has moved on since
-    (or is gone), the timer is set again for it (or left unset); nothing
-    is scheduled or cancelled per request.
+    The server asks L{passed} whenever input arrives.  A client that
+    trickles its request is therefore cut off at the first octet after
+    the deadline; one that goes silent is left to the idle timeout.  Since
+    requests come and go thousands of times a second on a busy server,
+    nothing is scheduled or cancelled per request.
 
     @ivar kind: C{None} (idle), C{"line"} or C{"data"}.
     """
 
-    def __init__(self, callLater, expired) -> None:
-        """
-        @param callLater: a function returning the C{callLater} to use
-            (read at each use, so that a test may set the protocol's
-            C{callLater} after the fact).
-        @param expired: called with the kind when the deadline passes.
-        """
-        self._callLater = callLater
-        self._expired = expired
-        self._timer = None
+    __slots__ = ("_due", "kind")
+
+    def __init__(self) -> None:
         self._due = None
-        self._key = None
         self.kind = None
 
-    def _now(self) -> float:
-        return _secondsOf(self._callLater())
-
-    def _set(self, kind: str, due: float, key=None) -> None:
-        self.kind, self._due, self._key = kind, due, key
-        if self._timer is None or not self._timer.active():
-            self._timer = self._callLater()(max(due - self._now(), 0), self._wake)
-        elif self._timer.getTime() > due:
-            self._timer.reset(max(due - self._now(), 0))
-
-    def _wake(self) -> None:
-        self._timer = None
-        if self._due is None:
-            return
-        now = self._now()
-        if now < self._due:
-            self._timer = self._callLater()(self._due - now, self._wake)
-            return
-        kind = self.kind
-        self.kind, self._due, self._key = None, None, None
-        self._expired(kind)
-
-    def line(self, seconds: float, key) -> None:
+    def line(self, seconds: float, now: float, restart: bool = False) -> None:
         """
-        A line is being read: the deadline for the line C{key} runs from
-        the first call for that key.
+        A line is being read: its deadline runs from the first call, or
+        from this one if C{restart} (a new line has begun).
 
         @param seconds: how long the line may take; C{0} for no deadline.
-        @param key: which line this is (any value that changes from one
-            line to the next, such as a count of lines read).
+        @param now: the time now.
+        @param restart: whether this is a new line.
         """
-        if self.kind == "line" and self._key == key:
+        if self.kind == "line" and not restart:
             return
         if seconds:
-            self._set("line", self._now() + seconds, key)
+            self.kind, self._due = "line", now + seconds
         else:
             self.clear()
 
-    def data(self, seconds: float) -> None:
+    def data(self, seconds: float, now: float) -> None:
         """
         Message data is being read: start its deadline, unless running.
 
         @param seconds: the deadline from now, and the most time data can
             earn; C{0} for no deadline.
+        @param now: the time now.
         """
         if self.kind == "data":
             return
         if seconds:
-            self._set("data", self._now() + seconds)
+            self.kind, self._due = "data", now + seconds
         else:
             self.clear()
 
-    def earn(self, octets: int, rate: float, cap: float) -> None:
+    def earn(self, octets: int, rate: float, cap: float, now: float) -> None:
         """
         C{octets} of message data arrived: move the deadline on by
         C{octets / rate} seconds, but not past C{cap} seconds from now.
@@ -243,24 +207,22 @@ class RequestDeadline:
         @param rate: the minimum average rate, in octets per second; C{0}
             for none, in which case the deadline is C{cap} from now.
         @param cap: seconds.
+        @param now: the time now.
         """
         if self.kind != "data":
             return
-        limit = self._now() + cap
+        limit = now + cap
         self._due = min(self._due + octets / rate, limit) if rate else limit
+
+    def passed(self, now: float) -> bool:
+        """
+        @param now: the time now.
+        @return: whether a deadline is running and has passed.
+        """
+        return self._due is not None and now >= self._due
 
     def clear(self) -> None:
         """
-        No request is being read: no deadline (the timer, if set, finds
-        nothing to do when it wakes).
+        No request is being read: no deadline.
         """
-        self.kind, self._due, self._key = None, None, None
-
-    def stop(self) -> None:
-        """
-        The connection is gone: cancel the timer.
-        """
-        self.clear()
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self.kind, self._due = None, None

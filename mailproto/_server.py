@@ -83,10 +83,6 @@ _headerLineRe = re.compile(rb"[!-9;-~]+:")
 # before the transport is paused.
 _MAX_BUFFERED = 65536
 
-# How many replies' octets are gathered before they are written even
-# though input remains to be handled.
-_MAX_OUTBOX = 65536
-
 # How many pipelined commands are handled in one go before the reactor
 # gets to run other connections.
 _BATCH_COMMANDS = 100
@@ -97,7 +93,7 @@ _COALESCING_MODULES = frozenset({__name__, "mailproto._daemon", "mailproto._sink
 
 # Commands that carry no mail (Postfix's junk commands, and HELP); unknown
 # commands count too.
-_JUNK_COMMANDS = frozenset({b"NOOP", b"RSET", b"VRFY", b"EXPN", b"HELP"})
+_JUNK_HANDLERS = frozenset({"do_NOOP", "do_RSET", "do_VRFY", "do_EXPN", "do_HELP", "do_UNKNOWN"})
 
 # The longest AUTH command line (with an initial response) and SASL
 # response, CRLF included (RFC 4954 section 4).
@@ -107,6 +103,16 @@ _MAX_AUTH_LINE = 12288
 _PLAINTEXT_MECHANISMS = frozenset({b"PLAIN", b"LOGIN"})
 
 _INTERNAL_ERROR = (451, b"Requested action aborted: local error in processing", b"4.3.0")
+
+
+@functools.lru_cache(maxsize=1)
+def _reactorSeconds():
+    """
+    @return: the global reactor's C{seconds}.
+    """
+    from twisted.internet import reactor
+
+    return reactor.seconds
 
 
 def _printable(value) -> str:
@@ -289,10 +295,9 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._processing = False
         self._gathering = 0
         self._outbox = []
-        self._outboxSize = 0
         self._valve = InputValve(UNCONNECTED, self._inputResumed)
-        self._deadline = RequestDeadline(lambda: self.callLater, self._deadlinePassed)
-        self._linesRead = 0
+        self._deadline = RequestDeadline()
+        self._seconds = None
         self._greeting = None
         self._closing = False
         self._errorCount = 0
@@ -389,6 +394,18 @@ class SMTP(LineReceiver, TimeoutMixin):
         self.limitExceeded("idle-timeout")
         self._hangUp(421, self.host + b" Timeout. Try talking faster next time!", b"4.4.2")
 
+    def _now(self) -> float:
+        """
+        @return: the time now, on the clock of C{callLater}.
+        """
+        if self._seconds is None:
+            # The clock is known once the protocol is set up: a reactor's
+            # or a test's Clock, whose callLater this is.
+            clock = getattr(self.callLater, "__self__", None)
+            self._seconds = clock.seconds if hasattr(clock, "seconds") else _reactorSeconds()
+
+        return self._seconds()
+
     def _deadlinePassed(self, kind: str) -> None:
         if kind == "data":
             self._log.info(
@@ -407,7 +424,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._hangUp(421, self.host + b" Error: timeout exceeded", b"4.4.2")
 
     def connectionLost(self, reason=None) -> None:
-        self._deadline.stop()
+        self._deadline.clear()
         greeting, self._greeting = self._greeting, None
         if greeting is not None and greeting.active():
             greeting.cancel()
@@ -428,7 +445,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         self.sendCode(code, text, status)
         self._closing = True
         self._input = b""
-        self._deadline.stop()
+        self._deadline.clear()
         self._flushReplies()
         self.transport.loseConnection()
 
@@ -448,7 +465,11 @@ class SMTP(LineReceiver, TimeoutMixin):
         """
         if not isinstance(message, bytes):
             message = str(message).encode("utf-8")
-        self._send(_formatReply(code, message, status, self._enhanced))
+        # As _send does, without a call more for each reply.
+        if self._gathering:
+            self._outbox.append(_formatReply(code, message, status, self._enhanced))
+        else:
+            writeNow(self.transport, _formatReply(code, message, status, self._enhanced))
         if code in _BAD_COMMAND_CODES:
             self._countError()
 
@@ -472,10 +493,8 @@ class SMTP(LineReceiver, TimeoutMixin):
         if not self._gathering:
             writeNow(self.transport, reply)
             return
+        # At most a batch of commands' replies (see _BATCH_COMMANDS).
         self._outbox.append(reply)
-        self._outboxSize += len(reply)
-        if self._outboxSize > _MAX_OUTBOX:
-            self._flushReplies()
 
     @contextlib.contextmanager
     def _repliesTogether(self):
@@ -496,7 +515,7 @@ class SMTP(LineReceiver, TimeoutMixin):
         Write the replies gathered so far.
         """
         if self._outbox:
-            replies, self._outbox, self._outboxSize = self._outbox, [], 0
+            replies, self._outbox = self._outbox, []
             writeNow(self.transport, replies[0] if len(replies) == 1 else b"".join(replies))
 
     def _replyError(self, error: SMTPServerError) -> None:
@@ -537,8 +556,14 @@ class SMTP(LineReceiver, TimeoutMixin):
             return
         if not self._peerKnown and self._helo is not None:
             self._clientAddress()
-        if self.mode == DATA or self.mode == BDAT:
-            self._deadline.earn(len(data), self.minDataRate, self.commandDeadline)
+        deadline = self._deadline
+        if deadline.kind is not None:
+            now = self._now()
+            if deadline.passed(now):
+                self._deadlinePassed(deadline.kind)
+                return
+            if self.mode == DATA or self.mode == BDAT:
+                deadline.earn(len(data), self.minDataRate, self.commandDeadline, now)
         self._input = self._input + data if self._input else data
         if not self._processing:
             self._processInput()
@@ -563,8 +588,10 @@ class SMTP(LineReceiver, TimeoutMixin):
         self._processing = True
         self._gathering += 1
         commands = 0
+        valve = self._valve
+        limit = self.maxCommandLength + self._parameterAllowance
         try:
-            while self._input and self._pending is None and not self._closing and not self._valve.paused:
+            while self._input and self._pending is None and not self._closing and not valve.paused:
                 if self.mode == DATA or self.mode == BDAT:
                     self._input = self._dataInput(self._input)
                     continue
@@ -573,16 +600,15 @@ class SMTP(LineReceiver, TimeoutMixin):
                     break
                 end = self._input.find(b"\r\n")
                 if end < 0:
-                    if len(self._input) > self._lineLimit(self._input):
+                    if len(self._input) > limit and len(self._input) > self._lineLimit(self._input):
                         # Read on to the end of the line, keeping only a
                         # final CR, which may start the CRLF.
                         self._discardingLine = True
                         self._input = b"\r" if self._input[-1:] == b"\r" else b""
                     break
                 line, self._input = self._input[:end], self._input[end + 2 :]
-                self._linesRead += 1
                 commands += 1
-                if self._discardingLine or len(line) + 2 > self._lineLimit(line):
+                if self._discardingLine or (end + 2 > limit and end + 2 > self._lineLimit(line)):
                     self._discardingLine = False
                     self.lineLengthExceeded(line)
                     continue
@@ -594,11 +620,17 @@ class SMTP(LineReceiver, TimeoutMixin):
         finally:
             self._processing = False
             self._gathering -= 1
-            if not self._gathering:
-                self._flushReplies()
-        if (self._pending is not None or self._valve.outputFull) and len(self._input) > _MAX_BUFFERED:
-            self._valve.hold("backlog")
-        self._watchDeadline()
+            replies = self._outbox
+            if replies and not self._gathering:
+                self._outbox = []
+                writeNow(self.transport, replies[0] if len(replies) == 1 else b"".join(replies))
+        if self._input:
+            if (self._pending is not None or valve.outputFull) and len(self._input) > _MAX_BUFFERED:
+                valve.hold("backlog")
+        elif self._deadline.kind is None and self.mode == COMMAND and not self._discardingLine:
+            # The common case: every line read was whole, and none is due.
+            return
+        self._watchDeadline(commands > 0)
 
     def _yieldToReactor(self) -> None:
         """
@@ -615,17 +647,20 @@ class SMTP(LineReceiver, TimeoutMixin):
         if not self._processing and not self._closing:
             self._processInput()
 
-    def _watchDeadline(self) -> None:
+    def _watchDeadline(self, linesEnded: bool) -> None:
         """
         Start, keep or stop the request deadline after input was handled.
+
+        @param linesEnded: whether lines were read whole, so that what is
+            left, if anything, is the start of a new one.
         """
         if self._closing:
             self._deadline.clear()
         elif self.mode == DATA or self.mode == BDAT:
-            self._deadline.data(self.commandDeadline)
+            self._deadline.data(self.commandDeadline, self._now())
         elif self._pending is None and (self._input or self._discardingLine):
             # A line has begun and has not ended.
-            self._deadline.line(self.commandDeadline, self._linesRead)
+            self._deadline.line(self.commandDeadline, self._now(), restart=linesEnded)
         else:
             self._deadline.clear()
 
@@ -669,7 +704,7 @@ class SMTP(LineReceiver, TimeoutMixin):
             self._replyError(e)
             return
         method = self.lookupMethod(verb)
-        if (method is None or verb.upper() in _JUNK_COMMANDS) and self._junkCommand():
+        if (method is None or method.__name__ in _JUNK_HANDLERS) and self._junkCommand():
             return
         self._run(method or self.do_UNKNOWN, rest)
 

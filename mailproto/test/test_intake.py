@@ -195,123 +195,97 @@ class RequestDeadlineTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.expired = []
-        self.deadline = RequestDeadline(lambda: self.clock.callLater, self.expired.append)
+        self.deadline = RequestDeadline()
+
+    def test_idle(self):
+        """
+        Idle, nothing has passed, whatever the time.
+        """
+        self.assertIsNone(self.deadline.kind)
+        self.assertFalse(self.deadline.passed(10**9))
 
     def test_lineDeadlineFromFirstCall(self):
         """
-        The deadline of a line runs from the first call for its key; calls
-        for the same key do not move it; a new key restarts it.
+        The deadline of a line runs from the first call; later calls do
+        not move it, unless they restart it for a new line.
         """
-        self.deadline.line(10, 1)
-        self.clock.advance(6)
-        self.deadline.line(10, 1)
-        self.clock.advance(3.9)
-        self.assertEqual(self.expired, [])
-        self.deadline.line(10, 2)
-        self.clock.advance(9.9)
-        self.assertEqual(self.expired, [])
-        self.clock.advance(0.1)
-        self.assertEqual(self.expired, ["line"])
-        self.assertIsNone(self.deadline.kind)
+        self.deadline.line(10, now=0)
+        self.deadline.line(10, now=6)
+        self.assertFalse(self.deadline.passed(9.9))
+        self.assertTrue(self.deadline.passed(10))
+        self.deadline.line(10, now=9.9, restart=True)
+        self.assertEqual(self.deadline.kind, "line")
+        self.assertFalse(self.deadline.passed(19.8))
+        self.assertTrue(self.deadline.passed(19.9))
 
     def test_clear(self):
         """
-        Cleared, nothing expires; the timer, when it wakes, is not set
-        again.
+        Cleared, nothing passes.
         """
-        self.deadline.line(10, 1)
+        self.deadline.line(10, now=0)
         self.deadline.clear()
-        self.clock.advance(20)
-        self.assertEqual((self.expired, self.clock.getDelayedCalls()), ([], []))
-
-    def test_stop(self):
-        """
-        Stopped, no call is left on the clock.
-        """
-        self.deadline.line(10, 1)
-        self.deadline.stop()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_oneTimerForManyRequests(self):
-        """
-        Thousands of requests, each with its deadline, use one timer.
-        """
-        for key in range(5000):
-            self.deadline.line(10, key)
-            self.clock.advance(0.001)
-            self.deadline.clear()
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
-        self.clock.advance(20)
-        self.assertEqual((self.expired, self.clock.getDelayedCalls()), ([], []))
-
-    def test_earlierDeadlineMovesTimer(self):
-        """
-        A deadline earlier than the timer's moves the timer.
-        """
-        self.deadline.data(100)
-        self.deadline.clear()
-        self.deadline.line(5, 1)
-        self.clock.advance(5)
-        self.assertEqual(self.expired, ["line"])
+        self.assertFalse(self.deadline.passed(20))
+        self.assertIsNone(self.deadline.kind)
 
     def test_zeroMeansNone(self):
         """
         A deadline of 0 seconds is no deadline.
         """
-        self.deadline.line(0, 1)
-        self.deadline.data(0)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.deadline.line(0, now=0)
         self.assertIsNone(self.deadline.kind)
+        self.deadline.data(0, now=0)
+        self.assertIsNone(self.deadline.kind)
+        self.assertFalse(self.deadline.passed(10**9))
 
     def test_dataEarnsTime(self):
         """
         Data moves the deadline on by octets / rate, up to the cap from
         now.
         """
-        self.deadline.data(10)
-        self.clock.advance(5)
-        self.deadline.earn(1000, rate=500, cap=10)  # due at 10 + 2 = 12
-        self.clock.advance(6.9)
-        self.assertEqual(self.expired, [])
-        self.clock.advance(0.1)
-        self.assertEqual(self.expired, ["data"])
+        self.deadline.data(10, now=0)
+        self.deadline.earn(1000, rate=500, cap=10, now=5)  # due at 10 + 2 = 12
+        self.assertFalse(self.deadline.passed(11.9))
+        self.assertTrue(self.deadline.passed(12))
 
     def test_dataCapped(self):
         """
         However much arrives, the deadline is never further than the cap
         from now.
         """
-        self.deadline.data(10)
-        self.deadline.earn(10**9, rate=500, cap=10)
-        self.clock.advance(10)
-        self.assertEqual(self.expired, ["data"])
+        self.deadline.data(10, now=0)
+        self.deadline.earn(10**9, rate=500, cap=10, now=0)
+        self.assertTrue(self.deadline.passed(10))
+
+    def test_noRate(self):
+        """
+        Without a minimum rate, any data puts the deadline the cap from
+        now.
+        """
+        self.deadline.data(10, now=0)
+        self.deadline.earn(1, rate=0, cap=10, now=8)
+        self.assertFalse(self.deadline.passed(17.9))
+        self.assertTrue(self.deadline.passed(18))
 
     def test_dataStartsOnce(self):
         """
         While reading data, a second call to start it changes nothing;
         earning outside data does nothing.
         """
-        self.deadline.earn(1000, rate=1, cap=100)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.deadline.data(10)
-        self.clock.advance(9)
-        self.deadline.data(10)
-        self.clock.advance(1)
-        self.assertEqual(self.expired, ["data"])
+        self.deadline.earn(1000, rate=1, cap=100, now=0)
+        self.assertIsNone(self.deadline.kind)
+        self.deadline.data(10, now=0)
+        self.deadline.data(10, now=9)
+        self.assertTrue(self.deadline.passed(10))
 
     def test_lineThenData(self):
         """
         Switching from a line to data restarts the deadline.
         """
-        self.deadline.line(5, 1)
-        self.clock.advance(4)
-        self.deadline.data(5)
-        self.clock.advance(4)
-        self.assertEqual(self.expired, [])
-        self.clock.advance(1)
-        self.assertEqual(self.expired, ["data"])
+        self.deadline.line(5, now=0)
+        self.deadline.data(5, now=4)
+        self.assertEqual(self.deadline.kind, "data")
+        self.assertFalse(self.deadline.passed(8.9))
+        self.assertTrue(self.deadline.passed(9))
 
 
 class NoDelayTests(SynchronousTestCase):
@@ -516,7 +490,8 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual(replyCodes(replies), [b"421 4.4.2"])
         self.assertTrue(session.transport.disconnecting)
         self.assertEqual(recorder.limits, ["command-deadline"])
-        self.assertEqual(session.clock.seconds(), 30)
+        # Cut off at the first octet after the deadline.
+        self.assertEqual(session.clock.seconds(), 31)
         self.assertEqual(len([e for e in events if "too slowly" in e["log_format"] or "over" in e["log_format"]]), 1)
 
     def test_linesInTime(self):
@@ -552,13 +527,13 @@ class DeadlineTests(SynchronousTestCase):
         """
         session, recorder = recordingSession(commandDeadline=60, minDataRate=500)
         session.send(b"EHLO client.example\r\n" + TRANSACTION)
-        sent = 0
+        sent, replies = 0, []
         while not session.transport.disconnecting and sent < 100000:
-            session.send(b"x" * 99 + b"\n")
+            replies += session.send(b"x" * 99 + b"\n")
             sent += 100
             session.clock.advance(1)
         self.assertEqual(recorder.limits, ["data-rate"])
-        self.assertEqual(replyCodes(session.take()), [b"421 4.4.2"])
+        self.assertEqual(replyCodes(replies), [b"421 4.4.2"])
         # 60 seconds in hand, losing 0.8 s each second: 75 seconds.
         self.assertTrue(74 <= session.clock.seconds() <= 76, session.clock.seconds())
 
@@ -588,9 +563,23 @@ class DeadlineTests(SynchronousTestCase):
         self.assertFalse(session.transport.disconnecting)
         pending.callback(None)
         session.clock.advance(9.9)
+        session.send(b"m")
         self.assertFalse(session.transport.disconnecting)
         session.clock.advance(0.1)
+        self.assertEqual(replyCodes(session.send(b"p")), [b"421 4.4.2"])
         self.assertTrue(session.transport.disconnecting)
+
+    def test_silentClientIdleTimeout(self):
+        """
+        A client that stops in the middle of a line is left to the idle
+        timeout.
+        """
+        session, recorder = recordingSession(commandDeadline=10, timeout=100)
+        session.send(b"EHLO client.example\r\nMAIL FROM:<a@exa")
+        session.clock.advance(99.9)
+        self.assertFalse(session.transport.disconnecting)
+        session.clock.advance(0.1)
+        self.assertEqual(recorder.limits, ["idle-timeout"])
 
 
 class JunkTests(SynchronousTestCase):
