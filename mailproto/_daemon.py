@@ -40,6 +40,7 @@ from zope.interface import implementer
 from mailproto._attempts import RetrySchedule
 from mailproto._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts
 from mailproto._control import ControlFactory, SpoolBusy, SpoolLock, socketPath
+from mailproto._grammar import isDomain
 from mailproto._logs import FORMATS as LOG_FORMATS, RelayLog
 from mailproto._proxy import proxyEndpoint
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
@@ -406,6 +407,7 @@ class Options(usage.Options):
 
     def _checkPolicy(self) -> None:
         for domain in self["relay-domain"]:
+            _domainOption("relay-domain", domain)
             try:
                 RelayPolicy(networks=(), domains=[domain])
             except ValueError as e:
@@ -444,12 +446,19 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} needs --users and --certificate (AUTH is offered over TLS only)")
 
     def _checkHostname(self) -> None:
+        """
+        The relay's name completes bare local parts (C{RCPT TO:<postmaster>})
+        in what is queued, so it must be a domain that an address may end
+        with: given as C{relay.example.} it is kept as C{relay.example}.
+        """
         if self["hostname"] is None:
-            self["hostname"] = socket.getfqdn()
-        try:
-            self["hostname"].encode("idna")
-        except UnicodeError as e:
-            raise usage.UsageError(f"--hostname {self['hostname']!r}: not a host name ({e})") from None
+            machine = socket.getfqdn()
+            try:
+                self["hostname"] = _domainOption("hostname", machine)
+            except usage.UsageError:
+                raise usage.UsageError(f"--hostname: this machine's name {machine!r} is not a domain name; give one") from None
+            return
+        self["hostname"] = _domainOption("hostname", self["hostname"])
 
     def _checkSpool(self) -> None:
         spool = self["spool"]
@@ -461,6 +470,35 @@ class Options(usage.Options):
             raise usage.UsageError(f"--spool {spool!r}: the directory is not writable")
         if SpoolLock(spool).isHeldElsewhere():
             raise usage.UsageError(f"--spool {spool!r}: another relay (or a `mailproto queue` command) is using it")
+
+
+def _domainOption(name: str, value: str) -> str:
+    """
+    Check a domain name given to option C{--name}.
+
+    A trailing dot (the DNS root, as in zone files) is dropped rather than
+    refused: C{relay.example.} and C{relay.example} name the same host,
+    but RFC 5321's C{Domain} has no trailing dot, and an address ending in
+    one does not parse.
+
+    @return: C{value} without its trailing dot.
+    @raise usage.UsageError: for a name with spaces, an empty label or a
+        character a domain cannot have.
+    """
+    stripped = value[:-1] if value.endswith(".") else value
+    if not stripped:
+        raise usage.UsageError(f"--{name} {value!r}: not a domain name (it is empty)")
+    if any(c.isspace() for c in stripped):
+        raise usage.UsageError(f"--{name} {value!r}: not a domain name (it has a space)")
+    if "" in stripped.split("."):
+        raise usage.UsageError(f"--{name} {value!r}: not a domain name (it has an empty label)")
+    try:
+        encoded = stripped.encode("idna")
+    except UnicodeError as e:
+        raise usage.UsageError(f"--{name} {value!r}: not a domain name ({e})") from None
+    if not isDomain(encoded):
+        raise usage.UsageError(f"--{name} {value!r}: not a domain name (letters, digits and inner hyphens only)")
+    return stripped
 
 
 def _loadAuthorities(path: str):

@@ -576,6 +576,37 @@ class OptionsTests(SynchronousTestCase):
         """
         self.assertRaises(usage.UsageError, _parse, "--hostname", "a..example")
 
+    def test_hostnameTrailingDotDropped(self):
+        """
+        A C{--hostname} with a trailing dot (the DNS root) is kept without
+        it: the relay completes bare local parts with it, and
+        C{postmaster@relay.example.} would not parse again.
+        """
+        self.assertEqual(_parse("--hostname", "relay.example.")["hostname"], "relay.example")
+        self.assertEqual(_parse("--hostname", "Relay.Example")["hostname"], "Relay.Example")
+
+    def test_badDomainNames(self):
+        """
+        C{--hostname} and C{--relay-domain} refuse a name with spaces, an
+        empty label, a bad character or nothing at all, with a one-line
+        usage error naming the option.
+        """
+        for bad in ("relay example", " relay.example", "relay..example", ".relay.example", ".", "", "relay.example..",
+                    "relay_x.example", "-relay.example", "relay.example\n", "a" * 64 + ".example"):
+            for option in ("--hostname", "--relay-domain"):
+                error = self.assertRaises(usage.UsageError, _parse, option, bad)
+                self.assertTrue(str(error).startswith(option), str(error))
+                self.assertNotIn("\n", str(error).rstrip())
+
+    def test_machineNameNotADomain(self):
+        """
+        Without C{--hostname}, a machine name that is not a domain is a
+        usage error asking for one.
+        """
+        self.patch(socket, "getfqdn", lambda: "bad name")
+        error = self.assertRaises(usage.UsageError, _parse)
+        self.assertIn("--hostname", str(error))
+
 
 
 # -- makeService --------------------------------------------------------------------
