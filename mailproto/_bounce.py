@@ -202,7 +202,33 @@ def _host(value, what: str) -> str:
     return text
 
 
+class UnparsedAddress:
+    """
+    A recipient address, as queued, that does not parse as an address:
+    reported on (in C{Final-Recipient}, xtext-encoded if need be) as
+    given, since it is what the sender wrote.
+
+    @ivar raw: its octets.
+    """
+
+    isNull = False
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = bytes(raw)
+
+    def __bytes__(self) -> bytes:
+        return self.raw
+
+    def __str__(self) -> str:
+        return _oneLine(self.raw.decode("utf-8", "replace"))
+
+    def __repr__(self) -> str:
+        return f"UnparsedAddress({self.raw!r})"
+
+
 def _address(value, what: str, allowNull: bool = False) -> Address:
+    if isinstance(value, UnparsedAddress):
+        return value
     if isinstance(value, User):
         value = value.dest
     address = Address(value)
@@ -347,7 +373,8 @@ class RecipientReport:
     creation.
 
     @ivar address: the final recipient (C{Final-Recipient}), as an
-        L{Address}; C{bytes}, C{str} or a L{User} are converted.
+        L{Address}; C{bytes}, C{str} or a L{User} are converted.  An
+        L{UnparsedAddress} is kept as it is.
     @ivar action: one of L{ACTIONS}, lower case.
     @ivar status: the RFC 3463 status code, e.g. C{"5.1.1"}, as C{str}; its
         class fits the action: 2 for a success, 4 or 5 for C{failed} and

@@ -67,9 +67,9 @@ from twisted.python.failure import Failure
 from mailproto._address import Address
 from mailproto._attempts import RetrySchedule, recordAttempt
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
-from mailproto._bounce import DEFAULT_RETURN_LIMIT, DeliveryReport, RecipientReport, makeReport
+from mailproto._bounce import DEFAULT_RETURN_LIMIT, DeliveryReport, RecipientReport, UnparsedAddress, makeReport
 from mailproto._client import SUCCESS, ESMTPClient, SMTPClient, statusOf
-from mailproto._commands import MailFrom, RcptTo
+from mailproto._commands import MailFrom, RcptTo, formatMailFrom, formatRcptTo
 from mailproto._errors import AddressError, SMTPClientError
 from mailproto._mx import Candidate, Destination, MailRoutingError, MXCalculator, NullMX
 from mailproto._queue import WAITING, Envelope, Recipient, newMessageID, openQueueFile, readQueueFile
@@ -265,12 +265,15 @@ class _Job:
     def fromPath(cls, path) -> _Job:
         """
         A job for every waiting recipient of the message in queue file
-        C{path}.
+        C{path} whose address would go on the wire (the others stay
+        waiting in the file: an unmanaged relayer has nobody to report
+        them to).
         """
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         envelope = readQueueFile(path)
-        return cls(envelope, envelope.waiting, "", opener=lambda: openQueueFile(path), path=path)
+        recipients = [r for r in envelope.waiting if _recipientRefusal(r) is None]
+        return cls(envelope, recipients, "", opener=lambda: openQueueFile(path), path=path)
 
     def mailFrom(self) -> MailFrom:
         envelope = self.envelope
@@ -310,6 +313,43 @@ class _Job:
             else:
                 out[recipient.address] = final
         return out
+
+
+def _wireAddress(raw: bytes) -> Address:
+    """
+    @return: a queued address as it goes on the wire: the null address,
+        or C{local@domain}.
+    @raise AddressError: if it does not parse, or has no domain.
+    """
+    address = Address(raw, defaultDomain=b"")
+    if address.local and not address.domain:
+        raise AddressError("no domain")
+    return address
+
+
+def _senderRefusal(envelope: Envelope) -> tuple[int, str] | None:
+    """
+    @return: why no recipient of a queued message can be sent to, because
+        its sender (or a MAIL parameter) would not go on the wire; or
+        C{None}.
+    """
+    try:
+        formatMailFrom(_Job(envelope, [], "").mailFrom())
+    except (AddressError, ValueError, TypeError) as e:
+        return 550, f"5.1.7 The queued sender cannot be sent on: {_text(str(e))}"
+    return None
+
+
+def _recipientRefusal(recipient: Recipient) -> tuple[int, str] | None:
+    """
+    @return: why a queued recipient cannot be sent to, because its address
+        (or a RCPT parameter) would not go on the wire; or C{None}.
+    """
+    try:
+        formatRcptTo(RcptTo(_wireAddress(recipient.address), notify=recipient.notify, orcpt=recipient.orcpt))
+    except (AddressError, ValueError, TypeError) as e:
+        return 553, f"5.1.3 The queued recipient address cannot be sent on: {_text(str(e))}"
+    return None
 
 
 # -- relayers: SMTP clients sending queued messages --------------------------------
@@ -1122,19 +1162,42 @@ class SmartHostSMTPRelayingManager:
             return None
         return _domainKey(domain) or None
 
+    def _sortRecipients(self, envelope: Envelope) -> tuple[dict[str, list[Recipient]], dict[bytes, tuple[int, str]]]:
+        """
+        Split a message's waiting recipients by destination.
+
+        @return: the recipients by destination, and the relay's own reply
+            for each recipient that cannot be sent anywhere: an address
+            that would not go on the wire (as one queued before its
+            domain was checked), or no domain to deliver to.
+        """
+        byDestination: dict[str, list[Recipient]] = {}
+        refused: dict[bytes, tuple[int, str]] = {}
+        senderRefusal = _senderRefusal(envelope)
+        for recipient in envelope.waiting:
+            refusal = senderRefusal or _recipientRefusal(recipient)
+            destination = None if refusal is not None else self._destinationOf(recipient)
+            if refusal is None and destination is None:
+                refusal = (550, "5.1.2 No domain to deliver to")
+            if refusal is not None:
+                refused[recipient.address] = refusal
+                _log.warn(
+                    "Cannot send {queueID} to <{recipient}>: {reply}",
+                    queueID=envelope.id,
+                    recipient=_show(recipient.address),
+                    reply=f"{refusal[0]} {refusal[1]}",
+                )
+            else:
+                byDestination.setdefault(destination, []).append(recipient)
+        return byDestination, refused
+
     def _startAttempt(self, envelope: Envelope) -> None:
         attempt = _MessageAttempt(envelope)
         attempt.started = self._now()
         self._inFlight[envelope.id] = attempt
         self.queue.setRelaying(envelope.id)
-        byDestination: dict[str, list[Recipient]] = {}
-        nowhere = []
-        for recipient in envelope.waiting:
-            destination = self._destinationOf(recipient)
-            if destination is None:
-                nowhere.append(recipient)
-            else:
-                byDestination.setdefault(destination, []).append(recipient)
+        byDestination, refused = self._sortRecipients(envelope)
+        nowhere = [r for r in envelope.waiting if r.address in refused]
         opener = self._opener(envelope.id)
         jobs = [_Job(envelope, rcpts, destination, attempt, opener, self.queue.getPath(envelope.id)) for destination, rcpts in byDestination.items()]
         attempt.unanswered = len(jobs) + (1 if nowhere else 0)
@@ -1149,8 +1212,7 @@ class SmartHostSMTPRelayingManager:
         for job in jobs:
             self._lines.setdefault(job.destination, collections.deque()).append(job)
         if nowhere:
-            job = _Job(envelope, nowhere, "", attempt)
-            self._jobAnswered(job, {r.address: (550, "5.1.2 No domain to deliver to") for r in nowhere}, None)
+            self._jobAnswered(_Job(envelope, nowhere, "", attempt), refused, None)
 
     def _opener(self, queueID: str):
         return lambda: self.queue.openMessage(queueID)
@@ -1415,22 +1477,13 @@ class SmartHostSMTPRelayingManager:
         """
         if not envelope.sender:
             return None
-        reports = []
-        for recipient in recipients:
-            status, diagnostic = _statusAndDiagnostic(recipient.lastReply, action)
-            reports.append(
-                RecipientReport(
-                    address=recipient.address,
-                    action=action,
-                    status=status,
-                    diagnostic=diagnostic,
-                    remoteMTA=attempt.hosts.get(recipient.address),
-                    originalRecipient=recipient.orcpt,
-                    lastAttempt=now,
-                    willRetryUntil=envelope.received + self.schedule.lifetime if action == "delayed" else None,
-                    notify=recipient.notify,
-                )
-            )
+        try:
+            _wireAddress(envelope.sender)
+        except AddressError:
+            _log.warn("No {action} report for {queueID}: its sender cannot be sent to", action=action, queueID=envelope.id)
+            return None
+        willRetryUntil = envelope.received + self.schedule.lifetime if action == "delayed" else None
+        reports = [_recipientReport(r, action, attempt.hosts.get(r.address), now, willRetryUntil) for r in recipients]
         bounceID = newMessageID(now)
         message = self.queue.openMessage(envelope.id)
         try:
@@ -1508,6 +1561,25 @@ def _domainKey(domain) -> str:
         return domain.encode("idna").decode("ascii")
     except UnicodeError:
         return domain
+
+
+def _recipientReport(recipient: Recipient, action: str, host: str | None, now: float, willRetryUntil) -> RecipientReport:
+    """
+    The report on one recipient.  An address that does not parse is
+    reported as queued; DSN parameters that do not fit a report (from a
+    queue file edited by hand) are left out of it rather than losing the
+    report.
+    """
+    status, diagnostic = _statusAndDiagnostic(recipient.lastReply, action)
+    try:
+        address = _wireAddress(recipient.address)
+    except AddressError:
+        address = UnparsedAddress(recipient.address)
+    fields = dict(address=address, action=action, status=status, diagnostic=diagnostic, remoteMTA=host, lastAttempt=now, willRetryUntil=willRetryUntil)
+    try:
+        return RecipientReport(originalRecipient=recipient.orcpt, notify=recipient.notify, **fields)
+    except (ValueError, TypeError):
+        return RecipientReport(**fields)
 
 
 def _show(address: bytes) -> str:

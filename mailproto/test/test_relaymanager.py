@@ -902,6 +902,84 @@ class FailureTests(SynchronousTestCase):
         self.assertTrue(relay.queue.states[envelope.id]["warned"])
 
 
+class BadAddressTests(SynchronousTestCase):
+    """
+    A queued address that does not parse again (queued before its domain
+    was checked, or a queue file edited by hand) fails its recipient
+    alone, with a report, and never stops its neighbours.
+    """
+
+    def test_smartHostRecipientFails(self):
+        """
+        Through a smart host, a recipient whose address does not parse is
+        not sent: it fails with 5.1.3 and is reported; the other
+        recipient of the message and the next message on the same
+        connection are delivered.
+        """
+        relay = RelayHarness(self, smartHost="smart.test:2525")
+        first = relay.enqueue([b"postmaster@relay.test.", b"a@example.com"])
+        second = relay.enqueue([b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual([c for c in server.commands if c.startswith(b"RCPT")], [b"RCPT TO:<a@example.com>", b"RCPT TO:<b@example.com>"])
+        self.assertEqual(len(server.messages), 2)
+        self.assertEqual([r.state for r in first.recipients], [FAILED, "delivered"])
+        self.assertNotIn(first.id, relay.queue.ids())
+        self.assertNotIn(second.id, relay.queue.ids())
+        [(bounce, report)] = relay.reports()
+        [fields] = statusFields(report)
+        self.assertEqual((fields["Final-Recipient"], fields["Status"]), ("rfc822;postmaster@relay.test.", "5.1.3"))
+        self.assertEqual(relay.manager.stats["failed"], 1)
+        self.assertEqual(relay.manager.stats["delivered"], 2)
+
+    def test_byMXRecipientFails(self):
+        """
+        By MX records too, the address fails with 5.1.3 (its syntax), not
+        as a domain that cannot be routed.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a b@example.com", b"ok@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = Scripted()
+        relay.serve(factory, server)
+        self.assertEqual([c for c in server.commands if c.startswith(b"RCPT")], [b"RCPT TO:<ok@example.com>"])
+        self.assertTrue(envelope.recipients[0].lastReply.startswith("553 5.1.3"), envelope.recipients[0].lastReply)
+        [(_, report)] = relay.reports()
+        self.assertEqual([f["Status"] for f in statusFields(report)], ["5.1.3"])
+
+    def test_onlyBadRecipients(self):
+        """
+        A message with only unparseable recipients opens no connection;
+        it is reported and gone.
+        """
+        relay = RelayHarness(self, smartHost="smart.test:2525")
+        envelope = relay.enqueue([b"postmaster", b"x@bad..example", Recipient(b"y@example.com", notify=(b"NO SUCH",))])
+        relay.turn()
+        made = relay.connections()
+        # The only connection is the report's.
+        self.assertEqual(len(made), 1)
+        self.assertNotIn(envelope.id, relay.queue.ids())
+        [(_, report)] = relay.reports()
+        self.assertEqual([f["Status"] for f in statusFields(report)], ["5.1.3"] * 3)
+
+    def test_badSender(self):
+        """
+        A queued sender that does not parse fails every recipient with
+        5.1.7; no report is queued, since it could not be sent back.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com"], sender=b"sender@origin.test.")
+        relay.turn()
+        self.assertEqual(relay.connections(), [])
+        self.assertEqual(envelope.recipients[0].state, FAILED)
+        self.assertTrue(envelope.recipients[0].lastReply.startswith("550 5.1.7"))
+        self.assertEqual(relay.queue.ids(), [])
+        self.assertEqual(relay.reports(), [])
+
+
 class LimitTests(SynchronousTestCase):
     """
     Concurrency limits.
@@ -1135,6 +1213,15 @@ class RelayerTests(SynchronousTestCase):
         relayer.sentMail(250, b"2.0.0 Ok", 1, [(relayer.getMailTo()[0], 250, b"2.1.5 Ok")], None)
         self.assertFalse(os.path.exists(path))
         self.assertIsNone(relayer.getMailFrom())
+
+    def test_relayerSkipsBadAddresses(self):
+        """
+        An unmanaged relayer leaves out a recipient whose address does not
+        parse again, rather than failing the whole session.
+        """
+        queue, path = self.queueFile([b"postmaster@relay.test.", b"a@example.com"])
+        relayer = SMTPRelayer([path], "relay.test")
+        self.assertEqual([bytes(r.address) for r in relayer.getMailTo()], [b"a@example.com"])
 
     def test_relayerKeepsRefused(self):
         """
