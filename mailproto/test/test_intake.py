@@ -32,6 +32,7 @@ from zope.interface import implementer
 from mailproto._intake import InputValve, RequestDeadline, setNoDelay
 from mailproto.smtp import ESMTP, AuthFailures, ESMTPFactory, LMTPFactory
 from mailproto.testing import MemoryDelivery
+from mailproto.test._peers import need
 from mailproto.test.test_daemon import SinkProcess
 from mailproto.test.test_server import TRANSACTION, Session, esmtpSession
 from mailproto.test.test_server_auth import (
@@ -817,6 +818,98 @@ class LoopbackTests(TestCase):
         handle = sessions[0].transport.getHandle()
         self.assertNotEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
 
+    def socketOf(self, transport):
+        """
+        @return: the socket under C{transport}, through TLS and PROXY
+            protocol wrappers.
+        """
+        while not isinstance(getattr(transport, "socket", None), socket.socket):
+            transport = transport.transport
+        return transport.socket
+
+    @defer.inlineCallbacks
+    def wrappedSession(self, wrap, connect):
+        """
+        Listen with the factory wrapped by C{wrap}, connect with
+        C{connect(port number)}, and return the server protocol once it
+        has greeted.
+        """
+        factory = ESMTPFactory(delivery=MemoryDelivery(), domain=b"mx.example")
+        sessions = []
+        buildProtocol = factory.buildProtocol
+
+        def build(addr):
+            p = buildProtocol(addr)
+            sessions.append(p)
+            return p
+
+        factory.buildProtocol = build
+        port = reactor.listenTCP(0, wrap(factory), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        yield connect(port.getHost().port)
+        while not sessions or sessions[0]._greeting is not None or sessions[0]._helo is None:
+            yield deferLater(reactor, 0.01, lambda: None)
+        return sessions[0]
+
+    @defer.inlineCallbacks
+    def test_noDelayThroughTLS(self):
+        """
+        Over implicit TLS (the server behind L{TLSMemoryBIOFactory}), the
+        socket under the TLS layer has TCP_NODELAY set.
+        """
+        trustme = _trustme()
+        from twisted.internet.ssl import PrivateCertificate
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        leaf = trustme.CA().issue_cert("localhost")
+        options = PrivateCertificate.loadPEM(leaf.private_key_and_cert_chain_pem.bytes()).options()
+        received = []
+
+        def connect(number):
+            s = socket.create_connection(("127.0.0.1", number))
+            self.addCleanup(s.close)
+            received.append(s)
+            return defer.succeed(None)
+
+        session = yield self.wrappedSession(lambda f: TLSMemoryBIOFactory(options, False, f), connect)
+        handle = self.socketOf(session.transport)
+        self.assertNotEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+
+    @defer.inlineCallbacks
+    def test_noDelayBehindProxyProtocol(self):
+        """
+        Behind the PROXY protocol wrapper too.
+        """
+        from mailproto._proxy import ProxyProtocolFactory
+
+        def connect(number):
+            s = socket.create_connection(("127.0.0.1", number))
+            self.addCleanup(s.close)
+            s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+            return defer.succeed(None)
+
+        session = yield self.wrappedSession(ProxyProtocolFactory, connect)
+        handle = self.socketOf(session.transport)
+        self.assertNotEqual(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+
+    @defer.inlineCallbacks
+    def test_pipelinedWithoutStall(self):
+        """
+        200 messages in the dialogue of a pipelining MTA (MAIL, RCPT and
+        DATA in one write, then the message and its dot in one write), on
+        one connection: well under the 8 s that a 40 ms stall per message
+        would cost.
+        """
+        number = self.listen()
+        client = _PipeliningClient(200)
+        connected = yield protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", number)
+        self.addCleanup(lambda: connected.transport.abortConnection())
+        started = time.monotonic()
+        sent = yield client.done
+        self.assertEqual(sent, 200)
+        self.assertLess(time.monotonic() - started, 4.0)
+        self.assertEqual(len(self.factory.delivery.messages), 200)
+
     @defer.inlineCallbacks
     def test_trickleCutOff(self):
         """
@@ -848,6 +941,61 @@ class LoopbackTests(TestCase):
         client.transport.write(b"EHLO spam.example\r\n")
         received = yield client.closed
         self.assertTrue(received.startswith(b"554 "), received)
+
+
+def _trustme():
+    try:
+        import trustme
+    except ImportError:
+        trustme = None
+    need(trustme, "trustme")
+    return trustme
+
+
+class _PipeliningClient(protocol.Protocol):
+    """
+    Sends C{count} messages as a pipelining MTA does, and counts the
+    C{250} replies to their ends of data.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.sent = 0
+        self.buffer = b""
+        self.step = "greeting"
+        self.done = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            if line[3:4] == b"-":
+                continue
+            self.replied(line)
+
+    def replied(self, line: bytes) -> None:
+        if self.step == "greeting":
+            self.transport.write(b"EHLO client.example\r\n")
+            self.step = "ehlo"
+        elif self.step in ("ehlo", "message"):
+            if self.step == "message":
+                if not line.startswith(b"250 "):
+                    self.done.errback(AssertionError(line))
+                    return
+                self.sent += 1
+            if self.sent == self.count:
+                self.done.callback(self.sent)
+                return
+            self.transport.write(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+            self.step, self.replies = "envelope", []
+        elif self.step == "envelope":
+            self.replies.append(line[:3])
+            if len(self.replies) == 3:
+                if self.replies != [b"250", b"250", b"354"]:
+                    self.done.errback(AssertionError(self.replies))
+                    return
+                self.transport.write(b"Subject: x\r\n\r\n" + (b"y" * 70 + b"\r\n") * 57 + b".\r\n")
+                self.step = "message"
 
 
 _NON_READER = r"""
