@@ -9,8 +9,13 @@ L{getMailData <SMTPClient.getMailData>} for a message, sends it, reports
 with L{sentMail <SMTPClient.sentMail>}, and asks again until
 C{getMailFrom()} returns C{None}.
 
-Each reply is handed to C{_okresponse} if its code is in C{_expected},
-else to C{_failresponse}; the states are these methods, in order:
+Every command sent is recorded, in order, in C{_awaiting} until its
+reply is read: a line (C{sendLine}, C{_sendSecret}), several pipelined
+lines (C{_sendLines}), each BDAT chunk, and the end of a message's data
+(one reply; with LMTP one per accepted recipient).  A complete reply
+answers the oldest of them.  Each reply is handed to C{_okresponse} if
+its code is in C{_expected}, else to C{_failresponse}; the states are
+these methods, in order:
 
   1. C{smtpState_helo} (L{ESMTPClient}: C{esmtpState_ehlo}, then
      C{esmtpState_serverConfig}, C{tryTLS}, C{esmtpState_starttls},
@@ -26,12 +31,29 @@ else to C{_failresponse}; the states are these methods, in order:
      (C{smtpState_disconnect}).
 
 Failures go to C{sendError} with an L{SMTPClientError}.
+
+The reply discipline is strict.  Only C{354} continues DATA, and only a
+final reply to the end of data (or to the last BDAT chunk) ends a
+message.  A reply when no command awaits one (also: input left over after
+the last awaited reply was read), a reply that does not parse, or one in
+a class the command cannot have (a 2xx or 3xx other than 354 to DATA, a
+3xx to MAIL, RCPT, the end of data or BDAT) is an L{SMTPProtocolError}:
+the transaction is abandoned, C{sendError} is told, the connection is
+closed, and the message in flight is not reported to C{sentMail} (a
+relay keeps it queued for another attempt).  A C{421} ends the session:
+the message in flight is reported with it, then the connection is closed.
+
+C{timeout} is the time a reply may take, counted from the command (or
+from the last octets of message data written, or from the previous reply
+while pipelined replies are awaited), never from the last line: a reply
+trickled line by line is cut off C{timeout} seconds after its command.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import os
 
 from twisted.internet.interfaces import IPullProducer, ISSLTransport
@@ -165,6 +187,7 @@ class _MessageProducer:
         self.chunks += 1
         if last:
             self.stopProducing()
+        client._dataWritten(self.chunked, last)
         client.resetTimeout()
         client.transport.write(out)
 
@@ -219,12 +242,17 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         self._producer = None
         self._pipeline = None
         self._stuffer = None
+        self._answered = None
+        #: What was sent and awaits a reply, oldest first: the command
+        #: verbs, C{b"greeting"}, C{b"BDAT"} or C{b"end of data"}.
+        self._awaiting = collections.deque()
 
     # -- connection -------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.setTimeout(self.timeout)
         self._setNoDelay()
+        self._awaiting.append(b"greeting")
         self._expected = [220]
         self._okresponse = self.smtpState_helo
         self._failresponse = self.smtpConnectionFailed
@@ -256,8 +284,12 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         self.sendError(SMTPTimeoutError(-1, b"Timeout waiting for SMTP server response", self.log.str()))
 
     def sendLine(self, line: bytes) -> None:
+        """
+        Send a command; its reply is awaited from now.
+        """
         if self.debug:
             self.log.append(b">>> " + line)
+        self._commandsSent([line])
         writeNow(self.transport, line + b"\r\n")
 
     def _sendSecret(self, line: bytes, shown: bytes) -> None:
@@ -266,6 +298,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         """
         if self.debug:
             self.log.append(b">>> " + shown)
+        self._commandsSent([shown])
         writeNow(self.transport, line + b"\r\n")
 
     def _sendLines(self, lines: list[bytes]) -> None:
@@ -275,7 +308,33 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         if self.debug:
             for line in lines:
                 self.log.append(b">>> " + line)
+        self._commandsSent(lines)
         writeNow(self.transport, b"".join(line + b"\r\n" for line in lines))
+
+    def _commandsSent(self, lines) -> None:
+        """
+        Record that C{lines} await a reply each, and start the wait.
+        """
+        for line in lines:
+            verb = line.split(b" ", 1)[0].upper()
+            self._awaiting.append(b"end of data" if verb == b"." else verb)
+        self.resetTimeout()
+
+    def _dataWritten(self, chunked: bool, last: bool) -> None:
+        """
+        Message data is about to go out: a BDAT chunk awaits its reply;
+        the end of the data awaits the message's.
+        """
+        if chunked:
+            self._awaiting.append(b"BDAT")
+        elif last:
+            self._awaiting.extend([b"end of data"] * self._endOfDataReplies())
+
+    def _endOfDataReplies(self) -> int:
+        """
+        @return: how many replies the end of a message's data gets.
+        """
+        return 1
 
     # -- replies ----------------------------------------------------------
 
@@ -302,7 +361,10 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             self.lineReceived(line)
 
     def lineReceived(self, line: bytes):
-        self.resetTimeout()
+        """
+        Take a line of a reply.  A line alone does not restart the wait
+        for the reply: a complete reply does.
+        """
         if self.debug:
             self.log.append(b"<<< " + line)
         try:
@@ -312,21 +374,73 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             return None
         if reply is None:
             return None
-        self.code = reply.code
         resp = reply.wireText
-        if reply.code in self._expected:
-            why = self._okresponse(reply.code, resp)
-        else:
-            why = self._failresponse(reply.code, resp)
-        self.code = -1
-        return why
+        if not self._awaiting:
+            self._protocolError(b"Reply when no command awaits one: %03d %s" % (reply.code, resp[:200]))
+            return None
+        self._answered = self._awaiting.popleft()
+        self.resetTimeout()
+        if not self._awaiting and self._input:
+            return self._trailingInput(reply.code, resp)
+        return self._dispatch(reply.code, resp)
+
+    def _dispatch(self, code: int, resp: bytes):
+        """
+        Hand a reply to the current state.  A state that raises is a bug:
+        it is logged, and the session ends as after a protocol error.
+        """
+        self.code = code
+        try:
+            if code in self._expected:
+                return self._okresponse(code, resp)
+            return self._failresponse(code, resp)
+        except Exception:
+            self._log.failure("Error handling the reply {code} from the SMTP server", code=code)
+            if self.transport is not None and not self.transport.disconnecting:
+                self._protocolError(b"Internal error handling the reply %03d %s" % (code, resp[:200]))
+            return None
+        finally:
+            self.code = -1
+
+    def _trailingInput(self, code: int, resp: bytes):
+        """
+        The server sent more after the reply to the last command awaiting
+        one: it does not keep to one reply per command, and which of its
+        replies answers what cannot be known.  A refusal while no message
+        is in flight (a refused greeting) is handled first, as it decides
+        nothing about a message.
+        """
+        if code >= 400 and self._from is None:
+            self._dispatch(code, resp)
+            if self.transport is None or self.transport.disconnecting:
+                return None
+        self._protocolError(b"The server sent more than one reply per command, after: %03d %s" % (code, resp[:200]))
 
     def _protocolError(self, message: bytes) -> None:
+        """
+        The server broke the protocol: abandon the transaction (the message
+        in flight is not reported as sent or refused), tell C{sendError},
+        and close.
+        """
         self._input = b""
         self._replies = ReplyParser(enhanced=True, maxLineLength=self.maxReplyLine, maxReplyLength=self.maxReply)
+        self._awaiting.clear()
+        self._pipeline = None
         self._expected = []
         self._okresponse = self._failresponse = self._ignoreReply
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            producer.stopProducing()
         self.sendError(SMTPProtocolError(-1, message, self.log.str()))
+        if self.transport is not None and not self.transport.disconnecting:
+            # A subclass's sendError may not close: a protocol error must.
+            self.transport.loseConnection()
+
+    def _wrongReply(self, code: int, resp: bytes) -> None:
+        """
+        A reply in a class the command cannot have.
+        """
+        self._protocolError(b"Unexpected reply to %s: %03d %s" % (self._answered, code, resp[:200]))
 
     def _ignoreReply(self, code, resp) -> None:
         pass
@@ -341,10 +455,27 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         self.sendError(self._error(SMTPConnectError, code, resp))
 
     def smtpTransferFailed(self, code, resp) -> None:
+        """
+        MAIL or the message was not accepted: a 4xx or 5xx refuses the
+        message; any other reply here breaks the protocol.
+        """
         if code < 0:
             self.sendError(self._error(SMTPProtocolError, code, resp))
+        elif code < 400:
+            self._wrongReply(code, resp)
         else:
             self.smtpState_msgSent(code, resp)
+
+    def _dataRefused(self, code, resp) -> None:
+        """
+        DATA was answered with something else than 354: a 4xx or 5xx
+        refuses the message; a 2xx or another 3xx breaks the protocol (the
+        message was not sent, whatever the server says).
+        """
+        if 400 <= code < 600:
+            self.smtpState_msgSent(code, resp)
+        else:
+            self._wrongReply(code, resp)
 
     # -- states -----------------------------------------------------------
 
@@ -374,7 +505,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             self._sendPipelined()
             return
         self.sendLine(formatMailFrom(self._mail))
-        self._expected = [250]
+        self._expected = SUCCESS
         self._okresponse = self.smtpState_to
 
     def smtpState_disconnect(self, code, resp) -> None:
@@ -390,6 +521,11 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         return self.smtpState_toOrData(0, b"")
 
     def smtpState_toOrData(self, code, resp) -> None:
+        if 300 <= code < 400:
+            return self._wrongReply(code, resp)
+        if code == 421:
+            self.toAddressesResult.append((self.lastAddress, code, resp))
+            return self.smtpState_msgSent(code, resp)
         if self.lastAddress is not None:
             self.toAddressesResult.append((self.lastAddress, code, resp))
             if code in SUCCESS:
@@ -405,29 +541,48 @@ class SMTPClient(LineReceiver, TimeoutMixin):
                 self.sendLine(b"DATA")
                 self._expected = [354]
                 self._okresponse = self.smtpState_data
+                self._failresponse = self._dataRefused
         else:
             self.sendLine(self._rcptLine(self.lastAddress))
 
     def smtpState_pipelined(self, code, resp) -> None:
         """
         Read the replies to a pipelined MAIL, RCPTs and DATA, in order.
+        Only 354 continues DATA; a 2xx to DATA, or a 3xx to anything else,
+        breaks the protocol.  A 421 ends the session at once: the replies
+        still awaited will not come.
         """
         pipeline = self._pipeline
         step = pipeline["next"]
         pipeline["next"] += 1
         recipients = self._recipients
+        isData = step > len(recipients)
+        if (isData and (code < 400 and code != 354)) or (not isData and 300 <= code < 400):
+            return self._wrongReply(code, resp)
         if step == 0:
             pipeline["mail"] = (code, resp)
-        elif step <= len(recipients):
+        elif not isData:
             address = recipients[step - 1]
             self.toAddressesResult.append((address, code, resp))
             if code in SUCCESS and pipeline["mail"][0] in SUCCESS:
                 self.successAddresses.append(address)
         else:
             pipeline["data"] = (code, resp)
+        if code == 421:
+            self._pipeline = None
+            if step == 0:
+                self.toAddressesResult = []
+            return self.smtpState_msgSent(code, resp)
         if pipeline["next"] < pipeline["count"]:
             return
         self._pipeline = None
+        self._pipelineAnswered(pipeline)
+
+    def _pipelineAnswered(self, pipeline) -> None:
+        """
+        Every pipelined command has its reply: send the message, or report
+        why not.
+        """
         mailCode, mailResp = pipeline["mail"]
         data = pipeline.get("data")
         ok = mailCode in SUCCESS and self.successAddresses
@@ -455,7 +610,6 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             self.smtpState_data(*data)
         else:
             self.smtpState_msgSent(*data)
-
     def smtpState_data(self, code, resp) -> None:
         """
         The server said 354: send the message.
@@ -466,8 +620,15 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         """
         A reply to a BDAT chunk.  The first refusal ends the message (no
         more chunks are sent); the reply to the last chunk is the
-        message's.
+        message's.  A 3xx breaks the protocol; a 421 ends the session.
         """
+        if 300 <= code < 400:
+            return self._wrongReply(code, resp)
+        if code == 421:
+            self._producer, producer = None, self._producer
+            if producer is not None:
+                producer.stopProducing()
+            return self.smtpState_msgSent(code, resp)
         self._bdatReplies += 1
         if code not in SUCCESS and self._bdatFailure is None:
             self._bdatFailure = (code, resp)
@@ -492,10 +653,25 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         if code in SUCCESS:
             self.smtpState_from(code, resp)
             return
+        if code == 421:
+            self._serverClosing(code, resp)
+            return
         self.sendLine(b"RSET")
         self._expected = SUCCESS
         self._okresponse = self.smtpState_from
         self._failresponse = self._rsetRefused
+
+    def _serverClosing(self, code, resp) -> None:
+        """
+        The server said 421 to a message: it is closing the session (RFC
+        5321, section 3.8).  The message was reported with that reply;
+        nothing more is sent, and the connection is closed.
+        """
+        self._awaiting.clear()
+        self._expected = []
+        self._okresponse = self._failresponse = self._ignoreReply
+        if self.transport is not None and not self.transport.disconnecting:
+            self.transport.loseConnection()
 
     def _rsetRefused(self, code, resp) -> None:
         self.sendError(self._error(SMTPProtocolError, code, resp, isFatal=False))
@@ -829,6 +1005,15 @@ class ESMTPClient(SMTPClient):
         else:
             self.esmtpTLSRequired()
 
+    def _trailingInput(self, code: int, resp: bytes):
+        """
+        Input after the 220 to STARTTLS is refused by
+        L{esmtpState_starttls} itself, as an attack.
+        """
+        if self._okresponse == self.esmtpState_starttls and code in self._expected:
+            return self._dispatch(code, resp)
+        return SMTPClient._trailingInput(self, code, resp)
+
     def esmtpState_starttls(self, code, resp) -> None:
         """
         The server said 220 to STARTTLS: start TLS, then EHLO again.
@@ -956,6 +1141,9 @@ class LMTPClient(ESMTPClient):
     def _pipelining(self) -> bool:
         return True  # RFC 2033: required of every LMTP server
 
+    def _endOfDataReplies(self) -> int:
+        return len(self._lmtpPending)
+
     def _startTransfer(self, chunked: bool) -> None:
         self._lmtpPending = [i for i, (_, code, _) in enumerate(self.toAddressesResult) if code in SUCCESS]
         self._lmtpResults = {}
@@ -967,6 +1155,8 @@ class LMTPClient(ESMTPClient):
         """
         The reply for the next accepted recipient, after the message.
         """
+        if 300 <= code < 400:
+            return self._wrongReply(code, resp)
         self._lmtpResults[self._lmtpPending.pop(0)] = (code, resp)
         if self._lmtpPending:
             return

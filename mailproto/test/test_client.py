@@ -2071,3 +2071,318 @@ class LMTPTests(ClientTestMixin, SynchronousTestCase):
             self.session.server(b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n451 4.3.0 not now\r\n"), b"RSET\r\n"
         )
         self.assertEqual(self.client.results[0][:2], (451, b"4.3.0 not now"))
+
+
+# -- the reply discipline -------------------------------------------------------------------------
+
+
+class ReplyDisciplineTests(ClientTestMixin, SynchronousTestCase):
+    """
+    Every reply answers the oldest command awaiting one.  Only 354
+    continues DATA, only a final reply to the end of data ends a message;
+    a reply out of turn is an L{SMTPProtocolError}: the message in flight
+    is not reported (a relay keeps it queued), and the connection closes.
+    """
+
+    def start(self, extensions=(b"PIPELINING",), messages=None, timeout=None):
+        self.client = ESMTPTestClient(messages or [(SENDER, [BOB], MESSAGE)])
+        self.client.timeout = timeout
+        self.session, written = esmtp(self, self.client, list(extensions))
+        return written
+
+    def assertAbandoned(self, results=()):
+        """
+        The transaction was abandoned for a protocol error: one fatal
+        L{SMTPProtocolError}, the connection closing, and no report for
+        the message in flight.
+        """
+        error = self.assertOneError(self.client, SMTPProtocolError)
+        self.assertTrue(error.isFatal)
+        self.assertTrue(self.session.transport.disconnecting)
+        self.assertEqual([r[:3] for r in self.client.results], list(results))
+        return error
+
+    def test_2xxToDataNotPipelined(self):
+        """
+        DATA answered with 250, without pipelining: the body was never sent;
+        the message must not count as sent.
+        """
+        self.assertEqual(self.start(extensions=()), b"MAIL FROM:<alice@example.org>\r\n")
+        self.assertEqual(self.session.server(b"250 ok\r\n"), b"RCPT TO:<bob@example.com>\r\n")
+        self.assertEqual(self.session.server(b"250 ok\r\n"), b"DATA\r\n")
+        self.assertEqual(self.session.server(b"250 2.0.0 Queued\r\n"), b"")
+        error = self.assertAbandoned()
+        self.assertIn(b"DATA", error.resp)
+
+    def test_2xxToDataPipelined(self):
+        """
+        The pipelined DATA answered with 250: a protocol error, not a
+        delivery.
+        """
+        self.start()
+        self.assertEqual(self.session.server(b"250 ok\r\n250 ok\r\n250 2.0.0 Queued\r\n"), b"")
+        self.assertAbandoned()
+
+    def test_other3xxToData(self):
+        """
+        Only 354 continues DATA: a 334 does not.
+        """
+        self.start()
+        self.assertEqual(self.session.server(b"250 ok\r\n250 ok\r\n334 go\r\n"), b"")
+        self.assertAbandoned()
+
+    def test_3xxToRcpt(self):
+        """
+        A 3xx to RCPT is no reply a RCPT can have.
+        """
+        self.start(extensions=())
+        self.session.server(b"250 ok\r\n")
+        self.assertEqual(self.session.server(b"354 go\r\n"), b"")
+        self.assertAbandoned()
+
+    def test_3xxToEndOfData(self):
+        """
+        The end of data answered with 354: no final reply, no report.
+        """
+        self.start()
+        self.session.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(self.session.server(b"354 again\r\n"), b"")
+        self.assertAbandoned()
+
+    def test_extraReplyAfterDotSamePacket(self):
+        """
+        Two replies to the end of data in one packet: which one is the
+        message's cannot be known; nothing is reported.
+        """
+        self.start()
+        self.session.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(self.session.server(b"250 2.0.0 Queued\r\n250 2.0.0 Again\r\n"), b"")
+        self.assertAbandoned()
+
+    def test_extraReplyAfterDotPipelined(self):
+        """
+        A spurious reply after the first message's final reply shifts the
+        second message's replies by one: its DATA seems answered with 250.
+        The second message is abandoned, never reported sent, and nothing
+        unhandled happens (the extra 354 that follows is ignored).
+        """
+        second = b"Subject: two\r\n\r\nTwo.\r\n"
+        self.start(messages=[(SENDER, [BOB], MESSAGE), (SENDER, [CAROL], second)])
+        self.session.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(
+            self.session.server(b"250 2.0.0 Queued\r\n"),
+            b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<carol@example.net>\r\nDATA\r\n",
+        )
+        self.assertEqual(self.session.server(b"250 2.0.0 Spurious\r\n250 ok\r\n250 ok\r\n354 go\r\n"), b"")
+        self.assertAbandoned(results=[(250, b"2.0.0 Queued", 1)])
+
+    def test_extraReplyAfterRcpt(self):
+        """
+        Two replies to one RCPT (without pipelining), in one packet.
+        """
+        self.start(extensions=())
+        self.session.server(b"250 ok\r\n")
+        self.assertEqual(self.session.server(b"250 ok\r\n250 extra\r\n"), b"")
+        self.assertAbandoned()
+
+    def test_extraReplyAfterRcptPipelined(self):
+        """
+        An extra reply after RCPT, pipelined: the RCPT's reply is taken as
+        DATA's, a 250, and the message is abandoned.
+        """
+        self.start()
+        self.assertEqual(self.session.server(b"250 ok\r\n250 ok\r\n250 extra\r\n354 go\r\n"), b"")
+        self.assertAbandoned()
+
+    def test_replyWhileNothingAwaited(self):
+        """
+        A reply while the message is being sent (after 354, before its
+        end): nothing awaits one; the transfer stops.
+        """
+        self.patch(_client, "CHUNK_SIZE", 8)
+        self.start()
+        self.session.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertIsNotNone(self.session.transport.producer)
+        self.assertEqual(self.session.server(b"250 2.0.0 Early\r\n"), b"")
+        self.assertAbandoned()
+        self.assertIsNone(self.session.transport.producer)
+
+    def test_garbage(self):
+        """
+        A line that is not a reply, in the middle of a pipeline.
+        """
+        self.start()
+        self.assertEqual(self.session.server(b"250 ok\r\nGARBAGE\r\n"), b"")
+        self.assertAbandoned()
+
+    def test_421ToMailPipelined(self):
+        """
+        421 to the pipelined MAIL: the message is reported with that reply
+        (code and text kept), the replies still awaited are not waited
+        for, and the connection is closed without RSET or QUIT.
+        """
+        self.start()
+        self.assertEqual(self.session.server(b"421 4.7.0 Too many messages\r\n"), b"")
+        self.assertEqual(self.client.results, [(421, b"4.7.0 Too many messages", 0, [])])
+        self.assertEqual(self.client.errors, [])
+        self.assertTrue(self.session.transport.disconnecting)
+
+    def test_421ToRcpt(self):
+        """
+        421 to a RCPT (without pipelining): reported with that reply; the
+        connection is closed.
+        """
+        self.start(extensions=(), messages=[(SENDER, [BOB, CAROL], MESSAGE)])
+        self.session.server(b"250 ok\r\n")
+        self.assertEqual(self.session.server(b"250 ok\r\n"), b"RCPT TO:<carol@example.net>\r\n")
+        self.assertEqual(self.session.server(b"421 4.3.2 Shutting down\r\n"), b"")
+        [(code, resp, _, addresses)] = self.client.results
+        self.assertEqual((code, resp), (421, b"4.3.2 Shutting down"))
+        self.assertEqual(addresses[-1], (CAROL, 421, b"4.3.2 Shutting down"))
+        self.assertTrue(self.session.transport.disconnecting)
+
+    def test_452AfterSomeRecipients(self):
+        """
+        452 after two recipients (pipelined): the message goes to those
+        two; the third recipient keeps its 452.
+        """
+        dan = b"dan@example.com"
+        self.start(messages=[(SENDER, [BOB, CAROL, dan], MESSAGE)])
+        written = self.session.server(b"250 ok\r\n250 ok\r\n250 ok\r\n452 4.5.3 Too many recipients\r\n354 go\r\n")
+        self.assertEqual(written, stuff(MESSAGE))
+        self.assertEqual(self.session.server(b"250 2.0.0 Queued\r\n"), b"QUIT\r\n")
+        [(code, _, numOk, addresses)] = self.client.results
+        self.assertEqual((code, numOk), (250, 2))
+        self.assertEqual(addresses[2], (dan, 452, b"4.5.3 Too many recipients"))
+
+    def test_trickledReplyTimesOut(self):
+        """
+        A multi-line EHLO reply trickled a line every 4 seconds times out
+        C{timeout} (10) seconds after the EHLO, not after its last line.
+        """
+        client = ESMTPTestClient([(SENDER, [BOB], MESSAGE)])
+        client.timeout = 10
+        session = Session(client)
+        self.assertEqual(session.server(b"220 mx.example\r\n"), b"EHLO client.example\r\n")
+        for _ in range(2):
+            session.clock.advance(4)
+            session.server(b"250-mx.example\r\n")
+        session.clock.advance(1.9)
+        self.assertEqual(client.errors, [])
+        session.clock.advance(0.1)
+        self.assertOneError(client, SMTPTimeoutError)
+        self.assertTrue(session.transport.disconnecting)
+
+    def test_stallAfterDot(self):
+        """
+        No reply to the end of data: a timeout, C{timeout} after the last
+        octets were written; the message is not reported.
+        """
+        self.start(timeout=10)
+        self.session.clock.advance(5)
+        self.assertEqual(self.session.server(b"250 ok\r\n250 ok\r\n354 go\r\n"), stuff(MESSAGE))
+        self.session.clock.advance(9.9)
+        self.assertEqual(self.client.errors, [])
+        self.session.clock.advance(0.1)
+        self.assertOneError(self.client, SMTPTimeoutError)
+        self.assertEqual(self.client.results, [])
+
+    def test_bdat3xx(self):
+        """
+        A 3xx to a BDAT chunk breaks the protocol.
+        """
+        self.start(extensions=(b"PIPELINING", b"CHUNKING"))
+        self.session.server(b"250 ok\r\n250 ok\r\n")
+        self.assertEqual(self.session.server(b"354 what\r\n"), b"")
+        self.assertAbandoned()
+
+    def test_stateRaises(self):
+        """
+        A state that raises is logged, and the session ends as after a
+        protocol error: nothing escapes to the transport.
+        """
+        self.start()
+
+        def broken(code, resp):
+            raise RuntimeError("broken")
+
+        self.client.smtpState_pipelined = broken
+        self.client._okresponse = self.client._failresponse = broken
+        self.session.server(b"250 ok\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertAbandoned()
+
+
+#: How to bring a client to each state: its extensions, then the server's
+#: replies, each a packet.
+_STATES = {
+    "greeting": (None, []),
+    "EHLO": (None, [b"220 mx.example\r\n"]),
+    "MAIL": ((), []),
+    "RCPT": ((), [b"250 ok\r\n"]),
+    "second RCPT": ((), [b"250 ok\r\n", b"250 ok\r\n"]),
+    "DATA": ((), [b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n"]),
+    "end of data": ((), [b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"]),
+    "pipelined MAIL": ((b"PIPELINING",), []),
+    "pipelined RCPT": ((b"PIPELINING",), [b"250 ok\r\n"]),
+    "pipelined DATA": ((b"PIPELINING",), [b"250 ok\r\n250 ok\r\n250 ok\r\n"]),
+    "pipelined end of data": ((b"PIPELINING",), [b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"]),
+    "BDAT": ((b"PIPELINING", b"CHUNKING"), [b"250 ok\r\n250 ok\r\n250 ok\r\n"]),
+    "RSET": ((), [b"550 no\r\n"]),
+    "QUIT": ((), [b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n"]),
+    "STARTTLS": ((b"STARTTLS",), []),
+    "AUTH": ((b"AUTH PLAIN",), []),
+}
+
+#: Replies no state may turn into an unhandled error.
+_WRONG = [
+    b"250 x\r\n",
+    b"251 x\r\n",
+    b"334 x\r\n",
+    b"354 x\r\n",
+    b"421 4.3.2 x\r\n",
+    b"452 x\r\n",
+    b"550 x\r\n",
+    b"garbage\r\n",
+    b"250 x\r\n250 extra\r\n",
+    b"550 x\r\n250 extra\r\n",
+    b"250-x\r\n",
+    b"\r\n",
+    b"999 x\r\n",
+]
+
+
+class EveryStateTests(SynchronousTestCase):
+    """
+    Each state fed each kind of wrong reply: no unhandled error, nothing
+    logged, and a message counts as sent only after a 2xx to its end of
+    data.
+    """
+
+    def reach(self, state):
+        extensions, replies = _STATES[state]
+        client = ESMTPTestClient([(SENDER, [BOB, CAROL], MESSAGE)], secret=b"pw", contextFactory=object())
+        client.registerAuthenticator(PLAINAuthenticator(b"alice"))
+        session = Session(client, TLSCapableTransport())
+        if extensions is not None:
+            session.server(b"220 mx.example\r\n")
+            session.server(ehlo(*extensions))
+        for packet in replies:
+            session.server(packet)
+        return client, session
+
+    def test_wrongReplies(self):
+        for state in _STATES:
+            for reply in _WRONG:
+                client, session = self.reach(state)
+                before = len(client.results)
+                try:
+                    session.server(reply)
+                    session.clock.advance(1000)
+                except Exception as e:
+                    self.fail(f"{state} + {reply!r}: {e!r}")
+                self.assertEqual(self.flushLoggedErrors(), [], f"{state} + {reply!r}")
+                delivered = [r for r in client.results[before:] if r[0] in range(200, 300)]
+                if delivered:
+                    self.assertIn(state, ("end of data", "pipelined end of data", "BDAT"), f"{state} + {reply!r}")
+                    self.assertIn(reply, (b"250 x\r\n", b"251 x\r\n"), f"{state} + {reply!r}")
