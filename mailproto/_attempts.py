@@ -49,7 +49,9 @@ class RetrySchedule:
         @param attempts: attempts made so far (1 or more).
         @return: seconds to wait before the next one.
         """
-        return min(self.first * 2 ** max(attempts - 1, 0), self.maximum)
+        # The exponent is bounded: a count read from a state file may be
+        # huge, and 2 ** 64 seconds is past any maximum already.
+        return min(self.first * 2 ** min(max(attempts - 1, 0), 64), self.maximum)
 
 
 @dataclasses.dataclass

@@ -13,7 +13,13 @@ Layout of the spool directory:
   - C{queue/ID.state}: the delivery state, rewritten after each attempt:
     per-recipient state and last reply, attempts, next attempt time.
   - C{corrupt/}: queue files that could not be read, set aside (and
-    logged) by recovery, never deleted.
+    logged) by recovery, never deleted; also state files whose values
+    could not be used (L{Envelope.applyState}), their message then
+    delivered again to every recipient.
+
+Recovery also removes a message whose state has every recipient done
+(delivered or failed and reported), and repairs a state time that is
+not a finite number (the message is due at once).
 
 Committing a message (L{SpoolFile.commit}) writes, C{fsync}s, renames the
 file into C{queue/} and C{fsync}s that directory; its C{Deferred} fires
@@ -34,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import secrets
 import time
@@ -229,7 +236,7 @@ class Envelope:
                 id=header["id"],
                 sender=_bytes(header["sender"]),
                 recipients=recipients,
-                received=float(header["received"]),
+                received=_finiteTime(header["received"]),
                 body=_bytes(header.get("body")),
                 smtputf8=bool(header.get("smtputf8")),
                 ret=_bytes(header.get("ret")),
@@ -241,27 +248,63 @@ class Envelope:
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed envelope: {e!r}") from None
 
-    def applyState(self, state: dict) -> None:
+    def applyState(self, state: dict) -> list[str]:
         """
-        @raise ValueError: if C{state} does not fit this envelope.
-        """
-        try:
-            if state.get("version") != FORMAT_VERSION or len(state["recipients"]) != len(self.recipients):
-                raise ValueError("state does not match the envelope")
-            for recipient, saved in zip(self.recipients, state["recipients"]):
-                if saved["state"] not in (WAITING, DELIVERED, FAILED):
-                    raise ValueError(f"unknown recipient state {saved['state']!r}")
-            self.size = int(state["size"])
-            self.attempts = int(state["attempts"])
-            self.nextAttempt = float(state["nextAttempt"])
-            self.lastReply = state.get("lastReply")
-            self.warned = bool(state.get("warned", False))
-            for recipient, saved in zip(self.recipients, state["recipients"]):
-                recipient.state = saved["state"]
-                recipient.lastReply = saved.get("lastReply")
-        except (KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"malformed state: {e!r}") from None
+        Take the delivery state written by L{state}, checked first: the
+        envelope is changed only if all of it is valid.  A time that is
+        not a finite number (NaN, infinity) is repaired: the message is
+        due at once.
 
+        @return: what was repaired, in words (empty if nothing).
+        @raise ValueError: if C{state} does not fit this envelope, or has
+            a value of the wrong type, a negative count or an unknown
+            recipient state.
+        """
+        if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
+            raise ValueError("state does not match the envelope")
+        saved = state.get("recipients")
+        if not isinstance(saved, list) or len(saved) != len(self.recipients):
+            raise ValueError("state does not match the envelope")
+        for entry in saved:
+            if not isinstance(entry, dict) or entry.get("state") not in (WAITING, DELIVERED, FAILED):
+                raise ValueError(f"unknown recipient state {entry.get('state') if isinstance(entry, dict) else entry!r}")
+            _check(entry.get("lastReply"), (str, type(None)), "a recipient's lastReply")
+        size = _check(state.get("size"), int, "size")
+        attempts = _check(state.get("attempts"), int, "attempts")
+        if size < 0 or attempts < 0:
+            raise ValueError(f"negative size or attempts ({size}, {attempts})")
+        nextAttempt = _check(state.get("nextAttempt"), (int, float), "nextAttempt")
+        repaired = []
+        if not math.isfinite(nextAttempt):
+            repaired.append(f"nextAttempt {nextAttempt!r} made now")
+            nextAttempt = 0.0
+        self.lastReply = _check(state.get("lastReply"), (str, type(None)), "lastReply")
+        self.warned = _check(state.get("warned", False), bool, "warned")
+        self.size, self.attempts, self.nextAttempt = size, attempts, float(nextAttempt)
+        for recipient, entry in zip(self.recipients, saved):
+            recipient.state = entry["state"]
+            recipient.lastReply = entry.get("lastReply")
+        return repaired
+
+
+def _check(value, types, what: str):
+    """
+    @return: C{value}, if it is of C{types} (a C{bool} is not an C{int}
+        here).
+    @raise ValueError: if not.
+    """
+    if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
+        raise ValueError(f"{what} is {type(value).__name__} {value!r:.40}")
+    return value
+
+
+def _finiteTime(value) -> float:
+    """
+    @raise ValueError: unless C{value} is a finite number.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"bad time {value!r:.40}")
+    return float(value)
 
 
 def openQueueFile(path: str):
@@ -278,12 +321,20 @@ def openQueueFile(path: str):
     return f
 
 
-def readQueueFile(path: str) -> Envelope:
+def readQueueFile(path: str, problems: list | None = None) -> Envelope:
     """
     Read a queued message's envelope, and its delivery state if it has
     one, from its queue file.
 
+    A state file that cannot be read, or holds values that cannot be
+    (L{Envelope.applyState}), loses only the message's progress: it is
+    delivered again to everyone (duplicates rather than a loss).
+
     @param path: the queue file (C{queue/ID} in the spool directory).
+    @param problems: if given, what was wrong with the state file is
+        appended to it: C{("corrupt", why)} for a state left unused,
+        C{("repaired", what)} for a value repaired; if C{None}, each is
+        logged.
     @return: the envelope, with the message's size.
     @raise OSError: if the file cannot be read.
     @raise ValueError: if its envelope is not valid.
@@ -295,15 +346,19 @@ def readQueueFile(path: str) -> Envelope:
         envelope = Envelope.fromHeader(json.loads(line))
         f.seek(0, os.SEEK_END)
         envelope.size = f.tell() - len(line)
+    found = []
     try:
         with open(path + ".state", "rb") as f:
-            envelope.applyState(json.loads(f.read()))
+            found = [("repaired", what) for what in envelope.applyState(json.loads(f.read()))]
     except FileNotFoundError:
         pass
-    except (OSError, ValueError) as e:
-        # The message is safe; only its progress is lost: deliver it
-        # again to everyone (duplicates rather than a loss).
-        _log.warn("Queue message {queueID}: unreadable state ({error}); starting over", queueID=envelope.id, error=e)
+    except (OSError, ValueError, RecursionError) as e:
+        found = [("corrupt", str(e) or type(e).__name__)]
+    if problems is not None:
+        problems.extend(found)
+        return envelope
+    for kind, what in found:
+        _log.warn("Queue message {queueID}: state {kind} ({what})", queueID=envelope.id, kind=kind, what=what)
     return envelope
 
 
@@ -600,7 +655,11 @@ class Queue(QueueView):
         message.  Run it before serving; it reads and writes the disk
         directly.
 
-        @return: counts: C{queued}, C{removed}, C{corrupt}.
+        @return: counts: C{queued}; C{removed}, the unfinished messages
+            removed from C{tmp/}; C{corrupt}, the files set aside (queue
+            files, and state files that could not be used).  A message
+            whose every recipient is done is removed and logged, not
+            counted.
         """
         counts = {"queued": 0, "removed": 0, "corrupt": 0}
         for name in os.listdir(self._path("tmp")):
@@ -623,11 +682,19 @@ class Queue(QueueView):
                 self._setAside(name, "not a queue file name")
                 counts["corrupt"] += 1
                 continue
+            problems: list = []
             try:
-                envelope = self._readEnvelope(name)
-            except (OSError, ValueError) as e:
+                envelope = self._readEnvelope(name, problems)
+            except (OSError, ValueError, RecursionError) as e:
                 self._setAside(name, str(e))
                 counts["corrupt"] += 1
+                continue
+            counts["corrupt"] += self._stateProblems(name, problems)
+            if not envelope.waiting:
+                # Its reports were queued before this state was written.
+                _log.info("Queue message {queueID}: every recipient done; removed", queueID=name)
+                for suffix in (".state", ""):
+                    _unlink(self._path("queue", name + suffix))
                 continue
             self._envelopes[name] = envelope
             counts["queued"] += 1
@@ -640,11 +707,36 @@ class Queue(QueueView):
 
     readDirectory = recover
 
-    def _readEnvelope(self, queueID: str) -> Envelope:
-        envelope = readQueueFile(self.getPath(queueID))
+    def _readEnvelope(self, queueID: str, problems: list | None = None) -> Envelope:
+        envelope = readQueueFile(self.getPath(queueID), problems)
         if envelope.id != queueID:
             raise ValueError(f"envelope id {envelope.id!r} in file {queueID!r}")
         return envelope
+
+    def _stateProblems(self, name: str, problems: list) -> int:
+        """
+        Act on what L{readQueueFile} found wrong with a message's state
+        file, with one log line: a repaired value is only logged (the
+        repair is written with the next state); a state that could not be
+        used is set aside in C{corrupt/}, and the message starts over.
+
+        @return: how many files were set aside (0 or 1).
+        """
+        corrupt = [what for kind, what in problems if kind == "corrupt"]
+        if corrupt:
+            _log.error(
+                "Queue message {queueID}: state set aside in corrupt/ ({why}); delivering to every recipient again",
+                queueID=name,
+                why=corrupt[0],
+            )
+            source = self._path("queue", name + ".state")
+            if os.path.exists(source):
+                os.replace(source, self._path("corrupt", name + ".state"))
+                return 1
+            return 0
+        if problems:
+            _log.warn("Queue message {queueID}: state repaired ({what})", queueID=name, what="; ".join(w for _, w in problems))
+        return 0
 
     def _setAside(self, name: str, why: str) -> None:
         _log.error("Queue file {name} set aside in corrupt/: {why}", name=name, why=why)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import getopt
 import json
+import math
 import os
 import sys
 import time
@@ -39,8 +40,11 @@ DEFAULT_SPOOL = "mailrelay-spool"
 def _age(seconds: float) -> str:
     """
     @return: a duration in its largest whole unit or two: C{45s},
-        C{12m}, C{3h05m}, C{2d04h}.
+        C{12m}, C{3h05m}, C{2d04h}; C{?} for a value that is not a finite
+        number.
     """
+    if not math.isfinite(seconds):
+        return "?"
     seconds = max(int(seconds), 0)
     if seconds < 60:
         return f"{seconds}s"
@@ -61,6 +65,26 @@ def _size(octets: int) -> str:
 
 def _text(value: bytes | None) -> str:
     return "" if value is None else value.decode("utf-8", "replace")
+
+
+def _shown(text) -> str:
+    """
+    @return: C{text} as it may be printed to a terminal: a character that
+        is not printable (a control character, an escape sequence's
+        start, an unpaired surrogate from an undecodable octet) as a
+        C{\\x..} escape.
+    """
+    text = "" if text is None else str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text)
+
+
+def _stamp(when: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return repr(when)
 
 
 def describe(envelope, now: float, sending: bool = False) -> dict:
@@ -252,12 +276,12 @@ class ListOptions(_QueueCommand):
                 f"{envelope.id}  {_size(envelope.size)}  age {_age(now - envelope.received)}  "
                 f"{envelope.attempts} attempt{'' if envelope.attempts == 1 else 's'}  {due}\n"
             )
-            stdout.write(f"    from <{_text(envelope.sender)}>\n")
+            stdout.write(f"    from <{_shown(_text(envelope.sender))}>\n")
             for recipient in envelope.recipients:
                 if recipient.state != WAITING:
                     continue
-                reply = f"  ({recipient.lastReply})" if recipient.lastReply else ""
-                stdout.write(f"    to   <{_text(recipient.address)}>{reply}\n")
+                reply = f"  ({_shown(recipient.lastReply)})" if recipient.lastReply else ""
+                stdout.write(f"    to   <{_shown(_text(recipient.address))}>{reply}\n")
         count = len(envelopes)
         stdout.write(f"{count} message{'s' if count != 1 else ''} queued, {_size(total)}\n")
         return 0
@@ -303,28 +327,27 @@ class ShowOptions(_QueueCommand):
         if self["json"]:
             stdout.write(json.dumps(data, indent=1) + "\n")
             return 0
-        stamp = datetime.datetime.fromtimestamp(envelope.received, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         lines = [
             f"id:         {envelope.id}",
-            f"received:   {stamp} ({_age(now - envelope.received)} ago) from {envelope.client or '?'} ({envelope.helo or '?'})"
-            + (f", authenticated as {envelope.user}" if envelope.user else ""),
+            f"received:   {_stamp(envelope.received)} ({_age(now - envelope.received)} ago) from {_shown(envelope.client or '?')} ({_shown(envelope.helo or '?')})"
+            + (f", authenticated as {_shown(envelope.user)}" if envelope.user else ""),
             f"size:       {envelope.size} octets",
-            f"sender:     <{data['sender']}>",
+            f"sender:     <{_shown(data['sender'])}>",
             f"attempts:   {envelope.attempts}" + ("  (sending now)" if data["sending"] else ""),
         ]
         if envelope.nextAttempt > now:
             lines.append(f"next:       in {_age(envelope.nextAttempt - now)}")
         if envelope.lastReply:
-            lines.append(f"last reply: {envelope.lastReply}")
+            lines.append(f"last reply: {_shown(envelope.lastReply)}")
         for recipient in data["recipients"]:
-            reply = f"  {recipient['lastReply']}" if recipient["lastReply"] else ""
-            lines.append(f"recipient:  <{recipient['address']}> {recipient['state']}{reply}")
+            reply = f"  {_shown(recipient['lastReply'])}" if recipient["lastReply"] else ""
+            lines.append(f"recipient:  <{_shown(recipient['address'])}> {recipient['state']}{reply}")
         lines.append("")
         with openQueueFile(path) as f:
             for line in f:
                 if line in (b"\r\n", b"\n"):
                     break
-                lines.append(line.decode("utf-8", "replace").rstrip("\r\n"))
+                lines.append(_shown(line.decode("utf-8", "replace").rstrip("\r\n")))
         stdout.write("\n".join(lines) + "\n")
         return 0
 

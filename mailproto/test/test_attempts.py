@@ -28,6 +28,13 @@ class ScheduleTests(SynchronousTestCase):
         self.assertEqual([schedule.delay(n) for n in range(1, 8)], [300, 600, 1200, 2400, 4000, 4000, 4000])
         self.assertEqual(schedule.lifetime, 5 * DAY)
 
+    def test_hugeAttemptCount(self):
+        """
+        An attempt count far beyond any schedule (as a state file may
+        hold) gives the maximum delay at once.
+        """
+        self.assertEqual(RetrySchedule().delay(10**100), 4000)
+
     def test_invalid(self):
         for kw in ({"first": 0}, {"first": 10, "maximum": 5}, {"lifetime": 0}):
             self.assertRaises(ValueError, RetrySchedule, **kw)

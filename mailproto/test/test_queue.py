@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 from twisted.internet import defer
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailproto import _queue
@@ -272,6 +273,140 @@ class RecoveryTests(SynchronousTestCase):
         state["recipients"][0]["state"] = "lost"
         self.assertRaises(ValueError, envelope().applyState, state)
         self.assertEqual(FAILED, "failed")
+
+
+class StateValidationTests(SynchronousTestCase):
+    """
+    State files are checked when the queue is recovered: a value that
+    cannot be used sets the state aside in C{corrupt/} (the message is
+    delivered again to everyone); a time that is not a finite number is
+    repaired; a message with every recipient done is removed.
+    """
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        self.queue = Queue(self.directory, runInThread=synchronously)
+        self.envelope = envelope(recipients=(b"b@example.com", b"c@example.com"))
+        spool = self.queue.newMessage(self.envelope)
+        spool.write(b"x\r\n")
+        self.successResultOf(spool.commit())
+        self.envelope.recipients[0].state = DELIVERED
+        self.envelope.attempts = 2
+        self.envelope.nextAttempt = 5000.0
+        self.good = self.envelope.state()
+
+    def recoverWith(self, state) -> tuple[Queue, dict]:
+        path = self.queue.getPath(self.envelope.id) + ".state"
+        with open(path, "w") as f:
+            f.write(state if isinstance(state, str) else json.dumps(state))
+        queue = Queue(self.directory, runInThread=synchronously)
+        return queue, queue.recover()
+
+    def changed(self, **fields) -> dict:
+        state = json.loads(json.dumps(self.good))
+        state.update(fields)
+        return state
+
+    def test_corruptValues(self):
+        """
+        Each bad value sets the state aside, with one log line; the
+        message stays queued with every recipient waiting.
+        """
+        recipients = self.good["recipients"]
+        table = [
+            self.changed(attempts=-1),
+            self.changed(attempts=1.5),
+            self.changed(attempts="2"),
+            self.changed(attempts=True),
+            self.changed(attempts=None),
+            self.changed(size=-3),
+            self.changed(size="big"),
+            self.changed(nextAttempt="soon"),
+            self.changed(nextAttempt=None),
+            self.changed(nextAttempt=False),
+            self.changed(warned="no"),
+            self.changed(lastReply=451),
+            self.changed(recipients=recipients[:1]),
+            self.changed(recipients=[recipients[0], {"state": "lost", "lastReply": None}]),
+            self.changed(recipients=[recipients[0], {"state": ["waiting"], "lastReply": None}]),
+            self.changed(recipients=[recipients[0], {"state": "waiting", "lastReply": ["x"]}]),
+            self.changed(recipients=[recipients[0], "waiting"]),
+            self.changed(recipients={"0": "waiting"}),
+            self.changed(version=2),
+            [],
+            "not json",
+            "[" * 100000,
+            '"\\udcff"',
+        ]
+        for state in table:
+            logged = []
+            globalLogPublisher.addObserver(logged.append)
+            try:
+                queue, counts = self.recoverWith(state)
+            finally:
+                globalLogPublisher.removeObserver(logged.append)
+            self.assertEqual((counts["queued"], counts["corrupt"]), (1, 1), state)
+            found = queue.getEnvelope(self.envelope.id)
+            self.assertEqual([r.state for r in found.recipients], [WAITING, WAITING], state)
+            self.assertEqual((found.attempts, found.nextAttempt), (0, 0.0))
+            self.assertIn(self.envelope.id + ".state", os.listdir(os.path.join(self.directory, "corrupt")))
+            self.assertNotIn(self.envelope.id + ".state", os.listdir(os.path.join(self.directory, "queue")))
+            lines = [e for e in logged if "set aside in corrupt/" in e.get("log_format", "")]
+            self.assertEqual(len(lines), 1, state)
+
+    def test_nonFiniteTimeRepaired(self):
+        """
+        A next attempt that is NaN or infinite is repaired: due now, the
+        rest of the state kept.
+        """
+        for value in ("NaN", "Infinity", "-Infinity", "1e999"):
+            text = json.dumps(self.good).replace("5000.0", value)
+            queue, counts = self.recoverWith(text)
+            self.assertEqual((counts["queued"], counts["corrupt"]), (1, 0))
+            found = queue.getEnvelope(self.envelope.id)
+            self.assertEqual(found.nextAttempt, 0.0)
+            self.assertEqual(found.attempts, 2)
+            self.assertEqual([r.state for r in found.recipients], [DELIVERED, WAITING])
+            self.assertEqual(queue.due(1.0), [found])
+
+    def test_everyRecipientDoneRemoved(self):
+        """
+        A message whose state has every recipient delivered or failed is
+        removed on recovery, files and all.
+        """
+        done = self.changed(recipients=[{"state": DELIVERED, "lastReply": None}, {"state": FAILED, "lastReply": "550 no"}])
+        queue, counts = self.recoverWith(done)
+        self.assertEqual(counts["queued"], 0)
+        self.assertEqual(queue.ids(), [])
+        self.assertEqual(os.listdir(os.path.join(self.directory, "queue")), [])
+
+    def test_nonFiniteArrival(self):
+        """
+        An envelope whose arrival time is not a finite number is corrupt:
+        the message is set aside.
+        """
+        for value in ("NaN", "Infinity", "true", '"1"'):
+            name = newMessageID()
+            header = dict(envelope(name).header())
+            text = json.dumps(header).replace('"received": 1000.0', f'"received": {value}')
+            with open(os.path.join(self.directory, "queue", name), "w") as f:
+                f.write(text + "\nbody")
+            self.assertEqual(Queue(self.directory, runInThread=synchronously).recover()["corrupt"], 1, value)
+            self.assertIn(name, os.listdir(os.path.join(self.directory, "corrupt")))
+
+    def test_readWithoutProblemsList(self):
+        """
+        L{_queue.readQueueFile} without a list for problems logs them and
+        uses what it can.
+        """
+        path = self.queue.getPath(self.envelope.id)
+        with open(path + ".state", "w") as f:
+            f.write(json.dumps(self.changed(attempts=-1)))
+        found = _queue.readQueueFile(path)
+        self.assertEqual(found.attempts, 0)
+        problems = []
+        _queue.readQueueFile(path, problems)
+        self.assertEqual([kind for kind, _ in problems], ["corrupt"])
 
 
 class GroupCommitTests(SynchronousTestCase):

@@ -14,6 +14,7 @@ import io
 import json
 import os
 
+from hypothesis import given, strategies as st
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -460,3 +461,100 @@ class OfflineCommandTests(TestCase):
         L{ask} raises L{RelayNotRunning} when nothing listens.
         """
         self.assertRaises(RelayNotRunning, ask, self.spool, "status")
+
+
+_jsonValues = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def _maybe(valid):
+    return st.one_of(valid, _jsonValues)
+
+
+_recipientStates = st.lists(
+    _maybe(st.fixed_dictionaries({"state": _maybe(st.sampled_from(["waiting", "delivered", "failed"])), "lastReply": _maybe(st.text(max_size=30))})),
+    min_size=0,
+    max_size=3,
+)
+_states = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "version": _maybe(st.just(1)),
+            "size": _maybe(st.integers(min_value=0, max_value=10**12)),
+            "attempts": _maybe(st.integers(min_value=0, max_value=10**30)),
+            "nextAttempt": _maybe(st.floats(allow_nan=True, allow_infinity=True)),
+            "lastReply": _maybe(st.text(max_size=30)),
+            "warned": _maybe(st.booleans()),
+            "recipients": _maybe(_recipientStates),
+        }
+    ),
+    _jsonValues,
+)
+
+
+class StateFuzzTests(SynchronousTestCase):
+    """
+    C{mailproto queue list} and C{show} on state files holding any JSON
+    at all (as a crash in the middle of an edit, a bug or a hand could
+    leave them): they never crash, and print only what a terminal can
+    take (UTF-8, no control characters) and JSON without NaN.
+    """
+
+    def setUp(self):
+        self.spool = self.mktemp()
+        [self.id] = _queueMessages(self.spool, 1)
+        self.statePath = os.path.join(self.spool, "queue", self.id + ".state")
+
+    def run_(self, *argv) -> tuple[int, str, str]:
+        raw = io.BytesIO()
+        out = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+        err = io.StringIO()
+        status = runCommand(["queue", *argv], reactor=object(), stdout=out, stderr=err)
+        out.flush()
+        return status, raw.getvalue().decode("utf-8"), err.getvalue()
+
+    @given(state=_states, reply=st.text(max_size=40))
+    def test_anyState(self, state, reply):
+        state = dict(state, recipients=[{"state": "waiting", "lastReply": reply}]) if state == {} else state
+        with open(self.statePath, "w") as f:
+            f.write(json.dumps(state))
+        status, out, err = self.run_("list", "--spool", self.spool)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(self.id, out)
+        self.assertFalse(any(not (c.isprintable() or c in "\t\n") for c in out), out)
+        status, out, err = self.run_("list", "--spool", self.spool, "--json")
+        self.assertEqual((status, err), (0, ""))
+
+        def noConstants(name):
+            raise ValueError(name)
+
+        [listed] = json.loads(out, parse_constant=noConstants)
+        self.assertEqual(listed["id"], self.id)
+        status, out, err = self.run_("show", "--spool", self.spool, self.id)
+        self.assertEqual((status, err), (0, ""))
+        self.assertFalse(any(not (c.isprintable() or c in "\t\n") for c in out), out)
+
+    def test_repliesShownSafely(self):
+        """
+        A last reply with control characters, an escape sequence or an
+        undecodable octet is printed escaped.
+        """
+        state = {
+            "version": 1, "size": 28, "attempts": 1, "nextAttempt": float("nan"), "lastReply": "451 \x1b[2J gone",
+            "warned": False, "recipients": [{"state": "waiting", "lastReply": "451 \udcff\r\nX-Injected: 1"}],
+        }  # fmt: skip
+        with open(self.statePath, "w") as f:
+            f.write(json.dumps(state))
+        status, out, err = self.run_("list", "--spool", self.spool)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("next attempt now", out)
+        self.assertIn("(451 \\udcff\\r\\nX-Injected: 1)", out)
+        status, out, err = self.run_("show", "--spool", self.spool, self.id)
+        self.assertIn("last reply: 451 \\x1b[2J gone", out)
