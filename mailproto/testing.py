@@ -19,6 +19,11 @@ memory, without sockets or real time.
     delivery state in memory, for tests of the relay
     (L{mailproto.relay.QueueDeliveryFactory},
     L{mailproto.relaymanager.SmartHostESMTPRelayingManager}).
+  - L{ScriptedSMTPServer} (and L{ScriptedSMTPFactory} for a socket) is an
+    SMTP server that answers each command as a script says -- a wrong
+    reply, extra lines, garbage, a trickle, nothing, a dropped connection
+    -- and records the commands and messages it received: for tests of
+    how a client copes with servers that misbehave.
 
 A test of an application's own client against a mailproto server::
 
@@ -57,7 +62,9 @@ import io
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import ServerFactory
 from twisted.names import common, dns, error
+from twisted.protocols.basic import LineReceiver
 from twisted.test import iosim
 from zope.interface import implementer
 
@@ -66,7 +73,20 @@ from mailproto._errors import SMTPBadRcpt, SMTPBadSender
 from mailproto._queue import Envelope, QueueView
 from mailproto.interfaces import IMessageDelivery, IMessageStream
 
-__all__ = ["DeliveredMessage", "FakeResolver", "MemoryDelivery", "MemoryMessage", "MemoryQueue", "connectInMemory"]
+__all__ = [
+    "DeliveredMessage",
+    "Drop",
+    "FakeResolver",
+    "MemoryDelivery",
+    "MemoryMessage",
+    "MemoryQueue",
+    "SCRIPT_DEFAULTS",
+    "ScriptedSMTPFactory",
+    "ScriptedSMTPServer",
+    "Stall",
+    "Trickle",
+    "connectInMemory",
+]
 
 
 class DeliveredMessage:
@@ -425,3 +445,253 @@ class MemoryQueue(QueueView):
         self.states.pop(queueID, None)
         self.removed.append(queueID)
         return defer.succeed(None)
+
+
+# -- a misbehaving server on demand -------------------------------------------------
+
+
+class Drop:
+    """
+    A L{ScriptedSMTPServer} action: write C{data} (if any), then close the
+    connection; nothing more is read.
+    """
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Drop({self.data!r})"
+
+
+class Stall:
+    """
+    A L{ScriptedSMTPServer} action: write C{data} (if any), then never
+    answer again, keeping the connection open.
+    """
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Stall({self.data!r})"
+
+
+class Trickle:
+    """
+    A L{ScriptedSMTPServer} action: write C{data} a line at a time, each
+    line C{delay} seconds after the one before (the first C{delay} seconds
+    after the command).
+    """
+
+    def __init__(self, data: bytes, delay: float) -> None:
+        self.data = data
+        self.delay = delay
+
+    def __repr__(self) -> str:
+        return f"Trickle({self.data!r}, {self.delay!r})"
+
+
+#: What a L{ScriptedSMTPServer} answers unless its script says otherwise.
+#: C{GREETING} is said on connecting, C{EOD} to the end of a message's
+#: data, C{BODY} to each line of it (nothing), C{OTHER} to any other
+#: command.
+SCRIPT_DEFAULTS = {
+    b"GREETING": b"220 mx.example ESMTP scripted\r\n",
+    b"EHLO": None,  # worked out from the extensions
+    b"HELO": b"250 mx.example\r\n",
+    b"MAIL": b"250 2.1.0 Ok\r\n",
+    b"RCPT": b"250 2.1.5 Ok\r\n",
+    b"DATA": b"354 End data with <CR><LF>.<CR><LF>\r\n",
+    b"EOD": b"250 2.0.0 Ok: queued\r\n",
+    b"BODY": b"",
+    b"RSET": b"250 2.0.0 Ok\r\n",
+    b"NOOP": b"250 2.0.0 Ok\r\n",
+    b"QUIT": Drop(b"221 2.0.0 Bye\r\n"),
+    b"STARTTLS": b"454 4.7.0 TLS not available\r\n",
+    b"OTHER": b"500 5.5.2 Command not recognized\r\n",
+}
+
+
+class ScriptedSMTPServer(LineReceiver):
+    """
+    An SMTP server that answers what its script says, to test how a client
+    copes with servers that misbehave: a reply where another belongs, extra
+    reply lines, garbage, a reply trickled line by line, no reply at all, a
+    dropped connection.
+
+    The script maps a command (C{b"EHLO"}, C{b"HELO"}, C{b"MAIL"},
+    C{b"RCPT"}, C{b"DATA"}, C{b"RSET"}, C{b"NOOP"}, C{b"QUIT"},
+    C{b"STARTTLS"}, C{b"AUTH"}, ...) or an event (C{b"GREETING"} on
+    connecting, C{b"EOD"} for the end of a message's data, C{b"BODY"} for
+    each line of it, C{b"OTHER"} for any command not in the script) to an
+    action, or to a list of actions used in turn (the last one again once
+    the list is used up).  An action is:
+
+      - C{bytes}: written as they are (one reply, several, extra lines
+        after a reply, garbage; C{b""} for no answer);
+      - C{None}: the default for that command (L{SCRIPT_DEFAULTS});
+      - L{Drop}: close the connection (after writing its data);
+      - L{Stall}: never answer again (after writing its data);
+      - L{Trickle}: write lines one at a time, with a delay before each.
+
+    What the server writes to DATA decides whether a message follows: a
+    reply beginning with C{354} reads the message's lines until C{.}.
+
+    @ivar commands: every command line received, in order (not the lines
+        of messages).
+    @ivar messages: the data of every message received, dot-stuffing
+        removed, each line ending in CRLF.
+    @ivar closed: a C{Deferred} that fires when the connection is lost.
+    """
+
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, script=None, extensions=(b"PIPELINING", b"8BITMIME", b"ENHANCEDSTATUSCODES"), clock=None) -> None:
+        """
+        @param script: the actions, by command; see the class docstring.
+        @param extensions: the EHLO keywords offered by default.
+        @param clock: what times L{Trickle} (an C{IReactorTime}); the
+            global reactor if C{None}.
+        """
+        self.script = dict(script or {})
+        self.extensions = list(extensions)
+        self.clock = clock
+        self.commands = []
+        self.messages = []
+        self.closed = defer.Deferred()
+        self._uses = {}
+        self._body = None
+        self._done = False
+        self._pending = []
+
+    def _clock(self):
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            self.clock = reactor
+        return self.clock
+
+    def _ehloReply(self) -> bytes:
+        lines = [b"mx.example greets you", *self.extensions]
+        last = len(lines) - 1
+        return b"".join(b"250" + (b" " if i == last else b"-") + line + b"\r\n" for i, line in enumerate(lines))
+
+    def actionFor(self, key: bytes):
+        """
+        @return: the next action for C{key}, from the script or the
+            defaults.
+        """
+        action = self.script.get(key, self.script.get(b"OTHER") if key not in SCRIPT_DEFAULTS else None)
+        if isinstance(action, list):
+            used = self._uses.get(key, 0)
+            self._uses[key] = used + 1
+            action = action[min(used, len(action) - 1)] if action else None
+        if action is None:
+            action = self._ehloReply() if key == b"EHLO" else SCRIPT_DEFAULTS.get(key, SCRIPT_DEFAULTS[b"OTHER"])
+        return action
+
+    def perform(self, action) -> None:
+        """
+        Carry out an action (see the class docstring).
+        """
+        if isinstance(action, Trickle):
+            lines = action.data.splitlines(keepends=True)
+            self._pending = [self._clock().callLater(action.delay * (i + 1), self._write, line) for i, line in enumerate(lines)]
+            return
+        if isinstance(action, (Drop, Stall)):
+            self._write(action.data)
+            self._done = True
+            if isinstance(action, Drop):
+                self.transport.loseConnection()
+            return
+        self._write(action)
+
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None and not getattr(self.transport, "disconnected", False):
+            self.transport.write(data)
+
+    def connectionMade(self) -> None:
+        self.perform(self.actionFor(b"GREETING"))
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._done:
+            return
+        if self._body is not None:
+            self._bodyLine(line)
+            return
+        self.commands.append(line)
+        verb = line.split(b" ", 1)[0].split(b":", 1)[0].upper()
+        action = self.actionFor(verb)
+        if verb == b"DATA" and self._opensData(action):
+            self._body = []
+        self.perform(action)
+
+    @staticmethod
+    def _opensData(action) -> bool:
+        data = action.data if isinstance(action, (Drop, Stall, Trickle)) else action
+        return isinstance(action, (bytes, Trickle)) and data[:3] == b"354"
+
+    def _bodyLine(self, line: bytes) -> None:
+        if line == b".":
+            self.messages.append(b"".join(self._body))
+            self._body = None
+            self.perform(self.actionFor(b"EOD"))
+            return
+        self._body.append((line[1:] if line[:1] == b"." else line) + b"\r\n")
+        self.perform(self.actionFor(b"BODY"))
+
+    def connectionLost(self, reason=None) -> None:
+        for call in self._pending:
+            if call.active():
+                call.cancel()
+        self._pending = []
+        self._done = True
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+class ScriptedSMTPFactory(ServerFactory):
+    """
+    Makes a L{ScriptedSMTPServer} per connection, all with the same script
+    (each with its own use of lists of actions); for C{listenTCP}.
+
+    @ivar servers: the servers made, in order.
+    """
+
+    def __init__(self, script=None, extensions=(b"PIPELINING", b"8BITMIME", b"ENHANCEDSTATUSCODES"), clock=None) -> None:
+        """
+        @param script: see L{ScriptedSMTPServer}.
+        @param extensions: see L{ScriptedSMTPServer}.
+        @param clock: see L{ScriptedSMTPServer}.
+        """
+        self.script = script
+        self.extensions = extensions
+        self.clock = clock
+        self.servers = []
+
+    def buildProtocol(self, addr) -> ScriptedSMTPServer:
+        server = ScriptedSMTPServer(self.script, self.extensions, self.clock)
+        server.factory = self
+        self.servers.append(server)
+        return server
+
+    @property
+    def commands(self) -> list[bytes]:
+        """
+        The commands every server received, connection after connection.
+        """
+        return [line for server in self.servers for line in server.commands]
+
+    @property
+    def messages(self) -> list[bytes]:
+        """
+        The messages every server received.
+        """
+        return [message for server in self.servers for message in server.messages]
+
+    def allClosed(self) -> defer.Deferred:
+        """
+        @return: a C{Deferred} that fires once every connection so far is
+            closed.
+        """
+        return defer.gatherResults([server.closed for server in self.servers])

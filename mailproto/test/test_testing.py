@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IResolver
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.names import dns, error
 from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,7 +16,18 @@ from zope.interface.verify import verifyObject
 
 from mailproto.interfaces import IMessageDelivery, IMessageStream
 from mailproto.smtp import ESMTPFactory, SMTPServerError, User
-from mailproto.testing import DeliveredMessage, FakeResolver, MemoryDelivery, MemoryMessage, connectInMemory
+from mailproto.testing import (
+    DeliveredMessage,
+    Drop,
+    FakeResolver,
+    MemoryDelivery,
+    MemoryMessage,
+    ScriptedSMTPFactory,
+    ScriptedSMTPServer,
+    Stall,
+    Trickle,
+    connectInMemory,
+)
 
 
 class ScriptedClient(LineReceiver):
@@ -250,3 +262,146 @@ class FakeResolverTests(SynchronousTestCase):
         example = mailproto.testing.__doc__.split("A test of routing::")[1]
         code = "\n".join(line[4:] for line in example.splitlines())
         exec(compile(code, "mailproto.testing example", "exec"), {})
+
+
+class ScriptedSMTPServerTests(SynchronousTestCase):
+    """
+    L{ScriptedSMTPServer} answers as its script says, on a
+    L{StringTransport} with a fake clock, and records what it received.
+    """
+
+    def connect(self, script=None, **kw):
+        self.clock = Clock()
+        self.server = ScriptedSMTPServer(script, clock=self.clock, **kw)
+        self.transport = StringTransport()
+        self.server.makeConnection(self.transport)
+
+    def said(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def test_defaults(self):
+        """
+        Without a script it behaves: greeting, EHLO with its extensions,
+        a message received and recorded (dot-stuffing removed), QUIT closes.
+        """
+        self.connect(extensions=[b"PIPELINING", b"SIZE 1000"])
+        self.assertEqual(self.said(), b"220 mx.example ESMTP scripted\r\n")
+        self.server.dataReceived(b"EHLO me\r\n")
+        self.assertEqual(self.said(), b"250-mx.example greets you\r\n250-PIPELINING\r\n250 SIZE 1000\r\n")
+        self.server.dataReceived(b"MAIL FROM:<a@example>\r\nRCPT TO:<b@example>\r\nDATA\r\n")
+        self.assertEqual(self.said(), b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n")
+        self.server.dataReceived(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n")
+        self.assertEqual(self.said(), b"250 2.0.0 Ok: queued\r\n221 2.0.0 Bye\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.server.messages, [b"Subject: x\r\n\r\n.dot\r\n"])
+        self.assertEqual(
+            self.server.commands, [b"EHLO me", b"MAIL FROM:<a@example>", b"RCPT TO:<b@example>", b"DATA", b"QUIT"]
+        )
+
+    def test_listsInTurn(self):
+        """
+        A list of actions is used in turn, its last one again after.
+        """
+        self.connect({b"RCPT": [b"250 one\r\n", b"452 enough\r\n"]})
+        self.said()
+        self.server.dataReceived(b"RCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\n")
+        self.assertEqual(self.said(), b"250 one\r\n452 enough\r\n452 enough\r\n")
+
+    def test_2xxToDataNoMessage(self):
+        """
+        DATA answered with 250: no message is read; what follows is taken
+        as commands.
+        """
+        self.connect({b"DATA": b"250 2.0.0 Ok\r\n"})
+        self.said()
+        self.server.dataReceived(b"DATA\r\nhello\r\n")
+        self.assertEqual(self.said(), b"250 2.0.0 Ok\r\n500 5.5.2 Command not recognized\r\n")
+        self.assertEqual(self.server.messages, [])
+
+    def test_nothing(self):
+        """
+        C{b""} answers nothing, and the session goes on.
+        """
+        self.connect({b"NOOP": b""})
+        self.said()
+        self.server.dataReceived(b"NOOP\r\nRSET\r\n")
+        self.assertEqual(self.said(), b"250 2.0.0 Ok\r\n")
+
+    def test_drop(self):
+        """
+        L{Drop} writes its data, closes, and reads nothing more.
+        """
+        self.connect({b"MAIL": Drop(b"421 4.7.0 Bye\r\n")})
+        self.said()
+        self.server.dataReceived(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n")
+        self.assertEqual(self.said(), b"421 4.7.0 Bye\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.server.commands, [b"MAIL FROM:<a@x>"])
+
+    def test_stall(self):
+        """
+        L{Stall} answers nothing more, and keeps the connection.
+        """
+        self.connect({b"EOD": Stall()})
+        self.said()
+        self.server.dataReceived(b"DATA\r\nx\r\n.\r\nQUIT\r\n")
+        self.assertEqual(self.said(), b"354 End data with <CR><LF>.<CR><LF>\r\n")
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.server.messages, [b"x\r\n"])
+
+    def test_trickle(self):
+        """
+        L{Trickle} writes a line per delay on the clock; losing the
+        connection cancels the rest.
+        """
+        self.connect({b"EHLO": Trickle(b"250-a\r\n250-b\r\n250 c\r\n", 5)})
+        self.said()
+        self.server.dataReceived(b"EHLO me\r\n")
+        self.assertEqual(self.said(), b"")
+        self.clock.advance(5)
+        self.assertEqual(self.said(), b"250-a\r\n")
+        self.clock.advance(5)
+        self.assertEqual(self.said(), b"250-b\r\n")
+        self.server.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertTrue(self.server.closed.called)
+
+    def test_greetingAndOther(self):
+        """
+        C{GREETING} is said on connecting; C{OTHER} answers what the
+        script does not name.
+        """
+        self.connect({b"GREETING": b"554 5.3.2 Go away\r\n", b"OTHER": b"garbage\r\n"})
+        self.assertEqual(self.said(), b"554 5.3.2 Go away\r\n")
+        self.server.dataReceived(b"VRFY x\r\n")
+        self.assertEqual(self.said(), b"garbage\r\n")
+
+    def test_factory(self):
+        """
+        L{ScriptedSMTPFactory} makes a server per connection with its
+        script, and gathers what they all received.
+        """
+        factory = ScriptedSMTPFactory({b"MAIL": b"451 later\r\n"}, clock=Clock())
+        for _ in range(2):
+            server = factory.buildProtocol(None)
+            server.makeConnection(StringTransport())
+            server.dataReceived(b"MAIL FROM:<a@x>\r\n")
+            self.assertEqual(server.transport.value().splitlines()[-1], b"451 later")
+            server.connectionLost(None)
+        self.assertEqual(factory.commands, [b"MAIL FROM:<a@x>"] * 2)
+        self.assertTrue(self.successResultOf(factory.allClosed()) is not None)
+
+    def test_withClient(self):
+        """
+        With L{connectInMemory}, a client meets the scripted server.
+        """
+        from mailproto.test.test_client import ESMTPTestClient
+
+        server = ScriptedSMTPServer({b"DATA": b"250 2.0.0 Ok\r\n"}, clock=Clock())
+        client = ESMTPTestClient([(b"a@example.org", [b"b@example.com"], b"Subject: x\r\n\r\nx\r\n")])
+        connectInMemory(server, client).flush()
+        self.assertEqual(client.results, [])
+        self.assertEqual(len(client.errors), 1)
+        self.assertEqual(server.messages, [])
