@@ -275,6 +275,20 @@ class _Job:
         recipients = [r for r in envelope.waiting if _recipientRefusal(r) is None]
         return cls(envelope, recipients, "", opener=lambda: openQueueFile(path), path=path)
 
+    def split(self, recipients: list[Recipient]) -> _Job:
+        """
+        Take C{recipients} out of this job, into a new job for the same
+        message, destination and attempt (which then waits for one more
+        job's answer).
+
+        @return: the new job.
+        """
+        taken = {id(r) for r in recipients}
+        self.recipients = [r for r in self.recipients if id(r) not in taken]
+        if self.attempt is not None:
+            self.attempt.unanswered += 1
+        return _Job(self.envelope, list(recipients), self.destination, self.attempt, self._opener, self.path)
+
     def mailFrom(self) -> MailFrom:
         envelope = self.envelope
         return MailFrom(
@@ -313,6 +327,26 @@ class _Job:
             else:
                 out[recipient.address] = final
         return out
+
+
+def _tooMany(job: _Job, replies: dict[bytes, tuple[int, str]]) -> list[Recipient]:
+    """
+    The recipients of an answered job that the server had no room for in
+    the transaction: refused with C{452} (without an enhanced status, or
+    with C{4.5.3}), or with C{552 5.5.3}, which RFC 5321 section
+    4.5.3.1.10 says to take as the same -- but only when the message
+    was delivered to some other recipient in it, so that the next
+    transaction makes progress.
+    """
+    if not any(code in SUCCESS for code, _ in replies.values()):
+        return []
+    rest = []
+    for recipient in job.recipients:
+        code, text = replies.get(recipient.address, (0, ""))
+        status = statusOf(code, text.encode("utf-8", "replace"))
+        if (code == 452 and status in (None, b"4.5.3")) or (code == 552 and status == b"5.5.3"):
+            rest.append(recipient)
+    return rest
 
 
 def _wireAddress(raw: bytes) -> Address:
@@ -499,13 +533,20 @@ class ManagedRelayerMixin:
         super().smtpState_from(250, b"")
 
     def sentMail(self, code, resp, numOk, addresses, log) -> None:
+        """
+        Tell the manager what became of the first job.  Jobs the manager
+        gives back (the recipients a server had no room for in this
+        transaction) are sent next, in a new transaction.
+        """
         job = self.messages.pop(0)
         name = self.names.pop(0)
         job.close()
         job.dsn = b"DSN" in getattr(self, "extensions", ())
         notifySent = getattr(self.manager, "notifySent", None)
         if notifySent is not None:
-            notifySent(self.factory, job, job.replies(code, resp, addresses))
+            following = notifySent(self.factory, job, job.replies(code, resp, addresses)) or []
+            self.messages[0:0] = following
+            self.names[0:0] = [each.path if each.path is not None else each.envelope.id for each in following]
         elif code in SUCCESS:
             self.manager.notifySuccess(self.factory, name)
         else:
@@ -659,19 +700,32 @@ class _AttemptManager:
     def configureRelayer(self, relayer) -> None:
         self.manager.configureRelayer(relayer, self.connection)
 
-    def notifySent(self, relay, job, replies) -> None:
+    def notifySent(self, relay, job, replies) -> list[_Job]:
         """
         A job was answered: C{replies} has each recipient's final reply.
+
+        @return: the jobs the relayer is to send next on the same
+            connection: the recipients refused as too many for one
+            transaction (RFC 5321 section 4.5.3.1.10), when some others
+            were delivered in it.
         """
         jobs = self.manager.managed.get(relay, [])
         if job in jobs:
             jobs.remove(job)
+        following = []
+        rest = _tooMany(job, replies)
+        if rest and self.connection is not None and relay in self.manager.managed:
+            following = [job.split(rest)]
+            jobs.extend(following)
+            self.connection.jobs.extend(following)
+            replies = {address: reply for address, reply in replies.items() if address not in {r.address for r in rest}}
         if self.connection is not None:
             self.connection.answered += 1
             host = self.connection.host
         else:
             host = None
         self.manager._jobAnswered(job, replies, host)
+        return following
 
     def moreMessages(self, relay) -> list[_Job]:
         """

@@ -902,6 +902,155 @@ class FailureTests(SynchronousTestCase):
         self.assertTrue(relay.queue.states[envelope.id]["warned"])
 
 
+def limitedServer(limit: int, refusal: bytes = b"452 4.5.3 Too many recipients", pipelining: bool = False) -> Scripted:
+    """
+    @return: a server that takes at most C{limit} recipients in one
+        transaction, and refuses the others with C{refusal}.
+    """
+    counts = [0]
+
+    def mail(line):
+        counts[0] = 0
+        return b"250 2.1.0 Ok"
+
+    def rcpt(line):
+        counts[0] += 1
+        return b"250 2.1.5 Ok" if counts[0] <= limit else refusal
+
+    ehlo = b"250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME" if pipelining else b"250-mx.test\r\n250 8BITMIME"
+    return Scripted(EHLO=ehlo, MAIL=mail, RCPT=rcpt)
+
+
+class TooManyRecipientsTests(SynchronousTestCase):
+    """
+    Recipients refused as too many for one transaction go in the next
+    transaction on the same connection at once (RFC 5321 section
+    4.5.3.1.10), not at the next attempt.
+    """
+
+    def rcpts(self, server) -> list[list[bytes]]:
+        """
+        @return: the RCPT addresses of each transaction.
+        """
+        out = []
+        for command in server.commands:
+            if command.startswith(b"MAIL"):
+                out.append([])
+            elif command.startswith(b"RCPT"):
+                out[-1].append(command[len(b"RCPT TO:<") : command.index(b">")])
+        return out
+
+    def test_restInNextTransaction(self):
+        """
+        Five recipients, two per transaction: three transactions over one
+        connection, every recipient delivered by the first attempt.
+        """
+        for pipelining in (False, True):
+            relay = RelayHarness(self)
+            addresses = [b"r%d@example.com" % i for i in range(5)]
+            envelope = relay.enqueue(addresses)
+            relay.turn()
+            _, _, factory = relay.connection()
+            server = limitedServer(2, pipelining=pipelining)
+            relay.serve(factory, server)
+            transactions = self.rcpts(server)
+            self.assertEqual(transactions, [addresses, addresses[2:], addresses[4:]])
+            self.assertEqual(len(server.messages), 3)
+            self.assertEqual(relay.connections(), [])
+            self.assertEqual(relay.queue.ids(), [])
+            self.assertEqual(envelope.attempts, 1)
+            self.assertEqual(relay.manager.stats["delivered"], 5)
+            self.assertEqual(relay.manager.stats["deferred"], 0)
+
+    def test_thousandRecipients(self):
+        """
+        1,000 recipients to a server that takes 100 per transaction are
+        all delivered in one attempt, in ten transactions, with no time
+        passing.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([b"r%d@example.com" % i for i in range(1000)])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = limitedServer(100, pipelining=True)
+        start = relay.reactor.seconds()
+        relay.serve(factory, server)
+        self.assertEqual([len(t) for t in self.rcpts(server)], [1000 - 100 * i for i in range(10)])
+        self.assertEqual(len(server.messages), 10)
+        self.assertEqual(relay.queue.ids(), [])
+        self.assertEqual(relay.manager.stats["delivered"], 1000)
+        self.assertEqual(relay.reactor.seconds(), start)
+
+    def test_552TooMany(self):
+        """
+        C{552 5.5.3} to a RCPT after others were accepted is taken as
+        too many recipients too; a plain C{552} (a full mailbox) fails.
+        """
+        relay = RelayHarness(self)
+        relay.enqueue([b"a@example.com", b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = limitedServer(1, refusal=b"552 5.5.3 Too many recipients")
+        relay.serve(factory, server)
+        self.assertEqual(self.rcpts(server), [[b"a@example.com", b"b@example.com"], [b"b@example.com"]])
+        self.assertEqual(relay.queue.ids(), [])
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com", b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = limitedServer(1, refusal=b"552 5.2.2 Mailbox full")
+        relay.serve(factory, server)
+        self.assertEqual(len(self.rcpts(server)), 1)
+        self.assertEqual([r.state for r in envelope.recipients], ["delivered", FAILED])
+
+    def test_nothingAcceptedDeferred(self):
+        """
+        C{452} with nobody accepted (the server takes no recipient now),
+        or a C{452} with another status (4.2.2, a full mailbox): the
+        recipients wait for the next attempt, with no new transaction.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com", b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = limitedServer(0)
+        relay.serve(factory, server)
+        self.assertEqual(len(self.rcpts(server)), 1)
+        self.assertEqual([r.state for r in envelope.recipients], [WAITING, WAITING])
+        self.assertEqual(envelope.attempts, 1)
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com", b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = limitedServer(1, refusal=b"452 4.2.2 Over quota")
+        relay.serve(factory, server)
+        self.assertEqual(len(self.rcpts(server)), 1)
+        self.assertEqual([r.state for r in envelope.recipients], ["delivered", WAITING])
+
+    def test_lostBeforeTheRest(self):
+        """
+        A connection lost before the next transaction is answered defers
+        the rest; what was delivered stays delivered.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com", b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = limitedServer(1)
+        mails = []
+
+        def mail(line):
+            mails.append(line)
+            return b"250 2.1.0 Ok" if len(mails) == 1 else None
+
+        server.replies[b"MAIL"] = mail
+        relay.serve(factory, server)
+        self.assertEqual([r.state for r in envelope.recipients], ["delivered", WAITING])
+        self.assertEqual(relay.queue.ids(), [envelope.id])
+        self.assertEqual(envelope.attempts, 1)
+        relay.accounted()
+
+
 class BadAddressTests(SynchronousTestCase):
     """
     A queued address that does not parse again (queued before its domain
