@@ -1150,8 +1150,9 @@ class BulkTests(TestCase):
     @defer.inlineCallbacks
     def test_reconnect(self):
         """
-        A server that closes the connection after a few messages: the
-        message in flight fails, a new connection takes the rest.
+        A server that refuses the next message with C{421} and closes the
+        connection after a few messages: that message is refused (with the
+        server's 421), a new connection takes the rest.
         """
         delivery = MemoryDelivery()
         factory = _ExtraFactory(delivery=delivery)
@@ -1160,13 +1161,16 @@ class BulkTests(TestCase):
         status = yield self.send("--port", str(port), "--from", SENDER, "--to", RECIPIENT, "--count", "20")
         yield factory.allClosed()
         self.assertEqual(status, 1)
-        # 1-5 sent, 6 failed; 7-11, 12; 13-17, 18; 19-20.
+        # 1-5 sent, 6 refused; 7-11, 12; 13-17, 18; 19-20.
         self.assertEqual(len(delivery.messages), 17)
         self.assertEqual(factory.connections, 4)
-        self.assertSummary(17, 0, 3, 4)
+        self.assertSummary(17, 3, 0, 4)
         self.assertIn(
-            f"mailproto send: 127.0.0.1:{port} closed the connection: 421 4.7.0 Too many messages on this connection"
-            " (message 6 failed)\n",
+            "mailproto send: message 6 was refused: 421 4.7.0 Too many messages on this connection\n",
+            self.err.getvalue(),
+        )
+        self.assertIn(
+            f"mailproto send: 127.0.0.1:{port} closed the connection: 421 4.7.0 Too many messages on this connection\n",
             self.err.getvalue(),
         )
 
