@@ -146,6 +146,12 @@ class Options(usage.Options):
             "Every listener expects a PROXY protocol header (v1 or v2) first, as HAProxy sends it, and "
             "judges the client by the address in it.",
         ],
+        [
+            "soft-bounce",
+            None,
+            "Defer every permanent failure (5xx) instead of returning the mail to its sender, as Postfix's "
+            "soft_bounce: for testing a new setup.  Logged as such; mail still expires after --max-queue-lifetime.",
+        ],
     ]
 
     optParameters = [
@@ -1072,6 +1078,7 @@ def makeService(options: Options) -> RelayService:
         schedule=options["schedule"],
         hostname=options["hostname"],
         reactor=reactor,
+        softBounce=bool(options["soft-bounce"]),
     )
     if smartHost is not None:
         route = f"relaying through {smartHost.host}:{smartHost.port}"

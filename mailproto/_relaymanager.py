@@ -329,6 +329,37 @@ class _Job:
         return out
 
 
+_SESSION_CODES = frozenset({530, 534, 535, 538})
+_SESSION_STATUSES = frozenset({b"5.7.8", b"5.7.9", b"5.7.10", b"5.7.11"})
+
+
+def _refusesSession(code: int, text: str) -> bool:
+    """
+    Whether a reply refuses the session rather than the message: AUTH
+    required (C{530}), the mechanism too weak (C{534}), the credentials
+    refused (C{535}), encryption required for the mechanism (C{538}), or
+    one of their enhanced statuses (RFC 4954, RFC 5248: C{5.7.8},
+    C{5.7.9}, C{5.7.10}, C{5.7.11}); C{530} is also "Must issue a STARTTLS
+    command first" (RFC 3207).
+    """
+    if code in _SESSION_CODES:
+        return True
+    return 500 <= code < 600 and statusOf(code, text.encode("utf-8", "replace")) in _SESSION_STATUSES
+
+
+def _softened(code: int, text: str) -> tuple[int, str]:
+    """
+    A permanent failure made temporary (the soft bounce mode): C{550
+    5.1.1 No such user} becomes C{450 4.1.1 Soft bounce: 550 5.1.1 No
+    such user}.
+    """
+    if not 500 <= code < 600:
+        return code, text
+    status = statusOf(code, text.encode("utf-8", "replace"))
+    status = b"4" + status[1:] if status else b"4.0.0"
+    return code - 100, f"{status.decode('ascii')} Soft bounce: {code} {text}"
+
+
 def _tooMany(job: _Job, replies: dict[bytes, tuple[int, str]]) -> list[Recipient]:
     """
     The recipients of an answered job that the server had no room for in
@@ -672,6 +703,9 @@ class _AttemptManager:
 
     @ivar manager: the relaying manager.
     @ivar connection: the L{_Connection} it reports for.
+    @ivar _configurationLogged: whether a session refusal (a configuration
+        error) was logged for this connection already: once per
+        connection is enough.
     """
 
     def __init__(self, manager, noisy: bool = True, reactor=None, connection=None) -> None:
@@ -679,6 +713,7 @@ class _AttemptManager:
         self.noisy = noisy
         self.reactor = reactor
         self.connection = connection
+        self._configurationLogged = False
         self._completionDeferreds: list[defer.Deferred] | None = []
 
     def getCompletionDeferred(self) -> defer.Deferred:
@@ -712,6 +747,7 @@ class _AttemptManager:
         jobs = self.manager.managed.get(relay, [])
         if job in jobs:
             jobs.remove(job)
+        replies = self._sessionRefusals(job, replies)
         following = []
         rest = _tooMany(job, replies)
         if rest and self.connection is not None and relay in self.manager.managed:
@@ -726,6 +762,30 @@ class _AttemptManager:
             host = None
         self.manager._jobAnswered(job, replies, host)
         return following
+
+    def _sessionRefusals(self, job: _Job, replies: dict[bytes, tuple[int, str]]) -> dict[bytes, tuple[int, str]]:
+        """
+        Replies that refuse the session rather than the message (AUTH
+        required or refused, TLS required: L{_refusesSession}) say that
+        the relay is not set up as the server wants, not that the mail is
+        bad: they defer the recipients, and the first on a connection is
+        logged as a configuration error.
+        """
+        refused = {address: reply for address, reply in replies.items() if _refusesSession(*reply)}
+        if not refused:
+            return replies
+        code, text = next(iter(refused.values()))
+        if not self._configurationLogged:
+            self._configurationLogged = True
+            _log.error(
+                "Configuration error: {host} refused the session ({reply}); check the relay's AUTH and TLS "
+                "settings for it; {queueID} and the rest of its mail are deferred",
+                host=self.connection.host if self.connection is not None else None,
+                reply=f"{code} {text}",
+                queueID=job.envelope.id,
+            )
+        deferral = {address: (451, f"4.7.0 Session refused, deferred: the server said {code} {text}") for address, (code, text) in refused.items()}
+        return {**replies, **deferral}
 
     def moreMessages(self, relay) -> list[_Job]:
         """
@@ -912,6 +972,8 @@ class SmartHostSMTPRelayingManager:
     @ivar outcomeListeners: callables told of each recorded attempt, as
         C{listener(envelope, result, started, now)} with the
         L{AttemptResult} and when the attempt started and ended.
+    @ivar softBounce: whether permanent failures are deferred instead
+        (see L{__init__}).
     """
 
     factory = SMTPManagedRelayerFactory
@@ -940,6 +1002,7 @@ class SmartHostSMTPRelayingManager:
         delayWarning: float | None = None,
         returnLimit: int | None = DEFAULT_RETURN_LIMIT,
         connectionCacheTime: float = 2.0,
+        softBounce: bool = False,
     ) -> None:
         """
         @param queue: the L{Queue} (or L{mailproto.testing.MemoryQueue}).
@@ -968,6 +1031,11 @@ class SmartHostSMTPRelayingManager:
         @param connectionCacheTime: how long a connection with nothing
             more to send waits for more mail to its destination before it
             says QUIT (0: not at all).
+        @param softBounce: whether every permanent failure (a C{5xx} reply,
+            or the relay's own, as a domain that does not exist) defers
+            the recipient instead, as Postfix's C{soft_bounce}: for
+            testing a new setup without returning mail.  Messages still
+            expire after the schedule's lifetime.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -1006,6 +1074,7 @@ class SmartHostSMTPRelayingManager:
         self._connections = 0
         self._parked: dict[str, list] = {}
         self.connectionCacheTime = connectionCacheTime
+        self.softBounce = softBounce
         self._timer = None
         self._wakeCall = None
         self._idle: list[defer.Deferred] = []
@@ -1027,6 +1096,8 @@ class SmartHostSMTPRelayingManager:
         if self.running:
             return
         self.running = True
+        if self.softBounce:
+            _log.warn("Soft bounce is on: permanent failures are deferred, not returned to their senders")
         self.queue.listeners.append(self._queued)
         for queueID in self.queue.ids():
             self._schedule(self.queue.getEnvelope(queueID))
@@ -1420,6 +1491,8 @@ class SmartHostSMTPRelayingManager:
             # Cut by the relay's own stop: no outcome for these recipients.
             attempt.interrupted = True
             replies = {}
+        if self.softBounce:
+            replies = {address: reply if reply is None else _softened(*reply) for address, reply in replies.items()}
         for recipient in job.recipients:
             reply = replies.get(recipient.address)
             if reply is not None:

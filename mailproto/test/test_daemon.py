@@ -650,6 +650,7 @@ class MakeServiceTests(TestCase):
             (7, 3, 2),
         )
         self.assertEqual(manager.hostname, "relay.example")
+        self.assertFalse(manager.softBounce)
         self.assertEqual(service.factory.domain, b"relay.example")
         self.assertIs(service.factory.deliveryFactory.queue, service.queue)
         self.assertIs(service.factory.deliveryFactory.policy, options["policy"])
@@ -665,6 +666,22 @@ class MakeServiceTests(TestCase):
         self.assertEqual(
             service.description, "relaying through smart.example:2526; accepting mail from 127.0.0.0/8, ::1/128"
         )
+
+    def test_softBounce(self):
+        """
+        C{--soft-bounce} gives the manager its soft bounce mode.
+        """
+        service = makeService(_parse("--spool", self.mktemp(), "--soft-bounce"))
+        self.assertTrue(service.manager.softBounce)
+
+    def test_hostnameWithDotService(self):
+        """
+        C{--hostname relay.example.}: the server completes a bare local
+        part with C{relay.example}, and the relay says EHLO with it.
+        """
+        service = makeService(_parse("--spool", self.mktemp(), "--hostname", "relay.example."))
+        self.assertEqual(service.factory.domain, b"relay.example")
+        self.assertEqual(service.manager.hostname, "relay.example")
 
     def test_mxService(self):
         """
@@ -858,7 +875,7 @@ class CommandTests(TestCase):
         self.assertEqual((code, err), (0, b""), out)
         text = out.decode("utf-8")
         self.assertIn("mailrelay [options]", text)
-        for option in ("--smarthost=", "--smtp=", "--spool=", "--relay-network=", "--relay-domain=", "--hostname="):
+        for option in ("--smarthost=", "--smtp=", "--spool=", "--relay-network=", "--relay-domain=", "--hostname=", "--soft-bounce"):
             self.assertIn(option, text)
         for option in ("--max-connections=", "--max-connections-per-destination=", "--max-messages-per-connection="):
             self.assertIn(option, text)

@@ -16,6 +16,7 @@ import os
 from twisted.internet import error
 from twisted.internet.defer import TimeoutError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.names.error import DNSNameError, DNSServerError
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -1049,6 +1050,139 @@ class TooManyRecipientsTests(SynchronousTestCase):
         self.assertEqual(relay.queue.ids(), [envelope.id])
         self.assertEqual(envelope.attempts, 1)
         relay.accounted()
+
+
+class SessionRefusalTests(SynchronousTestCase):
+    """
+    A server that refuses the session (AUTH required or refused, TLS
+    required) says that the relay is not set up as it wants: the mail is
+    deferred and a configuration error logged, never bounced.
+    """
+
+    def capture(self) -> list[dict]:
+        logged: list[dict] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        return logged
+
+    def test_authRequiredDeferred(self):
+        """
+        C{530 5.7.0 Authentication required} to MAIL, for two messages on
+        one connection: both deferred, nothing reported, one
+        configuration error logged.
+        """
+        logged = self.capture()
+        relay = RelayHarness(self, smartHost="smart.test:587")
+        first = relay.enqueue([b"a@example.com", b"b@example.com"])
+        second = relay.enqueue([b"c@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(MAIL=b"530 5.7.0 Authentication required"))
+        self.assertEqual(sorted(relay.queue.ids()), sorted([first.id, second.id]))
+        for envelope in (first, second):
+            self.assertEqual({r.state for r in envelope.recipients}, {WAITING})
+            self.assertIn("530 5.7.0 Authentication required", envelope.recipients[0].lastReply)
+            self.assertTrue(envelope.recipients[0].lastReply.startswith("451 4.7.0"))
+        self.assertEqual(relay.reports(), [])
+        errors = [e for e in logged if "Configuration error" in e.get("log_format", "")]
+        self.assertEqual(len(errors), 1)
+        self.assertEqual(errors[0]["host"], "smart.test")
+        relay.accounted()
+
+    def test_otherSessionRefusals(self):
+        """
+        TLS required (C{530} from RFC 3207), a refused or too weak
+        mechanism (C{535}, C{534}, C{538}) and their enhanced statuses on
+        another code: deferred.
+        """
+        for reply in (
+            b"530 5.7.0 Must issue a STARTTLS command first",
+            b"535 5.7.8 Authentication credentials invalid",
+            b"534 5.7.9 Authentication mechanism is too weak",
+            b"538 5.7.11 Encryption required for requested authentication mechanism",
+            b"554 5.7.10 Encryption needed",
+        ):
+            relay = RelayHarness(self, smartHost="smart.test:587")
+            envelope = relay.enqueue([b"a@example.com"])
+            relay.turn()
+            _, _, factory = relay.connection()
+            relay.serve(factory, Scripted(RCPT=reply))
+            self.assertEqual(envelope.recipients[0].state, WAITING, reply)
+            self.assertEqual(relay.reports(), [])
+
+    def test_relayDeniedStillFails(self):
+        """
+        C{550 5.7.1} (relaying denied, a policy about the recipient) is
+        not a session refusal: it fails and is reported.
+        """
+        relay = RelayHarness(self, smartHost="smart.test:587")
+        envelope = relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(RCPT=b"550 5.7.1 Relaying denied"))
+        self.assertEqual(envelope.recipients[0].state, FAILED)
+        self.assertEqual(len(relay.reports()), 1)
+
+
+class SoftBounceTests(SynchronousTestCase):
+    """
+    With C{softBounce}, every permanent failure defers the recipient, and
+    says so in its last reply and the log.
+    """
+
+    def test_5xxDeferred(self):
+        """
+        C{550} to RCPT and C{554} after the data: deferred on the retry
+        schedule, with a C{4xx} reply that keeps the server's; no report.
+        """
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        relay = RelayHarness(self, softBounce=True)
+        envelope = relay.enqueue([b"bad@example.com", b"good@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        relay.serve(factory, Scripted(RCPT=lambda line: b"550 5.1.1 No such user" if b"bad@" in line else b"250 2.1.5 Ok", **{".": b"554 5.6.0 Content refused"}))
+        self.assertEqual([r.state for r in envelope.recipients], [WAITING, WAITING])
+        self.assertEqual(envelope.recipients[0].lastReply, "450 4.1.1 Soft bounce: 550 5.1.1 No such user")
+        self.assertEqual(envelope.recipients[1].lastReply, "454 4.6.0 Soft bounce: 554 5.6.0 Content refused")
+        self.assertEqual(relay.reports(), [])
+        self.assertEqual(envelope.nextAttempt, relay.reactor.seconds() + 300)
+        deferred = [e for e in logged if e.get("log_format", "").startswith("Deferred")]
+        self.assertEqual(len(deferred), 2)
+        self.assertIn("Soft bounce", deferred[0]["reply"])
+        self.assertTrue(any("Soft bounce is on" in e.get("log_format", "") for e in logged))
+        relay.accounted()
+
+    def test_relaysOwnFailuresDeferred(self):
+        """
+        The relay's own permanent failures (a null MX, an address that
+        does not parse) are deferred too; 2xx and 4xx are left alone.
+        """
+        relay = RelayHarness(self, softBounce=True)
+        envelope = relay.enqueue([b"a@null.test", b"x@bad..example"])
+        relay.turn()
+        self.assertEqual([r.state for r in envelope.recipients], [WAITING, WAITING])
+        self.assertTrue(envelope.recipients[0].lastReply.startswith("456 4.1.10 Soft bounce: 556 5.1.10"))
+        self.assertTrue(envelope.recipients[1].lastReply.startswith("453 4.1.3 Soft bounce: 553 5.1.3"))
+        self.assertEqual(relay.reports(), [])
+
+    def test_expiryStillReturns(self):
+        """
+        A soft-bounced recipient still expires with the message's
+        lifetime, and is then reported.
+        """
+        relay = RelayHarness(self, softBounce=True, schedule=RetrySchedule(300, 300, 600))
+        envelope = relay.enqueue([b"bad@example.com"])
+        for _ in range(5):
+            relay.turn(max(envelope.nextAttempt - relay.reactor.seconds(), 0))
+            made = relay.connections()
+            if not made:
+                break
+            [(_, _, factory)] = made
+            relay.serve(factory, Scripted(RCPT=b"550 5.1.1 No such user"))
+        self.assertEqual(envelope.recipients[0].state, FAILED)
+        self.assertTrue(envelope.recipients[0].lastReply.startswith("4.4.7"))
 
 
 class BadAddressTests(SynchronousTestCase):
