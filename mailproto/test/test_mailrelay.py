@@ -21,9 +21,11 @@ import urllib.request
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Application
 from twisted.internet import defer
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
+from twisted.protocols.basic import LineReceiver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -34,7 +36,7 @@ from mailproto._cred import UsersFile
 from mailproto._daemon import Options, RelayLMTPFactory, RelayService, makeService, parseDuration, parseSize
 from mailproto._logs import BatchedFile, JSONLineObserver, RelayLog, eventAsJSONLine
 from mailproto._relaymanager import ENCRYPT, MAY, NONE, VERIFY
-from mailproto.test.test_daemon import freePort
+from mailproto.test.test_daemon import RelayProcess, _sendWithSmtplib, freePort, spoolListing, waitUntil
 from mailproto.test._peers import missing
 
 try:
@@ -916,3 +918,140 @@ class LiveRelayTests(TestCase):
         self.assertEqual(values['mailrelay_deliveries_total{result="deferred"}'], 1)
         self.assertEqual(values["mailrelay_attempt_duration_seconds_count"], 1)
         self.assertEqual(values["mailrelay_delivery_latency_seconds_count"], 0)
+
+
+class _ScriptedSMTP(LineReceiver):
+    """
+    A downstream SMTP server for the loopback tests, answering from the
+    script of its factory (L{_ScriptedSMTPFactory}).
+    """
+
+    delimiter = b"\r\n"
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.inData = False
+        self.accepted = 0
+        self.sendLine(b"220 scripted.test ESMTP")
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.inData:
+            if line == b".":
+                self.inData = False
+                self.sendLine(b"250 2.0.0 Queued")
+            return
+        self.factory.commands.append(line)
+        verb = line.split(b" ", 1)[0].upper()
+        if verb == b"EHLO":
+            self.sendLine(b"250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME")
+        elif verb == b"MAIL":
+            self.accepted = 0
+            self.sendLine(self.factory.mail(line))
+        elif verb == b"RCPT":
+            reply = self.factory.rcpt(line, self.accepted)
+            self.accepted += reply.startswith(b"250")
+            self.sendLine(reply)
+        elif verb == b"DATA":
+            self.inData = True
+            self.sendLine(b"354 Go ahead")
+        elif verb == b"QUIT":
+            self.sendLine(b"221 2.0.0 Bye")
+            self.transport.loseConnection()
+        else:
+            self.sendLine(b"250 2.0.0 Ok")
+
+
+class _ScriptedSMTPFactory(Factory):
+    """
+    Makes L{_ScriptedSMTP}s; keeps every command they receive.
+
+    @ivar mail: the reply to a MAIL line.
+    @ivar rcpt: the reply to a RCPT line, given the line and how many
+        recipients the transaction has accepted.
+    """
+
+    protocol = _ScriptedSMTP
+
+    def __init__(self, mail=lambda line: b"250 2.1.0 Ok", rcpt=lambda line, accepted: b"250 2.1.5 Ok") -> None:
+        self.mail = mail
+        self.rcpt = rcpt
+        self.commands: list[bytes] = []
+        self.connections = 0
+
+
+class RelayEdgeTests(TestCase):
+    """
+    C{twistd mailrelay} in a child process, sending through a scripted
+    smart host in this process over loopback: the edges of outbound
+    delivery (a host name with a dot at its end, too many recipients for
+    one transaction, session refusals, soft bounce).
+    """
+
+    timeout = 90
+
+    def setUp(self):
+        self.scratch = os.path.abspath(self.mktemp())
+        os.makedirs(self.scratch)
+
+    @defer.inlineCallbacks
+    def startRelay(self, factory: _ScriptedSMTPFactory, *arguments: str):
+        from twisted.internet import reactor
+
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.spool = os.path.join(self.scratch, "spool")
+        self.port = freePort()
+        relay = RelayProcess.spawn(
+            self,
+            ["--smtp", f"tcp:{self.port}:interface=127.0.0.1", "--spool", self.spool,
+             "--smarthost", f"127.0.0.1:{listening.getHost().port}", "--smarthost-tls", "none", *arguments],
+            self.scratch,
+        )  # fmt: skip
+        yield relay.whenListening()
+        return relay
+
+    @defer.inlineCallbacks
+    def test_bareRecipientAndTooMany(self):
+        """
+        With C{--hostname relay.test.}, C{RCPT TO:<postmaster>} is queued
+        as C{postmaster@relay.test}, which goes on; six recipients to a
+        smart host taking two per transaction go in three transactions
+        over one connection, all delivered at once.
+        """
+        factory = _ScriptedSMTPFactory(rcpt=lambda line, accepted: b"250 2.1.5 Ok" if accepted < 2 else b"452 4.5.3 Too many recipients")
+        relay = yield self.startRelay(factory, "--hostname", "relay.test.")
+        recipients = ["postmaster"] + [f"r{n}@example.com" for n in range(5)]
+        refused = yield _sendWithSmtplib(self.port, "jo@example.org", recipients, b"Subject: many\r\n\r\nhello\r\n")
+        self.assertEqual(refused, {})
+        yield waitUntil(lambda: len(relay.logLines("Delivered ")) == 6, 30, lambda: f"six Delivered lines:\n{relay.text()}")
+        mails = [c for c in factory.commands if c.startswith(b"MAIL")]
+        self.assertEqual(len(mails), 3)
+        self.assertEqual(factory.connections, 1)
+        self.assertIn(b"RCPT TO:<postmaster@relay.test>", factory.commands)
+        self.assertEqual(relay.logLines("Deferred "), [])
+        self.assertEqual(relay.logLines("Traceback"), [])
+        yield waitUntil(lambda: spoolListing(self.spool)["queue"] == [], 20, "the message to leave the queue")
+
+    @defer.inlineCallbacks
+    def test_sessionRefusalAndSoftBounce(self):
+        """
+        A smart host that wants AUTH (C{530} to MAIL) defers the mail with
+        a configuration error logged; with C{--soft-bounce}, a C{550} to
+        RCPT defers too; nothing is returned to the sender.
+        """
+
+        def mail(line):
+            return b"530 5.7.0 Authentication required" if b"needsauth@" in line else b"250 2.1.0 Ok"
+
+        factory = _ScriptedSMTPFactory(mail=mail, rcpt=lambda line, accepted: b"550 5.1.1 No such user")
+        relay = yield self.startRelay(factory, "--hostname", "relay.test", "--soft-bounce")
+        for sender in ("needsauth@example.org", "jo@example.org"):
+            refused = yield _sendWithSmtplib(self.port, sender, ["gone@example.com"], b"Subject: x\r\n\r\nhello\r\n")
+            self.assertEqual(refused, {})
+        yield waitUntil(lambda: len(relay.logLines("Deferred ")) == 2, 30, lambda: f"two Deferred lines:\n{relay.text()}")
+        self.assertEqual(len(relay.logLines("Configuration error: 127.0.0.1 refused the session (530 5.7.0")), 1)
+        self.assertEqual(len(relay.logLines("Soft bounce: 550 5.1.1 No such user")), 1)
+        self.assertEqual(len(relay.logLines("Soft bounce is on")), 1)
+        self.assertEqual(relay.logLines("Failed "), [])
+        self.assertEqual(relay.logLines(" report for "), [])
+        self.assertEqual(len([name for name in spoolListing(self.spool)["queue"] if not name.endswith(".state")]), 2)
