@@ -982,26 +982,32 @@ class TooManyRecipientsTests(SynchronousTestCase):
         self.assertEqual(relay.manager.stats["delivered"], 1000)
         self.assertEqual(relay.reactor.seconds(), start)
 
+    def attempt(self, limit: int, refusal: bytes) -> tuple[Envelope, list[list[bytes]]]:
+        """
+        Send a message to two recipients to a server that takes C{limit}
+        per transaction and refuses the others with C{refusal}.
+
+        @return: the message's envelope and the RCPT addresses of each
+            transaction.
+        """
+        relay = RelayHarness(self)
+        envelope = relay.enqueue([b"a@example.com", b"b@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = limitedServer(limit, refusal=refusal)
+        relay.serve(factory, server)
+        return envelope, self.rcpts(server)
+
     def test_552TooMany(self):
         """
         C{552 5.5.3} to a RCPT after others were accepted is taken as
         too many recipients too; a plain C{552} (a full mailbox) fails.
         """
-        relay = RelayHarness(self)
-        relay.enqueue([b"a@example.com", b"b@example.com"])
-        relay.turn()
-        _, _, factory = relay.connection()
-        server = limitedServer(1, refusal=b"552 5.5.3 Too many recipients")
-        relay.serve(factory, server)
-        self.assertEqual(self.rcpts(server), [[b"a@example.com", b"b@example.com"], [b"b@example.com"]])
-        self.assertEqual(relay.queue.ids(), [])
-        relay = RelayHarness(self)
-        envelope = relay.enqueue([b"a@example.com", b"b@example.com"])
-        relay.turn()
-        _, _, factory = relay.connection()
-        server = limitedServer(1, refusal=b"552 5.2.2 Mailbox full")
-        relay.serve(factory, server)
-        self.assertEqual(len(self.rcpts(server)), 1)
+        envelope, transactions = self.attempt(1, b"552 5.5.3 Too many recipients")
+        self.assertEqual(transactions, [[b"a@example.com", b"b@example.com"], [b"b@example.com"]])
+        self.assertEqual([r.state for r in envelope.recipients], ["delivered", "delivered"])
+        envelope, transactions = self.attempt(1, b"552 5.2.2 Mailbox full")
+        self.assertEqual(len(transactions), 1)
         self.assertEqual([r.state for r in envelope.recipients], ["delivered", FAILED])
 
     def test_nothingAcceptedDeferred(self):
@@ -1010,22 +1016,12 @@ class TooManyRecipientsTests(SynchronousTestCase):
         or a C{452} with another status (4.2.2, a full mailbox): the
         recipients wait for the next attempt, with no new transaction.
         """
-        relay = RelayHarness(self)
-        envelope = relay.enqueue([b"a@example.com", b"b@example.com"])
-        relay.turn()
-        _, _, factory = relay.connection()
-        server = limitedServer(0)
-        relay.serve(factory, server)
-        self.assertEqual(len(self.rcpts(server)), 1)
+        envelope, transactions = self.attempt(0, b"452 4.5.3 Too many recipients")
+        self.assertEqual(len(transactions), 1)
         self.assertEqual([r.state for r in envelope.recipients], [WAITING, WAITING])
         self.assertEqual(envelope.attempts, 1)
-        relay = RelayHarness(self)
-        envelope = relay.enqueue([b"a@example.com", b"b@example.com"])
-        relay.turn()
-        _, _, factory = relay.connection()
-        server = limitedServer(1, refusal=b"452 4.2.2 Over quota")
-        relay.serve(factory, server)
-        self.assertEqual(len(self.rcpts(server)), 1)
+        envelope, transactions = self.attempt(1, b"452 4.2.2 Over quota")
+        self.assertEqual(len(transactions), 1)
         self.assertEqual([r.state for r in envelope.recipients], ["delivered", WAITING])
 
     def test_lostBeforeTheRest(self):
