@@ -70,7 +70,7 @@ from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAI
 from mailproto._bounce import DEFAULT_RETURN_LIMIT, DeliveryReport, RecipientReport, UnparsedAddress, makeReport
 from mailproto._client import SUCCESS, ESMTPClient, SMTPClient, statusOf
 from mailproto._commands import MailFrom, RcptTo, formatMailFrom, formatRcptTo
-from mailproto._errors import AddressError, SMTPClientError
+from mailproto._errors import AddressError, AUTHDeclinedError, AuthenticationError, AUTHRequiredError, SMTPClientError, TLSRequiredError
 from mailproto._mx import Candidate, Destination, MailRoutingError, MXCalculator, NullMX
 from mailproto._queue import WAITING, Envelope, Recipient, newMessageID, openQueueFile, readQueueFile
 
@@ -345,6 +345,18 @@ def _refusesSession(code: int, text: str) -> bool:
     if code in _SESSION_CODES:
         return True
     return 500 <= code < 600 and statusOf(code, text.encode("utf-8", "replace")) in _SESSION_STATUSES
+
+
+def _refusedConfiguration(reason) -> bool:
+    """
+    Whether a session failed because the relay is not set up as the
+    server wants: AUTH or TLS required and not possible, credentials
+    refused, or a session refusal code (L{_refusesSession}).
+    """
+    exception = reason.value if isinstance(reason, Failure) else reason
+    if isinstance(exception, (AUTHRequiredError, TLSRequiredError, AUTHDeclinedError, AuthenticationError)):
+        return True
+    return isinstance(exception, SMTPClientError) and exception.code in _SESSION_CODES
 
 
 def _softened(code: int, text: str) -> tuple[int, str]:
@@ -917,6 +929,13 @@ class _Connection:
         """
         if reason is not None:
             self.lastError = reason
+            if self.destination == SMARTHOST and _refusedConfiguration(reason):
+                _log.error(
+                    "Configuration error: {host} refused the session ({reply}); check the relay's AUTH and TLS "
+                    "settings for it; its mail is deferred",
+                    host=self.host,
+                    reply=_connectionReply(reason)[1],
+                )
         mx = self.manager.mxcalc
         if mx is not None and self.candidate is not None and self.destination != SMARTHOST:
             if self.connected and self.answered:

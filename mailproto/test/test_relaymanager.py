@@ -1355,6 +1355,24 @@ class SmartHostTests(SynchronousTestCase):
         self.assertIn("535", envelope.recipients[0].lastReply)
         self.assertEqual(relay.reports(), [])
 
+    def test_authRefusedLogged(self):
+        """
+        Credentials refused by the smart host: one configuration error in
+        the log, naming the host and the reply.
+        """
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        relay = RelayHarness(self, smartHost=SmartHost("smart.test", 587, username="alice", password=b"wrong", tls=TLSPolicy("none")))
+        relay.enqueue([b"a@example.com"])
+        relay.turn()
+        _, _, factory = relay.connection()
+        server = authFactory(clock=relay.reactor, allowPlaintextAuth=True)
+        relay.serve(factory, server.buildProtocol(None))
+        [error] = [e for e in logged if "Configuration error" in e.get("log_format", "")]
+        self.assertEqual(error["host"], "smart.test")
+        self.assertIn("535", error["reply"])
+
     def test_parse(self):
         """
         C{host}, C{host:port}, C{[IPv6]:port}; anything else is refused.
