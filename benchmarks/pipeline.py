@@ -248,7 +248,13 @@ def postfixOnce(kind: str, options, children, scratch: str, number: int) -> dict
             problems.append(f"after {options.timeout} s, Postfix's log says: {log.counts}")
         elif log.counts["sent"] != options.postfix_messages:
             problems.append(f"Postfix's log says: {log.counts}")
+        # "status=sent" is logged by smtp(8) a moment before the queue
+        # manager removes the file: give it that moment.
+        settle = time.monotonic() + 10
         queued = relay.queued()
+        while queued and end is not None and time.monotonic() < settle:
+            time.sleep(POLL)
+            queued = relay.queued()
         relay.stop()
         relay = None
     finally:

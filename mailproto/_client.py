@@ -80,7 +80,7 @@ from mailproto._errors import (
     TLSRequiredError,
 )
 from mailproto._extensions import Extensions
-from mailproto._replies import ReplyParser, ReplySyntaxError, isStatus
+from mailproto._replies import ReplyParser, ReplySyntaxError, statusOf
 from mailproto._writes import writeNow
 
 SUCCESS = range(200, 300)
@@ -88,15 +88,6 @@ _ANY = range(0, 1000)
 
 #: How much of a message is read and sent at a time.
 CHUNK_SIZE = 65536
-
-
-def statusOf(code: int, resp: bytes) -> bytes | None:
-    """
-    @return: the enhanced status code (RFC 3463) that C{resp}, the text of
-        a reply with C{code}, starts with, or C{None}.
-    """
-    first = resp.split(b" ", 1)[0].split(b"\n", 1)[0]
-    return first if code > 0 and isStatus(first, code) else None
 
 
 def _noRecipients(code: int, resp: bytes) -> bytes:

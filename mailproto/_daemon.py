@@ -45,6 +45,7 @@ from mailproto._logs import FORMATS as LOG_FORMATS, RelayLog
 from mailproto._proxy import proxyEndpoint
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
 from mailproto._relaymanager import ENCRYPT, MAY, NONE, VERIFY, SmartHost, SmartHostESMTPRelayingManager, TLSPolicy
+from mailproto._replies import statusOf
 from mailproto._queue import Queue
 from mailproto._server import ESMTP, LMTP, AuthFailures, ESMTPFactory, LMTPFactory
 from mailproto.interfaces import IMessageDeliveryFactory
@@ -587,7 +588,7 @@ class _RelaySession:
         super().sendCode(code, message, status)
         if code >= 400 and self.metrics is not None and self._verb in ("MAIL", "RCPT", "DATA", "BDAT"):
             stage = {"MAIL": "mail", "RCPT": "rcpt"}.get(self._verb, "data")
-            self.metrics.refused(stage, code, status or _statusOf(message, code))
+            self.metrics.refused(stage, code, status or (statusOf(code, message) if isinstance(message, bytes) else None))
         if self._shuttingDown:
             self.callLater(0, self._closeIfIdle)
 
@@ -617,14 +618,6 @@ class _RelaySession:
     def _closeIfIdle(self) -> None:
         if not self._closing and not self.inTransaction():
             self._hangUp(421, self.host + b" Service shutting down", b"4.3.2")
-
-
-def _statusOf(message, code: int) -> bytes | None:
-    if isinstance(message, bytes):
-        first = message.split(b" ", 1)[0]
-        if re.fullmatch(rb"[245]\.\d{1,3}\.\d{1,3}", first) and first[:1] == str(code)[0].encode():
-            return first
-    return None
 
 
 class RelayESMTP(_RelaySession, ESMTP):

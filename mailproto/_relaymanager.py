@@ -68,11 +68,12 @@ from mailproto._address import Address
 from mailproto._attempts import RetrySchedule, recordAttempt
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
 from mailproto._bounce import DEFAULT_RETURN_LIMIT, DeliveryReport, RecipientReport, UnparsedAddress, makeReport
-from mailproto._client import SUCCESS, ESMTPClient, SMTPClient, statusOf
+from mailproto._client import SUCCESS, ESMTPClient, SMTPClient
 from mailproto._commands import MailFrom, RcptTo, formatMailFrom, formatRcptTo
 from mailproto._errors import AddressError, AUTHDeclinedError, AuthenticationError, AUTHRequiredError, SMTPClientError, TLSRequiredError
 from mailproto._mx import Candidate, Destination, MailRoutingError, MXCalculator, NullMX
 from mailproto._queue import WAITING, Envelope, Recipient, newMessageID, openQueueFile, readQueueFile
+from mailproto._replies import statusOf
 
 _log = Logger()
 

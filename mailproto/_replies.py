@@ -50,6 +50,22 @@ def isStatus(status: bytes, code: int | None = None) -> bool:
     return code is None or status[:1] == b"%d" % (code // 100)
 
 
+def statusOf(code: int, resp: bytes) -> bytes | None:
+    """
+    The enhanced status code a reply's text starts with: the one parser
+    of enhanced status codes in reply texts that the client, the relay and
+    its reports share.
+
+    @param code: the reply's code.
+    @param resp: the reply's text (its lines joined by LF), without the
+        code.
+    @return: the enhanced status code (RFC 3463) C{resp} starts with, if
+        it agrees with C{code}; else C{None}.
+    """
+    first = resp.split(b" ", 1)[0].split(b"\n", 1)[0]
+    return first if code > 0 and isStatus(first, code) else None
+
+
 class ReplySyntaxError(SMTPProtocolError):
     """
     The server sent something that is not an SMTP reply.  Fatal, as every

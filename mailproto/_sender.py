@@ -16,9 +16,10 @@ from twisted.logger import Logger
 
 from mailproto._address import Address
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
-from mailproto._client import SUCCESS, ESMTPClient, LMTPClient, SMTPClient, statusOf
+from mailproto._client import SUCCESS, ESMTPClient, LMTPClient, SMTPClient
 from mailproto._errors import ESMTPClientError, SMTPConnectError, SMTPDeliveryError
 from mailproto._headers import localHostname
+from mailproto._replies import statusOf
 
 _log = Logger()
 
