@@ -704,7 +704,7 @@ class SMTP(LineReceiver, TimeoutMixin):
             self._replyError(e)
             return
         method = self.lookupMethod(verb)
-        if (method is None or method.__name__ in _JUNK_HANDLERS) and self._junkCommand():
+        if (method is None or getattr(method, "__name__", None) in _JUNK_HANDLERS) and self._junkCommand():
             return
         self._run(method or self.do_UNKNOWN, rest)
 
