@@ -12,6 +12,14 @@ grows).  Message data goes to the L{IMessageSMTP} objects as it arrives;
 memory per connection is bounded by the longest line allowed, whatever the
 message size.
 
+Whatever the client does, a connection stays cheap
+(L{mailproto._intake}): the replies to one read go out in one write, on a
+socket without Nagle's delay; while the client does not read them, its
+input waits, and reading stops once 64 KiB of it wait; a hundred pipelined
+commands at most are handled before the reactor runs others; a command
+line, a SASL response and message data must arrive within their deadlines
+(C{commandDeadline}, C{minDataRate}).
+
 States (C{SMTP.mode}):
 
   - C{COMMAND}: reading command lines.  A line is handed to
