@@ -899,6 +899,10 @@ class ESMTPClient(SMTPClient):
     context = None
     useChunking = True
     _tlsMode = False
+    #: Whether STARTTLS was tried and TLS did not come up: the server
+    #: refused STARTTLS, or the handshake failed (no reply came over TLS).
+    tlsFailed = False
+    _startedTLS = False
 
     def __init__(self, secret, contextFactory=None, *args, **kw) -> None:
         """
@@ -940,6 +944,7 @@ class ESMTPClient(SMTPClient):
         self.sendError(TLSRequiredError(502, b"Server does not support secure communication via TLS / SSL", self.log.str()))
 
     def esmtpTLSFailed(self, code=-1, resp=None) -> None:
+        self.tlsFailed = True
         self.sendError(
             SMTPTLSError(
                 code, b"Could not complete the SSL/TLS handshake", self.log.str(), status=statusOf(code, resp or b"")
@@ -969,6 +974,12 @@ class ESMTPClient(SMTPClient):
         if self.heloFallback and not self.requireAuthentication and not needTLS:
             self._failresponse = self.smtpState_helo
         self.sendLine(b"EHLO " + self.identity)
+
+    def _dispatch(self, code: int, resp: bytes):
+        if self._startedTLS:
+            # A reply came over TLS: the handshake worked.
+            self.tlsFailed = False
+        return SMTPClient._dispatch(self, code, resp)
 
     def esmtpState_serverConfig(self, code, resp) -> None:
         lines = resp.splitlines()[1:]
@@ -1032,6 +1043,8 @@ class ESMTPClient(SMTPClient):
             self.esmtpTLSFailed(451)
             return
         self._tlsMode = True
+        self._startedTLS = True
+        self.tlsFailed = True  # until the server answers over TLS
         self.extensions = Extensions()
         self.esmtpState_ehlo(code, resp)
 

@@ -608,6 +608,7 @@ class ManagedRelayerMixin:
         if getattr(factory, "lastError", None) is None and (self.messages or not reason.check(error.ConnectionDone)):
             # Closed with messages unsent, even cleanly: that is the reason.
             factory.lastError = reason
+        factory.tlsFailed = getattr(self, "tlsFailed", False)
         self.manager.notifyDone(factory)
 
 
@@ -860,7 +861,7 @@ class _AttemptManager:
         if leftover is None:
             return
         if self.connection is not None:
-            self.connection.tryEnded(leftover, getattr(relay, "lastError", None))
+            self.connection.tryEnded(leftover, getattr(relay, "lastError", None), getattr(relay, "tlsFailed", False))
         self._complete()
 
 
@@ -882,6 +883,11 @@ class _Connection:
         self.lastError = None
         self.done = defer.Deferred()
         self.tls: TLSPolicy = manager.tlsPolicyFor(destination)
+        #: Whether the session now being made goes without TLS: the same
+        #: address again after TLS failed under the policy "may".
+        self.plaintext = False
+        self._address: str | None = None
+        self._plaintextNext = False
 
     def start(self) -> None:
         d = self.manager._route(self.destination)
@@ -921,12 +927,18 @@ class _Connection:
             return
         self.candidate, address = self.addresses.pop(0)
         self.host = self.candidate.host
+        self._address = address
+        self.plaintext, self._plaintextNext = self._plaintextNext, False
         self.connected = True
         self.manager._connectTo(self, address, jobs)
 
-    def tryEnded(self, leftover: list[_Job], reason) -> None:
+    def tryEnded(self, leftover: list[_Job], reason, tlsFailed: bool = False) -> None:
         """
         One address was tried; C{leftover} jobs were not answered.
+
+        @param tlsFailed: whether STARTTLS was tried and TLS did not come
+            up; under the policy C{may}, the same address is then tried
+            once more, without TLS (as Postfix does), before the next.
         """
         if reason is not None:
             self.lastError = reason
@@ -946,6 +958,16 @@ class _Connection:
         leftover = [job for job in leftover if not job.answered]
         if not leftover:
             self._finish([], None)
+        elif self.answered == 0 and tlsFailed and self.tls.mode == MAY and not self.plaintext:
+            _log.info(
+                "Relay to {destination} via {host}: TLS failed ({reason}); trying it again without TLS",
+                destination=self.destination,
+                host=self.host,
+                reason=_connectionReply(reason)[1] if reason is not None else "no reason given",
+            )
+            self.addresses.insert(0, (self.candidate, self._address))
+            self._plaintextNext = True
+            self._next()
         elif self.answered == 0:
             if reason is not None:
                 _log.info(
@@ -1432,7 +1454,8 @@ class SmartHostSMTPRelayingManager:
         tls = connection.tls
         smartHost = self.smartHost if connection.destination == SMARTHOST else None
         name = smartHost.host if smartHost is not None else (connection.host or connection.destination)
-        if relayer.context is None and tls.mode != NONE and not (smartHost is not None and smartHost.implicitTLS):
+        implicit = smartHost is not None and smartHost.implicitTLS
+        if relayer.context is None and tls.mode != NONE and not implicit and not connection.plaintext:
             relayer.context = tls.contextFor(name)
         if tls.required:
             relayer.requireTransportSecurity = True

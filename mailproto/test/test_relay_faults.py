@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 
 from mailproto._attempts import RetrySchedule
 from mailproto._queue import Envelope, Queue, Recipient, newMessageID
-from mailproto._relaymanager import SmartHostESMTPRelayingManager, TLSPolicy
+from mailproto._relaymanager import SmartHost, SmartHostESMTPRelayingManager, TLSPolicy
 from mailproto.testing import Drop, ScriptedSMTPFactory, Stall, Trickle
 
 # The next hop's reply timeout, and how long a fault is kept up.
@@ -80,9 +80,10 @@ class _LogWatch:
         return found
 
 
-class FaultMatrixTests(TestCase):
+class _RelayHarness(TestCase):
     """
-    One test per fault; each sends three messages.
+    A relay with its queue on disk, sending to a scripted next hop on
+    127.0.0.1.
     """
 
     timeout = 90
@@ -93,14 +94,16 @@ class FaultMatrixTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.watch)
 
     @defer.inlineCallbacks
-    def relay(self, script, perConnection: int = 10):
+    def relay(self, script, perConnection: int = 10, tls: str = "none", extensions=None):
         """
-        Start a next hop with C{script}, and a relay with its queue on disk
-        sending everything to it, C{perConnection} messages a connection.
+        Start a next hop with C{script} (and C{extensions}, if given), and
+        a relay with its queue on disk sending everything to it,
+        C{perConnection} messages a connection, with the TLS policy
+        C{tls}.
 
         @return: the next hop's factory, the queue and the manager.
         """
-        nextHop = ScriptedSMTPFactory(script)
+        nextHop = ScriptedSMTPFactory(script) if extensions is None else ScriptedSMTPFactory(script, extensions)
         port = reactor.listenTCP(0, nextHop, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         queue = Queue(os.path.abspath(self.mktemp()))
@@ -109,10 +112,9 @@ class FaultMatrixTests(TestCase):
             queue,
             2,
             perConnection,
-            smartHost=f"127.0.0.1:{port.getHost().port}",
+            smartHost=SmartHost("127.0.0.1", port.getHost().port, tls=TLSPolicy(tls)),
             schedule=RetrySchedule(first=0.5, maximum=1.0, lifetime=3600.0),
             hostname="relay.example",
-            tls=TLSPolicy("none"),
             timeout=TIMEOUT,
             connectTimeout=5.0,
             connectionCacheTime=0,
@@ -152,6 +154,12 @@ class FaultMatrixTests(TestCase):
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}")
             yield deferLater(reactor, 0.05, lambda: None)
+
+
+class FaultMatrixTests(_RelayHarness):
+    """
+    One test per fault; each sends three messages.
+    """
 
     @defer.inlineCallbacks
     def runFault(self, name: str):
@@ -233,3 +241,63 @@ class FaultMatrixTests(TestCase):
             self.assertGreaterEqual(len(originals), 1, subject)
         self.assertEqual(len([c for c in nextHop.commands if c.upper().startswith(b"MAIL FROM:<>")]), 3)
         self.assertEqual(self.watch.trouble(), [])
+
+
+TLS_EXTENSIONS = (b"PIPELINING", b"8BITMIME", b"ENHANCEDSTATUSCODES", b"STARTTLS")
+
+
+class TLSFallbackTests(_RelayHarness):
+    """
+    STARTTLS offered, and TLS does not come up: under the policy C{may}
+    the same next hop is tried again at once without TLS (as Postfix
+    does); under C{encrypt} nothing goes in the clear.
+    """
+
+    def sessions(self, nextHop) -> list[list[bytes]]:
+        return [server.commands for server in nextHop.servers]
+
+    @defer.inlineCallbacks
+    def fallsBack(self, script):
+        nextHop, queue, manager = yield self.relay(script, tls="may", extensions=TLS_EXTENSIONS)
+        subjects = yield self.enqueue(queue, 2, 1)
+        yield self.waitFor(lambda: not queue.ids(), SETTLE_SECONDS, "the queue to empty")
+        sessions = [b"\n".join(commands) for commands in self.sessions(nextHop)]
+        # Sessions that tried TLS sent no mail; the mail went in sessions
+        # that did not try it.
+        self.assertTrue(any(b"STARTTLS" in session for session in sessions))
+        for session in sessions:
+            self.assertFalse(b"STARTTLS" in session and b"MAIL FROM" in session, session)
+        self.assertTrue(any(b"MAIL FROM" in session for session in sessions))
+        received = b"\n".join(nextHop.messages)
+        for subject in subjects:
+            self.assertIn(f"Subject: {subject}".encode(), received)
+        retried = [e for e in self.watch.events if "trying it again without TLS" in e.get("log_format", "")]
+        self.assertGreaterEqual(len(retried), 1)
+        self.assertEqual(self.watch.trouble(), [])
+
+    def test_handshakeFailsUnderMay(self):
+        """
+        The next hop says 220 to STARTTLS and hangs up in the handshake.
+        """
+        return self.fallsBack({b"STARTTLS": Drop(b"220 2.0.0 Ready\r\n")})
+
+    def test_startTLSRefusedUnderMay(self):
+        """
+        The next hop offers STARTTLS and then refuses it.
+        """
+        return self.fallsBack({b"STARTTLS": b"454 4.7.0 TLS not available\r\n"})
+
+    @defer.inlineCallbacks
+    def test_noFallbackUnderEncrypt(self):
+        """
+        Under C{encrypt}, a failed handshake defers the mail; no MAIL is
+        ever sent in the clear.
+        """
+        script = {b"STARTTLS": Drop(b"220 2.0.0 Ready\r\n")}
+        nextHop, queue, manager = yield self.relay(script, tls="encrypt", extensions=TLS_EXTENSIONS)
+        yield self.enqueue(queue, 2, 1)
+        yield deferLater(reactor, FAULT_SECONDS, lambda: None)
+        self.assertGreater(len(nextHop.servers), 1)
+        self.assertNotIn(b"MAIL FROM", b"\n".join(nextHop.commands))
+        self.assertEqual(len(queue.ids()), 2)
+        self.assertEqual([e for e in self.watch.events if "without TLS" in e.get("log_format", "")], [])
