@@ -22,27 +22,15 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from mailproto.test.test_daemon import RelayProcess, _sendWithSmtplib, freePort, spoolListing, waitUntil
-from mailproto.testing import Drop, ScriptedSMTPFactory
+from mailproto.test.test_relay_faults import FAULTS, FaultCases
+from mailproto.testing import ScriptedSMTPFactory
 
 # How long the smart host misbehaves: with a retry schedule of a second,
 # several attempts meet the fault.
 FAULT_SECONDS = 3.0
 
-#: name: (script, whether the smart host acknowledges the end of data
-#: while it misbehaves)
-FAULTS = {
-    "2xx to DATA": ({b"DATA": b"250 2.0.0 Ok\r\n"}, False),
-    "extra reply after the dot": ({b"EOD": b"250 2.0.0 Ok\r\n250 2.0.0 Extra\r\n"}, True),
-    "extra reply after RCPT": ({b"RCPT": b"250 2.1.5 Ok\r\n250 2.1.5 Extra\r\n"}, False),
-    "garbage reply": ({b"MAIL": b"hello, this is not SMTP\r\n"}, False),
-    "drop in the middle of the data": ({b"BODY": Drop()}, False),
-    "drop after the dot": ({b"EOD": Drop()}, False),
-    "4xx to RCPT": ({b"RCPT": b"450 4.2.0 Mailbox busy\r\n"}, False),
-    "421 to MAIL": ({b"MAIL": Drop(b"421 4.3.2 Going away\r\n")}, False),
-}
 
-
-class MailrelayFaultTests(TestCase):
+class MailrelayFaultTests(FaultCases, TestCase):
     """
     One relay per fault, two messages each.
     """
@@ -55,7 +43,7 @@ class MailrelayFaultTests(TestCase):
 
     @defer.inlineCallbacks
     def runFault(self, name: str):
-        script, acknowledges = FAULTS[name]
+        script, acknowledges, recipients = FAULTS[name]
         smartHost = ScriptedSMTPFactory(script)
         listening = reactor.listenTCP(0, smartHost, interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
@@ -73,7 +61,8 @@ class MailrelayFaultTests(TestCase):
         for n in range(2):
             subject = f"fault-{n}-{name.replace(' ', '-')}"
             message = f"Subject: {subject}\r\nMessage-ID: <{n}.{port}@example.org>\r\n\r\nhello\r\n".encode()
-            refused = yield _sendWithSmtplib(port, "jo@example.org", ["ann@example.com"], message)
+            to = [f"ann{i}@example.com" for i in range(recipients)]
+            refused = yield _sendWithSmtplib(port, "jo@example.org", to, message)
             self.assertEqual(refused, {})
             subjects.append(subject)
         yield deferLater(reactor, FAULT_SECONDS, lambda: None)
@@ -97,27 +86,3 @@ class MailrelayFaultTests(TestCase):
         self.assertEqual(relay.logLines("Traceback"), [])
         self.assertEqual(relay.logLines("Unhandled"), [])
         self.assertEqual(relay.logLines("Failed "), [])
-
-    def test_2xxToData(self):
-        return self.runFault("2xx to DATA")
-
-    def test_extraReplyAfterDot(self):
-        return self.runFault("extra reply after the dot")
-
-    def test_extraReplyAfterRcpt(self):
-        return self.runFault("extra reply after RCPT")
-
-    def test_garbage(self):
-        return self.runFault("garbage reply")
-
-    def test_dropMidData(self):
-        return self.runFault("drop in the middle of the data")
-
-    def test_dropAfterDot(self):
-        return self.runFault("drop after the dot")
-
-    def test_temporaryRcpt(self):
-        return self.runFault("4xx to RCPT")
-
-    def test_421ToMail(self):
-        return self.runFault("421 to MAIL")

@@ -156,7 +156,39 @@ class _RelayHarness(TestCase):
             yield deferLater(reactor, 0.05, lambda: None)
 
 
-class FaultMatrixTests(_RelayHarness):
+class FaultCases:
+    """
+    The faults both this module and the one through C{twistd mailrelay}
+    (L{mailproto.test.test_mailrelay_faults}) try, one test each; the
+    test case has C{runFault(name)}, C{name} a key of L{FAULTS}.
+    """
+
+    def test_2xxToData(self):
+        return self.runFault("2xx to DATA")
+
+    def test_extraReplyAfterDot(self):
+        return self.runFault("extra reply after the dot")
+
+    def test_extraReplyAfterRcpt(self):
+        return self.runFault("extra reply after RCPT")
+
+    def test_garbage(self):
+        return self.runFault("garbage reply")
+
+    def test_dropMidData(self):
+        return self.runFault("drop in the middle of the data")
+
+    def test_dropAfterDot(self):
+        return self.runFault("drop after the dot")
+
+    def test_temporaryPerRecipient(self):
+        return self.runFault("4xx per recipient")
+
+    def test_421ToMail(self):
+        return self.runFault("421 to MAIL")
+
+
+class FaultMatrixTests(FaultCases, _RelayHarness):
     """
     One test per fault; each sends three messages.
     """
@@ -189,38 +221,14 @@ class FaultMatrixTests(_RelayHarness):
         self.assertNotIn(b"MAIL FROM:<>", b"\n".join(nextHop.commands))
         self.assertEqual(self.watch.trouble(), [])
 
-    def test_2xxToData(self):
-        return self.runFault("2xx to DATA")
-
-    def test_extraReplyAfterDot(self):
-        return self.runFault("extra reply after the dot")
-
-    def test_extraReplyAfterRcpt(self):
-        return self.runFault("extra reply after RCPT")
-
-    def test_garbage(self):
-        return self.runFault("garbage reply")
-
-    def test_dropMidData(self):
-        return self.runFault("drop in the middle of the data")
-
-    def test_dropAfterDot(self):
-        return self.runFault("drop after the dot")
-
     def test_stallAfterDot(self):
         return self.runFault("stall after the dot")
 
     def test_trickledReply(self):
         return self.runFault("trickled EHLO reply")
 
-    def test_temporaryPerRecipient(self):
-        return self.runFault("4xx per recipient")
-
     def test_tooManyRecipients(self):
         return self.runFault("452 after one recipient")
-
-    def test_421ToMail(self):
-        return self.runFault("421 to MAIL")
 
     @defer.inlineCallbacks
     def test_permanentPerRecipientBouncesOnce(self):
