@@ -225,7 +225,7 @@ class Options(usage.Options):
             "max-junk-commands",
             None,
             100,
-            "HELP, NOOP, VRFY, RSET and unknown commands allowed in one session (0: no limit).",
+            "HELP, NOOP, VRFY, EXPN, RSET and unknown commands allowed per message accepted (0: no limit).",
         ],
         [
             "greeting-delay",
