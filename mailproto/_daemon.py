@@ -185,6 +185,13 @@ class Options(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics over HTTP on this endpoint (for example tcp:9125:interface=127.0.0.1)."],
         ["log-format", None, "text", "The log's lines: text or json (one JSON object per line)."],
         ["shutdown-grace", None, "30s", "On SIGTERM, how long sessions in a transaction and attempts in progress may take to end."],
+        [
+            "reply-timeout",
+            None,
+            "5m",
+            "How long the relay waits for each reply of a next hop (from its command, however the reply trickles in) "
+            "before it gives up on the session and defers its mail.",
+        ],
         ["max-connections", None, 50, "Outgoing connections open at once."],
         [
             "max-connections-per-destination",
@@ -344,10 +351,11 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(f"--max-queue-lifetime: {e}") from None
         self["schedule"] = RetrySchedule(first=first, maximum=maximum, lifetime=lifetime)
-        try:
-            self["shutdown-grace"] = parseDuration(str(self["shutdown-grace"]))
-        except ValueError as e:
-            raise usage.UsageError(f"--shutdown-grace: {e}") from None
+        for name in ("shutdown-grace", "reply-timeout"):
+            try:
+                self[name] = parseDuration(str(self[name]))
+            except ValueError as e:
+                raise usage.UsageError(f"--{name}: {e}") from None
         if self["log-format"] not in LOG_FORMATS:
             raise usage.UsageError(f"--log-format: {self['log-format']!r} is not one of {', '.join(LOG_FORMATS)}")
 
@@ -1072,6 +1080,7 @@ def makeService(options: Options) -> RelayService:
         hostname=options["hostname"],
         reactor=reactor,
         softBounce=bool(options["soft-bounce"]),
+        timeout=options["reply-timeout"],
     )
     if smartHost is not None:
         route = f"relaying through {smartHost.host}:{smartHost.port}"

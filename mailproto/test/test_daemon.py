@@ -651,6 +651,7 @@ class MakeServiceTests(TestCase):
         )
         self.assertEqual(manager.hostname, "relay.example")
         self.assertFalse(manager.softBounce)
+        self.assertEqual(manager.timeout, 300.0)
         self.assertEqual(service.factory.domain, b"relay.example")
         self.assertIs(service.factory.deliveryFactory.queue, service.queue)
         self.assertIs(service.factory.deliveryFactory.policy, options["policy"])
@@ -673,6 +674,16 @@ class MakeServiceTests(TestCase):
         """
         service = makeService(_parse("--spool", self.mktemp(), "--soft-bounce"))
         self.assertTrue(service.manager.softBounce)
+
+    def test_replyTimeout(self):
+        """
+        C{--reply-timeout} is how long the relay waits for each reply of
+        a next hop; it must be a duration above 0.
+        """
+        service = makeService(_parse("--spool", self.mktemp(), "--reply-timeout", "90s"))
+        self.assertEqual(service.manager.timeout, 90.0)
+        for bad in ("0", "soon", "-5"):
+            self.assertRaises(usage.UsageError, _parse, "--reply-timeout", bad)
 
     def test_hostnameWithDotService(self):
         """

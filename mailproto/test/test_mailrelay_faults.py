@@ -8,9 +8,8 @@ this process, on 127.0.0.1) that first misbehaves, then behaves.
 For each fault: every message the relay acknowledged (250 to smtplib) is
 delivered at least once; nothing is logged delivered while the smart host
 misbehaved unless it acknowledged the end of data; no traceback in the
-relay's log.  (Faults that need the relay's reply timeout to pass, a stall
-or a trickled reply, are in L{mailproto.test.test_relay_faults}, where the
-timeout can be a second.)
+relay's log.  The relay waits a second for each reply
+(C{--reply-timeout}), so that a stall or a trickled reply is over soon.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from mailproto.test.test_daemon import RelayProcess, _sendWithSmtplib, freePort, spoolListing, waitUntil
-from mailproto.test.test_relay_faults import FAULTS, FaultCases
+from mailproto.test.test_relay_faults import FAULTS, TIMEOUT, FaultCases
 from mailproto.testing import ScriptedSMTPFactory
 
 # How long the smart host misbehaves: with a retry schedule of a second,
@@ -53,7 +52,7 @@ class MailrelayFaultTests(FaultCases, TestCase):
             self,
             ["--smtp", f"tcp:{port}:interface=127.0.0.1", "--spool", spool, "--hostname", "relay.test",
              "--smarthost", f"127.0.0.1:{listening.getHost().port}", "--smarthost-tls", "none",
-             "--retry-schedule", "1s,1s"],
+             "--retry-schedule", "1s,1s", "--reply-timeout", f"{TIMEOUT}s"],
             self.scratch,
         )  # fmt: skip
         yield relay.whenListening()
@@ -68,6 +67,7 @@ class MailrelayFaultTests(FaultCases, TestCase):
         yield deferLater(reactor, FAULT_SECONDS, lambda: None)
         faulty = len(smartHost.servers)
         deliveredWhileFaulty = relay.logLines("Delivered ")
+        faultCommands = list(smartHost.commands)
         smartHost.script = {}
         # A connection the relay keeps open for its retries goes on with
         # the old script: close them, so that the next ones behave.
@@ -83,6 +83,8 @@ class MailrelayFaultTests(FaultCases, TestCase):
         self.assertGreater(faulty, 0)
         if not acknowledges:
             self.assertEqual(deliveredWhileFaulty, [])
+        if name == "trickled EHLO reply":
+            self.assertEqual([c for c in faultCommands if c.upper().startswith(b"MAIL")], [])
         self.assertEqual(relay.logLines("Traceback"), [])
         self.assertEqual(relay.logLines("Unhandled"), [])
         self.assertEqual(relay.logLines("Failed "), [])

@@ -187,6 +187,12 @@ class FaultCases:
     def test_421ToMail(self):
         return self.runFault("421 to MAIL")
 
+    def test_stallAfterDot(self):
+        return self.runFault("stall after the dot")
+
+    def test_trickledReply(self):
+        return self.runFault("trickled EHLO reply")
+
 
 class FaultMatrixTests(FaultCases, _RelayHarness):
     """
@@ -220,12 +226,6 @@ class FaultMatrixTests(FaultCases, _RelayHarness):
         # or was cured.
         self.assertNotIn(b"MAIL FROM:<>", b"\n".join(nextHop.commands))
         self.assertEqual(self.watch.trouble(), [])
-
-    def test_stallAfterDot(self):
-        return self.runFault("stall after the dot")
-
-    def test_trickledReply(self):
-        return self.runFault("trickled EHLO reply")
 
     def test_tooManyRecipients(self):
         return self.runFault("452 after one recipient")
