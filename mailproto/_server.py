@@ -342,6 +342,11 @@ class SMTP(LineReceiver, TimeoutMixin):
     def host(self, value) -> None:
         if not isinstance(value, bytes):
             value = str(value).encode("ascii")
+        if value.endswith(b".") and len(value) > 1:
+            # A fully qualified name's root dot: it completes bare local
+            # parts (RCPT TO:<postmaster>), and an address may not end in
+            # a dot.
+            value = value[:-1]
         self._hostName = value
 
     # -- connection -------------------------------------------------------

@@ -101,6 +101,25 @@ def esmtpSession(delivery=None, factoryClass=ESMTPFactory, ehlo=b"EHLO client.ex
 TRANSACTION = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n"
 
 
+class HostTests(SynchronousTestCase):
+    """
+    The server's name.
+    """
+
+    def test_rootDotDropped(self):
+        """
+        A name given with its root dot greets without it, and completes a
+        bare C{postmaster} into an address that parses again.
+        """
+        session = esmtpSession(factoryClass=lambda **kw: ESMTPFactory(**dict(kw, domain=b"relay.test.")))
+        self.assertEqual(session.proto.host, b"relay.test")
+        codes = session.codes(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<postmaster>\r\n")
+        self.assertEqual(codes, [b"250 2.1.0", b"250 2.1.5"])
+        [(user, _)] = session.proto._to
+        self.assertEqual(bytes(user.dest), b"postmaster@relay.test")
+        self.assertEqual(Address(bytes(user.dest)).domain, b"relay.test")
+
+
 class InterfaceTests(SynchronousTestCase):
     """
     The implementers provide their interfaces.
