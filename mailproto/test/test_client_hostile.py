@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import time
 
-from twisted.internet import defer, reactor, task, tcp
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from mailproto.smtp import (
@@ -25,6 +25,7 @@ from mailproto.smtp import (
     sendmail,
 )
 from mailproto.testing import Drop, ScriptedSMTPFactory, Stall, Trickle
+from mailproto.test._loopback import noConnectionsLeft
 
 SENDER = "alice@example.org"
 BOB = "bob@example.com"
@@ -52,16 +53,8 @@ class HostileServerTests(TestCase):
         self.addCleanup(self.quiet)
         return port.getHost().port
 
-    async def quiet(self):
-        """
-        Wait until no TCP connection is left open.
-        """
-        for _ in range(500):
-            selectables = reactor.getReaders() + reactor.getWriters()
-            if not any(isinstance(s, (tcp.Client, tcp.Server)) for s in selectables):
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
-        self.fail("connections still open")
+    def quiet(self):
+        return noConnectionsLeft(self)
 
     def send(self, script, recipients=(BOB,), timeout=5, **kw):
         port = self.serve(script, **kw)

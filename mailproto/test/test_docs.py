@@ -20,12 +20,13 @@ import pathlib
 import sys
 import tempfile
 
-from twisted.internet import defer, reactor, task, tcp
+from twisted.internet import defer, reactor
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial import reporter, runner
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import mailproto
+from mailproto.test._loopback import noConnectionsLeft
 
 
 def _docs():
@@ -154,17 +155,8 @@ class ExampleProgramsTests(TestCase):
 
     timeout = 30
 
-    async def quiet(self):
-        """
-        Wait until no TCP connection is left open (a client has its result
-        before it says QUIT).
-        """
-        for _ in range(500):
-            selectables = reactor.getReaders() + reactor.getWriters()
-            if not any(isinstance(s, (tcp.Client, tcp.Server)) for s in selectables):
-                return
-            await task.deferLater(reactor, 0.01, lambda: None)
-        self.fail("connections still open")
+    def quiet(self):
+        return noConnectionsLeft(self)
 
     async def serve(self):
         """
