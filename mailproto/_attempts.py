@@ -11,8 +11,12 @@ A recipient's states (L{mailproto._queue.Recipient.state}):
     scheduled by the L{RetrySchedule};
   - C{delivered}: a C{2xx} reply;
   - C{failed}: a C{5xx} reply, a permanent routing failure, or still
-    waiting when the message's lifetime is over (expiry).  Failed
-    recipients are reported to the sender once.
+    waiting when the message's lifetime is over (expiry: it keeps its
+    last, temporary, reply).  Failed recipients are reported to the
+    sender once.
+
+Replies are L{Reply} values (code, enhanced status, lines), kept so in
+the queue's state.
 
 Nothing here touches the disk or the network: L{recordAttempt} changes an
 L{Envelope <mailproto.relaymanager.Envelope>} in memory and says what the
@@ -24,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 
 from mailproto._queue import DELIVERED, FAILED, Envelope, Recipient
+from mailproto._replies import Reply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,46 +83,48 @@ class AttemptResult:
         return not self.deferred
 
 
-def _reply(code: int, text: str) -> str:
-    return f"{code} {text}".strip()
-
-
 def recordAttempt(
     envelope: Envelope,
-    replies: dict[bytes, tuple[int, str]],
+    replies: dict[bytes, Reply],
     now: float,
     schedule: RetrySchedule = RetrySchedule(),
-    default: tuple[int, str] | None = None,
+    default: Reply | None = None,
+    hosts: dict[bytes, str] | None = None,
 ) -> AttemptResult:
     """
     Record the outcome of an attempt to deliver a message.
 
     @param envelope: the message's envelope; its recipients' states,
-        C{attempts}, C{nextAttempt} and C{lastReply} are updated.
-    @param replies: the final reply for each recipient tried, by address:
-        C{(code, text)}, as C{(550, "5.1.1 No such user")}.
+        C{lastReply} and C{lastHost}, and its C{attempts}, C{nextAttempt}
+        and C{lastReply} are updated.
+    @param replies: the final reply for each recipient tried, by address,
+        as C{Reply(550, [b"No such user"], b"5.1.1")}.
     @param now: the time of the attempt.
     @param schedule: the retry schedule.
     @param default: the outcome for waiting recipients without a reply
         (the connection failed, or the route could not be found), such as
-        C{(451, "4.4.1 Connection refused")}; if C{None}, they are left
-        as they were, without a reply.
-    @return: what changed.
+        C{Reply(451, [b"Connection refused"], b"4.4.1")}; if C{None}, they
+        are left as they were, without a reply.
+    @param hosts: the host that sent each reply, by address; a reply
+        without one is the relay's own.
+    @return: what changed.  A recipient still waiting when the message's
+        lifetime is over fails, keeping its last reply
+        (L{Recipient.expired <mailproto._queue.Recipient.expired>}).
     """
     result = AttemptResult()
+    hosts = hosts or {}
     envelope.attempts += 1
     for recipient in envelope.waiting:
-        outcome = replies.get(recipient.address, default)
-        if outcome is None:
+        reply = replies.get(recipient.address, default)
+        if reply is None:
             result.deferred.append(recipient)
             continue
-        code, text = outcome
-        recipient.lastReply = _reply(code, text)
-        envelope.lastReply = recipient.lastReply
-        if 200 <= code < 300:
+        recipient.lastReply = envelope.lastReply = reply
+        recipient.lastHost = hosts.get(recipient.address)
+        if reply.isPositive:
             recipient.state = DELIVERED
             result.delivered.append(recipient)
-        elif 500 <= code < 600:
+        elif reply.isPermanent:
             recipient.state = FAILED
             result.failed.append(recipient)
         else:
@@ -126,8 +133,6 @@ def recordAttempt(
         result.expired = True
         for recipient in result.deferred:
             recipient.state = FAILED
-            last = recipient.lastReply or "no answer"
-            recipient.lastReply = f"4.4.7 Message expired after {schedule.lifetime / 86400:g} days; last: {last}"
             result.failed.append(recipient)
         result.deferred = []
     if result.deferred:

@@ -90,6 +90,19 @@ _ANY = range(0, 1000)
 CHUNK_SIZE = 65536
 
 
+class RecipientReply(tuple):
+    """
+    The result of one RCPT: C{(address, code, resp)}, as twisted.mail's
+    clients report it, with the L{Reply} value as C{reply} (C{None} for
+    a result no server sent).
+    """
+
+    def __new__(cls, address, code: int, resp: bytes, reply=None) -> RecipientReply:
+        self = super().__new__(cls, (address, code, resp))
+        self.reply = reply if reply is not None and reply.code == code else None
+        return self
+
+
 def _noRecipients(code: int, resp: bytes) -> bytes:
     """
     @return: the text reported when no recipient was accepted, with the
@@ -195,7 +208,12 @@ class SMTPClient(LineReceiver, TimeoutMixin):
     @ivar log: the last lines of the exchange, for error reports.
     @ivar debug: whether to keep C{log}.
     @ivar toAddressesResult: the C{(address, code, resp)} of each RCPT of
-        the current message.
+        the current message; each also has the L{Reply} value as its
+        C{reply} attribute (L{RecipientReply}).
+    @ivar reply: the L{Reply} being handled by a state, or C{None}.
+    @ivar finalReply: while L{sentMail} runs, the L{Reply} value of the
+        message's outcome (C{code} and C{resp}), or C{None} if a subclass
+        reported an outcome no server sent.
     @ivar successAddresses: the recipients the server accepted.
     @ivar extensions: what the server offered after EHLO (empty after
         HELO).
@@ -205,6 +223,9 @@ class SMTPClient(LineReceiver, TimeoutMixin):
     debug = True
     timeout = None
     _tlsMode = False
+    #: Whether STARTTLS was tried and TLS did not come up (never, without
+    #: ESMTP).
+    tlsFailed = False
     #: Octets in one reply line, and in one reply, the client will read.
     maxReplyLine = 8192
     maxReply = 65536
@@ -225,6 +246,9 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         self._mail = None
         self.resp = []
         self.code = -1
+        self.reply = None
+        self.finalReply = None
+        self._final = None
         self.log = LineLog(logsize)
         self.extensions = Extensions()
         self._failureReason = None
@@ -371,6 +395,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             return None
         self._answered = self._awaiting.popleft()
         self.resetTimeout()
+        self.reply = reply
         if not self._awaiting and self._input:
             return self._trailingInput(reply.code, resp)
         return self._dispatch(reply.code, resp)
@@ -392,6 +417,7 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             return None
         finally:
             self.code = -1
+            self.reply = None
 
     def _trailingInput(self, code: int, resp: bytes):
         """
@@ -515,10 +541,10 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         if 300 <= code < 400:
             return self._wrongReply(code, resp)
         if code == 421:
-            self.toAddressesResult.append((self.lastAddress, code, resp))
+            self.toAddressesResult.append(self._recipientReply(self.lastAddress, code, resp))
             return self.smtpState_msgSent(code, resp)
         if self.lastAddress is not None:
-            self.toAddressesResult.append((self.lastAddress, code, resp))
+            self.toAddressesResult.append(self._recipientReply(self.lastAddress, code, resp))
             if code in SUCCESS:
                 self.successAddresses.append(self.lastAddress)
         try:
@@ -551,14 +577,14 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         if (isData and (code < 400 and code != 354)) or (not isData and 300 <= code < 400):
             return self._wrongReply(code, resp)
         if step == 0:
-            pipeline["mail"] = (code, resp)
+            pipeline["mail"] = (code, resp, self.reply)
         elif not isData:
             address = recipients[step - 1]
-            self.toAddressesResult.append((address, code, resp))
+            self.toAddressesResult.append(self._recipientReply(address, code, resp))
             if code in SUCCESS and pipeline["mail"][0] in SUCCESS:
                 self.successAddresses.append(address)
         else:
-            pipeline["data"] = (code, resp)
+            pipeline["data"] = (code, resp, self.reply)
         if code == 421:
             self._pipeline = None
             if step == 0:
@@ -574,33 +600,35 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         Every pipelined command has its reply: send the message, or report
         why not.
         """
-        mailCode, mailResp = pipeline["mail"]
+        mailCode, mailResp, mailReply = pipeline["mail"]
         data = pipeline.get("data")
         ok = mailCode in SUCCESS and self.successAddresses
         if data is not None and data[0] == 354 and not ok:
             # The server wants a message nobody will get: end it at once,
             # and report why it was not sent, whatever the reply to that.
             if mailCode not in SUCCESS:
-                refusal = (mailCode, mailResp)
+                refusal = (mailCode, mailResp, mailReply)
                 self.toAddressesResult = []
             else:
-                refusal = (self.toAddressesResult[-1][1], _noRecipients(*self.toAddressesResult[-1][1:]))
+                last = self.toAddressesResult[-1]
+                refusal = (last[1], _noRecipients(*last[1:]), last.reply)
             self._expected = _ANY
-            self._okresponse = self._failresponse = lambda c, r: self.smtpState_msgSent(*refusal)
+            self._okresponse = self._failresponse = lambda c, r: self._messageDone(*refusal)
             self.sendLine(b".")
             return
         if mailCode not in SUCCESS:
             # As without pipelining: no RCPT counts when MAIL was refused.
             self.toAddressesResult = []
-            return self.smtpState_msgSent(mailCode, mailResp)
+            return self._messageDone(mailCode, mailResp, mailReply)
         if not self.successAddresses:
-            return self.smtpState_msgSent(self.toAddressesResult[-1][1], _noRecipients(*self.toAddressesResult[-1][1:]))
+            last = self.toAddressesResult[-1]
+            return self._messageDone(last[1], _noRecipients(*last[1:]), last.reply)
         if data is None:
             self._startTransfer(chunked=True)
         elif data[0] == 354:
-            self.smtpState_data(*data)
+            self.smtpState_data(*data[:2])
         else:
-            self.smtpState_msgSent(*data)
+            self._messageDone(*data)
     def smtpState_data(self, code, resp) -> None:
         """
         The server said 354: send the message.
@@ -622,14 +650,32 @@ class SMTPClient(LineReceiver, TimeoutMixin):
             return self.smtpState_msgSent(code, resp)
         self._bdatReplies += 1
         if code not in SUCCESS and self._bdatFailure is None:
-            self._bdatFailure = (code, resp)
+            self._bdatFailure = (code, resp, self.reply)
             if self._producer is not None:
                 self._producer.stopProducing()
         producer = self._producer
         if producer is None or not producer.finished or self._bdatReplies < producer.chunks:
             return
         self._producer = None
-        self.smtpState_msgSent(*(self._bdatFailure or (code, resp)))
+        self._messageDone(*(self._bdatFailure or (code, resp, self.reply)))
+
+    def _recipientReply(self, address, code: int, resp: bytes) -> RecipientReply:
+        """
+        @return: the result of one RCPT, with the reply being handled.
+        """
+        return RecipientReply(address, code, resp, self.reply)
+
+    def _messageDone(self, code: int, resp: bytes, reply) -> None:
+        """
+        The message is done, with an outcome that is not the reply being
+        handled now (one kept from earlier in the pipeline): go to
+        L{smtpState_msgSent} with it.
+        """
+        self._final = reply
+        try:
+            self.smtpState_msgSent(code, resp)
+        finally:
+            self._final = None
 
     def smtpState_msgSent(self, code, resp) -> None:
         """
@@ -668,10 +714,14 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         self.sendError(self._error(SMTPProtocolError, code, resp, isFatal=False))
 
     def _reportMessage(self, code, resp, numOk) -> None:
+        final = self._final or self.reply
+        self.finalReply = final if final is not None and final.code == code else None
         try:
             self.sentMail(code, resp, numOk, self.toAddressesResult, self.log)
         except BaseException:
             self._log.failure("Unexpected error in sentMail")
+        finally:
+            self.finalReply = None
 
     # -- building the transaction -------------------------------------------
 
@@ -1161,17 +1211,19 @@ class LMTPClient(ESMTPClient):
         """
         if 300 <= code < 400:
             return self._wrongReply(code, resp)
-        self._lmtpResults[self._lmtpPending.pop(0)] = (code, resp)
+        self._lmtpResults[self._lmtpPending.pop(0)] = self._recipientReply(None, code, resp)
         if self._lmtpPending:
             return
         self._producer = None
         results = []
-        for i, (address, rcptCode, rcptResp) in enumerate(self.toAddressesResult):
-            results.append((address, *self._lmtpResults.get(i, (rcptCode, rcptResp))))
+        for i, rcpt in enumerate(self.toAddressesResult):
+            final = self._lmtpResults.get(i, rcpt)
+            results.append(RecipientReply(rcpt[0], final[1], final[2], final.reply))
         self.toAddressesResult = results
         self.successAddresses = [address for address, finalCode, _ in results if finalCode in SUCCESS]
         # As with SMTP, the message counts as sent if anyone got it; each
         # recipient's outcome is in the addresses.
         finals = [self._lmtpResults[i] for i in sorted(self._lmtpResults)]
-        delivered = [final for final in finals if final[0] in SUCCESS]
-        self.smtpState_msgSent(*(delivered or finals)[0])
+        delivered = [final for final in finals if final[1] in SUCCESS]
+        first = (delivered or finals)[0]
+        self._messageDone(first[1], first[2], first.reply)

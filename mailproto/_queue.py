@@ -12,6 +12,9 @@ Layout of the spool directory:
     line of JSON, then the message exactly as received (CRLF line ends).
   - C{queue/ID.state}: the delivery state, rewritten after each attempt:
     per-recipient state and last reply, attempts, next attempt time.
+    Replies are kept as values: code, enhanced status and lines of text,
+    and the host that sent it (L{STATE_VERSION} 2); a state file of
+    version 1, whose replies are one line of text, is still read.
   - C{corrupt/}: queue files that could not be read, set aside (and
     logged) by recovery, never deleted; also state files whose values
     could not be used (L{Envelope.applyState}), their message then
@@ -51,9 +54,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailproto._commands import MailFrom, RcptTo
+from mailproto._replies import Reply, replyFromWire
 
 FORMAT_VERSION = 1
 """The version of the queue file's envelope line."""
+
+STATE_VERSION = 2
+"""The version of the state file written: 2 keeps replies as values
+(L{replyToData}); version 1 (replies as text) is read too."""
 
 MAX_ENVELOPE_LINE = 1 << 20
 """The longest envelope line read back; a longer one is corrupt."""
@@ -94,16 +102,31 @@ class Recipient:
     @ivar address: the address, in wire form.
     @ivar notify: its DSN NOTIFY values, or C{None}.
     @ivar orcpt: its DSN ORCPT C{(type, address)}, or C{None}.
-    @ivar state: L{WAITING}, L{DELIVERED} or L{FAILED}.
-    @ivar lastReply: the last reply about it (C{"550 5.1.1 ..."}), or
-        C{None}.
+    @ivar state: L{WAITING}, L{DELIVERED} or L{FAILED}.  A recipient
+        L{FAILED} with a last reply that is not permanent (or none) has
+        expired.
+    @ivar lastReply: the last reply about it, or C{None}: a server's, or
+        the relay's own (a connection that failed, a domain that does not
+        exist).
+    @type lastReply: L{Reply} or C{None}
+    @ivar lastHost: the host that sent C{lastReply}, or C{None} when the
+        relay made it itself.
     """
 
     address: bytes
     notify: tuple[bytes, ...] | None = None
     orcpt: tuple[bytes, bytes] | None = None
     state: str = WAITING
-    lastReply: str | None = None
+    lastReply: Reply | None = None
+    lastHost: str | None = None
+
+    @property
+    def expired(self) -> bool:
+        """
+        Whether it failed because the message's lifetime ran out, rather
+        than by a permanent refusal.
+        """
+        return self.state == FAILED and (self.lastReply is None or not self.lastReply.isPermanent)
 
 
 @dataclasses.dataclass
@@ -127,7 +150,8 @@ class Envelope:
     @ivar attempts: delivery attempts made.
     @ivar nextAttempt: when to try next (seconds since the epoch); C{0} for
         at once.
-    @ivar lastReply: the last reply of a delivery attempt, or C{None}.
+    @ivar lastReply: the last reply of a delivery attempt (a L{Reply}),
+        or C{None}.
     @ivar warned: whether the sender was told that delivery is delayed.
     """
 
@@ -145,7 +169,7 @@ class Envelope:
     user: str | None = None
     attempts: int = 0
     nextAttempt: float = 0.0
-    lastReply: str | None = None
+    lastReply: Reply | None = None
     warned: bool = False
 
     @classmethod
@@ -203,13 +227,13 @@ class Envelope:
         @return: the mutable part, as written in the state file.
         """
         return {
-            "version": FORMAT_VERSION,
+            "version": STATE_VERSION,
             "size": self.size,
             "attempts": self.attempts,
             "nextAttempt": self.nextAttempt,
-            "lastReply": self.lastReply,
+            "lastReply": replyToData(self.lastReply),
             "warned": self.warned,
-            "recipients": [{"state": r.state, "lastReply": r.lastReply} for r in self.recipients],
+            "recipients": [{"state": r.state, "lastReply": replyToData(r.lastReply), "lastHost": r.lastHost} for r in self.recipients],
         }
 
     @classmethod
@@ -260,15 +284,22 @@ class Envelope:
             a value of the wrong type, a negative count or an unknown
             recipient state.
         """
-        if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        if version not in (1, STATE_VERSION):
             raise ValueError("state does not match the envelope")
         saved = state.get("recipients")
         if not isinstance(saved, list) or len(saved) != len(self.recipients):
             raise ValueError("state does not match the envelope")
+        replies = []
         for entry in saved:
             if not isinstance(entry, dict) or entry.get("state") not in (WAITING, DELIVERED, FAILED):
                 raise ValueError(f"unknown recipient state {entry.get('state') if isinstance(entry, dict) else entry!r}")
-            _check(entry.get("lastReply"), (str, type(None)), "a recipient's lastReply")
+            if version == 1:
+                text = _check(entry.get("lastReply"), (str, type(None)), "a recipient's lastReply")
+                replies.append((_replyFromText(text, entry["state"]), None))
+            else:
+                host = _check(entry.get("lastHost"), (str, type(None)), "a recipient's lastHost")
+                replies.append((replyFromData(entry.get("lastReply"), "a recipient's lastReply"), host))
         size = _check(state.get("size"), int, "size")
         attempts = _check(state.get("attempts"), int, "attempts")
         if size < 0 or attempts < 0:
@@ -278,13 +309,67 @@ class Envelope:
         if not math.isfinite(nextAttempt):
             repaired.append(f"nextAttempt {nextAttempt!r} made now")
             nextAttempt = 0.0
-        self.lastReply = _check(state.get("lastReply"), (str, type(None)), "lastReply")
+        if version == 1:
+            lastReply = _replyFromText(_check(state.get("lastReply"), (str, type(None)), "lastReply"), WAITING)
+        else:
+            lastReply = replyFromData(state.get("lastReply"), "lastReply")
+        self.lastReply = lastReply
         self.warned = _check(state.get("warned", False), bool, "warned")
         self.size, self.attempts, self.nextAttempt = size, attempts, float(nextAttempt)
-        for recipient, entry in zip(self.recipients, saved):
+        for recipient, entry, (reply, host) in zip(self.recipients, saved, replies):
             recipient.state = entry["state"]
-            recipient.lastReply = entry.get("lastReply")
+            recipient.lastReply, recipient.lastHost = reply, host
         return repaired
+
+
+def replyToData(reply: Reply | None) -> dict | None:
+    """
+    @return: a reply as the state file keeps it: C{{"code": 550,
+        "status": "5.1.1", "lines": ["No such user"]}}, or C{None}.
+    """
+    if reply is None:
+        return None
+    return {"code": reply.code, "status": _text(reply.status), "lines": [_text(line) for line in reply.lines]}
+
+
+def replyFromData(data, what: str = "reply") -> Reply | None:
+    """
+    The reply L{replyToData} wrote.
+
+    @raise ValueError: if C{data} is not one.
+    """
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} is {type(data).__name__} {data!r:.40}")
+    code = _check(data.get("code"), int, f"{what}'s code")
+    status = _check(data.get("status"), (str, type(None)), f"{what}'s status")
+    lines = _check(data.get("lines"), list, f"{what}'s lines")
+    return Reply(code, [_bytes(_check(line, str, f"{what}'s line")) for line in lines], _bytes(status))
+
+
+_TEXT_CODES = {WAITING: 451, DELIVERED: 250, FAILED: 554}
+
+
+def _replyFromText(text: str | None, state: str) -> Reply | None:
+    """
+    A reply as a version 1 state file kept it, C{"550 5.1.1 No such
+    user"}, made a value by the same parser as replies from the wire.  An
+    expiry (C{"4.4.7 Message expired ...; last: 451 ..."}) keeps the last
+    reply it quotes (L{Recipient.expired} says the rest); text that is not
+    a reply keeps a code that fits C{state}.
+    """
+    if text is None:
+        return None
+    if text.startswith("4.4.7 ") and "; last: " in text:
+        text = text.split("; last: ", 1)[1]
+        if text == "no answer":
+            return None
+    line = text.encode("utf-8", "surrogateescape")
+    code, space, rest = line.partition(b" ")
+    if space and code.isdigit() and 200 <= int(code) <= 599:
+        return replyFromWire(int(code), rest)
+    return Reply.fromText(_TEXT_CODES[state], line)
 
 
 def _check(value, types, what: str):

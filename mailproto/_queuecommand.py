@@ -32,7 +32,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from mailproto._control import RelayNotRunning, SpoolBusy, SpoolLock, ask
-from mailproto._queue import WAITING, Queue, _isID, openQueueFile, readQueueFile
+from mailproto._queue import WAITING, Queue, _isID, openQueueFile, readQueueFile, replyToData
 
 DEFAULT_SPOOL = "mailrelay-spool"
 
@@ -87,6 +87,16 @@ def _stamp(when: float) -> str:
         return repr(when)
 
 
+def _reply(reply) -> dict | None:
+    """
+    @return: a reply as C{list --json} prints it: its code, status and
+        lines, and C{text}, the whole on one line.
+    """
+    if reply is None:
+        return None
+    return {**replyToData(reply), "text": reply.summary()}
+
+
 def describe(envelope, now: float, sending: bool = False) -> dict:
     """
     @return: a queued message as plain data (what C{list --json} prints).
@@ -98,11 +108,11 @@ def describe(envelope, now: float, sending: bool = False) -> dict:
         "size": envelope.size,
         "sender": _text(envelope.sender),
         "recipients": [
-            {"address": _text(r.address), "state": r.state, "lastReply": r.lastReply} for r in envelope.recipients
+            {"address": _text(r.address), "state": r.state, "lastReply": _reply(r.lastReply), "lastHost": r.lastHost} for r in envelope.recipients
         ],
         "attempts": envelope.attempts,
         "nextAttempt": envelope.nextAttempt,
-        "lastReply": envelope.lastReply,
+        "lastReply": _reply(envelope.lastReply),
         "sending": sending,
         "client": envelope.client,
         "helo": envelope.helo,
@@ -340,7 +350,7 @@ class ShowOptions(_QueueCommand):
         if envelope.lastReply:
             lines.append(f"last reply: {_shown(envelope.lastReply)}")
         for recipient in data["recipients"]:
-            reply = f"  {_shown(recipient['lastReply'])}" if recipient["lastReply"] else ""
+            reply = f"  {_shown(recipient['lastReply']['text'])}" if recipient["lastReply"] else ""
             lines.append(f"recipient:  <{_shown(recipient['address'])}> {recipient['state']}{reply}")
         lines.append("")
         with openQueueFile(path) as f:

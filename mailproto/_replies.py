@@ -66,6 +66,32 @@ def statusOf(code: int, resp: bytes) -> bytes | None:
     return first if code > 0 and isStatus(first, code) else None
 
 
+def replyFromWire(code: int, resp: bytes) -> Reply:
+    """
+    The reply value of a code and text as twisted.mail's client states
+    get them (L{Reply.wireText}: lines joined by LF, each with its
+    enhanced status), read by the same parser as replies on the wire.
+    For code that reports an outcome as C{(code, resp)} rather than a
+    L{Reply}; a code no server could send is taken as C{451}.
+
+    @param code: the reply code.
+    @param resp: the text.
+    @return: the reply.
+    """
+    if isinstance(resp, str):
+        resp = resp.encode("utf-8", "replace")
+    if not 200 <= code <= 599:
+        return Reply.fromText(451, b"%d %s" % (code, resp or b""))
+    lines = (resp or b"").replace(b"\r", b"").split(b"\n")
+    parser = ReplyParser(maxLineLength=1 << 20, maxReplyLength=1 << 24)
+    try:
+        for line in lines[:-1]:
+            parser.lineReceived(b"%03d-%s" % (code, line))
+        return parser.lineReceived(b"%03d %s" % (code, lines[-1]))
+    except ReplySyntaxError:
+        return Reply.fromText(code, resp)
+
+
 class ReplySyntaxError(SMTPProtocolError):
     """
     The server sent something that is not an SMTP reply.  Fatal, as every
@@ -149,6 +175,24 @@ class Reply:
         if self.status is None:
             return self.text
         return b"\n".join(self.status + b" " + line if line else self.status for line in self.lines)
+
+    def summary(self, limit: int = 1000) -> str:
+        """
+        The reply on one line, for logs and people: code, status and
+        text, runs of white space (line breaks too) made one space.
+
+        @param limit: the most characters returned.
+        @return: e.g. C{"550 5.1.1 No such user"}.
+        """
+        words = [b"%03d" % self.code]
+        if self.status is not None:
+            words.append(self.status)
+        words.extend(self.lines)
+        text = b" ".join(words).decode("utf-8", "backslashreplace")
+        return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:limit]
+
+    def __str__(self) -> str:
+        return self.summary()
 
     def format(self) -> bytes:
         """

@@ -9,8 +9,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailproto._attempts import RetrySchedule, recordAttempt
 from mailproto._queue import DELIVERED, FAILED, WAITING, Envelope, Recipient
+from mailproto._replies import replyFromWire
 
 DAY = 86400.0
+
+
+def R(code: int, text: str):
+    """A reply value: RR(550, "5.1.1 No such user")."""
+    return replyFromWire(code, text.encode())
 
 
 def envelope(*states, received=0.0) -> Envelope:
@@ -46,9 +52,9 @@ class OutcomeTests(SynchronousTestCase):
     """
 
     OUTCOMES = {
-        "2xx": ((250, "2.0.0 ok"), DELIVERED, "delivered"),
-        "4xx": ((451, "4.3.0 later"), WAITING, "deferred"),
-        "5xx": ((550, "5.1.1 no such user"), FAILED, "failed"),
+        "2xx": (R(250, "2.0.0 ok"), DELIVERED, "delivered"),
+        "4xx": (R(451, "4.3.0 later"), WAITING, "deferred"),
+        "5xx": (R(550, "5.1.1 no such user"), FAILED, "failed"),
     }
 
     def test_waitingRecipient(self):
@@ -60,7 +66,8 @@ class OutcomeTests(SynchronousTestCase):
             e = envelope(WAITING)
             result = recordAttempt(e, {b"r0@example.com": reply}, now=100.0)
             self.assertEqual(e.recipients[0].state, state, name)
-            self.assertEqual(e.recipients[0].lastReply, f"{reply[0]} {reply[1]}", name)
+            self.assertEqual(e.recipients[0].lastReply, reply, name)
+            self.assertIsNone(e.recipients[0].lastHost)
             self.assertEqual(getattr(result, bucket), [e.recipients[0]], name)
             self.assertEqual(e.attempts, 1)
             self.assertEqual(result.done, state != WAITING, name)
@@ -75,7 +82,7 @@ class OutcomeTests(SynchronousTestCase):
         for state in (DELIVERED, FAILED):
             for name, (reply, _, _) in self.OUTCOMES.items():
                 e = envelope(state)
-                result = recordAttempt(e, {b"r0@example.com": reply}, now=100.0, default=(451, "4.4.1 x"))
+                result = recordAttempt(e, {b"r0@example.com": reply}, now=100.0, default=R(451, "4.4.1 x"))
                 self.assertEqual(e.recipients[0].state, state, (state, name))
                 self.assertEqual((result.delivered, result.failed, result.deferred), ([], [], []))
 
@@ -90,10 +97,10 @@ class OutcomeTests(SynchronousTestCase):
         self.assertEqual((e.recipients[0].state, e.recipients[0].lastReply), (WAITING, None))
         self.assertEqual(result.deferred, [e.recipients[0]])
         e = envelope(WAITING)
-        recordAttempt(e, {}, now=100.0, default=(451, "4.4.1 Connection refused"))
-        self.assertEqual((e.recipients[0].state, e.lastReply), (WAITING, "451 4.4.1 Connection refused"))
+        recordAttempt(e, {}, now=100.0, default=R(451, "4.4.1 Connection refused"))
+        self.assertEqual((e.recipients[0].state, str(e.lastReply)), (WAITING, "451 4.4.1 Connection refused"))
         e = envelope(WAITING)
-        result = recordAttempt(e, {}, now=100.0, default=(556, "5.1.10 null MX"))
+        result = recordAttempt(e, {}, now=100.0, default=R(556, "5.1.10 null MX"))
         self.assertEqual(e.recipients[0].state, FAILED)
         self.assertTrue(result.done)
 
@@ -103,14 +110,24 @@ class OutcomeTests(SynchronousTestCase):
         """
         e = envelope(WAITING, WAITING, WAITING, DELIVERED)
         replies = {
-            b"r0@example.com": (250, "2.0.0 ok"),
-            b"r1@example.com": (452, "4.2.2 full"),
-            b"r2@example.com": (550, "5.1.1 unknown"),
+            b"r0@example.com": R(250, "2.0.0 ok"),
+            b"r1@example.com": R(452, "4.2.2 full"),
+            b"r2@example.com": R(550, "5.1.1 unknown"),
         }
         result = recordAttempt(e, replies, now=10.0)
         self.assertEqual([r.state for r in e.recipients], [DELIVERED, WAITING, FAILED, DELIVERED])
         self.assertEqual([r.address for r in result.failed], [b"r2@example.com"])
         self.assertFalse(result.done)
+
+    def test_hosts(self):
+        """
+        Each recipient keeps the host that sent its reply; a reply without
+        one is the relay's own.
+        """
+        e = envelope(WAITING, WAITING)
+        replies = {b"r0@example.com": R(250, "2.0.0 ok"), b"r1@example.com": R(451, "4.4.1 refused")}
+        recordAttempt(e, replies, now=10.0, hosts={b"r0@example.com": "mx.example.com"})
+        self.assertEqual([r.lastHost for r in e.recipients], ["mx.example.com", None])
 
     def test_backoff(self):
         """
@@ -121,28 +138,31 @@ class OutcomeTests(SynchronousTestCase):
         now = 0.0
         waits = []
         for i in range(7):
-            recordAttempt(e, {b"r0@example.com": (421, "4.7.0 busy")}, now=now)
+            recordAttempt(e, {b"r0@example.com": R(421, "4.7.0 busy")}, now=now)
             waits.append(e.nextAttempt - now)
             now = e.nextAttempt
         self.assertEqual(waits, [300, 600, 1200, 2400, 4000, 4000, 4000])
 
     def test_expiry(self):
         """
-        A recipient still waiting when the lifetime is over fails, with
-        4.4.7 and the last reply; the message is done.
+        A recipient still waiting when the lifetime is over fails, and
+        keeps its last reply (so it is known to have expired); the message
+        is done.
         """
         e = envelope(WAITING, WAITING, received=0.0)
         result = recordAttempt(
-            e, {b"r0@example.com": (451, "4.3.0 later"), b"r1@example.com": (250, "2.0.0 ok")}, now=5 * DAY
+            e, {b"r0@example.com": R(451, "4.3.0 later"), b"r1@example.com": R(250, "2.0.0 ok")}, now=5 * DAY
         )
         self.assertTrue(result.expired)
         self.assertTrue(result.done)
         self.assertEqual(e.recipients[0].state, FAILED)
-        self.assertEqual(e.recipients[0].lastReply, "4.4.7 Message expired after 5 days; last: 451 4.3.0 later")
+        self.assertEqual(str(e.recipients[0].lastReply), "451 4.3.0 later")
+        self.assertTrue(e.recipients[0].expired)
+        self.assertFalse(e.recipients[1].expired)
         self.assertEqual(e.recipients[1].state, DELIVERED)
 
     def test_notExpiredJustBefore(self):
         e = envelope(WAITING, received=0.0)
-        result = recordAttempt(e, {b"r0@example.com": (451, "4.3.0 later")}, now=5 * DAY - 1)
+        result = recordAttempt(e, {b"r0@example.com": R(451, "4.3.0 later")}, now=5 * DAY - 1)
         self.assertFalse(result.expired)
         self.assertEqual(e.recipients[0].state, WAITING)

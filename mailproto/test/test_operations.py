@@ -397,7 +397,8 @@ class LiveQueueCommandTests(_RelayTestCase):
             self.assertEqual([r["address"] for r in each["recipients"]], recipients)
             self.assertEqual({r["state"] for r in each["recipients"]}, {"waiting"})
             for reply in [each["lastReply"], *(r["lastReply"] for r in each["recipients"])]:
-                self.assertTrue(reply.startswith("451 4.4.1 Could not connect"), reply)
+                self.assertTrue(reply["text"].startswith("451 4.4.1 Could not connect"), reply)
+                self.assertEqual((reply["code"], reply["status"]), (451, "4.4.1"))
             self.assertEqual((each["attempts"], each["sending"]), (1, False))
             self.assertEqual((each["client"], each["helo"], each["user"]), ("127.0.0.1", CLIENT_HELO, None))
             self.assertEqual(each["size"], len(_queuedMessage(self.spool, each["id"])))

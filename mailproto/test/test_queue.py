@@ -20,6 +20,7 @@ from mailproto import _queue
 from mailproto._address import Address
 from mailproto._commands import MailFrom, RcptTo
 from mailproto._queue import DELIVERED, FAILED, WAITING, Envelope, Queue, newMessageID
+from mailproto._replies import Reply
 
 
 def synchronously(f, *args):
@@ -130,7 +131,9 @@ class QueueTests(SynchronousTestCase):
         """
         added = self.add(recipients=(b"b@example.com", b"c@example.com"))
         added.recipients[0].state = DELIVERED
-        added.recipients[1].lastReply = "451 4.3.0 later"
+        added.recipients[0].lastReply = Reply(250, [b"ok", b"queued as \xff"], b"2.0.0")
+        added.recipients[0].lastHost = "mx.example.com"
+        added.recipients[1].lastReply = added.lastReply = Reply(451, [b"later"], b"4.3.0")
         added.attempts = 2
         added.nextAttempt = 2000.0
         self.successResultOf(self.queue.update(added))
@@ -138,6 +141,8 @@ class QueueTests(SynchronousTestCase):
         queue.recover()
         found = queue.getEnvelope(added.id)
         self.assertEqual([r.state for r in found.recipients], [DELIVERED, WAITING])
+        self.assertEqual([(r.lastReply, r.lastHost) for r in found.recipients], [(added.recipients[0].lastReply, "mx.example.com"), (Reply(451, [b"later"], b"4.3.0"), None)])
+        self.assertEqual(found.lastReply, Reply(451, [b"later"], b"4.3.0"))
         self.assertEqual((found.attempts, found.nextAttempt), (2, 2000.0))
         self.assertEqual([r.address for r in found.waiting], [b"c@example.com"])
 
@@ -332,7 +337,15 @@ class StateValidationTests(SynchronousTestCase):
             self.changed(recipients=[recipients[0], {"state": "waiting", "lastReply": ["x"]}]),
             self.changed(recipients=[recipients[0], "waiting"]),
             self.changed(recipients={"0": "waiting"}),
-            self.changed(version=2),
+            self.changed(version=3),
+            self.changed(lastReply="451 4.3.0 text in a version 2 state"),
+            self.changed(lastReply={"code": "451", "status": None, "lines": ["x"]}),
+            self.changed(lastReply={"code": 651, "status": None, "lines": ["x"]}),
+            self.changed(lastReply={"code": 451, "status": "5.1.1", "lines": ["x"]}),
+            self.changed(lastReply={"code": 451, "status": None, "lines": "x"}),
+            self.changed(lastReply={"code": 451, "status": None, "lines": ["a\r\nRCPT TO:<x@y>"]}),
+            self.changed(lastReply={"code": 451, "status": None}),
+            self.changed(recipients=[recipients[0], {"state": "waiting", "lastReply": None, "lastHost": 7}]),
             [],
             "not json",
             "[" * 100000,
@@ -354,6 +367,37 @@ class StateValidationTests(SynchronousTestCase):
             lines = [e for e in logged if "set aside in corrupt/" in e.get("log_format", "")]
             self.assertEqual(len(lines), 1, state)
 
+    def test_version1(self):
+        """
+        A state file of version 1 (replies as text) is read: each reply
+        becomes a value, by the wire's parser; an expiry's reply is the
+        last reply it quotes; text that is not a reply keeps a code that
+        fits its recipient's state.
+        """
+        old = {
+            "version": 1,
+            "size": 3,
+            "attempts": 4,
+            "nextAttempt": 5000.0,
+            "lastReply": "451 4.4.1 Could not connect",
+            "warned": True,
+            "recipients": [
+                {"state": FAILED, "lastReply": "4.4.7 Message expired after 5 days; last: 451 4.3.0 Later"},
+                {"state": WAITING, "lastReply": "not a reply"},
+            ],
+        }
+        queue, counts = self.recoverWith(old)
+        self.assertEqual((counts["queued"], counts["corrupt"]), (1, 0))
+        found = queue.getEnvelope(self.envelope.id)
+        self.assertEqual(found.lastReply, Reply(451, [b"Could not connect"], b"4.4.1"))
+        self.assertEqual([r.lastReply for r in found.recipients], [Reply(451, [b"Later"], b"4.3.0"), Reply(451, [b"not a reply"])])
+        self.assertEqual([r.expired for r in found.recipients], [True, False])
+        self.assertEqual((found.attempts, found.warned), (4, True))
+        old["recipients"] = [{"state": FAILED, "lastReply": "4.4.7 Message expired after 5 days; last: no answer"}, {"state": WAITING, "lastReply": "550 5.1.1 No"}]
+        found = self.recoverWith(old)[0].getEnvelope(self.envelope.id)
+        self.assertEqual([r.lastReply for r in found.recipients], [None, Reply(550, [b"No"], b"5.1.1")])
+        self.assertEqual(found.state()["version"], 2)
+
     def test_nonFiniteTimeRepaired(self):
         """
         A next attempt that is NaN or infinite is repaired: due now, the
@@ -374,7 +418,7 @@ class StateValidationTests(SynchronousTestCase):
         A message whose state has every recipient delivered or failed is
         removed on recovery, files and all.
         """
-        done = self.changed(recipients=[{"state": DELIVERED, "lastReply": None}, {"state": FAILED, "lastReply": "550 no"}])
+        done = self.changed(recipients=[{"state": DELIVERED, "lastReply": None}, {"state": FAILED, "lastReply": {"code": 550, "status": None, "lines": ["no"]}}])
         queue, counts = self.recoverWith(done)
         self.assertEqual(counts["queued"], 0)
         self.assertEqual(queue.ids(), [])

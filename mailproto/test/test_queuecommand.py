@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mailproto._cli import runCommand
 from mailproto._control import ControlFactory, RelayNotRunning, SpoolBusy, SpoolLock, ask, socketPath
 from mailproto._queue import Envelope, Queue, Recipient, newMessageID
+from mailproto._replies import Reply
 from mailproto.test.test_relaymanager import RelayHarness, Scripted
 
 
@@ -348,7 +349,7 @@ class OfflineCommandTests(TestCase):
 
     def setUp(self):
         self.spool = self.mktemp()
-        self.ids = _queueMessages(self.spool, 2, attempts=3, nextAttempt=4_000_000_000.0, lastReply="451 4.7.1 Later")
+        self.ids = _queueMessages(self.spool, 2, attempts=3, nextAttempt=4_000_000_000.0, lastReply=Reply(451, [b"Later"], b"4.7.1"))
 
     def run_(self, *argv) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -377,7 +378,7 @@ class OfflineCommandTests(TestCase):
         self.assertEqual(status, 0)
         listed = json.loads(out)
         self.assertEqual([m["id"] for m in listed], self.ids)
-        self.assertEqual(listed[0]["recipients"], [{"address": "r0@example.net", "state": "waiting", "lastReply": None}])
+        self.assertEqual(listed[0]["recipients"], [{"address": "r0@example.net", "state": "waiting", "lastReply": None, "lastHost": None}])
         self.assertEqual((listed[0]["attempts"], listed[0]["sending"], listed[0]["size"]), (3, False, 28))
 
     def test_show(self):
@@ -478,19 +479,29 @@ def _maybe(valid):
     return st.one_of(valid, _jsonValues)
 
 
+_replies = st.one_of(
+    st.text(max_size=30),
+    st.fixed_dictionaries(
+        {"code": _maybe(st.integers(200, 599)), "status": _maybe(st.sampled_from(["4.4.1", "5.1.1", "2.0.0"])), "lines": _maybe(st.lists(st.text(max_size=20), max_size=3))}
+    ),
+)
 _recipientStates = st.lists(
-    _maybe(st.fixed_dictionaries({"state": _maybe(st.sampled_from(["waiting", "delivered", "failed"])), "lastReply": _maybe(st.text(max_size=30))})),
+    _maybe(
+        st.fixed_dictionaries(
+            {"state": _maybe(st.sampled_from(["waiting", "delivered", "failed"])), "lastReply": _maybe(_replies), "lastHost": _maybe(st.text(max_size=10))}
+        )
+    ),
     min_size=0,
     max_size=3,
 )
 _states = st.one_of(
     st.fixed_dictionaries(
         {
-            "version": _maybe(st.just(1)),
+            "version": _maybe(st.sampled_from([1, 2])),
             "size": _maybe(st.integers(min_value=0, max_value=10**12)),
             "attempts": _maybe(st.integers(min_value=0, max_value=10**30)),
             "nextAttempt": _maybe(st.floats(allow_nan=True, allow_infinity=True)),
-            "lastReply": _maybe(st.text(max_size=30)),
+            "lastReply": _maybe(_replies),
             "warned": _maybe(st.booleans()),
             "recipients": _maybe(_recipientStates),
         }
@@ -509,8 +520,8 @@ class StateFuzzTests(SynchronousTestCase):
 
     def setUp(self):
         self.spool = self.mktemp()
-        [self.id] = _queueMessages(self.spool, 1)
-        self.statePath = os.path.join(self.spool, "queue", self.id + ".state")
+        [self.queueID] = _queueMessages(self.spool, 1)
+        self.statePath = os.path.join(self.spool, "queue", self.queueID + ".state")
 
     def run_(self, *argv) -> tuple[int, str, str]:
         raw = io.BytesIO()
@@ -527,7 +538,7 @@ class StateFuzzTests(SynchronousTestCase):
             f.write(json.dumps(state))
         status, out, err = self.run_("list", "--spool", self.spool)
         self.assertEqual((status, err), (0, ""))
-        self.assertIn(self.id, out)
+        self.assertIn(self.queueID, out)
         self.assertFalse(any(not (c.isprintable() or c in "\t\n") for c in out), out)
         status, out, err = self.run_("list", "--spool", self.spool, "--json")
         self.assertEqual((status, err), (0, ""))
@@ -536,8 +547,8 @@ class StateFuzzTests(SynchronousTestCase):
             raise ValueError(name)
 
         [listed] = json.loads(out, parse_constant=noConstants)
-        self.assertEqual(listed["id"], self.id)
-        status, out, err = self.run_("show", "--spool", self.spool, self.id)
+        self.assertEqual(listed["id"], self.queueID)
+        status, out, err = self.run_("show", "--spool", self.spool, self.queueID)
         self.assertEqual((status, err), (0, ""))
         self.assertFalse(any(not (c.isprintable() or c in "\t\n") for c in out), out)
 
@@ -555,6 +566,6 @@ class StateFuzzTests(SynchronousTestCase):
         status, out, err = self.run_("list", "--spool", self.spool)
         self.assertEqual((status, err), (0, ""))
         self.assertIn("next attempt now", out)
-        self.assertIn("(451 \\udcff\\r\\nX-Injected: 1)", out)
-        status, out, err = self.run_("show", "--spool", self.spool, self.id)
-        self.assertIn("last reply: 451 \\x1b[2J gone", out)
+        self.assertIn("(451 \\xff X-Injected: 1)", out)
+        status, out, err = self.run_("show", "--spool", self.spool, self.queueID)
+        self.assertIn("last reply: 451 [2J gone", out)

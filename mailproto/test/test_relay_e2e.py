@@ -51,6 +51,7 @@ from twisted.names import client, dns, server
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SkipTest, TestCase
 
+from mailproto._queue import replyToData
 from mailproto._relaymanager import SmartHostESMTPRelayingManager
 from mailproto.relay import QueueDeliveryFactory, RelayPolicy
 from mailproto.relaymanager import MXCalculator, Queue, RetrySchedule
@@ -650,10 +651,11 @@ class RelayEndToEndTests(TestCase):
         self.assertEqual(state["attempts"], 1)
         self.assertGreater(state["nextAttempt"], time.time())
         self.assertGreaterEqual(state["nextAttempt"], before + 300)
-        self.assertIn("451", state["lastReply"])
-        self.assertIn("try later", state["lastReply"])
+        self.assertEqual(state["lastReply"]["code"], 451)
+        self.assertIn("try later", " ".join(state["lastReply"]["lines"]))
         self.assertEqual([r["state"] for r in state["recipients"]], ["waiting"])
-        self.assertIn("451", state["recipients"][0]["lastReply"])
+        self.assertEqual(state["recipients"][0]["lastReply"], state["lastReply"])
+        self.assertEqual(state["recipients"][0]["lastHost"], "mx.later.test")
         self.assertEqual(senderMX.messages, [])
         self.assertEqual(self.manager.stats["reports"], 0)
         self.assertEqual(self.manager.stats["deferred"], 1)
@@ -663,7 +665,7 @@ class RelayEndToEndTests(TestCase):
         self.assertEqual(recovered.recover(), {"queued": 1, "removed": 0, "corrupt": 0})
         envelope = recovered.getEnvelope(queueID)
         self.assertEqual(
-            (envelope.attempts, envelope.nextAttempt, envelope.lastReply), (1, state["nextAttempt"], state["lastReply"])
+            (envelope.attempts, envelope.nextAttempt, replyToData(envelope.lastReply)), (1, state["nextAttempt"], state["lastReply"])
         )
         self.assertEqual([r.address for r in envelope.waiting], [b"dave@later.test"])
 

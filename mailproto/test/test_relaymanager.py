@@ -228,16 +228,16 @@ class RelayHarness:
         waiting with a timer that will bring it back.
         """
         manager = self.manager
-        scheduled = {queueID for when, _, queueID in manager._heap}
+        scheduled = {queueID for when, _, queueID in manager.due.heap}
         for queueID in self.queue.ids():
             envelope = self.queue.getEnvelope(queueID)
             self.testCase.assertTrue(envelope.waiting, f"{queueID} is queued with nobody waiting")
             if queueID in manager._inFlight:
                 continue
             self.testCase.assertIn(queueID, scheduled, f"{queueID} is in no state")
-            self.testCase.assertIsNotNone(manager._timer)
-            self.testCase.assertTrue(manager._timer.active())
-            self.testCase.assertLessEqual(manager._timer.getTime(), envelope.nextAttempt)
+            self.testCase.assertIsNotNone(manager.due.timer)
+            self.testCase.assertTrue(manager.due.timer.active())
+            self.testCase.assertLessEqual(manager.due.timer.getTime(), envelope.nextAttempt)
 
     def reports(self) -> list[tuple[Envelope, email.message.Message]]:
         """
@@ -375,8 +375,8 @@ class DeliveryTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(server.commands[-1], b"QUIT")
         self.assertTrue(client.transport.disconnected)
-        self.assertEqual(relay.manager._parked, {})
-        self.assertEqual(relay.manager._connections, 0)
+        self.assertEqual(relay.manager.lines.parked, {})
+        self.assertEqual(relay.manager.lines.connections, 0)
 
     def test_timeoutOnManagerClock(self):
         """
@@ -472,7 +472,7 @@ class RetryTests(SynchronousTestCase):
     def assertDeferred(self, relay, envelope, lastReply):
         self.assertEqual(relay.queue.ids(), [envelope.id])
         self.assertEqual([r.state for r in envelope.recipients], [WAITING])
-        self.assertIn(lastReply, envelope.recipients[0].lastReply)
+        self.assertIn(lastReply, str(envelope.recipients[0].lastReply))
         self.assertEqual(relay.queue.states[envelope.id]["attempts"], envelope.attempts)
         self.assertEqual(relay.reports(), [])
         relay.accounted()
@@ -530,7 +530,7 @@ class RetryTests(SynchronousTestCase):
             _, _, factory = relay.connection()
             relay.serve(factory, Scripted(greeting=b"421 4.3.2 Busy"))
         self.assertDeferred(relay, envelope, "421 4.3.2 Busy")
-        self.assertTrue(envelope.recipients[0].lastReply.startswith("451 4.4.2"))
+        self.assertTrue(str(envelope.recipients[0].lastReply).startswith("451 4.4.2"))
 
     def test_451AfterData(self):
         """
@@ -795,7 +795,8 @@ class FailureTests(SynchronousTestCase):
             attempts += 1
             self.assertLess(attempts, 20)
         self.assertEqual(envelope.recipients[0].state, FAILED)
-        self.assertTrue(envelope.recipients[0].lastReply.startswith("4.4.7"))
+        self.assertTrue(envelope.recipients[0].expired)
+        self.assertEqual(str(envelope.recipients[0].lastReply), "451 4.3.0 Later")
         [(_, report)] = relay.reports()
         [fields] = statusFields(report)
         self.assertEqual((fields["Action"], fields["Status"]), ("failed", "4.4.7"))
@@ -1077,8 +1078,8 @@ class SessionRefusalTests(SynchronousTestCase):
         self.assertEqual(sorted(relay.queue.ids()), sorted([first.id, second.id]))
         for envelope in (first, second):
             self.assertEqual({r.state for r in envelope.recipients}, {WAITING})
-            self.assertIn("530 5.7.0 Authentication required", envelope.recipients[0].lastReply)
-            self.assertTrue(envelope.recipients[0].lastReply.startswith("451 4.7.0"))
+            self.assertIn("530 5.7.0 Authentication required", str(envelope.recipients[0].lastReply))
+            self.assertTrue(str(envelope.recipients[0].lastReply).startswith("451 4.7.0"))
         self.assertEqual(relay.reports(), [])
         errors = [e for e in logged if "Configuration error" in e.get("log_format", "")]
         self.assertEqual(len(errors), 1)
@@ -1140,13 +1141,13 @@ class SoftBounceTests(SynchronousTestCase):
         _, _, factory = relay.connection()
         relay.serve(factory, Scripted(RCPT=lambda line: b"550 5.1.1 No such user" if b"bad@" in line else b"250 2.1.5 Ok", **{".": b"554 5.6.0 Content refused"}))
         self.assertEqual([r.state for r in envelope.recipients], [WAITING, WAITING])
-        self.assertEqual(envelope.recipients[0].lastReply, "450 4.1.1 Soft bounce: 550 5.1.1 No such user")
-        self.assertEqual(envelope.recipients[1].lastReply, "454 4.6.0 Soft bounce: 554 5.6.0 Content refused")
+        self.assertEqual(str(envelope.recipients[0].lastReply), "450 4.1.1 Soft bounce: 550 5.1.1 No such user")
+        self.assertEqual(str(envelope.recipients[1].lastReply), "454 4.6.0 Soft bounce: 554 5.6.0 Content refused")
         self.assertEqual(relay.reports(), [])
         self.assertEqual(envelope.nextAttempt, relay.reactor.seconds() + 300)
         deferred = [e for e in logged if e.get("log_format", "").startswith("Deferred")]
         self.assertEqual(len(deferred), 2)
-        self.assertIn("Soft bounce", deferred[0]["reply"])
+        self.assertIn("Soft bounce", str(deferred[0]["reply"]))
         self.assertTrue(any("Soft bounce is on" in e.get("log_format", "") for e in logged))
         relay.accounted()
 
@@ -1159,8 +1160,8 @@ class SoftBounceTests(SynchronousTestCase):
         envelope = relay.enqueue([b"a@null.test", b"x@bad..example"])
         relay.turn()
         self.assertEqual([r.state for r in envelope.recipients], [WAITING, WAITING])
-        self.assertTrue(envelope.recipients[0].lastReply.startswith("456 4.1.10 Soft bounce: 556 5.1.10"))
-        self.assertTrue(envelope.recipients[1].lastReply.startswith("453 4.1.3 Soft bounce: 553 5.1.3"))
+        self.assertTrue(str(envelope.recipients[0].lastReply).startswith("456 4.1.10 Soft bounce: 556 5.1.10"))
+        self.assertTrue(str(envelope.recipients[1].lastReply).startswith("453 4.1.3 Soft bounce: 553 5.1.3"))
         self.assertEqual(relay.reports(), [])
 
     def test_expiryStillReturns(self):
@@ -1178,7 +1179,8 @@ class SoftBounceTests(SynchronousTestCase):
             [(_, _, factory)] = made
             relay.serve(factory, Scripted(RCPT=b"550 5.1.1 No such user"))
         self.assertEqual(envelope.recipients[0].state, FAILED)
-        self.assertTrue(envelope.recipients[0].lastReply.startswith("4.4.7"))
+        self.assertTrue(envelope.recipients[0].expired)
+        self.assertEqual(str(envelope.recipients[0].lastReply), "450 4.1.1 Soft bounce: 550 5.1.1 No such user")
 
 
 class BadAddressTests(SynchronousTestCase):
@@ -1225,7 +1227,7 @@ class BadAddressTests(SynchronousTestCase):
         server = Scripted()
         relay.serve(factory, server)
         self.assertEqual([c for c in server.commands if c.startswith(b"RCPT")], [b"RCPT TO:<ok@example.com>"])
-        self.assertTrue(envelope.recipients[0].lastReply.startswith("553 5.1.3"), envelope.recipients[0].lastReply)
+        self.assertTrue(str(envelope.recipients[0].lastReply).startswith("553 5.1.3"), str(envelope.recipients[0].lastReply))
         [(_, report)] = relay.reports()
         self.assertEqual([f["Status"] for f in statusFields(report)], ["5.1.3"])
 
@@ -1254,7 +1256,7 @@ class BadAddressTests(SynchronousTestCase):
         relay.turn()
         self.assertEqual(relay.connections(), [])
         self.assertEqual(envelope.recipients[0].state, FAILED)
-        self.assertTrue(envelope.recipients[0].lastReply.startswith("550 5.1.7"))
+        self.assertTrue(str(envelope.recipients[0].lastReply).startswith("550 5.1.7"))
         self.assertEqual(relay.queue.ids(), [])
         self.assertEqual(relay.reports(), [])
 
@@ -1352,7 +1354,7 @@ class SmartHostTests(SynchronousTestCase):
         server = authFactory(clock=relay.reactor, allowPlaintextAuth=True)
         relay.serve(factory, server.buildProtocol(None))
         self.assertEqual(relay.queue.ids(), [envelope.id])
-        self.assertIn("535", envelope.recipients[0].lastReply)
+        self.assertIn("535", str(envelope.recipients[0].lastReply))
         self.assertEqual(relay.reports(), [])
 
     def test_authRefusedLogged(self):
@@ -1403,7 +1405,7 @@ class TLSPolicyTests(SynchronousTestCase):
             relay.serve(factory, server)
             self.assertNotIn(b"MAIL", b" ".join(server.commands))
         self.assertEqual(relay.queue.ids(), [envelope.id])
-        self.assertIn("TLS", envelope.recipients[0].lastReply)
+        self.assertIn("TLS", str(envelope.recipients[0].lastReply))
 
     def test_maySendsPlain(self):
         """
