@@ -36,6 +36,7 @@ from mailproto._commands import MailFrom, RcptTo, formatMailFrom, formatRcptTo
 from mailproto._errors import AddressError
 from mailproto._queue import Envelope, Recipient, openQueueFile, readQueueFile
 from mailproto._replies import Reply, replyFromWire
+from mailproto._smarthost import domainKey
 
 SENDING, RECORDING, SETTLED = "sending", "recording", "settled"
 """The states of a L{MessageAttempt}."""
@@ -309,3 +310,39 @@ def recipientRefusal(recipient: Recipient) -> Reply | None:
     except (AddressError, ValueError, TypeError) as e:
         return ownReply(553, "5.1.3", f"The queued recipient address cannot be sent on: {e}")
     return None
+
+
+def _domainOf(recipient: Recipient) -> str | None:
+    try:
+        return domainKey(Address(recipient.address).domain) or None
+    except AddressError:
+        return None
+
+
+def sortRecipients(envelope: Envelope, smartHost: str | None = None) -> tuple[dict[str, list[Recipient]], dict[bytes, Reply]]:
+    """
+    Split a message's waiting recipients by destination: their domain
+    (L{domainKey}), or C{smartHost}.
+
+    @param smartHost: the destination of every recipient, if mail goes
+        through a smart host.
+    @return: the recipients by destination, and the relay's own reply
+        for each recipient that cannot be sent anywhere: an address that
+        would not go on the wire (as one queued before its domain was
+        checked), or no domain to deliver to.
+    """
+    byDestination: dict[str, list[Recipient]] = {}
+    refused = {}
+    refusedSender = senderRefusal(envelope)
+    for recipient in envelope.waiting:
+        refusal = refusedSender or recipientRefusal(recipient)
+        destination = None
+        if refusal is None:
+            destination = smartHost or _domainOf(recipient)
+            if destination is None:
+                refusal = ownReply(550, "5.1.2", "No domain to deliver to")
+        if refusal is not None:
+            refused[recipient.address] = refusal
+        else:
+            byDestination.setdefault(destination, []).append(recipient)
+    return byDestination, refused

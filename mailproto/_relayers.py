@@ -32,8 +32,10 @@ from twisted.internet.protocol import ClientFactory, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
 from mailproto._client import ESMTPClient, SMTPClient
 from mailproto._jobs import Job
+from mailproto._smarthost import NONE
 
 
 class IRelayOwner(Interface):
@@ -380,3 +382,30 @@ class ESMTPManagedRelayerFactory(SMTPManagedRelayerFactory):
         secret = self.secret(addr) if callable(self.secret) else self.secret
         return self._configure(self.protocol(self.messages, self.manager, secret, self.contextFactory, *self.pArgs, **self.pKwArgs))
 
+
+
+def configureSecurity(relayer: ESMTPClient, tls, name: str, smartHost=None, plaintext: bool = False) -> None:
+    """
+    Set up an ESMTP relayer's TLS and AUTH for its destination.
+
+    @param tls: the destination's L{TLSPolicy
+        <mailproto._smarthost.TLSPolicy>}.
+    @param name: the name the server's certificate must have.
+    @param smartHost: the L{SmartHost <mailproto._smarthost.SmartHost>}
+        if the relayer sends to it (its credentials are used), else
+        C{None}.
+    @param plaintext: whether this session goes without TLS (TLS failed
+        under C{may}).
+    """
+    implicit = smartHost is not None and smartHost.implicitTLS
+    if relayer.context is None and tls.mode != NONE and not implicit and not plaintext:
+        relayer.context = tls.contextFor(name)
+    if tls.required:
+        relayer.requireTransportSecurity = True
+        relayer.heloFallback = False
+    if smartHost is not None and smartHost.username is not None:
+        relayer.secret = smartHost.password
+        relayer.requireAuthentication = True
+        relayer.heloFallback = False
+        for authenticator in (CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator):
+            relayer.registerAuthenticator(authenticator(smartHost.username))

@@ -56,16 +56,13 @@ from twisted.application.internet import TimerService
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailproto._address import Address
 from mailproto._attempts import RetrySchedule
-from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
 from mailproto._bounce import DEFAULT_RETURN_LIMIT
 from mailproto._client import ESMTPClient
 from mailproto._connection import Connection, Session
-from mailproto._errors import AddressError
-from mailproto._jobs import Job, MessageAttempt, ownReply, recipientRefusal, senderRefusal
+from mailproto._jobs import Job, MessageAttempt, sortRecipients
 from mailproto._mx import Candidate, Destination, MXCalculator
-from mailproto._queue import Envelope, Recipient
+from mailproto._queue import Envelope
 from mailproto._recorder import AttemptRecorder
 from mailproto._relayers import (
     ESMTPManagedRelayer,
@@ -76,6 +73,7 @@ from mailproto._relayers import (
     SMTPManagedRelayer,
     SMTPManagedRelayerFactory,
     SMTPRelayer,
+    configureSecurity,
 )
 from mailproto._reports import show
 from mailproto._scheduler import DestinationLines, DueTimes
@@ -400,44 +398,13 @@ class SmartHostSMTPRelayingManager:
 
     # -- attempts --------------------------------------------------------------
 
-    def _destinationOf(self, recipient: Recipient) -> str | None:
-        if self.smartHost is not None:
-            return SMARTHOST
-        try:
-            domain = Address(recipient.address).domain
-        except AddressError:
-            return None
-        return domainKey(domain) or None
-
-    def _sortRecipients(self, envelope: Envelope) -> tuple[dict[str, list[Recipient]], dict]:
-        """
-        Split a message's waiting recipients by destination.
-
-        @return: the recipients by destination, and the relay's own reply
-            for each recipient that cannot be sent anywhere: an address
-            that would not go on the wire (as one queued before its
-            domain was checked), or no domain to deliver to.
-        """
-        byDestination: dict[str, list[Recipient]] = {}
-        refused = {}
-        refusedSender = senderRefusal(envelope)
-        for recipient in envelope.waiting:
-            refusal = refusedSender or recipientRefusal(recipient)
-            destination = None if refusal is not None else self._destinationOf(recipient)
-            if refusal is None and destination is None:
-                refusal = ownReply(550, "5.1.2", "No domain to deliver to")
-            if refusal is not None:
-                refused[recipient.address] = refusal
-                _log.warn("Cannot send {queueID} to <{recipient}>: {reply}", queueID=envelope.id, recipient=show(recipient.address), reply=refusal)
-            else:
-                byDestination.setdefault(destination, []).append(recipient)
-        return byDestination, refused
-
     def _startAttempt(self, envelope: Envelope) -> None:
         attempt = MessageAttempt(envelope, self._now())
         self._inFlight[envelope.id] = attempt
         self.queue.setRelaying(envelope.id)
-        byDestination, refused = self._sortRecipients(envelope)
+        byDestination, refused = sortRecipients(envelope, SMARTHOST if self.smartHost is not None else None)
+        for address, refusal in refused.items():
+            _log.warn("Cannot send {queueID} to <{recipient}>: {reply}", queueID=envelope.id, recipient=show(address), reply=refusal)
         opener, path = self._opener(envelope.id), self.queue.getPath(envelope.id)
         jobs = [attempt.add(Job(envelope, rcpts, destination, attempt, opener, path)) for destination, rcpts in byDestination.items()]
         nowhere = attempt.add(Job(envelope, [r for r in envelope.waiting if r.address in refused], "", attempt)) if refused else None
@@ -537,22 +504,9 @@ class SmartHostSMTPRelayingManager:
         relayer.callLater = self.reactor.callLater
         if connection is None or not isinstance(relayer, ESMTPClient):
             return
-        tls = connection.tls
         smartHost = self.smartHost if connection.destination == SMARTHOST else None
         name = smartHost.host if smartHost is not None else (connection.host or connection.destination)
-        implicit = smartHost is not None and smartHost.implicitTLS
-        if relayer.context is None and tls.mode != NONE and not implicit and not connection.plaintext:
-            relayer.context = tls.contextFor(name)
-        if tls.required:
-            relayer.requireTransportSecurity = True
-            relayer.heloFallback = False
-        if smartHost is not None and smartHost.username is not None:
-            relayer.secret = smartHost.password
-            relayer.requireAuthentication = True
-            relayer.heloFallback = False
-            relayer.registerAuthenticator(CramMD5ClientAuthenticator(smartHost.username))
-            relayer.registerAuthenticator(LOGINAuthenticator(smartHost.username))
-            relayer.registerAuthenticator(PLAINAuthenticator(smartHost.username))
+        configureSecurity(relayer, connection.tls, name, smartHost, connection.plaintext)
 
 
 class SmartHostESMTPRelayingManager(SmartHostSMTPRelayingManager):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailproto._client import RecipientReply
-from mailproto._jobs import RECORDING, SENDING, SETTLED, AttemptStateError, Job, MessageAttempt, ownReply, recipientRefusal, senderRefusal
+from mailproto._jobs import RECORDING, SENDING, SETTLED, AttemptStateError, Job, MessageAttempt, ownReply, recipientRefusal, senderRefusal, sortRecipients
 from mailproto._queue import Envelope, Recipient
 from mailproto._replies import Reply
 
@@ -177,3 +177,28 @@ class QueuedAddressTests(SynchronousTestCase):
     def test_ownReplyOneLine(self):
         reply = ownReply(451, "4.4.2", "Connection lost:\r\n  line two\x1b")
         self.assertEqual(reply, Reply(451, [b"Connection lost: line two"], b"4.4.2"))
+
+
+class SortRecipientsTests(SynchronousTestCase):
+    """
+    L{sortRecipients}: waiting recipients by destination, and the relay's
+    own refusal for those that cannot go anywhere.
+    """
+
+    def test_byDomain(self):
+        envelope = Envelope("0" * 12, b"jo@example.org", [Recipient(b"a@Example.COM"), Recipient(b"b@example.com"), Recipient(b"c@b\xc3\xbccher.example"), Recipient(b"postmaster"), Recipient(b"d@example.net", state="delivered")])
+        byDestination, refused = sortRecipients(envelope)
+        self.assertEqual({d: [r.address for r in rs] for d, rs in byDestination.items()}, {"example.com": [b"a@Example.COM", b"b@example.com"], "xn--bcher-kva.example": [b"c@b\xc3\xbccher.example"]})
+        self.assertEqual({a: (r.code, r.status) for a, r in refused.items()}, {b"postmaster": (553, b"5.1.3")})
+
+    def test_smartHost(self):
+        envelope = _envelope(2)
+        byDestination, refused = sortRecipients(envelope, "[smarthost]")
+        self.assertEqual((list(byDestination), len(byDestination["[smarthost]"]), refused), (["[smarthost]"], 2, {}))
+
+    def test_senderRefusesAll(self):
+        envelope = _envelope(2)
+        envelope.sender = b"a b@@"
+        byDestination, refused = sortRecipients(envelope)
+        self.assertEqual(byDestination, {})
+        self.assertEqual({r.status for r in refused.values()}, {b"5.1.7"})
