@@ -53,7 +53,7 @@ from typing import NamedTuple
 from mailproto import _grammar
 from mailproto._address import Address, User
 from mailproto._headers import localHostname, messageid, rfc822date
-from mailproto._replies import Reply, isStatus
+from mailproto._replies import Reply, ReplyParser, ReplySyntaxError, isStatus
 from mailproto._xtext import encodeXtext
 
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
@@ -121,8 +121,6 @@ _whitespaceRe = re.compile(r"\s+")
 # (QCHAR), and the escapes it has for the others.
 _utf8XtextRe = re.compile(r"\\x\{[0-9A-Fa-f]{2,6}\}|[^\x21-\x2a\x2c-\x3c\x3e-\x5b\x5d-\x7e]")
 # A line of an SMTP reply in a transcript.
-_replyLineRe = re.compile(r"([2-5][0-9][0-9])(?:([ -])(.*))?")
-_statusPrefixRe = re.compile(r"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |$)")
 
 
 def _text(value, encoding: str = "utf-8") -> str:
@@ -623,9 +621,11 @@ def _humanText(
             lines += _wrap(entry, "  ", "    ")
             lines += _wrap(f"Status: {recipient.status}", "    ")
             diagnostic = _diagnostic(recipient.diagnostic)
-            if diagnostic is not None:
+            if diagnostic is not None and (recipient.remoteMTA is not None or diagnostic[0] == "smtp"):
                 teller = recipient.remoteMTA or "The remote server"
                 lines += _wrap(f"{teller} said: {diagnostic[1]}", "    ", "      ")
+            elif diagnostic is not None:
+                lines += _wrap(f"Reason: {diagnostic[1]}", "    ", "      ")
             if recipient.lastAttempt is not None:
                 lines += _wrap(f"Last attempt: {_date(recipient.lastAttempt, 'lastAttempt')}", "    ")
             if recipient.willRetryUntil is not None:
@@ -832,36 +832,22 @@ def makeReport(
     return ReportMessage(b"", [bytes(report.sender)], data)
 
 
-def _replyIn(transcript: str) -> tuple[str, str | None, str] | None:
+def _replyIn(transcript: str) -> Reply | None:
     """
-    Find the first failure reply (4xx or 5xx) in a transcript.
+    Find the first failure reply (4xx or 5xx) in a transcript, read by the
+    wire's reply parser; lines that are not reply lines are skipped.
 
-    @return: C{(code, enhanced status or None, the reply as one line)}, or
-        C{None} if the transcript has none.
+    @return: the reply, or C{None} if the transcript has none.
     """
-    lines = transcript.splitlines()
-    for index, line in enumerate(lines):
-        match = _replyLineRe.fullmatch(line.strip())
-        if match is None or match.group(1)[0] not in "45":
+    parser = ReplyParser()
+    for line in transcript.splitlines():
+        try:
+            reply = parser.lineReceived(line.strip().encode("utf-8", "replace"))
+        except ReplySyntaxError:
+            parser = ReplyParser()
             continue
-        code = match.group(1)
-        texts = [match.group(3) or ""]
-        more = match.group(2) == "-"
-        for following in lines[index + 1 :]:
-            if not more:
-                break
-            cont = _replyLineRe.fullmatch(following.strip())
-            if cont is None or cont.group(1) != code:
-                break
-            texts.append(cont.group(3) or "")
-            more = cont.group(2) == "-"
-        status = None
-        found = _statusPrefixRe.match(texts[0])
-        if found is not None and found.group(1)[0] == code[0]:
-            status = found.group(1)
-            prefix = re.compile(re.escape(status) + r"(?: |$)")
-            texts = [texts[0]] + [prefix.sub("", text, count=1) for text in texts[1:]]
-        return code, status, _oneLine(code + " " + " ".join(t for t in texts if t))
+        if reply is not None and reply.code >= 400:
+            return reply
     return None
 
 
@@ -897,12 +883,13 @@ def generateBounce(message, failedFrom, failedTo, transcript="", encoding="utf-8
     sender = parseaddr(failedFrom)[1] or failedFrom.strip()
     recipient = parseaddr(failedTo)[1] or failedTo.strip()
 
-    found = _replyIn(transcript or "")
-    if found is None:
-        status, diagnostic = "5.0.0", None
+    diagnostic = _replyIn(transcript or "")
+    if diagnostic is None:
+        status = "5.0.0"
+    elif diagnostic.status is not None:
+        status = diagnostic.status.decode("ascii")
     else:
-        code, status, diagnostic = found
-        status = status or f"{code[0]}.0.0"
+        status = f"{diagnostic.code // 100}.0.0"
     report = DeliveryReport(
         reportingMTA=localHostname().decode("ascii"),
         sender=sender,

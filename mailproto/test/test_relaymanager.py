@@ -763,6 +763,13 @@ class FailureTests(SynchronousTestCase):
         relay.turn()
         [(_, report)] = relay.reports()
         self.assertEqual([f["Status"] for f in statusFields(report)], ["5.1.10"])
+        # The relay's own reply: no remote MTA said it.
+        [fields] = statusFields(report)
+        self.assertNotIn("Remote-MTA", fields)
+        self.assertTrue(fields["Diagnostic-Code"].startswith("x-mailproto; 5.1.10 "), fields["Diagnostic-Code"])
+        human = report.get_payload(0).get_payload(decode=True)
+        self.assertIn(b"Reason: 5.1.10 ", human)
+        self.assertNotIn(b"said:", human)
         # The only connection is the report's, to the sender's MX.
         self.assertEqual([host for host, _, _ in relay.connections()], ["192.0.2.20"])
 
@@ -800,6 +807,7 @@ class FailureTests(SynchronousTestCase):
         [(_, report)] = relay.reports()
         [fields] = statusFields(report)
         self.assertEqual((fields["Action"], fields["Status"]), ("failed", "4.4.7"))
+        self.assertEqual((fields["Remote-MTA"], fields["Diagnostic-Code"]), ("dns; mx1.example.com", "smtp; 451 4.3.0 Later"))
         self.assertEqual(attempts, 5)  # at 0, 300, 900, 2100, 4500 s
 
     def test_neverBounceABounce(self):
