@@ -44,7 +44,8 @@ from mailproto._grammar import isDomain
 from mailproto._logs import FORMATS as LOG_FORMATS, RelayLog
 from mailproto._proxy import proxyEndpoint
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
-from mailproto._relaymanager import ENCRYPT, MAY, NONE, VERIFY, SmartHost, SmartHostESMTPRelayingManager, TLSPolicy
+from mailproto._relaymanager import SmartHostESMTPRelayingManager
+from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY, SmartHost, TLSPolicy
 from mailproto._replies import statusOf
 from mailproto._queue import Queue
 from mailproto._server import ESMTP, LMTP, AuthFailures, ESMTPFactory, LMTPFactory

@@ -29,6 +29,13 @@ from mailproto._verdicts import softened
 
 _log = Logger(namespace="mailproto.relaymanager")
 
+# The log line for each recipient by the outcome of its attempt.
+_OUTCOME_LINES = (
+    ("delivered", "Delivered {queueID} to <{recipient}> via {host}: {reply}"),
+    ("deferred", "Deferred {queueID} for <{recipient}> until {nextAttempt}: {reply}"),
+    ("failed", "Failed {queueID} for <{recipient}>: {reply}"),
+)
+
 
 class AttemptRecorder:
     """
@@ -98,32 +105,18 @@ class AttemptRecorder:
 
     def _log(self, envelope: Envelope, result: AttemptResult) -> None:
         stats = self.manager.stats
-        for recipient in result.delivered:
-            stats["delivered"] += 1
-            _log.info(
-                "Delivered {queueID} to <{recipient}> via {host}: {reply}",
-                queueID=envelope.id,
-                recipient=show(recipient.address),
-                host=recipient.lastHost,
-                reply=recipient.lastReply,
-            )
-        for recipient in result.deferred:
-            stats["deferred"] += 1
-            _log.info(
-                "Deferred {queueID} for <{recipient}> until {nextAttempt}: {reply}",
-                queueID=envelope.id,
-                recipient=show(recipient.address),
-                nextAttempt=envelope.nextAttempt,
-                reply=recipient.lastReply,
-            )
-        for recipient in result.failed:
-            stats["failed"] += 1
-            _log.info(
-                "Failed {queueID} for <{recipient}>: {reply}",
-                queueID=envelope.id,
-                recipient=show(recipient.address),
-                reply=f"expired, last reply: {recipient.lastReply or 'none'}" if recipient.expired else recipient.lastReply,
-            )
+        for outcome, text in _OUTCOME_LINES:
+            for recipient in getattr(result, outcome):
+                stats[outcome] += 1
+                reply = recipient.lastReply
+                _log.info(
+                    text,
+                    queueID=envelope.id,
+                    recipient=show(recipient.address),
+                    host=recipient.lastHost,
+                    nextAttempt=envelope.nextAttempt,
+                    reply=f"expired, last reply: {reply or 'none'}" if recipient.expired else reply,
+                )
 
     def _reports(self, attempt: MessageAttempt, result: AttemptResult, now: float) -> list[defer.Deferred]:
         envelope = attempt.envelope

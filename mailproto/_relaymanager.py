@@ -64,43 +64,13 @@ from mailproto._jobs import Job, MessageAttempt, sortRecipients
 from mailproto._mx import Candidate, Destination, MXCalculator
 from mailproto._queue import Envelope
 from mailproto._recorder import AttemptRecorder
-from mailproto._relayers import (
-    ESMTPManagedRelayer,
-    ESMTPManagedRelayerFactory,
-    ESMTPRelayer,
-    ManagedRelayerMixin,
-    RelayerMixin,
-    SMTPManagedRelayer,
-    SMTPManagedRelayerFactory,
-    SMTPRelayer,
-    configureSecurity,
-)
+from mailproto._relayers import ESMTPManagedRelayerFactory, SMTPManagedRelayerFactory, configureSecurity
 from mailproto._reports import show
 from mailproto._scheduler import DestinationLines, DueTimes
-from mailproto._smarthost import ENCRYPT, MAY, NONE, SMARTHOST, VERIFY, SmartHost, TLSPolicy, domainKey
+from mailproto._smarthost import MAY, SMARTHOST, SmartHost, TLSPolicy, domainKey
 
 _log = Logger(namespace="mailproto.relaymanager")
 
-__all__ = [
-    "ENCRYPT",
-    "MAY",
-    "NONE",
-    "VERIFY",
-    "SMARTHOST",
-    "SmartHost",
-    "TLSPolicy",
-    "RelayerMixin",
-    "SMTPRelayer",
-    "ESMTPRelayer",
-    "ManagedRelayerMixin",
-    "SMTPManagedRelayer",
-    "ESMTPManagedRelayer",
-    "SMTPManagedRelayerFactory",
-    "ESMTPManagedRelayerFactory",
-    "SmartHostSMTPRelayingManager",
-    "SmartHostESMTPRelayingManager",
-    "RelayStateHelper",
-]
 
 
 class SmartHostSMTPRelayingManager:

@@ -19,6 +19,6 @@ L{ESMTPRelayer} (SMTP clients sending queue files).  A relay's server::
 """
 
 from mailproto._relay import DomainQueuer, QueueDelivery, QueueDeliveryFactory, RelayPolicy
-from mailproto._relaymanager import ESMTPRelayer, RelayerMixin, SMTPRelayer
+from mailproto._relayers import ESMTPRelayer, RelayerMixin, SMTPRelayer
 
 __all__ = ["QueueDelivery", "QueueDeliveryFactory", "RelayPolicy", "DomainQueuer", "RelayerMixin", "SMTPRelayer", "ESMTPRelayer"]

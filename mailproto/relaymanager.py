@@ -50,22 +50,15 @@ from mailproto._mx import (
     NullMX,
 )
 from mailproto._queue import Envelope, Queue, Recipient
-from mailproto._relaymanager import (
-    ENCRYPT,
-    MAY,
-    NONE,
-    VERIFY,
+from mailproto._relayers import (
     ESMTPManagedRelayer,
     ESMTPManagedRelayerFactory,
     ManagedRelayerMixin,
-    RelayStateHelper,
-    SmartHost,
-    SmartHostESMTPRelayingManager,
-    SmartHostSMTPRelayingManager,
     SMTPManagedRelayer,
     SMTPManagedRelayerFactory,
-    TLSPolicy,
 )
+from mailproto._relaymanager import RelayStateHelper, SmartHostESMTPRelayingManager, SmartHostSMTPRelayingManager
+from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY, SmartHost, TLSPolicy
 
 __all__ = [
     "MXCalculator",

@@ -49,7 +49,7 @@ from mailproto import _daemon
 from mailproto._connlimits import ConnectionLimitsFactory
 from mailproto._daemon import DEFAULT_LISTEN, DEFAULT_SPOOL, Options, RelayService, makeService
 from mailproto._relay import LOOPBACK
-from mailproto._relaymanager import SmartHost, SmartHostESMTPRelayingManager
+from mailproto.relaymanager import SmartHost, SmartHostESMTPRelayingManager
 from mailproto.test._relayprocess import relayCommand
 
 # The directory that holds the mailproto package being tested (a checkout

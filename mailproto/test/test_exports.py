@@ -199,9 +199,9 @@ class RelayExportsTests(SynchronousTestCase):
     """
 
     def test_identity(self):
-        from mailproto import _attempts, _mx, _queue, _relay, _relaymanager, relay, relaymanager
+        from mailproto import _attempts, _mx, _queue, _relay, _relayers, _relaymanager, _smarthost, relay, relaymanager
 
-        for module, private in [(relaymanager, (_attempts, _mx, _queue, _relaymanager)), (relay, (_relay, _relaymanager))]:
+        for module, private in [(relaymanager, (_attempts, _mx, _queue, _relayers, _relaymanager, _smarthost)), (relay, (_relay, _relayers))]:
             for name in module.__all__:
                 origins = {id(getattr(p, name)): getattr(p, name) for p in private if hasattr(p, name)}
                 self.assertEqual(len(origins), 1, name)

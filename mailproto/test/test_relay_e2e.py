@@ -52,7 +52,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SkipTest, TestCase
 
 from mailproto._queue import replyToData
-from mailproto._relaymanager import SmartHostESMTPRelayingManager
+from mailproto.relaymanager import SmartHostESMTPRelayingManager
 from mailproto.relay import QueueDeliveryFactory, RelayPolicy
 from mailproto.relaymanager import MXCalculator, Queue, RetrySchedule
 from mailproto.smtp import ESMTPFactory

@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 
 from mailproto._attempts import RetrySchedule
 from mailproto._queue import Envelope, Queue, Recipient, newMessageID
-from mailproto._relaymanager import SmartHost, SmartHostESMTPRelayingManager, TLSPolicy
+from mailproto.relaymanager import SmartHost, SmartHostESMTPRelayingManager, TLSPolicy
 from mailproto.testing import Drop, ScriptedSMTPFactory, Stall, Trickle
 
 # The next hop's reply timeout, and how long a fault is kept up.

@@ -24,18 +24,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mailproto._attempts import RetrySchedule
 from mailproto._queue import FAILED, WAITING, Envelope, Queue, Recipient, newMessageID
-from mailproto._relaymanager import (
+from mailproto._smarthost import SMARTHOST
+from mailproto.relay import ESMTPRelayer, SMTPRelayer
+from mailproto.relaymanager import (
     ENCRYPT,
-    SMARTHOST,
     ESMTPManagedRelayer,
     ESMTPManagedRelayerFactory,
-    ESMTPRelayer,
     RelayStateHelper,
     SmartHost,
     SmartHostESMTPRelayingManager,
     SmartHostSMTPRelayingManager,
     SMTPManagedRelayerFactory,
-    SMTPRelayer,
     TLSPolicy,
 )
 from mailproto._mx import MXCalculator
