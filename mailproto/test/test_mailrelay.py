@@ -35,7 +35,7 @@ from mailproto._connlimits import ConnectionLimitsFactory
 from mailproto._cred import UsersFile
 from mailproto._daemon import Options, RelayLMTPFactory, RelayService, makeService, parseDuration, parseSize
 from mailproto._logs import BatchedFile, JSONLineObserver, RelayLog, eventAsJSONLine
-from mailproto._relaymanager import ENCRYPT, MAY, NONE, VERIFY
+from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY
 from mailproto.test.test_daemon import RelayProcess, _sendWithSmtplib, freePort, spoolListing, waitUntil
 from mailproto.test._peers import missing
 
