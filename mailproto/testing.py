@@ -21,9 +21,11 @@ memory, without sockets or real time.
     L{mailproto.relaymanager.SmartHostESMTPRelayingManager}).
   - L{ScriptedSMTPServer} (and L{ScriptedSMTPFactory} for a socket) is an
     SMTP server that answers each command as a script says -- a wrong
-    reply, extra lines, garbage, a trickle, nothing, a dropped connection
-    -- and records the commands and messages it received: for tests of
-    how a client copes with servers that misbehave.
+    reply, extra lines, garbage, a trickle, nothing, a dropped connection,
+    a reply worked out from the command, real TLS after STARTTLS
+    (L{StartTLS}) or a TLS handshake that fails (L{BrokenTLS}) -- and
+    records the commands and messages it received: for tests of how a
+    client copes with servers that misbehave.
 
 A test of an application's own client against a mailproto server::
 
@@ -74,6 +76,7 @@ from mailproto._queue import Envelope, QueueView
 from mailproto.interfaces import IMessageDelivery, IMessageStream
 
 __all__ = [
+    "BrokenTLS",
     "DeliveredMessage",
     "Drop",
     "FakeResolver",
@@ -84,6 +87,8 @@ __all__ = [
     "ScriptedSMTPFactory",
     "ScriptedSMTPServer",
     "Stall",
+    "StartTLS",
+    "TLS_HANDSHAKE_FAILURE",
     "Trickle",
     "connectInMemory",
 ]
@@ -491,6 +496,73 @@ class Trickle:
         return f"Trickle({self.data!r}, {self.delay!r})"
 
 
+#: The TLS record of a fatal C{handshake_failure} alert (TLS 1.2 record
+#: layer, as TLS 1.3 servers send it too): what L{BrokenTLS} answers a
+#: client's hello with by default.
+TLS_HANDSHAKE_FAILURE = b"\x15\x03\x03\x00\x02\x02\x28"
+
+
+class StartTLS:
+    """
+    A L{ScriptedSMTPServer} action, for C{STARTTLS}: write C{reply}, then
+    really start TLS as the server, with C{contextFactory}; the session
+    starts again inside TLS (the client says EHLO again, and the default
+    reply no longer offers STARTTLS).  Anything the client sent after its
+    C{STARTTLS} line before TLS began is thrown away, as RFC 3207
+    requires.
+
+    The handshake fails if the client does not accept the server's
+    certificate: give C{contextFactory} a certificate of an authority
+    the client does not trust, or for another name, to see what the
+    client does then.
+
+    The server's transport must provide
+    C{twisted.internet.interfaces.ITLSTransport}, as a TCP connection
+    does (not an in-memory one: use L{BrokenTLS} there).  Said again
+    once TLS is on, it answers C{503 5.5.1}.
+    """
+
+    def __init__(self, contextFactory, reply: bytes = b"220 2.0.0 Ready to start TLS\r\n") -> None:
+        """
+        @param contextFactory: the server's TLS options, for example
+            C{twisted.internet.ssl.PrivateCertificate.loadPEM(pem).options()}
+            or a C{twisted.internet.ssl.CertificateOptions}.
+        @param reply: what is written before TLS starts.
+        """
+        self.contextFactory = contextFactory
+        self.reply = reply
+
+    def __repr__(self) -> str:
+        return f"StartTLS({self.contextFactory!r}, {self.reply!r})"
+
+
+class BrokenTLS:
+    """
+    A L{ScriptedSMTPServer} action, for C{STARTTLS}: write C{reply}, as if
+    TLS could start, then answer the first bytes the client sends (its TLS
+    hello) with C{data} instead of a TLS handshake, and close the
+    connection: the client sees its TLS handshake fail.
+
+    It waits for the client's hello because a client must refuse anything
+    a server sends between its reply to STARTTLS and the start of TLS as
+    an attack, which is another test.  Works on any transport.
+    """
+
+    def __init__(self, data: bytes = TLS_HANDSHAKE_FAILURE, reply: bytes = b"220 2.0.0 Ready to start TLS\r\n") -> None:
+        """
+        @param data: what the client's hello gets: by default a TLS
+            C{handshake_failure} alert (L{TLS_HANDSHAKE_FAILURE}); any
+            bytes, such as C{b"not TLS\\r\\n"}; or C{b""} to close the
+            connection without a word.
+        @param reply: what is written to C{STARTTLS}.
+        """
+        self.data = data
+        self.reply = reply
+
+    def __repr__(self) -> str:
+        return f"BrokenTLS({self.data!r}, {self.reply!r})"
+
+
 #: What a L{ScriptedSMTPServer} answers unless its script says otherwise.
 #: C{GREETING} is said on connecting, C{EOD} to the end of a message's
 #: data, C{BODY} to each line of it (nothing), C{OTHER} to any other
@@ -517,7 +589,7 @@ class ScriptedSMTPServer(LineReceiver):
     An SMTP server that answers what its script says, to test how a client
     copes with servers that misbehave: a reply where another belongs, extra
     reply lines, garbage, a reply trickled line by line, no reply at all, a
-    dropped connection.
+    dropped connection, a TLS handshake that fails.
 
     The script maps a command (C{b"EHLO"}, C{b"HELO"}, C{b"MAIL"},
     C{b"RCPT"}, C{b"DATA"}, C{b"RSET"}, C{b"NOOP"}, C{b"QUIT"},
@@ -532,15 +604,39 @@ class ScriptedSMTPServer(LineReceiver):
       - C{None}: the default for that command (L{SCRIPT_DEFAULTS});
       - L{Drop}: close the connection (after writing its data);
       - L{Stall}: never answer again (after writing its data);
-      - L{Trickle}: write lines one at a time, with a delay before each.
+      - L{Trickle}: write lines one at a time, with a delay before each;
+      - L{StartTLS}: say 220 and really start TLS (on a TCP connection);
+      - L{BrokenTLS}: say 220 and fail the TLS handshake;
+      - a callable: called with the line received (the command; for
+        C{GREETING}, C{b""}; for C{EOD}, C{b"."}; for C{BODY}, the line
+        of the message) and the server, it returns one of the actions
+        above, for example a reply that depends on L{accepted}::
+
+            def rcpt(line, server):
+                if server.accepted < 2:
+                    return b"250 2.1.5 Ok\\r\\n"
+                return b"452 4.5.3 Too many recipients\\r\\n"
+
+            ScriptedSMTPServer({b"RCPT": rcpt})
 
     What the server writes to DATA decides whether a message follows: a
     reply beginning with C{354} reads the message's lines until C{.}.
+
+    When EHLO is answered by default, the reply offers C{extensions}, and
+    STARTTLS too if the script's action for STARTTLS is (or its list has)
+    a L{StartTLS} or a L{BrokenTLS}; once TLS is on, STARTTLS is no
+    longer offered.  (A script whose STARTTLS is a callable offers it only
+    if C{extensions} lists it.)
 
     @ivar commands: every command line received, in order (not the lines
         of messages).
     @ivar messages: the data of every message received, dot-stuffing
         removed, each line ending in CRLF.
+    @ivar accepted: how many recipients the current transaction has:
+        RCPT commands answered with a reply beginning with C{2}, since the
+        last MAIL, RSET, EHLO, HELO, end of data or start of TLS.
+    @ivar tls: whether TLS was started (by a L{StartTLS}) on this
+        connection.
     @ivar closed: a C{Deferred} that fires when the connection is lost.
     """
 
@@ -558,11 +654,14 @@ class ScriptedSMTPServer(LineReceiver):
         self.clock = clock
         self.commands = []
         self.messages = []
+        self.accepted = 0
+        self.tls = False
         self.closed = defer.Deferred()
         self._uses = {}
         self._body = None
         self._done = False
         self._pending = []
+        self._brokenTLS = None
 
     def _clock(self):
         if self.clock is None:
@@ -571,21 +670,38 @@ class ScriptedSMTPServer(LineReceiver):
             self.clock = reactor
         return self.clock
 
+    def _offersTLS(self) -> bool:
+        """
+        Whether the script's STARTTLS starts TLS, or tries to.
+        """
+        action = self.script.get(b"STARTTLS")
+        actions = action if isinstance(action, list) else [action]
+        return any(isinstance(a, (StartTLS, BrokenTLS)) for a in actions)
+
     def _ehloReply(self) -> bytes:
-        lines = [b"mx.example greets you", *self.extensions]
+        extensions = self.extensions
+        if self.tls:
+            extensions = [e for e in extensions if e.split(b" ", 1)[0].upper() != b"STARTTLS"]
+        elif self._offersTLS() and not any(e.split(b" ", 1)[0].upper() == b"STARTTLS" for e in extensions):
+            extensions = [*extensions, b"STARTTLS"]
+        lines = [b"mx.example greets you", *extensions]
         last = len(lines) - 1
         return b"".join(b"250" + (b" " if i == last else b"-") + line + b"\r\n" for i, line in enumerate(lines))
 
-    def actionFor(self, key: bytes):
+    def actionFor(self, key: bytes, line: bytes = b""):
         """
+        @param key: the command or event (see the class docstring).
+        @param line: the line received, for an action that is a callable.
         @return: the next action for C{key}, from the script or the
-            defaults.
+            defaults; never C{None}, a list or a callable.
         """
         action = self.script.get(key, self.script.get(b"OTHER") if key not in SCRIPT_DEFAULTS else None)
         if isinstance(action, list):
             used = self._uses.get(key, 0)
             self._uses[key] = used + 1
             action = action[min(used, len(action) - 1)] if action else None
+        if callable(action):
+            action = action(line, self)
         if action is None:
             action = self._ehloReply() if key == b"EHLO" else SCRIPT_DEFAULTS.get(key, SCRIPT_DEFAULTS[b"OTHER"])
         return action
@@ -604,7 +720,28 @@ class ScriptedSMTPServer(LineReceiver):
             if isinstance(action, Drop):
                 self.transport.loseConnection()
             return
+        if isinstance(action, StartTLS):
+            self._startTLS(action)
+            return
+        if isinstance(action, BrokenTLS):
+            self._write(action.reply)
+            # What came after STARTTLS is the client's hello, or would be.
+            self.clearLineBuffer()
+            self._brokenTLS = action
+            self.setRawMode()
+            return
         self._write(action)
+
+    def _startTLS(self, action: StartTLS) -> None:
+        if self.tls:
+            self._write(b"503 5.5.1 TLS already active\r\n")
+            return
+        self._write(action.reply)
+        # Nothing sent before TLS is taken as said inside it (RFC 3207 4.2).
+        self.clearLineBuffer()
+        self.transport.startTLS(action.contextFactory)
+        self.tls = True
+        self.accepted = 0
 
     def _write(self, data: bytes) -> None:
         if data and self.transport is not None and not getattr(self.transport, "disconnected", False):
@@ -621,24 +758,51 @@ class ScriptedSMTPServer(LineReceiver):
             return
         self.commands.append(line)
         verb = line.split(b" ", 1)[0].split(b":", 1)[0].upper()
-        action = self.actionFor(verb)
+        if verb in (b"MAIL", b"RSET", b"EHLO", b"HELO"):
+            self.accepted = 0
+        action = self.actionFor(verb, line)
         if verb == b"DATA" and self._opensData(action):
             self._body = []
+        if verb == b"RCPT" and self._replyOf(action)[:1] == b"2":
+            self.accepted += 1
         self.perform(action)
 
+    def rawDataReceived(self, data: bytes) -> None:
+        """
+        The client's TLS hello, after a L{BrokenTLS}: answer it with the
+        action's data and close.
+        """
+        if self._done or self._brokenTLS is None:
+            return
+        self._write(self._brokenTLS.data)
+        self._done = True
+        self.transport.loseConnection()
+
     @staticmethod
-    def _opensData(action) -> bool:
-        data = action.data if isinstance(action, (Drop, Stall, Trickle)) else action
-        return isinstance(action, (bytes, Trickle)) and data[:3] == b"354"
+    def _replyOf(action) -> bytes:
+        """
+        What an action writes first, or would.
+        """
+        if isinstance(action, (StartTLS, BrokenTLS)):
+            return action.reply
+        if isinstance(action, (Drop, Stall, Trickle)):
+            return action.data
+        return action if isinstance(action, bytes) else b""
+
+    @classmethod
+    def _opensData(cls, action) -> bool:
+        return isinstance(action, (bytes, Trickle)) and cls._replyOf(action)[:3] == b"354"
 
     def _bodyLine(self, line: bytes) -> None:
         if line == b".":
             self.messages.append(b"".join(self._body))
             self._body = None
-            self.perform(self.actionFor(b"EOD"))
+            action = self.actionFor(b"EOD", line)
+            self.accepted = 0
+            self.perform(action)
             return
         self._body.append((line[1:] if line[:1] == b"." else line) + b"\r\n")
-        self.perform(self.actionFor(b"BODY"))
+        self.perform(self.actionFor(b"BODY", line))
 
     def connectionLost(self, reason=None) -> None:
         for call in self._pending:

@@ -4,7 +4,8 @@
 The examples in C{docs/} work as shown: each page's C{>>>} examples are run
 with L{doctest}, and the example programs of the tutorials in
 C{docs/examples/} are run: the mail server and the two senders over
-loopback TCP, the trial tests of the testing tutorial with trial.
+loopback TCP, the trial tests of the testing tutorial with trial (those
+over loopback TCP in a trial of their own, as a reader runs them).
 
 The pages are found next to the package in a checkout, or in the source
 tree named by the C{MAILPROTO_SOURCE} environment variable (which
@@ -21,6 +22,7 @@ import sys
 import tempfile
 
 from twisted.internet import defer, reactor
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial import reporter, runner
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -141,6 +143,41 @@ class DocsTests(SynchronousTestCase):
         self.assertEqual(result.testsRun, 2)
         self.assertEqual((result.errors, result.failures), ([], []))
         self.assertTrue(result.wasSuccessful())
+
+
+class TrialExamplesTests(TestCase):
+    """
+    The trial tests the testing tutorial shows that run over loopback TCP,
+    run as the page says: C{python -m twisted.trial} in a process of its
+    own (a trial run cannot run inside another's reactor).
+    """
+
+    if DOCS is None:
+        skip = "docs/ not found: set MAILPROTO_SOURCE to the source tree"
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_starttls(self):
+        """
+        docs/examples/test_starttls.py passes.
+        """
+        try:
+            import trustme  # noqa: F401
+        except ImportError:
+            from mailproto.test._peers import missing
+
+            missing("trustme is not installed")
+        where = os.path.abspath(self.mktemp())
+        os.makedirs(where)
+        package = str(pathlib.Path(mailproto.__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(EXAMPLES), package]))
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "twisted.trial", "test_starttls"], env=env, path=where
+        )
+        text = (out + err).decode("utf-8", "replace")
+        self.assertEqual(code, 0, text)
+        self.assertIn("PASSED (successes=2)", text)
 
 
 class ExampleProgramsTests(TestCase):

@@ -4,19 +4,25 @@
 L{mailproto.testing}: the helpers users get for their own tests.
 """
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IResolver
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.names import dns, error
 from twisted.protocols.basic import LineReceiver
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from mailproto.interfaces import IMessageDelivery, IMessageStream
 from mailproto.smtp import ESMTPFactory, SMTPServerError, User
+from mailproto.test._loopback import noConnectionsLeft
+from mailproto.test._peers import missing
+from mailproto.test.test_client import TLSCapableTransport
 from mailproto.testing import (
+    TLS_HANDSHAKE_FAILURE,
+    BrokenTLS,
     DeliveredMessage,
     Drop,
     FakeResolver,
@@ -25,9 +31,15 @@ from mailproto.testing import (
     ScriptedSMTPFactory,
     ScriptedSMTPServer,
     Stall,
+    StartTLS,
     Trickle,
     connectInMemory,
 )
+
+try:
+    import trustme
+except ImportError:  # pragma: no cover
+    trustme = None
 
 
 class ScriptedClient(LineReceiver):
@@ -405,3 +417,230 @@ class ScriptedSMTPServerTests(SynchronousTestCase):
         self.assertEqual(client.results, [])
         self.assertEqual(len(client.errors), 1)
         self.assertEqual(server.messages, [])
+
+    def test_callable(self):
+        """
+        A callable action gets the line and the server, and returns the
+        action: here a reply that depends on how many recipients the
+        transaction has (L{ScriptedSMTPServer.accepted}, counted anew from
+        each MAIL); C{None} is the default.
+        """
+        seen = []
+
+        def rcpt(line, server):
+            seen.append((line, server.accepted))
+            return b"250 2.1.5 Ok\r\n" if server.accepted < 2 else b"452 4.5.3 Too many recipients\r\n"
+
+        self.connect({b"RCPT": rcpt, b"MAIL": lambda line, server: None})
+        self.said()
+        self.server.dataReceived(b"MAIL FROM:<a@x>\r\n" + b"".join(b"RCPT TO:<%d@x>\r\n" % n for n in range(3)))
+        self.assertEqual(
+            self.said(), b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n452 4.5.3 Too many recipients\r\n"
+        )
+        self.assertEqual(self.server.accepted, 2)
+        self.server.dataReceived(b"MAIL FROM:<a@x>\r\nRCPT TO:<3@x>\r\n")
+        self.assertEqual(self.said(), b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
+        self.assertEqual(seen, [(b"RCPT TO:<0@x>", 0), (b"RCPT TO:<1@x>", 1), (b"RCPT TO:<2@x>", 2), (b"RCPT TO:<3@x>", 0)])
+
+    def test_callableEvents(self):
+        """
+        A callable for C{GREETING} gets C{b""}, for C{BODY} each line of
+        the message, for C{EOD} C{b"."} (with the transaction's recipients
+        still counted); callables may be in lists, and may return any
+        action; the end of data starts a new transaction.
+        """
+        lines = []
+
+        def record(line, server):
+            lines.append((line, server.accepted))
+            return b""
+
+        self.connect(
+            {
+                b"GREETING": lambda line, server: b"220 hello %s\r\n" % (line or b"nothing"),
+                b"BODY": record,
+                b"EOD": [record, lambda line, server: Drop(b"421 4.3.0 Enough\r\n")],
+                b"RCPT": b"251 2.1.5 Ok\r\n",
+            }
+        )
+        self.assertEqual(self.said(), b"220 hello nothing\r\n")
+        self.server.dataReceived(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n..one\r\n.\r\n")
+        self.assertEqual(self.server.accepted, 0)
+        self.assertEqual(lines, [(b"..one", 1), (b".", 1)])
+        self.assertEqual(self.server.messages, [b".one\r\n"])
+        self.said()
+        self.server.dataReceived(b"DATA\r\ntwo\r\n.\r\n")
+        self.assertEqual(self.said(), b"354 End data with <CR><LF>.<CR><LF>\r\n421 4.3.0 Enough\r\n")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_brokenTLS(self):
+        """
+        L{BrokenTLS}: STARTTLS is offered in the default EHLO reply and
+        answered 220; what the client pipelined after it is thrown away;
+        its first bytes after (its TLS hello) are answered with a TLS
+        alert, and the connection closed.
+        """
+        self.connect({b"STARTTLS": BrokenTLS()}, extensions=[b"PIPELINING"])
+        self.said()
+        self.server.dataReceived(b"EHLO me\r\n")
+        self.assertEqual(self.said(), b"250-mx.example greets you\r\n250-PIPELINING\r\n250 STARTTLS\r\n")
+        self.server.dataReceived(b"STARTTLS\r\nMAIL FROM:<a@x>\r\n")
+        self.assertEqual(self.said(), b"220 2.0.0 Ready to start TLS\r\n")
+        self.assertFalse(self.transport.disconnecting)
+        self.server.dataReceived(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        self.assertEqual(self.said(), TLS_HANDSHAKE_FAILURE)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.server.commands, [b"EHLO me", b"STARTTLS"])
+        self.assertFalse(self.server.tls)
+
+    def test_brokenTLSChoices(self):
+        """
+        L{BrokenTLS} may answer the hello with other bytes, or with
+        nothing, and say something else than 220; STARTTLS is not offered
+        twice when the extensions list it already.
+        """
+        self.connect({b"STARTTLS": [BrokenTLS(b"", b"220 Go\r\n")]}, extensions=[b"STARTTLS"])
+        self.said()
+        self.server.dataReceived(b"EHLO me\r\nSTARTTLS\r\n")
+        self.assertEqual(self.said(), b"250-mx.example greets you\r\n250 STARTTLS\r\n220 Go\r\n")
+        self.server.dataReceived(b"\x16\x03\x01")
+        self.assertEqual(self.said(), b"")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_startTLS(self):
+        """
+        L{StartTLS} writes its reply, then starts TLS with its context on
+        the transport; what the client sent after STARTTLS before TLS is
+        thrown away; the transaction is forgotten; STARTTLS is no longer
+        offered, and is refused if said again.
+        """
+        context = object()
+        self.clock = Clock()
+        self.server = ScriptedSMTPServer({b"STARTTLS": StartTLS(context)}, clock=self.clock, extensions=[b"8BITMIME"])
+        self.transport = TLSCapableTransport()
+        self.server.makeConnection(self.transport)
+        self.said()
+        self.server.dataReceived(b"EHLO me\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\n")
+        self.assertEqual(
+            self.said(), b"250-mx.example greets you\r\n250-8BITMIME\r\n250 STARTTLS\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+        )
+        self.assertEqual(self.server.accepted, 1)
+        self.server.dataReceived(b"STARTTLS\r\nRSET\r\n")
+        self.assertEqual(self.transport.tlsStarts, [(context, len(b"220 2.0.0 Ready to start TLS\r\n"))])
+        self.assertEqual(self.said(), b"220 2.0.0 Ready to start TLS\r\n")
+        self.assertTrue(self.server.tls)
+        self.assertEqual(self.server.accepted, 0)
+        self.server.dataReceived(b"EHLO me\r\nSTARTTLS\r\n")
+        self.assertEqual(
+            self.said(), b"250-mx.example greets you\r\n250 8BITMIME\r\n503 5.5.1 TLS already active\r\n"
+        )
+        self.assertEqual(len(self.transport.tlsStarts), 1)
+        self.assertEqual(self.server.commands[-3:], [b"STARTTLS", b"EHLO me", b"STARTTLS"])
+
+    def test_startTLSNotOfferedUnscripted(self):
+        """
+        Without a TLS action for STARTTLS, the default EHLO reply does not
+        offer it, and STARTTLS is refused.
+        """
+        self.connect({b"STARTTLS": lambda line, server: StartTLS(None)}, extensions=[b"PIPELINING"])
+        self.said()
+        self.server.dataReceived(b"EHLO me\r\n")
+        self.assertEqual(self.said(), b"250-mx.example greets you\r\n250 PIPELINING\r\n")
+        self.connect()
+        self.said()
+        self.server.dataReceived(b"STARTTLS\r\n")
+        self.assertEqual(self.said(), b"454 4.7.0 TLS not available\r\n")
+
+
+class ScriptedTLSLoopbackTests(TestCase):
+    """
+    L{StartTLS} and L{BrokenTLS} over loopback TCP, with mailproto's
+    C{sendmail} as the client, which requires TLS and trusts one
+    authority.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        if trustme is None:
+            missing("trustme is not installed")
+        self.authority = trustme.CA()
+
+    def serverOptions(self, authority, name="127.0.0.1"):
+        from twisted.internet.ssl import PrivateCertificate
+
+        pem = authority.issue_cert(name).private_key_and_cert_chain_pem.bytes()
+        return PrivateCertificate.loadPEM(pem).options()
+
+    @defer.inlineCallbacks
+    def send(self, startTLS):
+        """
+        Send a message to a scripted server whose STARTTLS does
+        C{startTLS}.
+
+        @return: the server factory, and the result of C{sendmail} (or its
+            failure).
+        """
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        from mailproto.smtp import sendmail
+
+        factory = ScriptedSMTPFactory({b"STARTTLS": startTLS})
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        trusted = Certificate.loadPEM(self.authority.cert_pem.bytes())
+        d = sendmail(
+            "127.0.0.1", "a@example.org", ["b@example.com"], b"Subject: over TLS\r\n\r\nHello.\r\n",
+            port=port.getHost().port, requireTransportSecurity=True, retries=0,
+            contextFactory=optionsForClientTLS("127.0.0.1", trustRoot=trusted),
+        )  # fmt: skip
+        results = []
+        d.addBoth(results.append)
+        yield d
+        yield factory.allClosed()
+        yield defer.ensureDeferred(noConnectionsLeft(self))
+        return factory, results[0]
+
+    @defer.inlineCallbacks
+    def test_trusted(self):
+        """
+        A certificate the client trusts: the message goes over TLS.
+        """
+        factory, result = yield self.send(StartTLS(self.serverOptions(self.authority)))
+        self.assertEqual(result[0], 1)
+        [server] = factory.servers
+        self.assertTrue(server.tls)
+        self.assertEqual([c.split(b" ")[0] for c in server.commands], [b"EHLO", b"STARTTLS", b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT"])
+        self.assertEqual(server.messages, [b"Subject: over TLS\r\n\r\nHello.\r\n"])
+
+    @defer.inlineCallbacks
+    def assertNothingSent(self, startTLS, why: str):
+        """
+        The client's TLS handshake fails with C{why} in its error, and the
+        client sends nothing after STARTTLS.
+        """
+        factory, result = yield self.send(startTLS)
+        self.assertIsInstance(result, Failure)
+        self.assertIn(why, str(result.value))
+        self.assertEqual([c.split(b" ")[0] for c in factory.commands], [b"EHLO", b"STARTTLS"])
+        self.assertEqual(factory.messages, [])
+
+    def test_untrustedAuthority(self):
+        """
+        A certificate of an authority the client does not trust: the
+        handshake fails, nothing is sent.
+        """
+        return self.assertNothingSent(StartTLS(self.serverOptions(trustme.CA())), "certificate verify failed")
+
+    def test_wrongName(self):
+        """
+        A certificate for another name: the handshake fails, nothing is
+        sent.
+        """
+        return self.assertNothingSent(StartTLS(self.serverOptions(self.authority, "mx.example")), "Mismatch")
+
+    def test_brokenHandshake(self):
+        """
+        L{BrokenTLS}: the client's hello gets an alert; nothing is sent.
+        """
+        return self.assertNothingSent(BrokenTLS(), "handshake failure")
