@@ -21,11 +21,9 @@ import urllib.request
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Application
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
-from twisted.protocols.basic import LineReceiver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -38,6 +36,7 @@ from mailproto._logs import BatchedFile, JSONLineObserver, RelayLog, eventAsJSON
 from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY
 from mailproto.test.test_daemon import RelayProcess, _sendWithSmtplib, freePort, spoolListing, waitUntil
 from mailproto.test._peers import missing
+from mailproto.testing import ScriptedSMTPFactory
 
 try:
     import trustme
@@ -920,63 +919,12 @@ class LiveRelayTests(TestCase):
         self.assertEqual(values["mailrelay_delivery_latency_seconds_count"], 0)
 
 
-class _ScriptedSMTP(LineReceiver):
+def _smartHost(script) -> ScriptedSMTPFactory:
     """
-    A downstream SMTP server for the loopback tests, answering from the
-    script of its factory (L{_ScriptedSMTPFactory}).
+    @return: a scripted smart host (one server per connection) offering
+        PIPELINING and 8BITMIME, not ENHANCEDSTATUSCODES.
     """
-
-    delimiter = b"\r\n"
-
-    def connectionMade(self) -> None:
-        self.factory.connections += 1
-        self.inData = False
-        self.accepted = 0
-        self.sendLine(b"220 scripted.test ESMTP")
-
-    def lineReceived(self, line: bytes) -> None:
-        if self.inData:
-            if line == b".":
-                self.inData = False
-                self.sendLine(b"250 2.0.0 Queued")
-            return
-        self.factory.commands.append(line)
-        verb = line.split(b" ", 1)[0].upper()
-        if verb == b"EHLO":
-            self.sendLine(b"250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME")
-        elif verb == b"MAIL":
-            self.accepted = 0
-            self.sendLine(self.factory.mail(line))
-        elif verb == b"RCPT":
-            reply = self.factory.rcpt(line, self.accepted)
-            self.accepted += reply.startswith(b"250")
-            self.sendLine(reply)
-        elif verb == b"DATA":
-            self.inData = True
-            self.sendLine(b"354 Go ahead")
-        elif verb == b"QUIT":
-            self.sendLine(b"221 2.0.0 Bye")
-            self.transport.loseConnection()
-        else:
-            self.sendLine(b"250 2.0.0 Ok")
-
-
-class _ScriptedSMTPFactory(Factory):
-    """
-    Makes L{_ScriptedSMTP}s; keeps every command they receive.
-
-    @ivar mail: the reply to a MAIL line.
-    @ivar rcpt: the reply to a RCPT line, given the line and how many
-        recipients the transaction has accepted.
-    """
-
-    protocol = _ScriptedSMTP
-
-    def __init__(self, mail=lambda line: b"250 2.1.0 Ok", rcpt=lambda line, accepted: b"250 2.1.5 Ok") -> None:
-        self.mail = mail
-        self.rcpt = rcpt
-        self.commands: list[bytes] = []
-        self.connections = 0
+    return ScriptedSMTPFactory(script, extensions=(b"PIPELINING", b"8BITMIME"))
 
 
 class RelayEdgeTests(TestCase):
@@ -994,7 +942,7 @@ class RelayEdgeTests(TestCase):
         os.makedirs(self.scratch)
 
     @defer.inlineCallbacks
-    def startRelay(self, factory: _ScriptedSMTPFactory, *arguments: str):
+    def startRelay(self, factory: ScriptedSMTPFactory, *arguments: str):
         from twisted.internet import reactor
 
         listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -1018,7 +966,11 @@ class RelayEdgeTests(TestCase):
         smart host taking two per transaction go in three transactions
         over one connection, all delivered at once.
         """
-        factory = _ScriptedSMTPFactory(rcpt=lambda line, accepted: b"250 2.1.5 Ok" if accepted < 2 else b"452 4.5.3 Too many recipients")
+
+        def rcpt(line, server):
+            return b"250 2.1.5 Ok\r\n" if server.accepted < 2 else b"452 4.5.3 Too many recipients\r\n"
+
+        factory = _smartHost({b"RCPT": rcpt})
         relay = yield self.startRelay(factory, "--hostname", "relay.test.")
         recipients = ["postmaster"] + [f"r{n}@example.com" for n in range(5)]
         refused = yield _sendWithSmtplib(self.port, "jo@example.org", recipients, b"Subject: many\r\n\r\nhello\r\n")
@@ -1026,7 +978,7 @@ class RelayEdgeTests(TestCase):
         yield waitUntil(lambda: len(relay.logLines("Delivered ")) == 6, 30, lambda: f"six Delivered lines:\n{relay.text()}")
         mails = [c for c in factory.commands if c.startswith(b"MAIL")]
         self.assertEqual(len(mails), 3)
-        self.assertEqual(factory.connections, 1)
+        self.assertEqual(len(factory.servers), 1)
         self.assertIn(b"RCPT TO:<postmaster@relay.test>", factory.commands)
         self.assertEqual(relay.logLines("Deferred "), [])
         self.assertEqual(relay.logLines("Traceback"), [])
@@ -1040,10 +992,10 @@ class RelayEdgeTests(TestCase):
         RCPT defers too; nothing is returned to the sender.
         """
 
-        def mail(line):
-            return b"530 5.7.0 Authentication required" if b"needsauth@" in line else b"250 2.1.0 Ok"
+        def mail(line, server):
+            return b"530 5.7.0 Authentication required\r\n" if b"needsauth@" in line else None
 
-        factory = _ScriptedSMTPFactory(mail=mail, rcpt=lambda line, accepted: b"550 5.1.1 No such user")
+        factory = _smartHost({b"MAIL": mail, b"RCPT": b"550 5.1.1 No such user\r\n"})
         relay = yield self.startRelay(factory, "--hostname", "relay.test", "--soft-bounce")
         for sender in ("needsauth@example.org", "jo@example.org"):
             refused = yield _sendWithSmtplib(self.port, sender, ["gone@example.com"], b"Subject: x\r\n\r\nhello\r\n")
@@ -1054,4 +1006,4 @@ class RelayEdgeTests(TestCase):
         self.assertEqual(len(relay.logLines("Soft bounce is on")), 1)
         self.assertEqual(relay.logLines("Failed "), [])
         self.assertEqual(relay.logLines(" report for "), [])
-        self.assertEqual(len([name for name in spoolListing(self.spool)["queue"] if not name.endswith(".state")]), 2)
+        self.assertEqual(len([name for name in spoolListing(self.spool)["queue"] if not name.endswith((".state", ".state.tmp"))]), 2)
