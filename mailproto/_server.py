@@ -57,7 +57,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailproto import __version__
-from mailproto._address import Address, User, quoteaddr
+from mailproto._address import Address, User, quoteaddr  # noqa: F401 (Address: for L{Address} in docstrings)
 from mailproto._authfailures import AuthFailures
 from mailproto._commands import noArgument, parseAuth, parseBdat, parseHelo, parseMailFrom, parseRcptTo, splitCommand
 from mailproto._cred import LOGINCredentials, PLAINCredentials

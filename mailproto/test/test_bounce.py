@@ -381,15 +381,15 @@ class FieldTests(SynchronousTestCase):
         The original recipient may be given as a plain address or as
         C{type;address}.
         """
-        for given, expected in [
+        for original, expected in [
             ("bob@example.org", "rfc822;bob@example.org"),
             (b"<bob@example.org>", "rfc822;bob@example.org"),
             ("rfc822;Bob@Example.org", "rfc822;Bob@Example.org"),
             ("x400;/S=bob/", "x400;/S=bob/"),
         ]:
-            report = deliveryReport([failed(originalRecipient=given)])
+            report = deliveryReport([failed(originalRecipient=original)])
             fields = statusFields(parse(make(report).message))
-            self.assertEqual(fields[1][0], ("Original-Recipient", expected), given)
+            self.assertEqual(fields[1][0], ("Original-Recipient", expected), original)
 
     def test_unprintableOriginalRecipient(self):
         """
@@ -432,16 +432,16 @@ class FieldTests(SynchronousTestCase):
         or a C{(type, text)} pair for other kinds; control characters and
         non-ASCII text do not get into the field as they are.
         """
-        for given, expected in [
+        for diagnostic, expected in [
             (b"550 5.1.1 no such user", "smtp; 550 5.1.1 no such user"),
             ("550-5.1.1 no such\r\n550 5.1.1 user", "smtp; 550-5.1.1 no such 550 5.1.1 user"),
             (("x-local", "mailbox full"), "x-local; mailbox full"),
             ("550 caf\u00e9\x00", "smtp; 550 caf\\xe9"),
             (Reply(554), "smtp; 554"),
         ]:
-            report = deliveryReport([failed(diagnostic=given)])
+            report = deliveryReport([failed(diagnostic=diagnostic)])
             fields = statusFields(parse(make(report).message))
-            self.assertEqual(dict(fields[1])["Diagnostic-Code"], expected, given)
+            self.assertEqual(dict(fields[1])["Diagnostic-Code"], expected, diagnostic)
 
     def test_longDiagnostic(self):
         """

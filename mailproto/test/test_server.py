@@ -23,7 +23,6 @@ from mailproto._data import BareNewlinePolicy
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageSMTP, IMessageStream
 from mailproto.smtp import (
     ESMTP,
-    LMTP,
     SMTP,
     Address,
     ESMTPFactory,
