@@ -871,8 +871,9 @@ def generateBounce(message, failedFrom, failedTo, transcript="", encoding="utf-8
         text read from C{message} is encoded with.
     @return: C{(b"", failedFrom, report)}: the report's envelope sender (the
         null path), its recipient (C{failedFrom}, encoded) and the report
-        itself; or C{None} if C{failedFrom} is the null address: a bounce
-        is never bounced.
+        itself.  If C{failedFrom} is the null address, C{(b"", b"", b"")}:
+        a bounce is never bounced, so there is no recipient and nothing to
+        send (the shape is kept, so that unpacking the result works).
     """
     if isinstance(failedFrom, bytes):
         failedFrom = failedFrom.decode(encoding)
@@ -897,6 +898,6 @@ def generateBounce(message, failedFrom, failedTo, transcript="", encoding="utf-8
         message=message,
     )
     if report.sender.isNull:
-        return None
+        return b"", b"", b""
     data = _build(report, list(report.recipients), None, None, None, DEFAULT_RETURN_LIMIT, transcript, encoding)
     return b"", failedFrom.encode(encoding), data

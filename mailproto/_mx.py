@@ -45,6 +45,7 @@ import random as _random
 import socket
 
 from twisted.internet import defer
+from twisted.internet.error import DNSLookupError
 from twisted.logger import Logger
 from twisted.names import dns, error
 
@@ -66,9 +67,12 @@ class MailRoutingError(Exception):
     domain: str | None = None
 
 
-class _DomainFailure(MailRoutingError):
+class _DomainFailure(MailRoutingError, DNSLookupError):
     """
-    A routing failure about a domain, with an optional reason.
+    A routing failure about a domain, with an optional reason.  It is also
+    a C{twisted.internet.error.DNSLookupError} (an C{IOError}), as
+    twisted.mail's C{getMX} failures were, so that errbacks that trap
+    those trap it.
 
     @ivar reason: the resolver's exception, or a text, or C{None}.
     """
@@ -81,9 +85,12 @@ class _DomainFailure(MailRoutingError):
         @param reason: at most one: the exception of the resolver, or a
             text.
         """
-        super().__init__(domain, *reason)
+        Exception.__init__(self, domain, *reason)
         self.domain = domain
         self.reason = reason[0] if reason else None
+
+    def __reduce__(self):
+        return (type(self), self.args)
 
 
 class NullMX(_DomainFailure):
@@ -302,6 +309,10 @@ def _isAddress(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# The problem of an address lookup the resolver does not implement.
+_UNSUPPORTED = "not supported by the resolver"
 
 
 def _isNXDOMAIN(exception: BaseException) -> bool:
@@ -524,11 +535,17 @@ class MXCalculator:
         @return: the addresses (IPv4 first), and what went wrong, if
             something did, as text.
         """
+        lookupA = getattr(self.resolver, "lookupAddress", None)
+        lookupAAAA = getattr(self.resolver, "lookupIPV6Address", None)
+        if lookupA is None or lookupAAAA is None:
+            return await self._addressByName(host)
         lookups = [
-            self._addressesOfType(self.resolver.lookupAddress, dns.A, host, maximum, domain),
-            self._addressesOfType(self.resolver.lookupIPV6Address, dns.AAAA, host, maximum, domain),
+            self._addressesOfType(lookupA, dns.A, host, maximum, domain),
+            self._addressesOfType(lookupAAAA, dns.AAAA, host, maximum, domain),
         ]
         results = await _gather(lookups)
+        if all(problem == _UNSUPPORTED for _, problem in results):
+            return await self._addressByName(host)
         addresses: list[str] = []
         problems = []
         for found, problem in results:
@@ -542,11 +559,34 @@ class MXCalculator:
             canonical, records = await self._follow(lookup, recordType, host, maximum, domain)
         except defer.CancelledError:
             raise
+        except NotImplementedError:
+            return (), _UNSUPPORTED
         except Exception as e:
             if _isNXDOMAIN(e):
                 return (), "no such host"
             return (), f"{dns.QUERY_TYPES.get(recordType)} lookup failed: {e!r}"
         return tuple(a for a in map(_addressOf, records) if a is not None), None
+
+    async def _addressByName(self, host: str) -> tuple[tuple[str, ...], str | None]:
+        """
+        The address of a host from a resolver that has no A and AAAA
+        lookups (a stub written for twisted.mail, which needed only
+        C{lookupMailExchange} and C{getHostByName}): its
+        C{getHostByName}, or else the name itself, left to the connection
+        to resolve.
+        """
+        getHostByName = getattr(self.resolver, "getHostByName", None)
+        if getHostByName is None:
+            return (host,), None
+        try:
+            address = await getHostByName(host)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            if _isNXDOMAIN(e):
+                return (), "no such host"
+            return (), f"getHostByName failed: {e!r}"
+        return ((address.decode("ascii") if isinstance(address, bytes) else address),), None
 
     async def _follow(self, lookup, recordType: int, name: str, maximum: int, domain: str):
         """

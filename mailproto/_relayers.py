@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
-from mailproto._client import ESMTPClient, SMTPClient
+from mailproto._client import SUCCESS, ESMTPClient, SMTPClient
 from mailproto._jobs import Job
 from mailproto._smarthost import NONE
 
@@ -127,6 +127,28 @@ def ownerOf(manager, factory) -> IRelayOwner:
     return owner if owner is not None else _AttemptManagerOwner(manager, factory)
 
 
+def _take(relayer, jobs, first: bool = False) -> None:
+    """
+    Give a relayer more jobs to send: after those it has, or C{first}.
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return
+    at = 0 if first else len(relayer.messages)
+    relayer.messages[at:at] = jobs
+    relayer.names[at:at] = [job.name for job in jobs]
+
+
+def _next(relayer) -> Job:
+    """
+    Take the job a relayer just sent off its list.
+    """
+    relayer.names.pop(0)
+    job = relayer.messages.pop(0)
+    job.close()
+    return job
+
+
 class RelayerMixin:
     """
     An SMTP client that sends messages from the queue, one after the other.
@@ -142,19 +164,7 @@ class RelayerMixin:
         """
         self.messages = []
         self.names = []
-        self._take(item if isinstance(item, Job) else Job.fromPath(item) for item in messagePaths)
-
-    def _take(self, jobs, first: bool = False) -> None:
-        jobs = list(jobs)
-        at = 0 if first else len(self.messages)
-        self.messages[at:at] = jobs
-        self.names[at:at] = [job.name for job in jobs]
-
-    def _next(self) -> Job:
-        self.names.pop(0)
-        job = self.messages.pop(0)
-        job.close()
-        return job
+        _take(self, (item if isinstance(item, Job) else Job.fromPath(item) for item in messagePaths))
 
     def getMailFrom(self):
         if not self.messages:
@@ -177,7 +187,7 @@ class RelayerMixin:
         message every recipient accepted is removed from the spool
         directory; anything else is left there for the next attempt.
         """
-        job = self._next()
+        job = _next(self)
         replies = job.replies(code, resp, addresses, self.finalReply)
         if job.path is not None and replies and all(reply.isPositive for reply in replies.values()):
             for suffix in (".state", ""):
@@ -250,12 +260,12 @@ class ManagedRelayerMixin:
         if not self.messages:
             # Before saying QUIT, take whatever has come due for the same
             # destination since the connection was opened.
-            self._take(self.owner.moreJobs())
+            _take(self, self.owner.moreJobs())
         return super().getMailFrom()
 
     def smtpState_from(self, code, resp) -> None:
         if not self.messages:
-            self._take(self.owner.moreJobs())
+            _take(self, self.owner.moreJobs())
             if not self.messages and self.owner.park(self):
                 # The connection waits a little for more mail to its
                 # destination; the owner calls resume().
@@ -266,7 +276,7 @@ class ManagedRelayerMixin:
         """
         Go on after waiting: send C{jobs}, or say QUIT if there are none.
         """
-        self._take(jobs)
+        _take(self, jobs)
         super().smtpState_from(250, b"")
 
     def sentMail(self, code, resp, numOk, addresses, log) -> None:
@@ -274,10 +284,20 @@ class ManagedRelayerMixin:
         Tell the owner what became of the first job.  Jobs it gives back
         (the recipients a server had no room for in this transaction) are
         sent next, in a new transaction.
+
+        A relayer whose messages are its own (not jobs: a twisted.mail
+        relayer with this mixin) tells its manager as twisted.mail did:
+        C{notifySuccess} or C{notifyFailure} with the message's name.
         """
-        job = self._next()
+        if not isinstance(self.messages[0], Job):
+            name = self.names[0]
+            del self.messages[0], self.names[0]
+            notify = self.manager.notifySuccess if code in SUCCESS else self.manager.notifyFailure
+            notify(self.factory, name)
+            return
+        job = _next(self)
         replies = job.replies(code, resp, addresses, self.finalReply)
-        self._take(self.owner.jobAnswered(job, replies, b"DSN" in self.extensions), first=True)
+        _take(self, self.owner.jobAnswered(job, replies, b"DSN" in self.extensions), first=True)
 
     def sendError(self, exc) -> None:
         self.lastError = exc

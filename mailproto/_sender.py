@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailproto._address import Address
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
@@ -221,6 +223,9 @@ class SMTPSenderFactory(ClientFactory):
         self._processConnectionError(connector, err)
 
     def _processConnectionError(self, connector, err) -> None:
+        if not isinstance(err, Failure):
+            # twisted.mail took a bare exception here too.
+            err = Failure(err)
         if self.currentProtocol is not None and self.currentProtocol._failureReason is not None:
             err = self.currentProtocol._failureReason
         self.currentProtocol = None
@@ -350,7 +355,9 @@ def sendmail(
         C{email.message.Message}).
     @param senderDomainName: the name for EHLO; this host's if C{None}.
     @param port: the server's port.
-    @param reactor: the reactor; the global one if C{None}.
+    @param reactor: the reactor; the global one if C{None}.  One without
+        C{IReactorTime} (as twisted's C{MemoryReactor}) means no reply
+        timeout.
     @param username: the user name for AUTH.
     @param password: the password for AUTH; without it, no AUTH.
     @param requireAuthentication: fail unless AUTH succeeds.
@@ -402,7 +409,12 @@ def sendmail(
         requireTransportSecurity=requireTransportSecurity,
         hostname=hosts[0][0],
     )
-    factory.clock = reactor
+    if IReactorTime.providedBy(reactor):
+        factory.clock = reactor
+    else:
+        # A reactor without time (twisted's MemoryReactor, in tests): no
+        # reply timeout, as with twisted.mail's sendmail.
+        factory.timeout = None
     if senderDomainName is not None:
         factory.domain = senderDomainName
 

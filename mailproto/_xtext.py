@@ -73,18 +73,27 @@ def xtext_decode(s: bytes, errors: str | None = None) -> tuple[str, int]:
     Codec decoder: decode xtext to text.
 
     @param s: xtext bytes.
-    @param errors: the UTF-8 error handler for the decoded bytes.
+    @param errors: C{"strict"} (or C{None}): invalid xtext is an error;
+        any other UTF-8 error handler (C{"replace"}, C{"ignore"},
+        C{"surrogateescape"}, ...): invalid xtext is decoded leniently, as
+        twisted.mail's decoder did (a C{+} not followed by two hexadecimal
+        digits, and characters outside xtext, are kept as they are), and
+        the decoded bytes are read as UTF-8 with that handler.
     @return: the text (the decoded bytes read as UTF-8) and the length of
         C{s}.
-    @raise UnicodeDecodeError: if C{s} is not valid xtext, or (with the
-        default C{errors}) not UTF-8 once decoded.
+    @raise UnicodeDecodeError: if C{s} is not valid xtext or not UTF-8 once
+        decoded, with C{errors} strict.
     """
     data = bytes(s)
+    errors = errors or "strict"
+    if errors != "strict":
+        raw = _HEXCHAR.sub(lambda m: bytes((int(m.group(1), 16),)), data)
+        return raw.decode("utf-8", errors), len(data)
     try:
         raw = decodeXtext(data)
     except XtextError as e:
         raise UnicodeDecodeError("xtext", data, 0, len(data), str(e)) from None
-    return raw.decode("utf-8", errors or "strict"), len(data)
+    return raw.decode("utf-8", errors), len(data)
 
 
 class xtextStreamReader(codecs.StreamReader):

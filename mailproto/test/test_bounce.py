@@ -712,10 +712,12 @@ class NullSenderTests(SynchronousTestCase):
 
     def test_nullSenderBounce(self):
         """
-        L{generateBounce} makes no bounce for a message from the null path.
+        L{generateBounce} makes no bounce for a message from the null path,
+        and keeps its result's shape: nothing to send, to nobody.
         """
-        self.assertIsNone(generateBounce(io.BytesIO(ORIGINAL), b"<>", b"bob@example.org"))
-        self.assertIsNone(generateBounce(io.BytesIO(ORIGINAL), "", "bob@example.org"))
+        for sender in [b"<>", ""]:
+            fromAddress, to, message = generateBounce(io.BytesIO(ORIGINAL), sender, "bob@example.org")
+            self.assertEqual((fromAddress, to, message), (b"", b"", b""))
 
 
 class InternationalTests(SynchronousTestCase):
