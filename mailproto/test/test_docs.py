@@ -119,6 +119,12 @@ class DocsTests(SynchronousTestCase):
         """
         self.runPage("relaying.rst")
 
+    def test_porting(self):
+        """
+        docs/porting.rst.
+        """
+        self.runPage("porting.rst")
+
     def test_tutorialProgrammer(self):
         """
         docs/tutorial-programmer.rst, with docs/examples/mailserver.py.
