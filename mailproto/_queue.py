@@ -54,6 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailproto._commands import MailFrom, RcptTo
+from mailproto._queuecompat import TwistedMailQueueMixin
 from mailproto._replies import Reply, replyFromWire
 
 FORMAT_VERSION = 1
@@ -680,7 +681,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-class Queue(QueueView):
+class Queue(TwistedMailQueueMixin, QueueView):
     """
     A durable queue of messages in a spool directory (see the module
     docstring for the layout).

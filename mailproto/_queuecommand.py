@@ -8,13 +8,16 @@ C{mailproto queue}: look at and manage a relay's queue::
     mailproto queue flush [ID]
     mailproto queue requeue ID
     mailproto queue delete ID
+    mailproto queue import DIR --spool SPOOL
 
 C{list} and C{show} read the spool's files, which the relay only ever
 replaces whole, so they are safe at any time.  C{flush}, C{requeue} and
 C{delete} go through the running relay's control socket (see
 L{mailproto._control}), so that the relay, which keeps the queue's state
 in memory, does the change; when no relay runs on the spool, they take
-its lock and change the files themselves.
+its lock and change the files themselves.  C{import} copies a
+twisted.mail relay's queue directory into the spool
+(L{mailproto._twistedqueue}); it refuses while a relay runs on the spool.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from twisted.python.failure import Failure
 
 from mailproto._control import RelayNotRunning, SpoolBusy, SpoolLock, ask
 from mailproto._queue import WAITING, Queue, _isID, openQueueFile, readQueueFile, replyToData
+from mailproto._twistedqueue import importTwistedQueue
 
 DEFAULT_SPOOL = "mailrelay-spool"
 
@@ -451,6 +455,73 @@ class DeleteOptions(_QueueCommand):
         return f"{self['id']} deleted"
 
 
+class ImportOptions(_QueueCommand):
+    """
+    C{mailproto queue import DIR}.
+    """
+
+    synopsis = "[options] DIR"
+    longdesc = (
+        "Copy the messages of a twisted.mail relay's queue directory DIR (its NAME-H/NAME-D pairs, one per "
+        "recipient) into the spool, each as a message of its own, on disk before the command ends.  DIR is left as "
+        "it was; a pair imported before is not imported again.  A pair that cannot be read is skipped, with one "
+        "line saying why, and the exit status is 1.  The spool is made if it does not exist; no relay may be "
+        "running on it."
+    )
+
+    def parseArgs(self, *args) -> None:
+        if len(args) != 1:
+            raise usage.UsageError(f"expected one twisted.mail queue directory, got {len(args)}")
+        self["directory"] = args[0]
+
+    def postOptions(self) -> None:
+        directory, spool = self["directory"], self["spool"]
+        if not os.path.isdir(directory):
+            raise usage.UsageError(f"{directory!r} is not a directory")
+        if os.path.isdir(spool) and not os.path.isdir(os.path.join(spool, "queue")) and os.listdir(spool):
+            raise usage.UsageError(f"--spool {spool!r}: not a relay's spool directory (it has no queue/) and not empty")
+        if os.path.exists(spool) and os.path.samefile(directory, spool):
+            raise usage.UsageError("the twisted.mail queue directory and the spool are the same directory")
+
+    def run(self, reactor, stdout, stderr) -> int:
+        spool = self["spool"]
+        try:
+            status = ask(spool, "status")
+        except (RelayNotRunning, OSError, ValueError):
+            pass
+        else:
+            pid = status.get("pid")
+            stderr.write(f"mailproto queue import: a relay is running on {spool}{f' (process {pid})' if pid else ''}; stop it first\n")
+            return 1
+        lock = SpoolLock(spool)
+        try:
+            os.makedirs(spool, exist_ok=True)
+            lock.acquire()
+        except SpoolBusy:
+            stderr.write(f"mailproto queue import: {spool} is in use by another process (a relay, or another command); stop it first\n")
+            return 1
+        except OSError as e:
+            stderr.write(f"mailproto queue import: cannot use {spool}: {e.strerror or e}\n")
+            return 1
+        try:
+            report = _settle(importTwistedQueue(self["directory"], _offlineQueue(spool)))
+        except OSError as e:
+            stderr.write(f"mailproto queue import: cannot read {self['directory']}: {e.strerror or e}\n")
+            return 1
+        finally:
+            lock.release()
+        for name, why in report.skipped:
+            stderr.write(f"mailproto queue import: skipped {_shown(name)}: {_shown(why)}\n")
+        count = len(report.imported)
+        summary = f"{count} message{'s' if count != 1 else ''} imported into {spool}"
+        if report.already:
+            summary += f", {len(report.already)} imported before"
+        if report.skipped:
+            summary += f", {len(report.skipped)} skipped"
+        stdout.write(summary + f"; {self['directory']} left as it was\n")
+        return 0 if report.complete else 1
+
+
 class QueueOptions(usage.Options):
     """
     C{mailproto queue}: its commands.
@@ -467,6 +538,7 @@ class QueueOptions(usage.Options):
         ["flush", None, FlushOptions, "Try waiting messages now."],
         ["requeue", None, RequeueOptions, "Start a message's retries over."],
         ["delete", None, DeleteOptions, "Take a message out of the queue."],
+        ["import", None, ImportOptions, "Copy a twisted.mail relay's queue directory into the spool."],
     ]
 
     def getSynopsis(self) -> str:
@@ -474,7 +546,7 @@ class QueueOptions(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("no queue command given (list, show, flush, requeue, delete)")
+            raise usage.UsageError("no queue command given (list, show, flush, requeue, delete, import)")
 
     def run(self, reactor, stdout, stderr) -> int:
         return self.subOptions.run(reactor, stdout, stderr)
