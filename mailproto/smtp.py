@@ -46,6 +46,15 @@ from mailproto._errors import (
     SMTPTLSError as TLSError,
     TLSRequiredError,
 )
+from mailproto._handler import (
+    HandlerDeliveryFactory,
+    IEnvelopeValidator,
+    IMessageHandler,
+    IMessageReceiver,
+    IStreamingMessageHandler,
+    Peer,
+    handlerFactory,
+)
 from mailproto._headers import idGenerator, messageid, rfc822date
 from mailproto._sender import (
     ESMTPSender,
@@ -105,6 +114,14 @@ __all__ = [
     "LMTPFactory",
     "SMTP",
     "SMTPFactory",
+    # a server in one method
+    "HandlerDeliveryFactory",
+    "IEnvelopeValidator",
+    "IMessageHandler",
+    "IMessageReceiver",
+    "IStreamingMessageHandler",
+    "Peer",
+    "handlerFactory",
     # interfaces
     "IClientAuthentication",
     "IMessage",

@@ -20,6 +20,7 @@ from mailproto import (
     _data,
     _errors,
     _extensions,
+    _handler,
     _headers,
     _replies,
     _server,
@@ -81,6 +82,7 @@ EXPORTS = {
     **{name: (_cred, name) for name in ["LOGINCredentials", "PLAINCredentials", "UsersFile", "UsersFileChecker"]},
     "AuthFailures": (_server, "AuthFailures"),
     "loadServerOptions": (_tls, "loadServerOptions"),
+    **{name: (_handler, name) for name in _handler.__all__},
 }
 
 # Names mailproto.smtp has that twisted.mail.smtp has not.
@@ -98,6 +100,7 @@ OWN_NAMES = {
     "UsersFile",
     "UsersFileChecker",
     "loadServerOptions",
+    *_handler.__all__,
 }
 
 
