@@ -203,7 +203,7 @@ def importTwistedQueue(directory: str, queue):
             spool = queue.newMessage(envelope)
             lineEnds = LineEnds()
             try:
-                for chunk in iter(lambda: dataFile.read(CHUNK), b""):
+                while chunk := dataFile.read(CHUNK):
                     spool.write(lineEnds.feed(chunk))
                 spool.write(lineEnds.end())
             except OSError as e:

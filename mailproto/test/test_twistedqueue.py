@@ -164,9 +164,7 @@ class ImportTests(_Base):
         writeTwistedQueue(self.old, [("a@example.com", "b@example.net", MESSAGE), ("a@example.com", "c@example.net", MESSAGE)])
         queue, report = self.importAll()
         self.assertEqual(len(report.imported), 2)
-        self.assertEqual(
-            sorted(queue.getEnvelope(i).recipients[0].address for i in queue.ids()), [b"b@example.net", b"c@example.net"]
-        )
+        self.assertEqual(sorted(queue.getEnvelope(i).recipients[0].address for i in queue.ids()), [b"b@example.net", b"c@example.net"])
 
     def test_filesLeftAlone(self):
         """
@@ -184,7 +182,7 @@ class ImportTests(_Base):
         A second import of the same directory into the same spool queues
         nothing again: each pair is reported as imported before.
         """
-        [name] = writeTwistedQueue(self.old, [("a@example.com", "b@example.net", MESSAGE)])
+        writeTwistedQueue(self.old, [("a@example.com", "b@example.net", MESSAGE)])
         _, first = self.importAll()
         queue, second = self.importAll()
         self.assertEqual(second.imported, [])
@@ -198,7 +196,7 @@ class ImportTests(_Base):
         """
         self.writeHeader("old", PY2_HEADER)
         queue, report = self.importAll()
-        [(name, queueID)] = report.imported
+        [(_, queueID)] = report.imported
         envelope = queue.getEnvelope(queueID)
         self.assertEqual((envelope.sender, envelope.recipients[0].address), (b"alice@example.com", b"bob@example.net"))
 
@@ -497,7 +495,7 @@ class CommandTests(_Base):
         lock = SpoolLock(self.spool)
         lock.acquire()
         self.addCleanup(lock.release)
-        status, out, err = self.run_(self.old, "--spool", self.spool)
+        status, _, err = self.run_(self.old, "--spool", self.spool)
         self.assertEqual(status, 1)
         self.assertIn("is in use by another process", err)
         self.assertEqual(err.count("\n"), 1, err)
