@@ -107,6 +107,12 @@ class DocsTests(SynchronousTestCase):
         """
         self.runPage("receiving.rst")
 
+    def test_handler(self):
+        """
+        docs/handler.rst.
+        """
+        self.runPage("handler.rst")
+
     def test_sending(self):
         """
         docs/sending.rst.
