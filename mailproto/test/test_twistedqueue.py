@@ -501,6 +501,23 @@ class CommandTests(_Base):
         self.assertEqual(err.count("\n"), 1, err)
         self.assertEqual(os.listdir(os.path.join(self.spool, "queue")), [])
 
+    def test_relayAnswers(self):
+        """
+        A relay that answers on the spool's control socket is named, and
+        nothing is imported.
+        """
+        from mailproto import _queuecommand
+
+        asked = []
+        self.patch(_queuecommand, "ask", lambda spool, command, *args: asked.append((spool, command)) or {"ok": True, "pid": 4242})
+        writeTwistedQueue(self.old, [("a@example.com", "b@example.net", MESSAGE)])
+        syncQueue(self.spool)
+        status, _, err = self.run_(self.old, "--spool", self.spool)
+        self.assertEqual(status, 1)
+        self.assertEqual(asked, [(self.spool, "status")])
+        self.assertEqual(err, f"mailproto queue import: a relay is running on {self.spool} (process 4242); stop it first\n")
+        self.assertEqual(os.listdir(os.path.join(self.spool, "queue")), [])
+
     def test_listed(self):
         """
         C{mailproto queue list} shows the imported messages.
