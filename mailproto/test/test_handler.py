@@ -4,7 +4,7 @@
 Tests for L{mailproto._handler}: mail delivered to a one-method handler
 (C{processMessage}), to a streaming handler, and through the optional
 validators; on a L{StringTransport} for the protocol logic, then over
-loopback TCP from smtplib, swaks and Postfix.
+loopback TCP from smtplib, swaks and Postfix's smtp-source.
 """
 
 from __future__ import annotations
@@ -689,6 +689,31 @@ class LoopbackTests(TestCase):
         expected = b"Subject: big\r\n\r\n" + body + b"\r\n"
         self.assertEqual((receiver.size, receiver.digest.hexdigest()), (len(expected), hashlib.sha256(expected).hexdigest()))
         self.assertLess(receiver.largestChunk, 1024 * 1024)
+
+    @defer.inlineCallbacks
+    def test_smtpSource(self):
+        """
+        Postfix's smtp-source (HELO, no pipelining), twelve messages of
+        three recipients each, several transactions per connection: twelve
+        calls, each with the three recipients and smtp-source's message
+        whole (its headers, a body of C{-l} octets and a last CRLF).
+        """
+        smtpSource = tool("smtp-source")
+        handler = Recorder()
+        port = self.listen(handler)
+        out, err, code = yield _run(
+            smtpSource,
+            ["-M", "client.test", "-f", "from@example.com", "-t", "to@example.com", "-d", "-s", "2", "-m", "12",
+             "-r", "3", "-l", "500", f"127.0.0.1:{port}"],
+        )
+        self.assertEqual(code, 0, out + err)
+        self.assertEqual(len(handler.calls), 12)
+        for peer, mailFrom, rcptTos, data in handler.calls:
+            self.assertEqual((peer, mailFrom), (Peer("127.0.0.1", "client.test"), "from@example.com"))
+            self.assertEqual(len(rcptTos), 3)
+            header, separator, body = data.partition(b"\r\n\r\n")
+            self.assertTrue(header.startswith(b"From: <from@example.com>\r\n"), header)
+            self.assertEqual((len(body) - 2, body[-2:]), (500, b"\r\n"))
 
 
 def _run(executable, args):
