@@ -11,10 +11,15 @@ from __future__ import annotations
 import io
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import HostnameAddress
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IReactorPluggableNameResolver, IReactorTime, IResolutionReceiver
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from zope.interface import implementer
 
 from mailproto._address import Address
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
@@ -163,6 +168,7 @@ class SMTPSenderFactory(ClientFactory):
 
     protocol = SMTPSender
     clock = None
+    connector = None
     _domain = None
 
     def __init__(self, fromEmail, toEmail, file, deferred, retries=5, timeout=None) -> None:
@@ -246,7 +252,9 @@ class SMTPSenderFactory(ClientFactory):
         Connect again: to the same host, or to the next of several.
         """
         if not self._hosts or len(self._hosts) < 2:
-            connector.connect()
+            # (sendmail's connector for a host name goes on to its next
+            # address.)
+            (self.connector if self.connector is not None else connector).connect()
             return
         self._hostIndex = (self._hostIndex + 1) % len(self._hosts)
         self.connector = self._connectArgs(*self._hosts[self._hostIndex])
@@ -309,6 +317,72 @@ class ESMTPSenderFactory(SMTPSenderFactory):
         p.requireTransportSecurity = self._requireTransportSecurity
         self._configure(p)
         return p
+
+
+@implementer(IResolutionReceiver)
+class _ResolvingConnector:
+    """
+    The connector of L{sendmail} for a server given by name: the name is
+    resolved to all its addresses, IPv4 and IPv6 (the reactor's name
+    resolver, C{getaddrinfo} order), and each C{connect()} tries the next
+    of them, so that the factory's retries go through them in turn.
+    """
+
+    def __init__(self, reactor, host: str, port: int, connectTo, factory) -> None:
+        """
+        @param connectTo: connects to one address and returns the
+            reactor's connector.
+        @param factory: told C{clientConnectionFailed} if the name has no
+            address.
+        """
+        self.host = host
+        self.port = port
+        self._connectTo = connectTo
+        self._factory = factory
+        self._found: list[str] = []
+        self._addresses: list[str] | None = None
+        self._next = 0
+        self._connector = None
+        self._stopped = False
+        reactor.nameResolver.resolveHostName(self, host, port)
+
+    def resolutionBegan(self, resolution) -> None:
+        pass
+
+    def addressResolved(self, address) -> None:
+        if address.host not in self._found:
+            self._found.append(address.host)
+
+    def resolutionComplete(self) -> None:
+        self._addresses = self._found
+        if not self._stopped:
+            self.connect()
+
+    def connect(self) -> None:
+        """
+        Connect to the next address (once the name is resolved).
+        """
+        if self._addresses is None or self._stopped:
+            return
+        if not self._addresses:
+            self._factory.clientConnectionFailed(self, Failure(DNSLookupError(self.host)))
+            return
+        address = self._addresses[self._next % len(self._addresses)]
+        self._next += 1
+        self._connector = self._connectTo(address)
+
+    def disconnect(self) -> None:
+        """
+        Stop: close the connection, or stop connecting or resolving.
+        """
+        self._stopped = True
+        if self._connector is not None:
+            self._connector.disconnect()
+
+    stopConnecting = disconnect
+
+    def getDestination(self) -> HostnameAddress:
+        return HostnameAddress(self.host.encode("idna"), self.port)
 
 
 def _splitHost(host, port: int) -> tuple[str, int]:
@@ -418,14 +492,19 @@ def sendmail(
     if senderDomainName is not None:
         factory.domain = senderDomainName
 
-    def connect(host: str, port: int):
-        factory._hostname = host
+    def connectTo(address: str, port: int, name: str):
         if implicitTLS:
             from twisted.internet.ssl import optionsForClientTLS
 
-            tls = contextFactory or optionsForClientTLS(host)
-            return reactor.connectSSL(host, port, factory, tls, timeout=connectTimeout)
-        return reactor.connectTCP(host, port, factory, timeout=connectTimeout)
+            tls = contextFactory or optionsForClientTLS(name)
+            return reactor.connectSSL(address, port, factory, tls, timeout=connectTimeout)
+        return reactor.connectTCP(address, port, factory, timeout=connectTimeout)
+
+    def connect(host: str, port: int):
+        factory._hostname = host
+        if IReactorPluggableNameResolver.providedBy(reactor) and not (isIPAddress(host) or isIPv6Address(host)):
+            return _ResolvingConnector(reactor, host, port, lambda address: connectTo(address, port, host), factory)
+        return connectTo(host, port, host)
 
     factory._hosts = hosts
     factory._hostIndex = 0

@@ -63,7 +63,8 @@ from __future__ import annotations
 import io
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.protocol import ServerFactory
 from twisted.names import common, dns, error
 from twisted.protocols.basic import LineReceiver
@@ -83,6 +84,7 @@ __all__ = [
     "MemoryDelivery",
     "MemoryMessage",
     "MemoryQueue",
+    "NameResolver",
     "SCRIPT_DEFAULTS",
     "ScriptedSMTPFactory",
     "ScriptedSMTPServer",
@@ -263,6 +265,54 @@ def _dnsType(recordType) -> int:
     if isinstance(recordType, int):
         return recordType
     return dns.REV_TYPES[recordType.upper()]
+
+
+@implementer(IHostnameResolver)
+class NameResolver:
+    """
+    A host name resolver with fixed answers, for a memory reactor: give it
+    as C{reactor.nameResolver}, and what resolves host names through the
+    reactor (L{sendmail <mailproto.smtp.sendmail>}, C{HostnameEndpoint})
+    connects to the addresses given here.  (Twisted's C{MemoryReactor}
+    resolves every name to C{127.0.0.1}.)
+
+    @ivar names: the addresses of each name, IPv4 and IPv6, in order; a
+        name not here has none.
+    @ivar hold: whether answers wait for L{release}, to test what happens
+        while a name is being resolved.
+    """
+
+    def __init__(self, names: dict[str, list[str]], hold: bool = False) -> None:
+        self.names = names
+        self.hold = hold
+        self._pending: list = []
+
+    def resolveHostName(self, resolutionReceiver, hostName, portNumber=0, addressTypes=None, transportSemantics="TCP"):
+        """
+        Resolve C{hostName} (see C{IHostnameResolver}).
+        """
+
+        def answer() -> None:
+            resolutionReceiver.resolutionBegan(None)
+            for address in self.names.get(hostName, []):
+                kind = IPv6Address if ":" in address else IPv4Address
+                if addressTypes is None or kind in addressTypes:
+                    resolutionReceiver.addressResolved(kind("TCP", address, portNumber))
+            resolutionReceiver.resolutionComplete()
+
+        if self.hold:
+            self._pending.append(answer)
+        else:
+            answer()
+        return resolutionReceiver
+
+    def release(self) -> None:
+        """
+        Give the answers held so far.
+        """
+        pending, self._pending = self._pending, []
+        for answer in pending:
+            answer()
 
 
 class FakeResolver(common.ResolverBase):

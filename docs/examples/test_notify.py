@@ -8,7 +8,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailproto.smtp import ESMTPFactory, SMTPDeliveryError
-from mailproto.testing import MemoryDelivery, connectInMemory
+from mailproto.testing import MemoryDelivery, NameResolver, connectInMemory
 
 import notify
 
@@ -16,6 +16,7 @@ import notify
 class WelcomeTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
+        self.reactor.nameResolver = NameResolver({"smtp.example.com": ["192.0.2.25"]})
 
     def serve(self, delivery):
         """
@@ -23,7 +24,7 @@ class WelcomeTests(SynchronousTestCase):
         server that keeps messages in memory.
         """
         [(host, port, factory, timeout, bindAddress)] = self.reactor.tcpClients
-        self.assertEqual((host, port), ("smtp.example.com", 25))
+        self.assertEqual((host, port), ("192.0.2.25", 25))
         server = ESMTPFactory(delivery=delivery, domain=b"smtp.example.com", clock=self.reactor)
         connectInMemory(server.buildProtocol(None), factory.buildProtocol(None), clock=self.reactor)
 

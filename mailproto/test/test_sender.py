@@ -15,12 +15,12 @@ import re
 from twisted.internet import defer, ssl
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError, UserError
-from twisted.internet.interfaces import ITLSTransport
+from twisted.internet.interfaces import IReactorCore, IReactorSSL, IReactorTCP, IReactorTime, ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import implementer, implementer_only
 
 from mailproto import _client
 from mailproto.smtp import (
@@ -40,7 +40,7 @@ from mailproto.smtp import (
     TLSRequiredError,
     sendmail,
 )
-from mailproto.testing import MemoryDelivery, MemoryMessage, connectInMemory
+from mailproto.testing import MemoryDelivery, MemoryMessage, NameResolver, connectInMemory
 
 SENDER = "alice@example.org"
 BOB = "bob@example.com"
@@ -75,9 +75,12 @@ class RecordingConnector:
         return (self.host, self.port)
 
 
+@implementer_only(IReactorCore, IReactorTCP, IReactorSSL, IReactorTime)
 class Reactor(MemoryReactorClock):
     """
     A L{MemoryReactorClock} whose connections return L{RecordingConnector}s.
+    It has no name resolver, so that L{sendmail} gives host names to
+    C{connectTCP} as they are (as with twisted.mail).
     """
 
     def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):
@@ -929,3 +932,58 @@ class InMemoryTests(SynchronousTestCase):
         self.assertIn(b"4.2.2", addresses[1][2])
         self.assertEqual([bytes(m.recipient) for m in delivery.messages], [BOB.encode()])
         self.assertEqual(delivery.messages[0].data, MESSAGE)
+
+
+class SendmailByNameTests(SynchronousTestCase):
+    """
+    L{sendmail} to a host name reaches every address of it, IPv6 and IPv4,
+    in the resolver's order, one per connection attempt; the TLS name stays
+    the host's.
+    """
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.reactor.nameResolver = NameResolver({"mx.example": ["2001:db8::25", "192.0.2.25"]})
+
+    def send(self, host="mx.example", **kw):
+        return sendmail(host, "a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nhi\r\n", reactor=self.reactor, **kw)
+
+    def test_eachAddressInTurn(self):
+        d = self.send(retries=2)
+        self.assertEqual(self.reactor.tcpClients[-1][:2], ("2001:db8::25", 25))
+        factory = self.reactor.tcpClients[-1][2]
+        self.assertEqual(factory._hostname, "mx.example")
+        factory.clientConnectionFailed(self.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+        self.assertEqual(self.reactor.tcpClients[-1][:2], ("192.0.2.25", 25))
+        factory.clientConnectionFailed(self.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+        self.assertEqual(self.reactor.tcpClients[-1][:2], ("2001:db8::25", 25))
+        factory.clientConnectionFailed(self.reactor.connectors[-1], Failure(ConnectionRefusedError()))
+        self.assertEqual(len(self.reactor.tcpClients), 3)
+        self.failureResultOf(d, SMTPConnectError)
+
+    def test_implicitTLSNamesTheHost(self):
+        self.send(port=465, implicitTLS=True)
+        [(address, port, factory, context, timeout, bindAddress)] = self.reactor.sslClients
+        self.assertEqual((address, port), ("2001:db8::25", 465))
+        self.assertEqual(context._hostnameASCII, "mx.example")
+
+    def test_noAddress(self):
+        d = self.send(host="gone.example", retries=1)
+        self.assertEqual(self.reactor.tcpClients, [])
+        failure = self.failureResultOf(d, SMTPConnectError)
+        self.assertIn("gone.example", str(failure.value))
+
+    def test_addressesAsGiven(self):
+        """
+        An address is not resolved.
+        """
+        self.send(host="2001:db8::1")
+        self.assertEqual(self.reactor.tcpClients[-1][:2], ("2001:db8::1", 25))
+
+    def test_cancelWhileResolving(self):
+        self.reactor.nameResolver.hold = True
+        d = self.send()
+        d.cancel()
+        self.reactor.nameResolver.release()
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.failureResultOf(d, CancelledError)

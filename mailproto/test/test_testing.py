@@ -6,13 +6,14 @@ L{mailproto.testing}: the helpers users get for their own tests.
 
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IResolver
+from twisted.internet.interfaces import IResolutionReceiver, IResolver
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.names import dns, error
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mailproto.interfaces import IMessageDelivery, IMessageStream
@@ -644,3 +645,43 @@ class ScriptedTLSLoopbackTests(TestCase):
         L{BrokenTLS}: the client's hello gets an alert; nothing is sent.
         """
         return self.assertNothingSent(BrokenTLS(), "handshake failure")
+
+
+class NameResolverTests(SynchronousTestCase):
+    """
+    L{mailproto.testing.NameResolver}: fixed answers, filtered by address
+    type, held until released when asked.
+    """
+
+    def resolve(self, resolver, name, addressTypes=None):
+        found = []
+
+        @implementer(IResolutionReceiver)
+        class Receiver:
+            def resolutionBegan(self, resolution):
+                found.append("began")
+
+            def addressResolved(self, address):
+                found.append((type(address).__name__, address.host, address.port))
+
+            def resolutionComplete(self):
+                found.append("complete")
+
+        resolver.resolveHostName(Receiver(), name, 25, addressTypes)
+        return found
+
+    def test_answers(self):
+        resolver = NameResolver({"mx.example": ["2001:db8::25", "192.0.2.25"]})
+        self.assertEqual(
+            self.resolve(resolver, "mx.example"),
+            ["began", ("IPv6Address", "2001:db8::25", 25), ("IPv4Address", "192.0.2.25", 25), "complete"],
+        )
+        self.assertEqual(self.resolve(resolver, "mx.example", [IPv4Address]), ["began", ("IPv4Address", "192.0.2.25", 25), "complete"])
+        self.assertEqual(self.resolve(resolver, "gone.example"), ["began", "complete"])
+
+    def test_hold(self):
+        resolver = NameResolver({"mx.example": ["192.0.2.25"]}, hold=True)
+        found = self.resolve(resolver, "mx.example")
+        self.assertEqual(found, [])
+        resolver.release()
+        self.assertEqual(found, ["began", ("IPv4Address", "192.0.2.25", 25), "complete"])

@@ -1,0 +1,1 @@
+`sendmail()` given a host name resolves it with the reactor's name resolver to all its IPv6 and IPv4 addresses and tries them in turn, so that servers reachable only over IPv6 are reached; `mailproto.testing.NameResolver` gives a memory reactor fixed answers for tests.
