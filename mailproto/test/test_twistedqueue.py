@@ -6,6 +6,11 @@ L{mailproto._twistedqueue} (the import), C{mailproto queue import}, and
 twisted.mail's C{createNewMessage}/C{addMessage} on mailproto's queue
 (L{mailproto._queuecompat}).  The twisted.mail queues here are written by
 twisted.mail itself.
+
+twisted.mail is imported only when a test runs (L{_twistedMail}):
+importing it registers its own C{xtext} codec, which must not come
+before mailproto's (L{mailproto._xtext}) when this module is loaded with
+others.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import os
 import pickle
 
 from twisted.internet import defer
-from twisted.mail import relay as tmrelay, relaymanager as tmrelaymanager, smtp as tmsmtp
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailproto._cli import runCommand
@@ -33,6 +37,16 @@ MESSAGE_CRLF = MESSAGE.replace(b"\n", b"\r\n")
 PY2_HEADER = b"(lp0\nS'alice@example.com'\np1\naS'bob@example.net'\np2\na."
 """C{pickle.dump(['alice@example.com', 'bob@example.net'], f)} as Python 2
 wrote it (protocol 0, C{str} as octets)."""
+
+
+def _twistedMail():
+    """
+    @return: twisted.mail's C{relay}, C{relaymanager} and C{smtp} modules.
+    """
+    import mailproto._xtext  # noqa: F401  (its codec first)
+    from twisted.mail import relay, relaymanager, smtp
+
+    return relay, relaymanager, smtp
 
 
 class _Evil:
@@ -57,6 +71,7 @@ def writeTwistedQueue(directory: str, messages) -> list[str]:
     @return: the names of the pairs written, in order.
     """
     os.makedirs(directory, exist_ok=True)
+    _, tmrelaymanager, _ = _twistedMail()
     queue = tmrelaymanager.Queue(directory)
     queue.noisy = False
     names = []
@@ -175,6 +190,7 @@ class ImportTests(_Base):
         before = self.snapshot()
         self.importAll()
         self.assertEqual(self.snapshot(), before)
+        _, tmrelaymanager, _ = _twistedMail()
         self.assertEqual(len(tmrelaymanager.Queue(self.old).getWaiting()), 1)
 
     def test_again(self):
@@ -291,6 +307,7 @@ class HostileTests(_Base):
         A C{-H} without its C{-D} (twisted.mail stopped while receiving:
         a C{-C} is left) is skipped; so is one with nothing else.
         """
+        _, tmrelaymanager, _ = _twistedMail()
         queue = tmrelaymanager.Queue(self.old)
         headerFile, message = queue.createNewMessage()
         with headerFile:
@@ -575,6 +592,8 @@ class CreateNewMessageTests(SynchronousTestCase):
         durable message with the envelope it pickled, data in CRLF, the
         C{Deferred} of C{eomReceived} firing with the queue file's path.
         """
+
+        tmrelay, _, tmsmtp = _twistedMail()
 
         class Service:
             queue = self.queue
