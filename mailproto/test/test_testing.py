@@ -29,6 +29,7 @@ from mailproto.testing import (
     FakeResolver,
     MemoryDelivery,
     MemoryMessage,
+    NameResolver,
     ScriptedSMTPFactory,
     ScriptedSMTPServer,
     Stall,
