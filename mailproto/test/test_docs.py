@@ -119,6 +119,12 @@ class DocsTests(SynchronousTestCase):
         """
         self.runPage("sending.rst")
 
+    def test_client(self):
+        """
+        docs/client.rst.
+        """
+        self.runPage("client.rst")
+
     def test_relaying(self):
         """
         docs/relaying.rst.
