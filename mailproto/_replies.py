@@ -33,6 +33,8 @@ _replyLineRe = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?", re.S)
 # status-code = class "." subject "." detail
 # class = "2" / "4" / "5";  subject = 1*3digit;  detail = 1*3digit
 _statusRe = re.compile(rb"([245])\.([0-9]{1,3})\.([0-9]{1,3})")
+# The status at the start of a reply line's text: the one pattern that
+# finds enhanced statuses in replies (ReplyParser and statusOf).
 _statusPrefixRe = re.compile(rb"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |$)")
 
 
@@ -62,8 +64,10 @@ def statusOf(code: int, resp: bytes) -> bytes | None:
     @return: the enhanced status code (RFC 3463) C{resp} starts with, if
         it agrees with C{code}; else C{None}.
     """
-    first = resp.split(b" ", 1)[0].split(b"\n", 1)[0]
-    return first if code > 0 and isStatus(first, code) else None
+    match = _statusPrefixRe.match(resp.split(b"\n", 1)[0])
+    if match is None or code <= 0 or match.group(1)[:1] != b"%d" % (code // 100):
+        return None
+    return match.group(1)
 
 
 def replyFromWire(code: int, resp: bytes) -> Reply:
