@@ -812,7 +812,7 @@ class MailprotoOptions(usage.Options):
         ["sink", None, SinkOptions, "Run a debugging SMTP/LMTP server that prints, or stores, all mail sent to it."],
         ["send", None, SendOptions, "Send test messages (one, or many over several connections) by SMTP or LMTP."],
         ["adduser", None, AddUserOptions, "Add a user to a users file (scrypt password hashes), or change a password."],
-        ["queue", None, QueueOptions, "List and manage a relay's queue (list, show, flush, requeue, delete)."],
+        ["queue", None, QueueOptions, "List and manage a relay's queue (list, show, flush, requeue, delete, import)."],
     ]
 
     def opt_version(self) -> None:

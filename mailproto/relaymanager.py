@@ -22,6 +22,9 @@ by MX records, and the relaying manager that sends the queue's messages:
   - L{Queue}: the spool directory; messages are committed durably (the
     server's 250 waits for it), their delivery state is kept in JSON, and
     L{Queue.recover} sets the spool right after a crash.
+  - L{importTwistedQueue} moves a twisted.mail relay's queue directory
+    (its C{-H}/C{-D} pairs) into a L{Queue}, durably, and says what it
+    took in an L{ImportReport}.
   - L{recordAttempt} and L{RetrySchedule}: what one delivery attempt does
     to a queued message (per-recipient outcome, backoff, expiry).
   - L{MXCalculator} finds a domain's mail exchangers.  Its C{getMX} is
@@ -59,6 +62,7 @@ from mailproto._relayers import (
 )
 from mailproto._relaymanager import RelayStateHelper, SmartHostESMTPRelayingManager, SmartHostSMTPRelayingManager
 from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY, SmartHost, TLSPolicy
+from mailproto._twistedqueue import ImportReport, importTwistedQueue
 
 __all__ = [
     "MXCalculator",
@@ -72,6 +76,8 @@ __all__ = [
     "NoMailExchange",
     "DNSTemporaryFailure",
     "Queue",
+    "importTwistedQueue",
+    "ImportReport",
     "Envelope",
     "Recipient",
     "RetrySchedule",

@@ -202,9 +202,10 @@ class RelayExportsTests(SynchronousTestCase):
     """
 
     def test_identity(self):
-        from mailproto import _attempts, _mx, _queue, _relay, _relayers, _relaymanager, _smarthost, relay, relaymanager
+        from mailproto import _attempts, _mx, _queue, _relay, _relayers, _relaymanager, _smarthost, _twistedqueue, relay, relaymanager
 
-        for module, private in [(relaymanager, (_attempts, _mx, _queue, _relayers, _relaymanager, _smarthost)), (relay, (_relay, _relayers))]:
+        private = (_attempts, _mx, _queue, _relayers, _relaymanager, _smarthost, _twistedqueue)
+        for module, private in [(relaymanager, private), (relay, (_relay, _relayers))]:
             for name in module.__all__:
                 origins = {id(getattr(p, name)): getattr(p, name) for p in private if hasattr(p, name)}
                 self.assertEqual(len(origins), 1, name)
