@@ -41,6 +41,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.protocols import portforward
 from twisted.trial.unittest import SkipTest, TestCase
 from OpenSSL.SSL import Error as OpenSSLError
+from zope.interface import implementer
 from service_identity import VerificationError
 
 from mailproto._client import CHUNK_SIZE
@@ -50,7 +51,9 @@ from mailproto.smtp import (
     ESMTPSenderFactory,
     SMTPConnectError,
     SMTPDeliveryError,
+    IMessageHandler,
     TLSRequiredError,
+    handlerFactory,
     sendmail,
 )
 from mailproto.test._peers import missing, unprivilegedUser
@@ -1027,6 +1030,9 @@ _MASTER_CF = """\
   -o smtpd_proxy_filter=127.0.0.1:{recorder}
   -o smtpd_discard_ehlo_keywords=chunking
 127.0.0.1:{queue} inet n - n - - smtpd
+127.0.0.1:{relay} inet n - n - - smtpd
+  -o content_filter=smtp:[127.0.0.1]:{handler}
+smtp unix - - n - - smtp
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
 tlsmgr unix - - n 1000? 1 tlsmgr
@@ -1041,6 +1047,19 @@ anvil unix - - n - 1 anvil
 scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
 """
+
+
+@implementer(IMessageHandler)
+class _ListHandler:
+    """
+    A one-method handler that keeps what it is given.
+    """
+
+    def __init__(self, handled: list) -> None:
+        self.handled = handled
+
+    def processMessage(self, peer, mailFrom, rcptTos, data):
+        self.handled.append((peer, mailFrom, rcptTos, data))
 
 
 class PostfixTests(TestCase):
@@ -1058,7 +1077,9 @@ class PostfixTests(TestCase):
         C{Received:} header on top, to a recording aiosmtpd;
       - C{data}: the same without CHUNKING, so the client uses DATA;
       - C{queue}: no filter: mail is queued, and the discard transport
-        throws it away.
+        throws it away;
+      - C{relay}: mail is queued, then Postfix's smtp client sends it to a
+        one-method handler (L{mailproto.smtp.handlerFactory}) in the test.
 
     Where this Postfix has it (3.5.23, 3.6.13, 3.7.9, 3.8.4 and later),
     C{smtpd_forbid_bare_newline = reject} makes smtpd refuse any message
@@ -1107,7 +1128,10 @@ class PostfixTests(TestCase):
 
         self.recorder = _Recorder()
         recorderPort = yield _startAiosmtpd(self, self.recorder, enable_SMTPUTF8=True)
-        self.ports = {"chunking": _freePort(), "data": _freePort(), "queue": _freePort()}
+        self.ports = {"chunking": _freePort(), "data": _freePort(), "queue": _freePort(), "relay": _freePort()}
+        self.handled = []
+        handlerPort = reactor.listenTCP(0, handlerFactory(_ListHandler(self.handled), domain=b"handler.test"), interface="127.0.0.1")
+        self.addCleanup(handlerPort.stopListening)
         self.config = os.path.join(self.root, "config")
         os.mkdir(self.config, 0o755)
         main = _MAIN_CF.format(root=self.root, compatibility="3.6" if version >= (3, 6) else "2")
@@ -1116,7 +1140,7 @@ class PostfixTests(TestCase):
         with open(os.path.join(self.config, "main.cf"), "w") as f:
             f.write(main)
         with open(os.path.join(self.config, "master.cf"), "w") as f:
-            f.write(_MASTER_CF.format(recorder=recorderPort, **self.ports))
+            f.write(_MASTER_CF.format(recorder=recorderPort, handler=handlerPort.getHost().port, **self.ports))
         # Postfix waits (in steps of 0.3 s) until main.cf has not changed
         # for a second or so, lest it read a file being edited: make it
         # older than that.
@@ -1232,6 +1256,64 @@ class PostfixTests(TestCase):
         self.assertEqual(counters.get("starttls"), "1", counters)
         self.assertEqual(counters.get("data"), "1", counters)
         self.assertNotIn("bdat", counters)
+
+    @defer.inlineCallbacks
+    def test_postfixToHandler(self):
+        """
+        Postfix's smtp client, relaying what its smtpd queued, hands the
+        message to a one-method handler: the handler gets it byte for
+        byte under Postfix's C{Received:} header, with the envelope.
+        """
+        # (With every header Postfix's cleanup would add, so that it adds none.)
+        message = (
+            b"From: sender@example.com\r\nTo: handled@example.com\r\nDate: Mon, 07 Dec 2026 05:00:00 +0000\r\n"
+            b"Message-ID: <handler.1@client.test>\r\nSubject: to a handler\r\n\r\n.\r\nsecond line\r\n..\r\nlast\r\n"
+        )
+        result = defer.Deferred()
+        factory = ESMTPSenderFactory(
+            None, None, "sender@example.com", ["handled@example.com"], io.BytesIO(message), result,
+            retries=0, timeout=_CLIENT_TIMEOUT, requireAuthentication=False, requireTransportSecurity=False,
+        )  # fmt: skip
+        factory.domain = "client.test"
+        self.connections.connectTCP("127.0.0.1", self.ports["relay"], factory)
+        numOk, addresses = yield result
+        self.assertEqual(numOk, 1)
+        line = yield _waitForLog(self.log, b"to=<handled@example.com>", "Postfix")
+        self.assertIn(b"status=sent", line)
+        [(peer, mailFrom, rcptTos, data)] = self.handled
+        self.assertEqual((peer.host, peer.heloName, mailFrom, rcptTos), ("127.0.0.1", "mx.postfix.test", "sender@example.com", ["handled@example.com"]))
+        header, content = _splitReceived(data)
+        self.assertEqual(content, message)
+        self.assertTrue(header.startswith(b"Received: from client.test (localhost [127.0.0.1])\r\n"), header)
+
+    @defer.inlineCallbacks
+    def test_commandClient(self):
+        """
+        L{mailproto.client}, one command at a time, over STARTTLS (the
+        certificate checked): a message pushed in pieces, with dot lines
+        split across them, reaches smtpd's filter byte for byte.
+        """
+        from mailproto import client
+
+        root = Certificate.loadPEM(self.ca.cert_pem.bytes())
+        session = yield client.connect(
+            reactor, ["127.0.0.1"], self.ports["data"], tls="starttls", ehlo="client.test",
+            contextFactory=optionsForClientTLS("localhost", trustRoot=root), timeout=_CLIENT_TIMEOUT,
+        )  # fmt: skip
+        try:
+            self.assertTrue(session.tls)
+            yield session.mail("sender@example.com")
+            yield session.rcpt("rcpt@example.com")
+            yield session.data()
+            pieces = [b"Subject: pieces\r\n\r\nfirst\r\n", b".", b"dot line\r\n", b"..two dots\r\n.", b"\r\nlast\r", b"\n"]
+            for piece in pieces:
+                session.send(piece)
+            reply = yield session.end()
+            self.assertEqual(reply.code, 250)
+        finally:
+            yield session.quit()
+        [received] = self.recorder.messages
+        self.assertRecorded(received, b"".join(pieces))
 
     @defer.inlineCallbacks
     def test_bareLineFeedRefused(self):
