@@ -47,6 +47,7 @@ from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
 from mailproto._relaymanager import SmartHostESMTPRelayingManager
 from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY, SmartHost, TLSPolicy
 from mailproto._replies import statusOf
+from mailproto._reports import ReportPolicy
 from mailproto._queue import Queue
 from mailproto._server import ESMTP, LMTP, AuthFailures, ESMTPFactory, LMTPFactory
 from mailproto.interfaces import IMessageDeliveryFactory
@@ -153,6 +154,12 @@ class Options(usage.Options):
             None,
             "Defer every permanent failure (5xx) instead of returning the mail to its sender, as Postfix's "
             "soft_bounce: for testing a new setup.  Logged as such; mail still expires after --max-queue-lifetime.",
+        ],
+        [
+            "no-reports-to-strangers",
+            None,
+            "Never send a report (bounce, delay warning, \"relayed\") to the sender of mail from a client outside "
+            "the relay networks that did not authenticate, even when its recipients were checked (--relay-recipients).",
         ],
     ]
 
@@ -269,6 +276,7 @@ class Options(usage.Options):
             self[name] = []
         self["relay-network"] = []
         self["relay-domain"] = []
+        self["relay-recipients"] = None
 
     def opt_smtp(self, endpoint: str) -> None:
         """
@@ -314,6 +322,16 @@ class Options(usage.Options):
         A domain anyone may send mail to through this relay (repeatable).
         """
         self["relay-domain"].append(domain)
+
+    def opt_relay_recipients(self, path: str) -> None:
+        """
+        A file of the valid recipients of the relay domains, one address
+        or @domain a line (# comments), read again when it changes: other
+        recipients of the relay domains get 550 5.1.1 at RCPT, from any
+        client.  Mail from clients outside the relay networks is reported
+        on (bounces) only when this is given.
+        """
+        self["relay-recipients"] = path
 
     def postOptions(self) -> None:
         self._checkNumbers()
@@ -433,7 +451,10 @@ class Options(usage.Options):
                 RelayPolicy(networks=[network])
             except ValueError as e:
                 raise usage.UsageError(f"--relay-network: {e}") from None
-        self["policy"] = RelayPolicy(networks=self["relay-network"] or LOOPBACK, domains=self["relay-domain"])
+        recipients = None
+        if self["relay-recipients"] is not None:
+            recipients = _loadRecipients(self["relay-recipients"], self["relay-domain"])
+        self["policy"] = RelayPolicy(networks=self["relay-network"] or LOOPBACK, domains=self["relay-domain"], recipients=recipients)
 
     def _checkTLSAndUsers(self) -> None:
         if self["private-key"] and not self["certificate"]:
@@ -515,6 +536,26 @@ def _domainOption(name: str, value: str) -> str:
     if not isDomain(encoded):
         raise usage.UsageError(f"--{name} {value!r}: not a domain name (letters, digits and inner hyphens only)")
     return stripped
+
+
+def _loadRecipients(path: str, domains: list[str]):
+    """
+    Read the C{--relay-recipients} file, as the relay starts.
+
+    @return: the L{RecipientsFile}.
+    @raise usage.UsageError: if there is no relay domain, or the file
+        cannot be read, or a line is not an entry (named by its number).
+    """
+    from mailproto._recipients import RecipientsFile, RecipientsFileError
+
+    if not domains:
+        raise usage.UsageError("--relay-recipients needs --relay-domain (it lists the valid recipients of the relay domains)")
+    try:
+        return RecipientsFile(os.path.abspath(path)).load()
+    except OSError as e:
+        raise usage.UsageError(f"--relay-recipients {path!r}: cannot read it ({e.strerror})") from None
+    except RecipientsFileError as e:
+        raise usage.UsageError(f"--relay-recipients {path!r}: {e}") from None
 
 
 def _loadAuthorities(path: str):
@@ -1083,6 +1124,8 @@ def makeService(options: Options) -> RelayService:
         softBounce=bool(options["soft-bounce"]),
         timeout=options["reply-timeout"],
     )
+    reportPolicy = ReportPolicy(toStrangers=not options["no-reports-to-strangers"])
+    manager.recorder.reporter.policy = reportPolicy
     if smartHost is not None:
         route = f"relaying through {smartHost.host}:{smartHost.port}"
     else:
@@ -1090,6 +1133,8 @@ def makeService(options: Options) -> RelayService:
     who = ", ".join(str(n) for n in policy.networks) or "no network"
     if policy.domains:
         who += "; anyone for " + ", ".join(sorted(d.decode("idna") for d in policy.domains))
+        if policy.recipients is not None:
+            who += f" (recipients in {policy.recipients.path})"
     if portal is not None:
         who += "; authenticated users"
     relay = RelayService(
@@ -1112,6 +1157,8 @@ def makeService(options: Options) -> RelayService:
 
         relay.metrics = RelayMetrics(queue, manager, reactor)
         connectionLimits.observers.append(relay.metrics.limitActed)
+        policy.observers.append(relay.metrics.policyRefused)
+        reportPolicy.observers.append(relay.metrics.policyRefused)
         for factory in factories.values():
             factory.metrics = relay.metrics
         metrics = internet.StreamServerEndpointService(endpoints.serverFromString(reactor, options["metrics"]), relay.metrics.site())

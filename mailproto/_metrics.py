@@ -14,6 +14,7 @@ The relay's Prometheus metrics (C{twistd mailrelay --metrics ENDPOINT})::
     mailrelay_delivery_latency_seconds               from arrival to delivery, per recipient
     mailrelay_attempt_duration_seconds               length of a delivery attempt
     mailrelay_limits_total{listener,limit}           times an intake limit acted
+    mailrelay_policy_refusals_total{policy}          times a recipient or report policy refused
 
 The limits are the connection limits shared by all listeners
 (C{max-clients}, C{max-clients-per-address}, C{connection-rate}: a
@@ -21,6 +22,12 @@ connection refused; C{accept-emfile}: accepting paused, out of file
 descriptors) and those of a session (C{command-deadline}, C{data-rate},
 C{junk-commands}, C{early-talker}, C{errors}, C{auth-failures},
 C{idle-timeout}: a session ended or AUTH refused).
+
+The policies are C{relay-recipients} (a recipient of a relay domain not
+in C{--relay-recipients}, refused at RCPT), C{reports-unchecked} (a
+report withheld: its message came from a client outside the relay
+networks, recipients not checked) and C{no-reports-to-strangers} (a
+report withheld by that option).
 
 They are served as Prometheus text on C{/metrics} (any path, in fact) by
 L{MetricsResource}, computed in the reactor thread, so that the queue is
@@ -107,6 +114,11 @@ class RelayMetrics:
         self.limits = Counter(
             "mailrelay_limits", "Times an intake limit acted, by listener and limit.", ["listener", "limit"], registry=registry
         )
+        self.policies = Counter(
+            "mailrelay_policy_refusals", "Times a recipient or report policy refused, by policy.", ["policy"], registry=registry
+        )
+        for policy in ("relay-recipients", "reports-unchecked", "no-reports-to-strangers"):
+            self.policies.labels(policy)
         registry.register(_QueueCollector(queue, manager, clock))
         queue.listeners.append(self._queued)
         manager.outcomeListeners.append(self._outcome)
@@ -138,6 +150,14 @@ class RelayMetrics:
         @param limit: the limit's name (see the module's docstring).
         """
         self.limits.labels(listener, limit).inc()
+
+    def policyRefused(self, policy: str) -> None:
+        """
+        Count a policy refusing: a recipient at RCPT, or a report.
+
+        @param policy: the policy's name (see the module's docstring).
+        """
+        self.policies.labels(policy).inc()
 
     def refused(self, stage: str, code: int, status: bytes | None) -> None:
         """

@@ -71,6 +71,13 @@ WAITING, DELIVERED, FAILED = "waiting", "delivered", "failed"
 """The states of a recipient: still to be delivered; done; given up on
 (permanent failure or expiry, reported to the sender)."""
 
+TRUSTED, CHECKED, UNCHECKED = "trusted", "checked", "unchecked"
+"""Where a message came from, as the reports about it care (its
+envelope's C{origin}): a client allowed to relay (a relay network, a UNIX
+socket, or authenticated); any other client, whose every recipient was
+checked against the relay's list of valid recipients at RCPT; any other
+client, whose recipients were not checked."""
+
 _log = Logger()
 
 
@@ -154,6 +161,10 @@ class Envelope:
     @ivar lastReply: the last reply of a delivery attempt (a L{Reply}),
         or C{None}.
     @ivar warned: whether the sender was told that delivery is delayed.
+    @ivar origin: where the message came from: L{TRUSTED}, L{CHECKED} or
+        L{UNCHECKED}; C{None} if not known (queued by a version before
+        this field, or by code that does not say).  Written in the queue
+        file only when known, so that older versions read it too.
     """
 
     id: str
@@ -172,6 +183,7 @@ class Envelope:
     nextAttempt: float = 0.0
     lastReply: Reply | None = None
     warned: bool = False
+    origin: str | None = None
 
     @classmethod
     def fromCommands(cls, queueID: str, mail: MailFrom, rcpts: list[RcptTo], received: float, **kw) -> Envelope:
@@ -201,7 +213,7 @@ class Envelope:
         """
         @return: the immutable part, as written in the queue file.
         """
-        return {
+        header = {
             "version": FORMAT_VERSION,
             "id": self.id,
             "sender": _text(self.sender),
@@ -222,6 +234,9 @@ class Envelope:
             "helo": self.helo,
             "user": self.user,
         }
+        if self.origin is not None:
+            header["origin"] = self.origin
+        return header
 
     def state(self) -> dict:
         """
@@ -257,6 +272,9 @@ class Envelope:
             ]
             if not recipients or any(not r.address for r in recipients):
                 raise ValueError("no recipients")
+            origin = header.get("origin")
+            if origin not in (None, TRUSTED, CHECKED, UNCHECKED):
+                raise ValueError(f"unknown origin {origin!r}")
             return cls(
                 id=header["id"],
                 sender=_bytes(header["sender"]),
@@ -269,6 +287,7 @@ class Envelope:
                 client=header.get("client"),
                 helo=header.get("helo"),
                 user=header.get("user"),
+                origin=origin,
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed envelope: {e!r}") from None

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from mailproto._address import Address
 from mailproto._commands import MailFrom, RcptTo
 from mailproto._errors import SMTPBadRcpt, SMTPServerError
-from mailproto._queue import Envelope, Queue, newMessageID
+from mailproto._queue import CHECKED, TRUSTED, UNCHECKED, Envelope, Queue, newMessageID
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
 
 _log = Logger()
@@ -42,21 +42,35 @@ class RelayPolicy:
     C{domains} (mail for this relay's own inbound domains, from anyone).
     Everyone else gets C{554 5.7.1 Relay access denied}.
 
+    With C{recipients}, a recipient of one of C{domains} is accepted only
+    if it is listed there, from any client (as Postfix's
+    C{relay_recipient_maps}); the others get C{550 5.1.1}.
+
     @ivar networks: the client networks allowed to relay.
     @ivar domains: the inbound domains, lower case.
+    @ivar recipients: the valid recipients of C{domains} (a
+        L{RecipientsFile <mailproto._recipients.RecipientsFile>}, or
+        anything with its C{accepts(address)}), or C{None} if every
+        recipient of them is accepted.
+    @ivar observers: callables told C{observer(policy)} each time a
+        recipient is refused because it is not in C{recipients}, with
+        C{policy} C{"relay-recipients"} (for metrics).
     """
 
-    def __init__(self, networks=LOOPBACK, domains=(), unixSockets: bool = True) -> None:
+    def __init__(self, networks=LOOPBACK, domains=(), unixSockets: bool = True, recipients=None) -> None:
         """
         @param networks: CIDR strings (C{"192.0.2.0/24"}, C{"2001:db8::/32"});
             loopback only by default.
         @param domains: inbound domains (C{str} or C{bytes}).
         @param unixSockets: whether clients on a UNIX socket may relay.
+        @param recipients: see L{recipients}.
         @raise ValueError: for a malformed network.
         """
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
         self.domains = {(d.encode("idna") if isinstance(d, str) else bytes(d)).lower().rstrip(b".") for d in domains}
         self.unixSockets = unixSockets
+        self.recipients = recipients
+        self.observers: list = []
 
     def clientMayRelay(self, client: bytes, authenticated: bool) -> bool:
         """
@@ -79,11 +93,47 @@ class RelayPolicy:
     def accepts(self, client: bytes, authenticated: bool, recipientDomain: bytes) -> bool:
         """
         @return: whether mail for a recipient in C{recipientDomain} is
-            accepted from this client.
+            accepted from this client (whether or not the recipient is
+            valid: see L{isValidRecipient}).
         """
-        if recipientDomain.lower().rstrip(b".") in self.domains:
+        if self.isRelayDomain(recipientDomain):
             return True
         return self.clientMayRelay(client, authenticated)
+
+    def isRelayDomain(self, domain: bytes) -> bool:
+        """
+        @return: whether C{domain} is one of L{domains}.
+        """
+        return domain.lower().rstrip(b".") in self.domains
+
+    def isValidRecipient(self, address) -> bool:
+        """
+        @param address: a recipient, as an L{Address}.
+        @return: C{False} if its domain is a relay domain and it is not
+            in L{recipients}; C{True} otherwise.
+        """
+        if self.recipients is None or not self.isRelayDomain(address.domain):
+            return True
+        return self.recipients.accepts(address)
+
+    def origin(self, client: bytes, authenticated: bool) -> str:
+        """
+        @return: where mail from this client comes from, as its envelope
+            records it (L{TRUSTED}, L{CHECKED} or L{UNCHECKED}): a client
+            that may relay is trusted; another one could only give
+            recipients of relay domains, checked if there is a list of
+            them.
+        """
+        if self.clientMayRelay(client, authenticated):
+            return TRUSTED
+        return CHECKED if self.recipients is not None else UNCHECKED
+
+    def refused(self, policy: str) -> None:
+        """
+        Tell the L{observers} that C{policy} refused something.
+        """
+        for observer in self.observers:
+            observer(policy)
 
 
 @implementer(IMessageStream)
@@ -180,6 +230,7 @@ class QueueDelivery:
         self._users = []
         self._transaction = None
         self._messages = 0
+        self._origin = None
 
     def _now(self) -> float:
         return self._clock.seconds() if self._clock is not None else time.time()
@@ -199,8 +250,19 @@ class QueueDelivery:
     def validateTo(self, user):
         protocol = user.protocol
         authenticated = bool(getattr(protocol, "authenticated", False))
-        if not self.policy.accepts(user.helo[1], authenticated, user.dest.domain):
+        client = user.helo[1]
+        if not self.policy.accepts(client, authenticated, user.dest.domain):
             raise SMTPServerError(554, "Relay access denied", b"5.7.1")
+        if not self.policy.isValidRecipient(user.dest):
+            _log.info(
+                "Refused <{recipient}> from {client}: not a valid recipient of a relay domain",
+                recipient=str(user.dest),
+                client=(client or b"").decode("ascii", "replace"),
+                policy="relay-recipients",
+            )
+            self.policy.refused("relay-recipients")
+            raise SMTPBadRcpt(user.dest, 550, f"<{user.dest}>: Recipient address rejected: User unknown in relay recipient table", b"5.1.1")
+        self._origin = self.policy.origin(client, authenticated)
         self._users.append(user)
         return self._messageFor
 
@@ -226,6 +288,7 @@ class QueueDelivery:
             client=(helo[1] or b"").decode("ascii", "replace"),
             helo=(helo[0] or b"").decode("utf-8", "replace"),
             user=_text(getattr(protocol, "authenticatedUser", None)),
+            origin=self._origin,
         )
         return self.queue.newMessage(envelope)
 
@@ -322,4 +385,6 @@ class DomainQueuer:
             queue.
         """
         delivery = QueueDelivery(self.service.queue, self.policy)
+        # Only clients that may relay get this far (willRelay).
+        delivery._origin = TRUSTED
         return _SpoolMessage(_Transaction(delivery, [user]), primary=True)

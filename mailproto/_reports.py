@@ -12,6 +12,15 @@ is the report's C{smtp} diagnostic and that server its Remote-MTA; a
 reply the relay made itself (a connection that failed) is an
 C{x-mailproto} diagnostic with no Remote-MTA; a recipient that expired
 has the status C{4.4.7}.
+
+No reflection (L{ReportPolicy}): a report goes to a message's sender,
+and the sender of mail from a client that may not relay (outside the
+relay networks, not authenticated) may be anyone's address.  Reports on
+such mail -- bounces, "relayed" and delay warnings alike -- are sent only
+if every recipient was checked against the relay's valid recipients at
+RCPT (the envelope's C{origin} is L{CHECKED}), and never with
+C{ReportPolicy(toStrangers=False)}.  Otherwise the relay would send
+content of a stranger's choosing to a third party (backscatter).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from twisted.logger import Logger
 from mailproto._bounce import DeliveryReport, RecipientReport, UnparsedAddress, makeReport
 from mailproto._errors import AddressError
 from mailproto._jobs import wireAddress
-from mailproto._queue import Envelope, Recipient, newMessageID
+from mailproto._queue import CHECKED, UNCHECKED, Envelope, Recipient, newMessageID
 
 _log = Logger(namespace="mailproto.relaymanager")
 
@@ -79,6 +88,51 @@ def recipientReport(recipient: Recipient, action: str, now: float, willRetryUnti
         return RecipientReport(**fields)
 
 
+class ReportPolicy:
+    """
+    Which messages' senders get reports (see the module's docstring).
+
+    @ivar toStrangers: whether the senders of mail from clients that may
+        not relay get reports at all (when its recipients were checked).
+    @ivar observers: callables told C{observer(policy)} each time a
+        report is withheld, with C{policy} C{"reports-unchecked"} (the
+        recipients were not checked) or C{"no-reports-to-strangers"}
+        (L{toStrangers} is false), for metrics.
+    """
+
+    def __init__(self, toStrangers: bool = True) -> None:
+        self.toStrangers = toStrangers
+        self.observers: list = []
+
+    def withholds(self, envelope: Envelope) -> str | None:
+        """
+        @return: why no report on C{envelope} may be sent (the policy's
+            name), or C{None} if one may.  A message whose origin is not
+            known (queued by an older version) is reported on as before.
+        """
+        if envelope.origin not in (CHECKED, UNCHECKED):
+            return None
+        if not self.toStrangers:
+            return "no-reports-to-strangers"
+        if envelope.origin == UNCHECKED:
+            return "reports-unchecked"
+        return None
+
+    def withheld(self, policy: str) -> None:
+        """
+        Tell the L{observers} that C{policy} withheld a report.
+        """
+        for observer in self.observers:
+            observer(policy)
+
+
+#: Why a report was withheld, for the log, by policy.
+_WITHHELD = {
+    "reports-unchecked": "from a client outside the relay networks, recipients not checked at RCPT",
+    "no-reports-to-strangers": "from a client outside the relay networks (--no-reports-to-strangers)",
+}
+
+
 class Reporter:
     """
     Queues reports for a relaying manager.
@@ -86,10 +140,12 @@ class Reporter:
     @ivar manager: the manager: its C{queue}, C{hostname}, C{schedule},
         C{returnLimit} and C{stats} are used as they are when a report is
         made.
+    @ivar policy: the L{ReportPolicy}.
     """
 
-    def __init__(self, manager) -> None:
+    def __init__(self, manager, policy: ReportPolicy | None = None) -> None:
         self.manager = manager
+        self.policy = policy if policy is not None else ReportPolicy()
 
     def report(self, envelope: Envelope, recipients: list[Recipient], action: str, now: float):
         """
@@ -99,6 +155,19 @@ class Reporter:
             there is none to send.
         """
         if not envelope.sender:
+            return None
+        withheld = self.policy.withholds(envelope)
+        if withheld is not None:
+            self.manager.stats["withheld"] += 1
+            _log.info(
+                "No {action} report for {queueID} to <{sender}>: {reason}",
+                action=action,
+                queueID=envelope.id,
+                sender=show(envelope.sender),
+                reason=_WITHHELD[withheld],
+                policy=withheld,
+            )
+            self.policy.withheld(withheld)
             return None
         try:
             wireAddress(envelope.sender)
