@@ -40,6 +40,7 @@ from zope.interface import implementer
 from mailproto._attempts import RetrySchedule
 from mailproto._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts
 from mailproto._control import ControlFactory, SpoolBusy, SpoolLock, socketPath
+from mailproto._privileges import SpoolNotUsable, giveSpool, runAs
 from mailproto._grammar import isDomain
 from mailproto._logs import FORMATS as LOG_FORMATS, RelayLog
 from mailproto._proxy import proxyEndpoint
@@ -500,7 +501,7 @@ class Options(usage.Options):
     def _checkSpool(self) -> None:
         spool = self["spool"]
         try:
-            os.makedirs(spool, exist_ok=True)
+            os.makedirs(spool, mode=0o700, exist_ok=True)
         except OSError as e:
             raise usage.UsageError(f"--spool {spool!r}: cannot make the directory ({e.strerror})") from None
         if not os.access(spool, os.W_OK | os.X_OK):
@@ -747,6 +748,9 @@ class RelayService(service.MultiService):
     metrics = None
     log = None
     handleSignals = False
+    #: C{(uid, gid)} twistd switches to after the privileged start (its
+    #: C{--uid}/C{--gid}), or C{None}: the spool is given to that user.
+    runAs = None
     connectionLimits = None
     authFailures = None
     checker = None
@@ -820,7 +824,17 @@ class RelayService(service.MultiService):
             raise RuntimeError(f"cannot start: {e}") from None
         if self.control is not None:
             _unlink(socketPath(self.queue.directory))
+        if self.runAs is not None:
+            try:
+                changed = giveSpool(self.queue.directory, self.lock.path, *self.runAs)
+            except SpoolNotUsable as e:
+                raise RuntimeError(f"cannot start: {e}") from None
+            if changed:
+                _log.info("mailrelay: spool {spool} given to uid {uid} ({changed} entries)", spool=self.queue.directory, uid=self.runAs[0], changed=changed)
         super().privilegedStartService()
+        if self.runAs is not None and self.control is not None:
+            # Bound just now, as root: the relay's user answers on it.
+            os.lchown(socketPath(self.queue.directory), *self.runAs)
 
     def startService(self) -> None:
         if not self.lock.held:
@@ -1148,6 +1162,7 @@ def makeService(options: Options) -> RelayService:
         shutdownGrace=options["shutdown-grace"],
         clock=reactor,
     )
+    relay.runAs = runAs(options)
     relay.connectionLimits = connectionLimits
     relay.authFailures = authFailures
     relay.checker = checker

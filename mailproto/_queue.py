@@ -33,6 +33,11 @@ message plus one per batch.  Removals (a message delivered, or reported
 back to its sender) are not made durable: one undone by a crash only
 means the message is sent again.
 
+The spool is private whatever the umask: directories are made 0700 and
+files 0600 (owner only), and a spool found with looser modes is tightened
+when it is opened (logged), so that no other local user can read queued
+mail.
+
 Envelopes are JSON, never pickle.  Bytes (addresses, parameters) are
 stored as text decoded from UTF-8, with undecodable octets kept by
 C{surrogateescape}.
@@ -46,6 +51,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import time
 from typing import Callable
 
@@ -616,7 +622,7 @@ class SpoolFile:
                 self._buffer.append(bytes(data))
                 self._buffered += len(data)
                 return
-            self._file = open(self.path, "xb")
+            self._file = createPrivate(self.path)
             try:
                 self._file.writelines(self._buffer)
             except BaseException:
@@ -671,7 +677,7 @@ class SpoolFile:
         """
         try:
             if self._file is None:
-                self._file = open(self.path, "xb")
+                self._file = createPrivate(self.path)
                 self._file.writelines(self._buffer)
                 self._message = b"".join(self._buffer[1:])
                 self._buffer = []
@@ -691,6 +697,47 @@ class SpoolFile:
             raise
         self._file.close()
         self._file = None
+
+
+PRIVATE_DIRECTORY, PRIVATE_FILE = 0o700, 0o600
+"""The modes of the spool's directories and files: the owner's only."""
+
+
+def makePrivate(directory: str) -> None:
+    """
+    Make a spool directory and its C{tmp/}, C{queue/} and C{corrupt/}, each
+    owner-only, or tighten them if they are looser (logged).
+
+    @param directory: the spool.
+    @raise OSError: if they cannot be made.
+    """
+    tightened = []
+    for path in (directory, *(os.path.join(directory, name) for name in ("tmp", "queue", "corrupt"))):
+        os.makedirs(path, mode=PRIVATE_DIRECTORY, exist_ok=True)
+        mode = os.stat(path).st_mode & 0o777
+        if mode != PRIVATE_DIRECTORY:
+            os.chmod(path, PRIVATE_DIRECTORY)
+            if mode & 0o077:
+                tightened.append(f"{path} {mode:04o}")
+    if tightened:
+        _log.warn("Spool made private (mode 0700): {tightened}", tightened=", ".join(tightened))
+
+
+def createPrivate(path: str, exclusive: bool = True):
+    """
+    @return: C{path}, made owner-only (0600) whatever the umask, open for
+        writing in binary mode.
+    @param exclusive: whether it must not exist yet; else it is truncated.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, PRIVATE_FILE)
+    try:
+        if not exclusive:
+            os.fchmod(fd, PRIVATE_FILE)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _unlink(path: str) -> None:
@@ -737,8 +784,8 @@ class Queue(TwistedMailQueueMixin, QueueView):
         self._reactor = reactor
         self._runInThread = runInThread
         self._committer = _GroupCommitter(self._runBatch)
-        for name in ("tmp", "queue", "corrupt"):
-            os.makedirs(os.path.join(directory, name), exist_ok=True)
+        makePrivate(directory)
+
 
     # -- paths --------------------------------------------------------------
 
@@ -774,6 +821,7 @@ class Queue(TwistedMailQueueMixin, QueueView):
         self._envelopes = {}
         self._relaying = set()
         self._cache, self._cached = {}, 0
+        self._tightenFiles(names)
         for name in sorted(names):
             path = self._path("queue", name)
             if name.endswith(".state.tmp"):
@@ -811,6 +859,24 @@ class Queue(TwistedMailQueueMixin, QueueView):
         return counts
 
     readDirectory = recover
+
+    def _tightenFiles(self, names) -> None:
+        """
+        Make the queue's files owner-only if some are not (a spool from an
+        older version, or copied in by hand); logged once.
+        """
+        tightened = 0
+        for name in names:
+            path = self._path("queue", name)
+            try:
+                mode = os.lstat(path).st_mode
+                if stat.S_ISREG(mode) and mode & 0o077:
+                    os.chmod(path, PRIVATE_FILE)
+                    tightened += 1
+            except OSError:
+                continue
+        if tightened:
+            _log.warn("Spool {spool}: {count} queue files made private (mode 0600)", spool=self.directory, count=tightened)
 
     def _readEnvelope(self, queueID: str, problems: list | None = None) -> Envelope:
         envelope = readQueueFile(self.getPath(queueID), problems)
@@ -967,7 +1033,7 @@ class Queue(TwistedMailQueueMixin, QueueView):
         queueID, state = item
         path = self.getPath(queueID) + ".state"
         temporary = path + ".tmp"
-        with open(temporary, "wb") as f:
+        with createPrivate(temporary, exclusive=False) as f:
             f.write(json.dumps(state, separators=(",", ":")).encode("ascii"))
             f.flush()
             self._fsync(f.fileno())

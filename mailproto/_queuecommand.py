@@ -495,7 +495,7 @@ class ImportOptions(_QueueCommand):
             return 1
         lock = SpoolLock(spool)
         try:
-            os.makedirs(spool, exist_ok=True)
+            os.makedirs(spool, mode=0o700, exist_ok=True)
             lock.acquire()
         except SpoolBusy:
             stderr.write(f"mailproto queue import: {spool} is in use by another process (a relay, or another command); stop it first\n")

@@ -516,6 +516,10 @@ class MboxStore:
             if self._box is not None:
                 self._box.close()
                 self._box = None
+            if identity is None:
+                # Private from the start, whatever the umask (as the
+                # Maildir's files are).
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
             self._box = mailbox.mbox(self.path, create=True)
             stat = os.stat(self.path)
             self._identity = (stat.st_dev, stat.st_ino)

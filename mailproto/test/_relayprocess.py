@@ -28,10 +28,12 @@ def _pluginInstalled() -> bool:
     return any(getattr(p, "tapname", None) == "mailrelay" for p in getPlugins(IServiceMaker))
 
 
-def relayCommand(arguments: list[str], scratch: str) -> tuple[list[str], dict[str, str]]:
+def relayCommand(arguments: list[str], scratch: str, twistdArguments: list[str] = ()) -> tuple[list[str], dict[str, str]]:
     """
     @param arguments: the options of C{mailrelay}.
     @param scratch: a directory for the plugin link, if one is needed.
+    @param twistdArguments: more options of C{twistd} itself (before
+        C{mailrelay}), as C{--uid}.
     @return: the command line and environment of a C{twistd -n mailrelay}
         that runs in the foreground and logs to its standard output.
     """
@@ -49,5 +51,5 @@ def relayCommand(arguments: list[str], scratch: str) -> tuple[list[str], dict[st
     if env.get("PYTHONPATH"):
         path.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(path)
-    argv = [sys.executable, "-c", TWISTD, "--nodaemon", "--pidfile=", "--logfile=-", "mailrelay", *arguments]
+    argv = [sys.executable, "-c", TWISTD, "--nodaemon", "--pidfile=", "--logfile=-", *twistdArguments, "mailrelay", *arguments]
     return argv, env

@@ -250,12 +250,13 @@ class RelayProcess(_ChildProcess):
     what = "twistd mailrelay"
 
     @classmethod
-    def spawn(cls, testCase, arguments: list[str], scratch: str) -> RelayProcess:
+    def spawn(cls, testCase, arguments: list[str], scratch: str, twistdArguments: list[str] = ()) -> RelayProcess:
         """
-        Start C{twistd mailrelay} with C{arguments}, in C{scratch}; it is
-        stopped when the test ends.
+        Start C{twistd mailrelay} with C{arguments} (and C{twistd}'s own
+        C{twistdArguments}), in C{scratch}; it is stopped when the test
+        ends.
         """
-        argv, env = relayCommand(arguments, scratch)
+        argv, env = relayCommand(arguments, scratch, twistdArguments)
         relay = cls()
         relay._spawn(testCase, argv, env, scratch)
         return relay
