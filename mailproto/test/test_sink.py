@@ -551,9 +551,11 @@ class MboxTests(SynchronousTestCase):
 
     def test_made(self):
         """
-        The mbox file is made if missing.
+        The mbox file is made if missing, its owner's only whatever the
+        umask (as the Maildir's files are).
         """
         self.assertTrue(os.path.isfile(self.path))
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
 
     def test_appended(self):
         """
