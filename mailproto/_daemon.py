@@ -47,6 +47,7 @@ from mailproto._proxy import proxyEndpoint
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
 from mailproto._relaymanager import SmartHostESMTPRelayingManager
 from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY, SmartHost, TLSPolicy
+from mailproto import _submission
 from mailproto._replies import statusOf
 from mailproto._reports import ReportPolicy
 from mailproto._queue import Queue
@@ -258,6 +259,10 @@ class Options(usage.Options):
         ],
     ]
 
+    # Loop detection and submission hygiene: mailproto._submission.
+    optFlags = optFlags + _submission.OPT_FLAGS
+    optParameters = optParameters + _submission.OPT_PARAMETERS
+
     compData = usage.Completions(
         optActions={
             "spool": usage.CompleteDirs(descr="spool directory"),
@@ -337,6 +342,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self._checkNumbers()
         self._checkIntakeLimits()
+        _submission.checkOptions(self)
         self._checkListeners()
         self._checkSmartHost()
         self._checkPolicy()
@@ -1079,18 +1085,20 @@ def makeService(options: Options) -> RelayService:
     queue = Queue(options["spool"], reactor=reactor)
     policy = options["policy"]
     hostname = options["hostname"].encode("idna")
-    deliveryFactory = QueueDeliveryFactory(queue, policy)
+    intake = _submission.intakePolicy(options, hostname, reactor)
+    deliveryFactory = QueueDeliveryFactory(queue, policy, intake=intake)
     limits = {
         "maxMessageSize": options["max-message-size"],
         "maxRecipients": options["max-recipients"],
         **_sessionLimits(options),
     }
-    portal = checker = None
+    portal = checker = submissionPortal = None
     if options["users"] is not None:
         from mailproto._cred import UsersFileChecker
 
         checker = UsersFileChecker(options["users"], reactor=reactor)
         portal = Portal(_SubmissionRealm(deliveryFactory), [checker])
+        submissionPortal = _submission.submissionPortal(options, queue, policy, intake, [checker], reactor)
     tls = options["tls"]
     # One count of failed AUTH per address for every port: blocked on one, blocked on all.
     authFailures = AuthFailures(limit=options["max-auth-failures"], window=AUTH_FAILURE_WINDOW, clock=reactor)
@@ -1098,7 +1106,7 @@ def makeService(options: Options) -> RelayService:
     def esmtp(kind: str, required: bool):
         # With AUTH required there is no delivery for anonymous clients: 530.
         factory = RelayESMTPFactory(
-            portal,
+            portal if kind == "smtp" else submissionPortal,
             deliveryFactory=None if required else deliveryFactory,
             contextFactory=tls if kind != "smtps" else None,
             domain=hostname,
@@ -1172,6 +1180,7 @@ def makeService(options: Options) -> RelayService:
 
         relay.metrics = RelayMetrics(queue, manager, reactor)
         connectionLimits.observers.append(relay.metrics.limitActed)
+        intake.observers.append(relay.metrics.intakePolicyActed)
         policy.observers.append(relay.metrics.policyRefused)
         reportPolicy.observers.append(relay.metrics.policyRefused)
         for factory in factories.values():

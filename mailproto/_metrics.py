@@ -7,6 +7,7 @@ The relay's Prometheus metrics (C{twistd mailrelay --metrics ENDPOINT})::
     mailrelay_connections_open{listener}             connections open now
     mailrelay_messages_accepted_total                messages queued (250 after DATA/BDAT)
     mailrelay_messages_rejected_total{stage,reason}  4xx/5xx replies to MAIL, RCPT and message data
+    mailrelay_intake_policy_total{policy}            times a loop or submission policy acted (see below)
     mailrelay_queue_messages                         messages queued now
     mailrelay_queue_in_flight                        messages being sent now
     mailrelay_queue_oldest_age_seconds               age of the oldest queued message
@@ -15,6 +16,12 @@ The relay's Prometheus metrics (C{twistd mailrelay --metrics ENDPOINT})::
     mailrelay_attempt_duration_seconds               length of a delivery attempt
     mailrelay_limits_total{listener,limit}           times an intake limit acted
     mailrelay_policy_refusals_total{policy}          times a recipient or report policy refused
+
+The intake policies (L{mailproto._headerpolicy}, L{mailproto._submission})
+are C{hops} and C{loop} (a message refused, C{--max-hops},
+C{--max-own-hops}), C{sender-login} and C{from-header} (a sender refused,
+C{--sender-login-map}, C{--check-from-header}), C{date} and C{message-id}
+(a field added to a submitted message).
 
 The limits are the connection limits shared by all listeners
 (C{max-clients}, C{max-clients-per-address}, C{connection-rate}: a
@@ -97,6 +104,14 @@ class RelayMetrics:
             ["stage", "reason"],
             registry=registry,
         )
+        self.intakePolicies = Counter(
+            "mailrelay_intake_policy",
+            "Times a loop or submission policy acted (a message or sender refused, a header added), by policy.",
+            ["policy"],
+            registry=registry,
+        )
+        for policy in ("hops", "loop", "sender-login", "from-header", "date", "message-id"):
+            self.intakePolicies.labels(policy)
         self.deliveries = Counter(
             "mailrelay_deliveries", "Outcomes of delivery attempts, per recipient.", ["result"], registry=registry
         )
@@ -133,6 +148,14 @@ class RelayMetrics:
         for _ in result.delivered:
             self.latency.observe(max(now - envelope.received, 0.0))
         self.attempts.observe(max(now - started, 0.0))
+
+    def intakePolicyActed(self, policy: str) -> None:
+        """
+        Count an intake policy acting.
+
+        @param policy: its name (see the module's docstring).
+        """
+        self.intakePolicies.labels(policy).inc()
 
     def connectionOpened(self, listener: str) -> None:
         self.connections.labels(listener).inc()

@@ -176,10 +176,19 @@ class _Transaction:
         self._started = False
         self._result = self._NOT_YET
         self._waiters: list[defer.Deferred] = []
+        # The delivery's header policy for this message, once the spool
+        # is open (mailproto._headerpolicy), or None.
+        self.scanner = None
+
+    def _openSpool(self) -> None:
+        self.spool = self.delivery._open(self.users)
+        self.scanner = self.delivery._scanner(self.spool.envelope)
 
     def write(self, data: bytes) -> None:
         if self.spool is None:
-            self.spool = self.delivery._open(self.users)
+            self._openSpool()
+        if self.scanner is not None:
+            data = self.scanner.feed(data)
         self.spool.write(data)
 
     def commit(self) -> defer.Deferred:
@@ -192,7 +201,15 @@ class _Transaction:
         if not self._started:
             self._started = True
             if self.spool is None:
-                self.spool = self.delivery._open(self.users)
+                self._openSpool()
+            if self.scanner is not None:
+                try:
+                    self.spool.write(self.scanner.close())
+                except SMTPServerError:
+                    self.spool.abort()
+                    self.spool = None
+                    self._fire(Failure())
+                    return waiter
             committed = self.spool.commit()
             committed.addCallback(self.delivery._queued)
             committed.addErrback(self.delivery._notQueued, self.spool.envelope.id)
@@ -308,6 +325,16 @@ class QueueDelivery:
         _log.failure("Could not queue {queueID}", failure, queueID=queueID)
         raise SMTPServerError(451, "Could not queue the message; try again later", b"4.3.0")
 
+    #: The header policy (L{mailproto._headerpolicy.IntakePolicy}) or C{None}.
+    intake = None
+
+    def _scanner(self, envelope: Envelope):
+        """
+        @return: what the message's data passes through on its way into
+            the queue (a L{mailproto._headerpolicy.HeaderScanner}), or C{None}.
+        """
+        return self.intake.scanner(envelope) if self.intake is not None else None
+
 
 def _text(value) -> str | None:
     if value is None:
@@ -321,18 +348,23 @@ class QueueDeliveryFactory:
     Gives the server a L{QueueDelivery} for each message.
     """
 
-    def __init__(self, queue: Queue, policy: RelayPolicy | None = None, clock=None) -> None:
+    def __init__(self, queue: Queue, policy: RelayPolicy | None = None, clock=None, intake=None) -> None:
         """
         @param queue: the queue to write into.
         @param policy: who may relay; loopback clients only if C{None}.
         @param clock: the clock for arrival times; real time if C{None}.
+        @param intake: the header policy (loop detection), a
+            L{mailproto._headerpolicy.IntakePolicy}, or C{None}.
         """
         self.queue = queue
         self.policy = policy or RelayPolicy()
         self.clock = clock
+        self.intake = intake
 
     def getMessageDelivery(self) -> QueueDelivery:
-        return QueueDelivery(self.queue, self.policy, self.clock)
+        delivery = QueueDelivery(self.queue, self.policy, self.clock)
+        delivery.intake = self.intake
+        return delivery
 
 
 class DomainQueuer:
