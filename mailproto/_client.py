@@ -56,13 +56,12 @@ import binascii
 import collections
 import os
 
-from twisted.internet.interfaces import IPullProducer, ISSLTransport
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.python.util import LineLog
-from zope.interface import implementer
 
 from mailproto._address import Address
 from mailproto._commands import MailFrom, RcptTo, formatMailFrom, formatRcptTo
@@ -80,14 +79,13 @@ from mailproto._errors import (
     TLSRequiredError,
 )
 from mailproto._extensions import Extensions
+from mailproto._readahead import CHUNK_SIZE, ReadAheadProducer
 from mailproto._replies import ReplyParser, ReplySyntaxError, statusOf
 from mailproto._writes import writeNow
 
 SUCCESS = range(200, 300)
 _ANY = range(0, 1000)
 
-#: How much of a message is read and sent at a time.
-CHUNK_SIZE = 65536
 
 
 class RecipientReply(tuple):
@@ -120,80 +118,31 @@ def _address(value) -> Address:
     return Address(value)
 
 
-@implementer(IPullProducer)
-class _MessageProducer:
+class _MessageProducer(ReadAheadProducer):
     """
-    Sends a message from a file, a chunk at a time, when the transport
-    asks: dot-stuffed with its final C{.} in the same write as the last
-    chunk (DATA), or as C{BDAT} chunks.
-
-    One chunk is kept back, transformed, until the next is read, so that
-    the end of the message is known when its last chunk is sent: memory is
-    bounded by two chunks.  A message
-    that fits in one chunk is written at once, without registering.
+    Sends a message from a file for a client, dot-stuffed with its final
+    C{.} in the same write as the last chunk (DATA), or as C{BDAT} chunks.
 
     @ivar chunks: how many writes (BDAT chunks) were made.
-    @ivar finished: whether the whole message was written, or the
-        transfer stopped.
     """
 
     def __init__(self, client, file, chunked: bool) -> None:
+        ReadAheadProducer.__init__(self, client.transport, file, client.transformChunk, client._finishMessage, CHUNK_SIZE)
         self.client = client
-        self.file = file
         self.chunked = chunked
         self.chunks = 0
-        self.finished = False
-        self._registered = False
-        self._ahead = None
 
-    def start(self) -> None:
-        self._step()
-        if not self.finished:
-            self._registered = True
-            self.client.transport.registerProducer(self, False)
-
-    def resumeProducing(self) -> None:
-        if not self.finished:
-            self._step()
-
-    def stopProducing(self) -> None:
-        if not self.finished:
-            self.finished = True
-            self._ahead = None
-            if self._registered:
-                self._registered = False
-                self.client.transport.unregisterProducer()
-
-    def _step(self) -> None:
+    def deliver(self, out: bytes, last: bool) -> None:
         client = self.client
-        try:
-            while True:
-                chunk = self.file.read(CHUNK_SIZE)
-                if not chunk:
-                    out, self._ahead = (self._ahead or b"") + client._finishMessage(), None
-                    last = True
-                    break
-                data = client.transformChunk(chunk)
-                if self._ahead is None:
-                    # The first chunk: wait to see whether more follows.
-                    self._ahead = data
-                    continue
-                if data:
-                    out, self._ahead = self._ahead, data
-                    last = False
-                    break
-        except BaseException:
-            self.stopProducing()
-            client._transferFailed(Failure())
-            return
         if self.chunked:
             out = b"BDAT %d%s\r\n" % (len(out), b" LAST" if last else b"") + out
         self.chunks += 1
-        if last:
-            self.stopProducing()
         client._dataWritten(self.chunked, last)
         client.resetTimeout()
         client.transport.write(out)
+
+    def failed(self, failure: Failure) -> None:
+        self.client._transferFailed(failure)
 
 
 class SMTPClient(LineReceiver, TimeoutMixin):

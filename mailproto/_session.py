@@ -41,12 +41,11 @@ import binascii
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IPullProducer, ISSLTransport
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.util import LineLog
-from zope.interface import implementer
 
 from mailproto._address import Address
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
@@ -63,11 +62,10 @@ from mailproto._errors import (
     TLSRequiredError,
 )
 from mailproto._extensions import Extensions
+from mailproto._readahead import CHUNK_SIZE, ReadAheadProducer
 from mailproto._replies import Reply, ReplyParser, ReplySyntaxError
 from mailproto.interfaces import IClientAuthentication
 
-#: How much of a file L{SMTPSession.sendFile} reads and sends at a time.
-CHUNK_SIZE = 65536
 
 #: The default seconds a reply may take (RFC 5321 section 4.5.3.2 asks
 #: for 5 minutes for most commands, 10 after the end of data).
@@ -189,65 +187,25 @@ class _Command:
         self.replies = []
 
 
-@implementer(IPullProducer)
-class _FileProducer:
+class _FileProducer(ReadAheadProducer):
     """
-    Streams a file into DATA, a chunk at a time when the transport asks:
-    one chunk is read ahead so that the end of the data goes out in the
-    same write as the last chunk.  Memory is bounded by two chunks.
+    Streams a file into DATA for a session, dot-stuffed, the end of the
+    data in the same write as the last chunk.
     """
 
     def __init__(self, session: SMTPSession, file) -> None:
-        self.session = session
-        self.file = file
-        self.finished = False
-        self._registered = False
-        self._ahead: bytes | None = None
-
-    def start(self) -> None:
-        self._step()
-        if not self.finished:
-            self._registered = True
-            self.session.transport.registerProducer(self, False)
-
-    def resumeProducing(self) -> None:
-        if not self.finished:
-            self._step()
-
-    def stopProducing(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        self._ahead = None
-        if self._registered:
-            self._registered = False
-            self.session.transport.unregisterProducer()
-
-    def _step(self) -> None:
-        session = self.session
         stuffer = session._stuffer
-        try:
-            while True:
-                chunk = self.file.read(CHUNK_SIZE)
-                if not chunk:
-                    out, last = (self._ahead or b"") + stuffer.finish(), True
-                    break
-                data = stuffer.feed(chunk)
-                if self._ahead is None:
-                    self._ahead = data
-                    continue
-                if data:
-                    out, self._ahead, last = self._ahead, data, False
-                    break
-        except Exception as e:
-            self.stopProducing()
-            session._fileFailed(e)
-            return
+        ReadAheadProducer.__init__(self, session.transport, file, stuffer.feed, stuffer.finish, CHUNK_SIZE)
+        self.session = session
+
+    def deliver(self, out: bytes, last: bool) -> None:
         if last:
-            self.stopProducing()
-            session._endOfDataFromFile(out)
+            self.session._endOfDataFromFile(out)
         else:
-            session.transport.write(out)
+            self.session.transport.write(out)
+
+    def failed(self, failure) -> None:
+        self.session._fileFailed(failure.value)
 
 
 class SMTPSession(Protocol):
