@@ -294,3 +294,43 @@ class MailrelayHopsTests(TestCase):
         [message] = smartHost.messages
         self.assertEqual(message.count(b"Received: "), 50)
         self.assertEqual(relay.logLines("Traceback"), [])
+
+
+class _Listeners:
+    def __init__(self) -> None:
+        self.listeners = []
+        self.outcomeListeners = []
+
+
+class MetricsTests(SynchronousTestCase):
+    """
+    The relay counts its intake policies in
+    C{mailrelay_intake_policy_total{policy}}.
+    """
+
+    def test_counted(self):
+        from mailproto._metrics import RelayMetrics
+
+        metrics = RelayMetrics(_Listeners(), _Listeners(), Clock())
+        metrics.intakePolicyActed("hops")
+        metrics.intakePolicyActed("hops")
+        self.assertEqual(metrics.registry.get_sample_value("mailrelay_intake_policy_total", {"policy": "hops"}), 2)
+        self.assertEqual(metrics.registry.get_sample_value("mailrelay_intake_policy_total", {"policy": "date"}), 0)
+
+    def test_daemonWiring(self):
+        """
+        C{makeService} gives every listener's deliveries the same
+        L{IntakePolicy}, with the options' limits, observed by the metrics.
+        """
+        from mailproto._daemon import Options, makeService
+
+        options = Options()
+        options.parseOptions(
+            ["--spool", self.mktemp(), "--smtp", "tcp:0", "--lmtp", "tcp:0", "--max-hops", "7", "--max-own-hops", "0",
+             "--metrics", "tcp:0:interface=127.0.0.1", "--hostname", "relay.example"]
+        )  # fmt: skip
+        relay = makeService(options)
+        intake = relay.factories["smtp"].deliveryFactory.intake
+        self.assertIs(relay.factories["lmtp"].deliveryFactory.intake, intake)
+        self.assertEqual((intake.hostname, intake.maxHops, intake.maxOwnHops), (b"relay.example", 7, 0))
+        self.assertIn(relay.metrics.intakePolicyActed, intake.observers)
