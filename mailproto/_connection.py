@@ -232,7 +232,7 @@ class Connection:
             self.addresses.insert(0, (self.candidate, self._address))
             self._next(plaintext=True)
         elif self.answered == 0:
-            if reason is not None:
+            if reason is not None and self.addresses:
                 _log.info("Relay to {destination} via {host}: {reason}; trying the next address", destination=self.destination, host=self.host, reason=why)
             self._next()
         else:

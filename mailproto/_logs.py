@@ -20,13 +20,52 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import re
 import sys
 
-from twisted.logger import FileLogObserver, ILogObserver, formatEvent, formatEventAsClassicLogText, formatTime
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    PredicateResult,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+)
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 FORMATS = ("text", "json")
+
+
+# What Twisted's DNS client says about itself at every lookup (its UDP
+# port opened and closed, its configuration read): nothing an operator
+# acts on.  A failed lookup is logged by the relay, in its own words.
+_NOISE = re.compile(
+    r"DNSDatagramProtocol starting on \d+"
+    r"|\(UDP Port \d+ Closed\)"
+    r"|(Starting|Stopping) protocol <twisted\.names\.dns\.DNSDatagramProtocol object at 0x[0-9a-f]+>"
+    r"|b?'[^']*resolv\.conf' changed, reparsing"
+    r"|Resolver added \(.*\) to server list"
+)
+
+
+def isNoise(event: dict) -> bool:
+    """
+    @return: whether a log event is chatter of Twisted's own that the
+        relay's log leaves out (the DNS client's, at each lookup).
+    """
+    if event.get("log_namespace") != "log_legacy" or event.get("isError"):
+        return False
+    try:
+        text = formatEvent(event)
+    except Exception:
+        return False
+    return _NOISE.fullmatch(text) is not None
+
+
+def _keep(event: dict) -> PredicateResult:
+    return PredicateResult.no if isNoise(event) else PredicateResult.maybe
 
 
 @functools.lru_cache(maxsize=4)
@@ -185,8 +224,10 @@ class RelayLog:
         @return: an C{ILogObserver} writing to this log.
         """
         if self.format == "json":
-            return JSONLineObserver(self.writer)
-        return FileLogObserver(self.writer, lambda event: formatEventAsClassicLogText(event, _formatTime))
+            observer = JSONLineObserver(self.writer)
+        else:
+            observer = FileLogObserver(self.writer, lambda event: formatEventAsClassicLogText(event, _formatTime))
+        return FilteringLogObserver(observer, [_keep])
 
     def reopen(self) -> None:
         """

@@ -199,6 +199,8 @@ class RelayMetrics:
         """
         site = Site(MetricsResource(self.registry))
         site.noisy = False
+        # No access log line per scrape.
+        site.log = lambda request: None
         return site
 
 

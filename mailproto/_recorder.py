@@ -16,6 +16,8 @@ reported on a later attempt.
 
 from __future__ import annotations
 
+import datetime
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,9 +34,19 @@ _log = Logger(namespace="mailproto.relaymanager")
 # The log line for each recipient by the outcome of its attempt.
 _OUTCOME_LINES = (
     ("delivered", "Delivered {queueID} to <{recipient}> via {host}: {reply}"),
-    ("deferred", "Deferred {queueID} for <{recipient}> until {nextAttempt}: {reply}"),
+    ("deferred", "Deferred {queueID} for <{recipient}> until {until}: {reply}"),
     ("failed", "Failed {queueID} for <{recipient}>: {reply}"),
 )
+
+
+def _isoTime(when: float) -> str:
+    """
+    @return: a time as logs show it: ISO 8601, in UTC, to the second.
+    """
+    try:
+        return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return repr(when)
 
 
 class AttemptRecorder:
@@ -115,6 +127,7 @@ class AttemptRecorder:
                     recipient=show(recipient.address),
                     host=recipient.lastHost,
                     nextAttempt=envelope.nextAttempt,
+                    until=_isoTime(envelope.nextAttempt),
                     reply=f"expired, last reply: {reply or 'none'}" if recipient.expired else reply,
                 )
 

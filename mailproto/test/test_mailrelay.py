@@ -23,7 +23,7 @@ from twisted.application.service import Application
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
+from twisted.logger import FilteringLogObserver, ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -482,7 +482,9 @@ class MakeServiceTests(SynchronousTestCase):
         self.addCleanup(relay.log.file.close)
         application = Application("mailrelay")
         relay.setServiceParent(application)
-        self.assertIsInstance(application.getComponent(ILogObserver), JSONLineObserver)
+        observer = application.getComponent(ILogObserver)
+        self.assertIsInstance(observer, FilteringLogObserver)
+        self.assertIsInstance(observer._observer, JSONLineObserver)
         self.assertEqual(makeService(parse({"nodaemon": True})).log.path, "-")
         self.assertEqual(makeService(parse({})).log.path, "twistd.log")
         self.assertIsNone(makeService(parse({"syslog": True, "logfile": logfile})).log)
