@@ -401,6 +401,8 @@ class ProxyProtocolFactory(WrappingFactory):
     """
 
     protocol = ProxyProtocolWrapper
+    # The listener's start is logged once, by the relay.
+    noisy = False
 
     def __init__(self, wrappedFactory, clock=None, timeout: float = HEADER_TIMEOUT) -> None:
         """
