@@ -94,12 +94,36 @@ def _printVersion() -> None:
     sys.exit(0)
 
 
+class _NamedCoerceParameter(usage.CoerceParameter):
+    """
+    A C{usage.CoerceParameter} whose errors name the option: C{--count:
+    not a positive whole number: '0' (1 or more)}, not twisted's
+    C{Parameter type enforcement failed: ...}.
+    """
+
+    def dispatch(self, parameterName, value):
+        try:
+            return usage.CoerceParameter.dispatch(self, parameterName, value)
+        except usage.UsageError as e:
+            cause = e.__context__
+            if isinstance(cause, ValueError):
+                raise usage.UsageError(f"--{parameterName}: {cause}") from None
+            raise
+
+
 class _Command(usage.Options):
     """
     A subcommand: C{run} does it.
     """
 
     synopsis = "[options]"
+
+    def parseOptions(self, options=None) -> None:
+        # Errors of coerced values name their option.
+        for name, handler in list(self._dispatch.items()):
+            if type(handler) is usage.CoerceParameter:
+                self._dispatch[name] = _NamedCoerceParameter(self, handler.coerce)
+        usage.Options.parseOptions(self, options)
 
     def getSynopsis(self) -> str:
         return f"Usage: {PROGRAM} {self.parent.subCommand} {self.synopsis}"
@@ -485,7 +509,7 @@ class SendOptions(_Command):
                     with open(self["data"], "rb"):
                         pass
                 except OSError as e:
-                    raise usage.UsageError(f"--data: cannot read {_describeOSError(e)}") from None
+                    raise usage.UsageError(_fileError("--data", self["data"], e)) from None
         if self["helo"] is not None and _hostnameRe.fullmatch(self["helo"]) is None:
             raise usage.UsageError(f"--helo: not a host name: {self['helo']!r}")
         if self["concurrency"] > MAX_CONCURRENCY:
@@ -536,7 +560,7 @@ class SendOptions(_Command):
             try:
                 trustRoot = loadTrustRoot(self["cafile"])
             except OSError as e:
-                raise usage.UsageError(f"--cafile: cannot read {_describeOSError(e)}") from None
+                raise usage.UsageError(_fileError("--cafile", self["cafile"], e)) from None
             except ValueError as e:
                 raise usage.UsageError(f"--cafile: {self['cafile']}: {e}") from None
         self.config = SendConfig(
@@ -573,7 +597,7 @@ class SendOptions(_Command):
     def run(self, reactor, stdout, stderr) -> int:
         """
         Send, running the reactor until done.  Ctrl-C stops the sending;
-        what was not sent counts as failed.
+        the summary says how many messages were not sent.
 
         @return: C{0} if every message was sent, C{1} if not, C{2} if no
             password could be had.
@@ -761,6 +785,24 @@ def _describeOSError(error: OSError) -> str:
     return error.strerror or str(error)
 
 
+def _fileError(option: str, path: str, error: OSError) -> str:
+    """
+    @return: why the file of an option cannot be read, in one line that
+        names the option: C{--data: no such file: msg.eml}.
+    """
+    import errno
+
+    what = {
+        errno.ENOENT: "no such file",
+        errno.EACCES: "not allowed to read",
+        errno.EPERM: "not allowed to read",
+        errno.EISDIR: "a directory, not a file",
+    }.get(error.errno)
+    if what is None:
+        return f"{option}: cannot read {path}: {error.strerror or error}"
+    return f"{option}: {what}: {path}"
+
+
 def _checkEndpoint(description: str) -> None:
     """
     Parse a server endpoint description, as the sink will.
@@ -792,12 +834,32 @@ def loadTLS(certificatePath: str, keyPath: str | None = None):
         from mailproto._tls import loadServerOptions
     except ImportError as e:
         raise usage.UsageError(f"TLS is not available (pyOpenSSL missing?): {e}") from None
+    from mailproto._tlserrors import describeTLSFailure, isTLSFailure
+
     try:
         return loadServerOptions(certificatePath, keyPath)
     except OSError as e:
-        raise usage.UsageError(f"cannot read the TLS certificate or key: {_describeOSError(e)}") from None
+        option = "--tls-key" if keyPath is not None and e.filename == keyPath else "--tls-certificate"
+        raise usage.UsageError(_fileError(option, e.filename or certificatePath, e)) from None
     except ValueError as e:
-        raise usage.UsageError(str(e)) from None
+        keyFile = certificatePath if keyPath is None else keyPath
+        try:
+            with open(keyFile, "rb") as f:
+                hasKey = b"PRIVATE KEY-----" in f.read()
+        except OSError:  # pragma: no cover (it was just read)
+            hasKey = True
+        if not hasKey:
+            if keyPath is None:
+                raise usage.UsageError(
+                    f"--tls-certificate: the certificate file has no private key: {certificatePath}"
+                    " (give the key with --tls-key)"
+                ) from None
+            raise usage.UsageError(f"--tls-key: the file has no private key: {keyPath}") from None
+        cause = e.__context__
+        if cause is not None and isTLSFailure(cause):
+            where = certificatePath + (" and " + keyPath if keyPath else "")
+            raise usage.UsageError(f"--tls-certificate: cannot use {where}: {describeTLSFailure(cause)}") from None
+        raise usage.UsageError(f"--tls-certificate: {e}") from None
 
 
 class MailprotoOptions(usage.Options):

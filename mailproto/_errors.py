@@ -158,6 +158,23 @@ class SMTPConnectError(SMTPClientError):
     defaultRetry = True
 
 
+class SMTPTLSFailure(SMTPConnectError, SMTPTLSError):
+    """
+    The connection failed because TLS did: the server's certificate is
+    not trusted or not for its name, the server does not speak TLS there,
+    the handshake was refused.  C{resp} says why in words (see
+    L{mailproto._tlserrors.describeTLSFailure}); C{__cause__} is the
+    OpenSSL or service_identity exception.
+
+    An L{SMTPConnectError}, so that code written for twisted.mail, which
+    reported these as one, still traps it; and an L{SMTPTLSError}.  Not
+    worth a retry as it is: the same connection would fail the same way.
+    """
+
+    defaultFatal = True
+    defaultRetry = False
+
+
 class SMTPTimeoutError(SMTPClientError):
     """
     The server did not answer in time.  Fatal; worth a retry.

@@ -64,6 +64,7 @@ from mailproto._errors import (
     TLSRequiredError,
 )
 from mailproto._headers import localHostname, messageid, rfc822date
+from mailproto._tlserrors import describeTLSFailure, isTLSFailure
 
 __all__ = [
     "BulkESMTPClient",
@@ -602,6 +603,8 @@ class SendResult:
     @ivar sent: how many the server took, for every recipient.
     @ivar refused: how many it refused, or refused some recipients of.
     @ivar failed: how many got no answer, or were never sent.
+    @ivar notSent: how many were not sent because sending was stopped
+        (Ctrl-C): those not yet taken, and those in flight then.
     @ivar connections: how many connections were made.
     @ivar elapsed: seconds from the first connection attempt to the end.
     """
@@ -610,6 +613,7 @@ class SendResult:
     sent: int = 0
     refused: int = 0
     failed: int = 0
+    notSent: int = 0
     connections: int = 0
     elapsed: float = 0.0
 
@@ -630,12 +634,15 @@ class SendResult:
     def summary(self) -> str:
         """
         @return: the summary line, such as C{20 sent, 0 refused, 0 failed
-            in 0.21 s (95.2 msgs/s) over 3 connections}.
+            in 0.21 s (95.2 msgs/s) over 3 connections}; after a stop,
+            with how many were not sent: C{3 sent, 0 refused, 0 failed, 97
+            not sent (stopped) in ...}.
         """
         rate = self.sent / self.elapsed if self.elapsed > 0 else 0.0
         connections = "1 connection" if self.connections == 1 else f"{self.connections} connections"
+        notSent = f", {self.notSent} not sent (stopped)" if self.notSent else ""
         return (
-            f"{self.sent} sent, {self.refused} refused, {self.failed} failed"
+            f"{self.sent} sent, {self.refused} refused, {self.failed} failed{notSent}"
             f" in {self.elapsed:.2f} s ({rate:.1f} msgs/s) over {connections}"
         )
 
@@ -813,6 +820,10 @@ class BulkSender:
     #: How many lines about errors are said, at most.
     maxReports = 10
 
+    #: The TLS mode (C{"implicit"}, C{"starttls"}...), for the advice in
+    #: error lines; C{None} if unknown.
+    tlsMode = None
+
     def __init__(
         self,
         reactor,
@@ -878,7 +889,7 @@ class BulkSender:
         """
         Stop now: take no more messages, give up the connections being
         made, drop the open ones, and fire the result at once; the
-        messages being sent count as failed.
+        messages being sent, and those not taken yet, count as not sent.
         """
         if self._done.called:
             return
@@ -888,10 +899,12 @@ class BulkSender:
         for client in list(self._clients):
             if client.current is not None:
                 client.current = None
-                self.result.failed += 1
+                self.result.notSent += 1
             if client.transport is not None:
                 client.transport.abortConnection()
         self._active = 0
+        self.result.notSent += self.count - self._claimed
+        self._claimed = self.count
         self._maybeFinish()
 
     def _open(self) -> None:
@@ -1029,15 +1042,22 @@ class BulkSender:
             if isinstance(problem, SMTPTLSError):
                 return f"STARTTLS with {where} failed: {reply}"
             if isinstance(problem, SMTPTimeoutError):
+                if not client.lastLine and self.tlsMode != IMPLICIT:
+                    return (
+                        f"{where} did not greet within {self.timeout:g} s; if it expects TLS from the start,"
+                        " use --tls"
+                    )
                 return f"{where} did not answer within {self.timeout:g} s"
             if isinstance(problem, SMTPConnectError):
                 return f"{where} refused the connection: {reply}"
             if isinstance(problem, SMTPProtocolError):
+                if client.lastLine[:2] in (b"\x15\x03", b"\x16\x03") and self.tlsMode != IMPLICIT:
+                    # A TLS record: an alert, or a ServerHello.
+                    return f"{where} answered with TLS, not an SMTP greeting; if it expects TLS from the start, use --tls"
                 return f"{where} does not speak SMTP as expected: {reply}"
             return f"error with {where}: {reply}"
-        tls = _describeTLSError(problem)
-        if tls is not None:
-            return f"TLS with {where} failed: {tls}"
+        if isTLSFailure(problem):
+            return f"TLS with {where} failed: {self.describeTLSFailure(problem)}"
         if isinstance(problem, (_netError.ConnectionDone, _netError.ConnectionLost)):
             # A server that hangs up says why first, with a 421.
             said = client.lastLine
@@ -1046,6 +1066,23 @@ class BulkSender:
                 return f"{where} closed the connection{why}"
             return f"the connection to {where} was lost{why}"
         return f"the connection to {where} failed: {_oneLine(str(problem)) or type(problem).__name__}"
+
+    def describeTLSFailure(self, problem: BaseException) -> str:
+        """
+        @param problem: a TLS failure (see
+            L{mailproto._tlserrors.isTLSFailure}).
+        @return: why TLS failed, with the option to change.
+        """
+        text = describeTLSFailure(problem)
+        if text == "the server does not speak TLS here":
+            if self.tlsMode == IMPLICIT:
+                return "the server does not speak TLS on this port; drop --tls (use --starttls if it offers STARTTLS)"
+            return text
+        if text.startswith("the server's certificate is not trusted"):
+            return f"{text}; see --cafile, --insecure"
+        if text.startswith("the server's certificate is for another name"):
+            return f"{text}; see --server, --insecure"
+        return text
 
     def report(self, line: str) -> None:
         """
@@ -1073,33 +1110,6 @@ class BulkSender:
         self.result.elapsed = self.clock.seconds() - self._started
         self._progressed()
         self._done.callback(self.result)
-
-
-def _describeTLSError(problem: BaseException) -> str | None:
-    """
-    @return: why TLS failed, for people; or C{None} if C{problem} is not
-        about TLS.
-    """
-    try:
-        from OpenSSL import SSL
-    except ImportError:  # pragma: no cover
-        return None
-    try:
-        from service_identity import VerificationError
-    except ImportError:  # pragma: no cover
-        VerificationError = ()
-    if VerificationError and isinstance(problem, VerificationError):
-        return "the server's certificate is not for the server's name (see --insecure)"
-    if isinstance(problem, SSL.Error):
-        reasons = []
-        details = problem.args[0] if problem.args else None
-        if isinstance(details, list):
-            reasons = [str(item[-1]) for item in details if isinstance(item, tuple) and item]
-        text = ", ".join(reasons) or _oneLine(str(problem)) or "the TLS handshake failed"
-        if "certificate verify failed" in text:
-            return f"the server's certificate is not trusted ({text}; see --cafile, --insecure)"
-        return text
-    return None
 
 
 class SendCommand:
@@ -1168,7 +1178,7 @@ class SendCommand:
                         data = f.read()
             except OSError as e:
                 name = "stdin" if config.data == "-" else config.data
-                self.say(f"error: cannot read {name}: {e.strerror or e}")
+                self.say(f"error: --data: cannot read {name}: {e.strerror or e}")
                 return 1
             self.messages = FileMessages(sender, recipients, data, config.headers)
         if config.user is not None:
@@ -1255,6 +1265,7 @@ class SendCommand:
             report=self.say,
             progress=progress,
         )
+        self.bulk.tlsMode = None if config.socket is not None else config.tls
         if progress is not None:
             progress.start()
         if config.verbose:
@@ -1272,7 +1283,8 @@ class SendCommand:
 
     def stop(self) -> None:
         """
-        Stop sending (Ctrl-C): the messages not sent count as failed.
+        Stop sending (Ctrl-C): the summary says how many messages were not
+        sent.
         """
         if self.bulk is not None:
             self.bulk.stop()

@@ -24,9 +24,10 @@ from zope.interface import implementer
 from mailproto._address import Address
 from mailproto._auth import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
 from mailproto._client import SUCCESS, ESMTPClient, LMTPClient, SMTPClient
-from mailproto._errors import ESMTPClientError, SMTPConnectError, SMTPDeliveryError
+from mailproto._errors import ESMTPClientError, SMTPConnectError, SMTPDeliveryError, SMTPTLSFailure
 from mailproto._headers import localHostname
 from mailproto._replies import statusOf
+from mailproto._tlserrors import describeTLSFailure
 
 _log = Logger()
 
@@ -243,7 +244,10 @@ class SMTPSenderFactory(ClientFactory):
             self.file.seek(0, 0)
             self._reconnect(connector)
             return
-        error = SMTPConnectError(-1, "Unable to connect to SMTP server: " + str(err.value))
+        if _isTLSFailure(err):
+            error = SMTPTLSFailure(-1, "TLS failed: " + describeTLSFailure(err.value))
+        else:
+            error = SMTPConnectError(-1, "Unable to connect to SMTP server: " + str(err.value))
         error.__cause__ = err.value
         self._finish(error)
 
