@@ -38,6 +38,7 @@ from mailproto._send import (
     IMPLICIT_TLS_PORT as SEND_TLS_PORT,
 )
 from mailproto._queuecommand import QueueOptions
+from mailproto._maildrop import SendmailOptions
 from mailproto._server import SMTP
 
 __all__ = ["AddUserOptions", "MailprotoOptions", "SendOptions", "SinkOptions", "main", "runCommand"]
@@ -875,6 +876,7 @@ class MailprotoOptions(usage.Options):
         ["send", None, SendOptions, "Send test messages (one, or many over several connections) by SMTP or LMTP."],
         ["adduser", None, AddUserOptions, "Add a user to a users file (scrypt password hashes), or change a password."],
         ["queue", None, QueueOptions, "List and manage a relay's queue (list, show, flush, requeue, delete, import)."],
+        ["sendmail", None, SendmailOptions, "Send the message on stdin to the local relay, as sendmail(8) does (cron, scripts)."],
     ]
 
     def opt_version(self) -> None:
