@@ -39,8 +39,9 @@ from zope.interface import implementer
 
 from mailproto._attempts import RetrySchedule
 from mailproto._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts
-from mailproto._control import ControlFactory, SpoolBusy, SpoolLock, socketPath
-from mailproto._privileges import SpoolNotUsable, giveSpool, runAs
+from mailproto._control import ControlFactory, SpoolLock, socketPath
+from mailproto._privileges import giveSpool, runAs
+from mailproto._startup import describeStartFailure
 from mailproto._grammar import isDomain
 from mailproto._logs import FORMATS as LOG_FORMATS, RelayLog
 from mailproto._proxy import proxyEndpoint
@@ -823,18 +824,24 @@ class RelayService(service.MultiService):
         return super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
-        # Only one relay per spool: the lock is held until the process ends.
+        """
+        Take the spool and bind the ports (as root, when twistd switches
+        user afterwards).  What stops it is said in one line, and the
+        process exits with status 1.
+        """
         try:
-            self.lock.acquire()
-        except SpoolBusy as e:
-            raise RuntimeError(f"cannot start: {e}") from None
+            self._privilegedStart()
+        except Exception as e:
+            _log.critical("mailrelay: cannot start: {why}", why=describeStartFailure(e))
+            raise SystemExit(1) from None
+
+    def _privilegedStart(self) -> None:
+        # Only one relay per spool: the lock is held until the process ends.
+        self.lock.acquire()
         if self.control is not None:
             _unlink(socketPath(self.queue.directory))
         if self.runAs is not None:
-            try:
-                changed = giveSpool(self.queue.directory, self.lock.path, *self.runAs)
-            except SpoolNotUsable as e:
-                raise RuntimeError(f"cannot start: {e}") from None
+            changed = giveSpool(self.queue.directory, self.lock.path, *self.runAs)
             if changed:
                 _log.info("mailrelay: spool {spool} given to uid {uid} ({changed} entries)", spool=self.queue.directory, uid=self.runAs[0], changed=changed)
         super().privilegedStartService()
