@@ -711,7 +711,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertUsageError(["--max-message-size", "-1"], "not a number of octets")
         self.assertUsageError(["--hostname", "a b"], "not a host name")
         self.assertUsageError(["--tls-key", "key.pem"], "--tls-key needs --tls-certificate")
-        self.assertUsageError(["--tls-certificate", "/nonexistent.pem"], "cannot read the TLS certificate or key")
+        self.assertUsageError(["--tls-certificate", "/nonexistent.pem"], "--tls-certificate: no such file: /nonexistent.pem")
 
     def test_tls(self):
         """
@@ -725,7 +725,7 @@ class OptionsTests(SynchronousTestCase):
         for argv in (twoFiles, ["--tls-certificate", files.both]):
             options = _parse(*argv)
             self.assertIsNotNone(options["contextFactory"].getContext())
-        self.assertUsageError(["--tls-certificate", files.certificate], "for TLS")
+        self.assertUsageError(["--tls-certificate", files.certificate], "--tls-certificate: the certificate file has no private key")
         self.assertUsageError(["--tls-certificate", files.certificate, "--tls-key", files.otherKey], "for TLS")
         self.assertRaises(usage.UsageError, loadTLS, files.key)
 
