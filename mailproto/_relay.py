@@ -26,6 +26,7 @@ from mailproto._address import Address
 from mailproto._commands import MailFrom, RcptTo
 from mailproto._errors import SMTPBadRcpt, SMTPServerError
 from mailproto._queue import CHECKED, TRUSTED, UNCHECKED, Envelope, Queue, newMessageID
+from mailproto._replies import Reply
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
 
 _log = Logger()
@@ -225,7 +226,7 @@ class _Transaction:
             if isinstance(result, Failure):
                 waiter.errback(result)
             else:
-                waiter.callback(None)
+                waiter.callback(result)
 
     def abort(self) -> None:
         if self.spool is not None and not self._started:
@@ -309,7 +310,12 @@ class QueueDelivery:
         )
         return self.queue.newMessage(envelope)
 
-    def _queued(self, envelope: Envelope) -> Envelope:
+    def _queued(self, envelope: Envelope) -> Reply:
+        """
+        @return: the reply to the end of data, naming the queue id (as
+            Postfix's C{queued as}), so that a client's log and the
+            relay's can be matched.
+        """
         _log.info(
             "Queued {queueID} from <{sender}> for {recipients} ({size} octets) from {client}",
             queueID=envelope.id,
@@ -319,7 +325,7 @@ class QueueDelivery:
             recipients=[r.address.decode("utf-8", "replace") for r in envelope.recipients],
             size=envelope.size,
         )
-        return envelope
+        return Reply(250, [b"Ok: queued as " + envelope.id.encode("ascii")], b"2.0.0")
 
     def _notQueued(self, failure, queueID: str):
         _log.failure("Could not queue {queueID}", failure, queueID=queueID)

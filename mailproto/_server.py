@@ -65,7 +65,7 @@ from mailproto._data import BareNewlinePolicy, Unstuffer
 from mailproto._errors import SMTPBadRcpt, SMTPBadSender, SMTPServerError
 from mailproto._headers import localHostname, rfc822date
 from mailproto._intake import UNCONNECTED, InputValve, RequestDeadline, setNoDelay
-from mailproto._replies import isStatus
+from mailproto._replies import Reply, isStatus
 from mailproto._writes import writeNow
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
 
@@ -1172,13 +1172,19 @@ class SMTP(LineReceiver, TimeoutMixin):
 
     def _messageHandled(self, resultList) -> None:
         """
-        Reply to the end of data: C{250} if every message was handled; else
+        Reply to the end of data: C{250} if every message was handled (the
+        first positive L{Reply} an C{eomReceived} fired with, as a queue
+        naming its queue id; else C{250 2.0.0 Delivery in progress}); else
         the reply of the first refusal.
         """
         failures = [result for ok, result in resultList if not ok]
         if not failures:
             self._junkCount = 0
-            self.sendCode(250, b"Delivery in progress", b"2.0.0")
+            chosen = [result for ok, result in resultList if isinstance(result, Reply) and result.isPositive]
+            if chosen:
+                self.sendCode(chosen[0].code, chosen[0].text, chosen[0].status)
+            else:
+                self.sendCode(250, b"Delivery in progress", b"2.0.0")
             return
         for failure in failures:
             if not failure.check(SMTPServerError):

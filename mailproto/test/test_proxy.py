@@ -413,8 +413,9 @@ class ProxiedSessionTests(SynchronousTestCase):
         The message is accepted and queued with C{client} in its envelope
         and its C{Received} header.
         """
-        self.assertEqual(session.replies(session.send(MESSAGE))[-1], b"250 2.0.0 Delivery in progress")
+        reply = session.replies(session.send(MESSAGE))[-1]
         [queueID] = session.queue.ids()
+        self.assertEqual(reply, b"250 2.0.0 Ok: queued as " + queueID.encode())
         self.assertEqual(session.queue.getEnvelope(queueID).client, client)
         literal = ("IPv6:" + client if ":" in client else client).encode("ascii")
         data = session.queue.messages[queueID]
@@ -746,11 +747,11 @@ class ProxyHeaderTests(SynchronousTestCase):
         session = _ProxiedSession()
         written = b"".join(session.send(bytes([octet])) for octet in V2_TCP4 + SESSION + MESSAGE)
         self.assertTrue(written.startswith(GREETING), written)
+        [queueID] = session.queue.ids()
         self.assertEqual(
             session.replies(written)[-3:],
-            [b"250 2.1.5 Recipient address accepted", b"354 Continue", b"250 2.0.0 Delivery in progress"],
+            [b"250 2.1.5 Recipient address accepted", b"354 Continue", b"250 2.0.0 Ok: queued as " + queueID.encode()],
         )
-        [queueID] = session.queue.ids()
         self.assertEqual(session.queue.getEnvelope(queueID).client, "192.0.2.7")
 
     def test_v1UnknownShort(self):

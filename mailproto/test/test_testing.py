@@ -639,7 +639,7 @@ class ScriptedTLSLoopbackTests(TestCase):
         A certificate for another name: the handshake fails, nothing is
         sent.
         """
-        return self.assertNothingSent(StartTLS(self.serverOptions(self.authority, "mx.example")), "Mismatch")
+        return self.assertNothingSent(StartTLS(self.serverOptions(self.authority, "mx.example")), "for another name")
 
     def test_brokenHandshake(self):
         """

@@ -1,0 +1,1 @@
+The relay's `250` after the data names the queue id (`250 2.0.0 Ok: queued as ID`, as Postfix's `queued as`), so that a client's log can be matched with the relay's; any delivery can choose its `2xx` reply by firing `eomReceived` with a positive `Reply`.
