@@ -821,13 +821,16 @@ def _checkEndpoint(description: str) -> None:
         raise usage.UsageError(f"bad --listen endpoint {description!r}: {e}") from None
 
 
-def loadTLS(certificatePath: str, keyPath: str | None = None):
+def loadTLS(certificatePath: str, keyPath: str | None = None, certificateOption: str = "--tls-certificate", keyOption: str = "--tls-key"):
     """
     Load a certificate and its key for a TLS server.
 
     @param certificatePath: a PEM file with the certificate (then any
         chain), and the private key if C{keyPath} is C{None}.
     @param keyPath: a PEM file with the private key, or C{None}.
+    @param certificateOption: the option that gave the certificate, as
+        errors name it.
+    @param keyOption: the option that gave the key.
     @return: a C{twisted.internet.ssl.CertificateOptions}.
     @raise usage.UsageError: if they cannot be read or do not match.
     """
@@ -840,27 +843,31 @@ def loadTLS(certificatePath: str, keyPath: str | None = None):
     try:
         return loadServerOptions(certificatePath, keyPath)
     except OSError as e:
-        option = "--tls-key" if keyPath is not None and e.filename == keyPath else "--tls-certificate"
+        option = keyOption if keyPath is not None and e.filename == keyPath else certificateOption
         raise usage.UsageError(_fileError(option, e.filename or certificatePath, e)) from None
     except ValueError as e:
         keyFile = certificatePath if keyPath is None else keyPath
         try:
+            with open(certificatePath, "rb") as f:
+                hasCertificate = b"-----BEGIN CERTIFICATE-----" in f.read()
             with open(keyFile, "rb") as f:
                 hasKey = b"PRIVATE KEY-----" in f.read()
         except OSError:  # pragma: no cover (it was just read)
-            hasKey = True
+            hasCertificate = hasKey = True
+        if not hasCertificate:
+            raise usage.UsageError(f"{certificateOption}: not a PEM certificate: {certificatePath}") from None
         if not hasKey:
             if keyPath is None:
                 raise usage.UsageError(
-                    f"--tls-certificate: the certificate file has no private key: {certificatePath}"
-                    " (give the key with --tls-key)"
+                    f"{certificateOption}: the certificate file has no private key: {certificatePath}"
+                    f" (give the key with {keyOption})"
                 ) from None
-            raise usage.UsageError(f"--tls-key: the file has no private key: {keyPath}") from None
+            raise usage.UsageError(f"{keyOption}: the file has no private key: {keyPath}") from None
         cause = e.__context__
         if cause is not None and isTLSFailure(cause):
             where = certificatePath + (" and " + keyPath if keyPath else "")
-            raise usage.UsageError(f"--tls-certificate: cannot use {where}: {describeTLSFailure(cause)}") from None
-        raise usage.UsageError(f"--tls-certificate: {e}") from None
+            raise usage.UsageError(f"{certificateOption}: cannot use {where}: {describeTLSFailure(cause)}") from None
+        raise usage.UsageError(f"{certificateOption}: {e}") from None
 
 
 class MailprotoOptions(usage.Options):

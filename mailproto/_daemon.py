@@ -471,10 +471,7 @@ class Options(usage.Options):
         if self["certificate"]:
             from mailproto._cli import loadTLS
 
-            try:
-                self["tls"] = loadTLS(self["certificate"], self["private-key"])
-            except usage.UsageError as e:
-                raise usage.UsageError(f"--certificate: {e}") from None
+            self["tls"] = loadTLS(self["certificate"], self["private-key"], "--certificate", "--private-key")
         if self["users"] is not None:
             from mailproto._cred import UsersFile
 

@@ -246,8 +246,9 @@ class ParsingTests(SynchronousTestCase):
             f.write("joe:plaintext\n")
         self.assertUsageError(["--users", files.path("missing")], "cannot read it (no such file)")
         self.assertUsageError(["--users", malformed], "line 1: expected NAME:$scrypt$")
-        self.assertUsageError(["--certificate", files.path("missing.pem")], "--certificate: cannot read the TLS certificate")
-        self.assertUsageError(["--certificate", files.users], "--certificate: cannot use")
+        self.assertUsageError(["--certificate", files.path("missing.pem")], "--certificate: no such file: " + files.path("missing.pem"))
+        self.assertUsageError(["--certificate", files.certificate, "--private-key", files.path("nokey.pem")], "--private-key: no such file: ")
+        self.assertUsageError(["--certificate", files.users], "--certificate: not a PEM certificate: " + files.users)
         self.assertUsageError(["--private-key", files.certificate], "--private-key needs --certificate")
 
     def test_smartHostOptions(self):
