@@ -927,8 +927,8 @@ class RelayService(service.MultiService):
         if sessions:
             busy = sum(1 for s in sessions if s.inTransaction())
             _log.info(
-                "mailrelay: stopping; {busy} sessions in a transaction get up to {grace:g} s to finish",
-                busy=busy,
+                "mailrelay: stopping; {busy} in a transaction get up to {grace:g} s to finish",
+                busy=_count(busy, "session"),
                 grace=round(max(deadline - self.clock.seconds(), 0), 1),
             )
         for session in sessions:
@@ -937,7 +937,7 @@ class RelayService(service.MultiService):
 
     def _abortSessions(self) -> None:
         sessions = self._sessions()
-        _log.info("mailrelay: {count} sessions did not finish in time; closed (their messages were not accepted)", count=len(sessions))
+        _log.info("mailrelay: {count} did not finish in time; closed (their messages were not accepted)", count=_count(len(sessions), "session"))
         for session in sessions:
             session.transport.abortConnection()
 
@@ -1080,6 +1080,13 @@ def _fitDescriptorLimit(maxClients: int) -> None:
         )
 
 
+def _count(number: int, noun: str) -> str:
+    """
+    @return: C{"1 session"}, C{"2 sessions"}.
+    """
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def makeService(options: Options) -> RelayService:
     """
     Make the relay from its options.
@@ -1153,7 +1160,8 @@ def makeService(options: Options) -> RelayService:
     reportPolicy = ReportPolicy(toStrangers=not options["no-reports-to-strangers"])
     manager.recorder.reporter.policy = reportPolicy
     if smartHost is not None:
-        route = f"relaying through {smartHost.host}:{smartHost.port}"
+        host = f"[{smartHost.host}]" if ":" in smartHost.host else smartHost.host
+        route = f"relaying through {host}:{smartHost.port}"
     else:
         route = "relaying by MX records"
     who = ", ".join(str(n) for n in policy.networks) or "no network"

@@ -317,12 +317,13 @@ class QueueDelivery:
             relay's can be matched.
         """
         _log.info(
-            "Queued {queueID} from <{sender}> for {recipients} ({size} octets) from {client}",
+            "Queued {queueID} from <{sender}> for {to} ({size} octets) from {client}",
             queueID=envelope.id,
             client=envelope.client,
             user=envelope.user,
             sender=envelope.sender.decode("utf-8", "replace"),
             recipients=[r.address.decode("utf-8", "replace") for r in envelope.recipients],
+            to=", ".join(f"<{r.address.decode('utf-8', 'replace')}>" for r in envelope.recipients),
             size=envelope.size,
         )
         return Reply(250, [b"Ok: queued as " + envelope.id.encode("ascii")], b"2.0.0")

@@ -668,6 +668,10 @@ class MakeServiceTests(TestCase):
         self.assertEqual(
             service.description, "relaying through smart.example:2526; accepting mail from 127.0.0.0/8, ::1/128"
         )
+        # An IPv6 smart host is shown as it is given.
+        options = Options()
+        options.parseOptions(["--spool", self.mktemp(), "--smtp", "tcp:2527:interface=127.0.0.1", "--smarthost", "[::1]:2526", "--hostname", "relay.example"])
+        self.assertTrue(makeService(options).description.startswith("relaying through [::1]:2526;"))
 
     def test_softBounce(self):
         """
@@ -966,7 +970,7 @@ class CommandTests(TestCase):
         match = re.search(r"Delivered ([0-9a-f]{12,40}) to <rcpt@example\.com> via 127\.0\.0\.1: 250 ", line)
         self.assertIsNotNone(match, line)
         queueID = match.group(1)
-        [queued] = relay.logLines(f"Queued {queueID} from <sender@example.org> for ['rcpt@example.com']")
+        [queued] = relay.logLines(f"Queued {queueID} from <sender@example.org> for <rcpt@example.com>")
         # The queued size counts the relay's own Received header.
         self.assertIn(f"({len(stored)} octets)", queued)
         yield waitUntil(lambda: spoolListing(spool)["queue"] == [], 20, "the message to leave the queue")

@@ -677,7 +677,7 @@ class ShutdownTests(_RelayTestCase):
         [line] = yield waitUntil(
             lambda: relay.logLines("mailrelay: stopping;"), REPLY_TIMEOUT, lambda: f"the relay to stop listening:\n{relay.text()}"
         )
-        grace = re.search(r"1 sessions in a transaction get up to ([0-9.]+) s to finish", line)
+        grace = re.search(r"1 session in a transaction get up to ([0-9.]+) s to finish", line)
         self.assertIsNotNone(grace, line)
         self.assertTrue(9 < float(grace.group(1)) <= 10, line)
         with self.assertRaises(error.ConnectionRefusedError):
@@ -754,7 +754,7 @@ class ShutdownTests(_RelayTestCase):
         elapsed = time.monotonic() - stopping
         self.assertTrue(0.9 <= elapsed < 5, elapsed)
         self.assertTrue(relay.stoppedCleanly, relay.text())
-        self.assertEqual(len(relay.logLines("mailrelay: 1 sessions did not finish in time; closed")), 1, relay.text())
+        self.assertEqual(len(relay.logLines("mailrelay: 1 session did not finish in time; closed")), 1, relay.text())
         self.assertIn("0 queued now", relay.logLines("mailrelay: stopped;")[0])
         self.assertNotIn("Traceback", relay.text())
         self.assertEqual(spoolListing(self.spool), {"tmp": [], "queue": [], "corrupt": []})
@@ -824,9 +824,9 @@ class LogFileTests(_RelayTestCase):
         ids = _queueIDs(self.spool)
 
         [old] = [line for line in _readLines(rotated) if "Queued " in line]
-        self.assertIn(f"Queued {ids['log-1']} from <alice@example.org> for ['bob@example.com']", old)
+        self.assertIn(f"Queued {ids['log-1']} from <alice@example.org> for <bob@example.com>", old)
         [new] = [line for line in _readLines(path) if "Queued " in line]
-        self.assertIn(f"Queued {ids['log-2']} from <dave@example.org> for ['erin@example.net']", new)
+        self.assertIn(f"Queued {ids['log-2']} from <dave@example.org> for <erin@example.net>", new)
         self.assertEqual([line for line in _readLines(rotated) if "log file reopened" in line], [])
 
         yield relay.terminate()
