@@ -11,6 +11,8 @@ way::
     {"command": "flush", "id": null}          ->  {"ok": true, "ids": [...]}
     {"command": "requeue", "id": "ID"}        ->  {"ok": true}
     {"command": "delete", "id": "ID"}         ->  {"ok": true}
+    {"command": "hold", "id": "ID"}           ->  {"ok": true, "changed": true}
+    {"command": "release", "id": "ID"}        ->  {"ok": true, "changed": true}
     {"command": "status"}                     ->  {"ok": true, "inFlight": [...], ...}
 
 and answers C{{"ok": false, "error": "..."}} to anything it cannot do.
@@ -187,6 +189,14 @@ class ControlProtocol(LineOnlyReceiver):
     def command_delete(self, queueID) -> defer.Deferred:
         d = self.manager.delete(_requiredID(queueID))
         return d.addCallback(lambda _: {})
+
+    def command_hold(self, queueID) -> defer.Deferred:
+        d = self.manager.hold(_requiredID(queueID))
+        return d.addCallback(lambda changed: {"changed": changed})
+
+    def command_release(self, queueID) -> defer.Deferred:
+        d = self.manager.release(_requiredID(queueID))
+        return d.addCallback(lambda changed: {"changed": changed})
 
 
 def _optionalID(queueID):

@@ -68,7 +68,15 @@ FORMAT_VERSION = 1
 
 STATE_VERSION = 2
 """The version of the state file written: 2 keeps replies as values
-(L{replyToData}); version 1 (replies as text) is read too."""
+(L{replyToData}); version 1 (replies as text) is read too.
+
+C{"held"} (L{Envelope.held}) came later within version 2: it is always
+written, and read as false when absent, so every state file written
+before still reads the same.  The version is not bumped for it: a
+relay of a version before would then set every such state aside as
+corrupt and send its message again to every recipient, where now it
+only ignores the key (and sends a held message: stop such a relay
+rather than downgrade with held mail)."""
 
 MAX_ENVELOPE_LINE = 1 << 20
 """The longest envelope line read back; a longer one is corrupt."""
@@ -171,6 +179,10 @@ class Envelope:
         L{UNCHECKED}; C{None} if not known (queued by a version before
         this field, or by code that does not say).  Written in the queue
         file only when known, so that older versions read it too.
+    @ivar held: whether an operator put the message on hold (C{mailproto
+        queue hold}): it is never attempted until released, and its
+        lifetime does not run out meanwhile (it is only checked at an
+        attempt).
     """
 
     id: str
@@ -190,6 +202,7 @@ class Envelope:
     lastReply: Reply | None = None
     warned: bool = False
     origin: str | None = None
+    held: bool = False
 
     @classmethod
     def fromCommands(cls, queueID: str, mail: MailFrom, rcpts: list[RcptTo], received: float, **kw) -> Envelope:
@@ -255,6 +268,7 @@ class Envelope:
             "nextAttempt": self.nextAttempt,
             "lastReply": replyToData(self.lastReply),
             "warned": self.warned,
+            "held": self.held,
             "recipients": [{"state": r.state, "lastReply": replyToData(r.lastReply), "lastHost": r.lastHost} for r in self.recipients],
         }
 
@@ -340,7 +354,9 @@ class Envelope:
         else:
             lastReply = replyFromData(state.get("lastReply"), "lastReply")
         self.lastReply = lastReply
+        held = _check(state.get("held", False), bool, "held")
         self.warned = _check(state.get("warned", False), bool, "warned")
+        self.held = held
         self.size, self.attempts, self.nextAttempt = size, attempts, float(nextAttempt)
         for recipient, entry, (reply, host) in zip(self.recipients, saved, replies):
             recipient.state = entry["state"]
@@ -557,13 +573,13 @@ class QueueView:
 
     def due(self, now: float) -> list[Envelope]:
         """
-        @return: the waiting (not relaying) messages whose next attempt is
-            due at C{now}, oldest first.
+        @return: the waiting (not relaying, not held) messages whose next
+            attempt is due at C{now}, oldest first.
         """
         return [
             e
             for queueID, e in sorted(self._envelopes.items())
-            if queueID not in self._relaying and e.nextAttempt <= now and e.waiting
+            if queueID not in self._relaying and e.nextAttempt <= now and e.waiting and not e.held
         ]
 
     # -- twisted.mail's view ----------------------------------------------------

@@ -5,17 +5,22 @@ C{mailproto queue}: look at and manage a relay's queue::
 
     mailproto queue list [--spool DIR] [--json]
     mailproto queue show ID [--message]
-    mailproto queue flush [ID]
-    mailproto queue requeue ID
-    mailproto queue delete ID
+    mailproto queue flush [ID...] [FILTER...]
+    mailproto queue requeue|delete|hold|release ID... | --all | FILTER... [--all]
     mailproto queue import DIR --spool SPOOL
 
+where a FILTER is C{--sender ADDR}, C{--recipient ADDR}, C{--domain
+DOMAIN} or C{--older-than DURATION}, and an ID may be shortened to any
+prefix no other queued message's id starts with.
+
 C{list} and C{show} read the spool's files, which the relay only ever
-replaces whole, so they are safe at any time.  C{flush}, C{requeue} and
-C{delete} go through the running relay's control socket (see
-L{mailproto._control}), so that the relay, which keeps the queue's state
-in memory, does the change; when no relay runs on the spool, they take
-its lock and change the files themselves.  C{import} copies a
+replaces whole, so they are safe at any time.  The others pick their
+messages from those files too, then change them one by one through the
+running relay's control socket (see L{mailproto._control}), so that the
+relay, which keeps the queue's state in memory, does the change; when
+no relay runs on the spool, they take its lock and change the files
+themselves.  C{hold} keeps a message from being tried (L{Envelope.held
+<mailproto._queue.Envelope.held>}) until C{release}.  C{import} copies a
 twisted.mail relay's queue directory into the spool
 (L{mailproto._twistedqueue}); it refuses while a relay runs on the spool.
 """
@@ -118,6 +123,7 @@ def describe(envelope, now: float, sending: bool = False) -> dict:
         "nextAttempt": envelope.nextAttempt,
         "lastReply": _reply(envelope.lastReply),
         "sending": sending,
+        "held": envelope.held,
         "client": envelope.client,
         "helo": envelope.helo,
         "user": envelope.user,
@@ -141,6 +147,141 @@ def readSpool(spool: str) -> list:
             continue
     envelopes.sort(key=lambda e: (e.received, e.id))
     return envelopes
+
+
+class AmbiguousID(KeyError):
+    """
+    A queue id prefix that more than one queued message's id starts with.
+
+    @ivar prefix: the prefix.
+    @ivar candidates: the ids it matches, sorted.
+    """
+
+    #: How many candidates the message names.
+    SHOWN = 4
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        super().__init__(prefix)
+        self.prefix = prefix
+        self.candidates = candidates
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.candidates[: self.SHOWN])
+        more = len(self.candidates) - self.SHOWN
+        if more > 0:
+            shown += f" and {more} more"
+        return f"{self.prefix} is ambiguous: it starts {len(self.candidates)} queue IDs ({shown})"
+
+
+def _isPrefix(text: str) -> bool:
+    """
+    @return: whether C{text} may be a queue id or the start of one.
+    """
+    return 1 <= len(text) <= 40 and all(c in "0123456789abcdef" for c in text)
+
+
+def matchID(prefix: str, ids) -> str:
+    """
+    @param prefix: a queue id, or the start of one.
+    @param ids: the queued messages' ids.
+    @return: the id that is C{prefix}, or else the only one that starts
+        with it.
+    @raise AmbiguousID: if more than one starts with it.
+    @raise KeyError: if none does.
+    """
+    ids = list(ids)
+    if prefix in ids:
+        return prefix
+    candidates = sorted(each for each in ids if each.startswith(prefix))
+    if len(candidates) > 1:
+        raise AmbiguousID(prefix, candidates)
+    if not candidates:
+        raise KeyError(prefix)
+    return candidates[0]
+
+
+def _address(text) -> str:
+    """
+    @return: an address as the filters compare it: without angle brackets
+        and case-folded (so C{<>} and the empty string are the null
+        sender).
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    return text.casefold()
+
+
+def _domainOf(address: str) -> str:
+    return address.rpartition("@")[2].rstrip(".") if "@" in address else ""
+
+
+def matches(envelope, now: float, sender: str | None = None, recipient: str | None = None, domain: str | None = None, olderThan: float | None = None) -> bool:
+    """
+    Does a queued message pass every filter given (C{None}: no filter)?
+
+    @param sender: the sender's address (C{<>} or C{""}: the null sender).
+    @param recipient: an address among the recipients still waiting.
+    @param domain: the domain of a recipient still waiting (exactly; a
+        leading C{@} and a trailing dot are ignored).
+    @param olderThan: seconds: the message was received longer ago.
+    @param now: the time now (seconds since the epoch).
+    """
+    if sender is not None and _address(envelope.sender) != _address(sender):
+        return False
+    waiting = [_address(r.address) for r in envelope.waiting]
+    if recipient is not None and _address(recipient) not in waiting:
+        return False
+    if domain is not None:
+        wanted = _address(domain).lstrip("@").rstrip(".")
+        if wanted not in {_domainOf(each) for each in waiting}:
+            return False
+    if olderThan is not None and not now - envelope.received > olderThan:
+        return False
+    return True
+
+
+_FILTERS = ("sender", "recipient", "domain", "older-than")
+
+
+def _duration(text: str) -> float:
+    """
+    C{--older-than}: a duration as C{twistd mailrelay} takes them.
+    """
+    from mailproto._daemon import parseDuration
+
+    return parseDuration(text)
+
+
+def _spoolIDs(spool: str) -> list[str]:
+    """
+    @return: the ids of the messages in C{spool}'s C{queue/}, sorted.
+    """
+    return sorted(name for name in os.listdir(os.path.join(spool, "queue")) if _isID(name))
+
+
+def spoolProblem(spool: str) -> tuple[str, int] | None:
+    """
+    @return: what keeps C{spool} from being read as a relay's spool, and
+        the exit status for it (2 for a wrong C{--spool}, 1 for a spool
+        this user may not read); C{None} if nothing does.
+    """
+    where = f"--spool {spool!r}"
+    try:
+        if not os.path.isdir(spool):
+            if os.path.exists(spool):
+                return f"{where}: not a directory", 2
+            return f"{where}: no such directory", 2
+        os.listdir(os.path.join(spool, "queue"))
+    except PermissionError:
+        return f"{where}: permission denied (run this as the relay's user, or as root)", 1
+    except (FileNotFoundError, NotADirectoryError):
+        return f"{where}: not a relay's spool directory (it has no queue/)", 2
+    except OSError as e:
+        return f"{where}: {e.strerror or e}", 1
+    return None
 
 
 class _QueueCommand(usage.Options):
@@ -172,16 +313,24 @@ class _QueueCommand(usage.Options):
                 ordered.extend([name, value] if name[1] + ":" in self.shortOpt else [name])
         super().parseOptions([*ordered, "--", *args])
 
+    #: What keeps the spool from being read, when it is this user's lot
+    #: rather than a wrong option (L{spoolProblem}); said by L{QueueOptions.run}.
+    problem: str | None = None
+
     def postOptions(self) -> None:
-        if not os.path.isdir(os.path.join(self["spool"], "queue")):
-            raise usage.UsageError(f"--spool {self['spool']!r}: not a relay's spool directory (it has no queue/)")
+        problem = spoolProblem(self["spool"])
+        if problem is not None:
+            text, status = problem
+            if status == 2:
+                raise usage.UsageError(text)
+            self.problem = text
 
     def _oneID(self, args, optional: bool = False) -> None:
         if len(args) > 1 or (not args and not optional):
             raise usage.UsageError(f"expected {'at most ' if optional else ''}one queue ID, got {len(args)}")
         self["id"] = args[0] if args else None
-        if self["id"] is not None and not _isID(self["id"]):
-            raise usage.UsageError(f"{self['id']!r} is not a queue ID")
+        if self["id"] is not None and not _isPrefix(self["id"]):
+            raise usage.UsageError(f"{self['id']!r} is not a queue ID (or the start of one)")
 
     def _sending(self) -> tuple[list[str], int | None]:
         """
@@ -282,6 +431,8 @@ class ListOptions(_QueueCommand):
             total += envelope.size
             if envelope.id in sending:
                 due = "sending now"
+            elif envelope.held:
+                due = "held"
             elif envelope.nextAttempt <= now:
                 due = "next attempt now"
             else:
@@ -317,6 +468,13 @@ class ShowOptions(_QueueCommand):
         self._oneID(args)
 
     def run(self, reactor, stdout, stderr) -> int:
+        try:
+            self["id"] = matchID(self["id"], _spoolIDs(self["spool"]))
+        except AmbiguousID as e:
+            stderr.write(f"mailproto queue show: {e}\n")
+            return 1
+        except KeyError:
+            pass
         path = os.path.join(self["spool"], "queue", self["id"])
         try:
             envelope = readQueueFile(path)
@@ -349,7 +507,9 @@ class ShowOptions(_QueueCommand):
             f"sender:     <{_shown(data['sender'])}>",
             f"attempts:   {envelope.attempts}" + ("  (sending now)" if data["sending"] else ""),
         ]
-        if envelope.nextAttempt > now:
+        if envelope.held:
+            lines.append(f"held:       yes, not tried until released (mailproto queue release {envelope.id})")
+        if envelope.nextAttempt > now and not envelope.held:
             lines.append(f"next:       in {_age(envelope.nextAttempt - now)}")
         if envelope.lastReply:
             lines.append(f"last reply: {_shown(envelope.lastReply)}")
@@ -366,93 +526,276 @@ class ShowOptions(_QueueCommand):
         return 0
 
 
-class FlushOptions(_QueueCommand):
+class _SelectingCommand(_QueueCommand):
     """
-    C{mailproto queue flush [ID]}.
+    A command that changes some messages: those named by id (or a unique
+    prefix of one), those that pass every filter given, or with C{--all}
+    every one.  It refuses to change every message unless told C{--all}
+    (L{selectAll}: unless it is harmless to).
+
+    @cvar command: the control socket's command, and the command's name.
+    @cvar verb: what the summary line says was done to the messages.
+    @cvar selectAll: whether no ids and no filter select every message.
     """
 
-    synopsis = "[options] [ID]"
-    longdesc = (
-        "Try every waiting message (or only ID) now rather than at its next attempt.  With the relay running, it "
-        "starts at once; otherwise when the relay next starts."
-    )
+    synopsis = "[options] ID... | --all | FILTER..."
+    command = ""
+    verb = ""
+    selectAll = False
+    optFlags = [["all", None, "Every queued message (that passes the filters given)."]]
+    optParameters = [
+        ["sender", None, None, "Only messages from this sender (<> or '' for the null sender)."],
+        ["recipient", None, None, "Only messages with this recipient still waiting."],
+        ["domain", None, None, "Only messages with a recipient at this domain still waiting."],
+        ["older-than", None, None, "Only messages queued longer ago than this (300, 90s, 5m, 2h, 5d).", _duration],
+    ]
 
     def parseArgs(self, *args) -> None:
-        self._oneID(args, optional=True)
+        for each in args:
+            if not _isPrefix(each):
+                raise usage.UsageError(f"{each!r} is not a queue ID")
+        self["ids"] = list(args)
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        filtering = any(self[name] is not None for name in _FILTERS)
+        if self["all"] and self["ids"]:
+            raise usage.UsageError("give queue IDs or --all, not both")
+        if not (self["ids"] or filtering or self["all"] or self.selectAll):
+            raise usage.UsageError("give queue IDs, a filter (--sender, --recipient, --domain, --older-than) or --all")
+
+    @property
+    def _everything(self) -> bool:
+        return not self["ids"] and all(self[name] is None for name in _FILTERS)
+
+    def select(self, now: float) -> tuple[list[str], list[str]]:
+        """
+        @return: the ids of the messages selected, and what was wrong with
+            the ids given (one line each: not queued, or ambiguous).
+        """
+        queued = _spoolIDs(self["spool"])
+        chosen, problems = [], []
+        for prefix in self["ids"]:
+            try:
+                queueID = matchID(prefix, queued)
+            except AmbiguousID as e:
+                problems.append(str(e))
+            except KeyError:
+                problems.append(f"no message {prefix} in the queue")
+            else:
+                if queueID not in chosen:
+                    chosen.append(queueID)
+        if problems:
+            return [], problems
+        if all(self[name] is None for name in _FILTERS):
+            return (chosen if self["ids"] else queued), []
+        wanted = set(chosen) if self["ids"] else None
+        passed = [
+            e.id
+            for e in readSpool(self["spool"])
+            if (wanted is None or e.id in wanted)
+            and matches(e, now, sender=self["sender"], recipient=self["recipient"], domain=self["domain"], olderThan=self["older-than"])
+        ]
+        return passed, []
 
     def run(self, reactor, stdout, stderr) -> int:
-        return self._change("flush", self["id"], stdout, stderr)
+        name = f"mailproto queue {self.command}"
+        if self.selectAll and self._everything:
+            return self._change(self.command, None, stdout, stderr)
+        ids, problems = self.select(time.time())
+        for problem in problems:
+            stderr.write(f"{name}: {problem}\n")
+        if problems:
+            return 1
+        changed, unchanged, failed = [], [], 0
+        running = True
+        try:
+            for queueID in ids:
+                try:
+                    answer = ask(self["spool"], self.command, queueID)
+                except ValueError as e:
+                    stderr.write(f"{name}: {e}\n")
+                    failed += 1
+                else:
+                    (changed if self.changed(answer) else unchanged).append(queueID)
+        except RelayNotRunning:
+            if changed or unchanged or failed:
+                stderr.write(f"{name}: the relay stopped while the command ran; {len(ids) - len(changed)} left as they were\n")
+                return 1
+            running = False
+        except OSError as e:
+            stderr.write(f"{name}: the relay did not answer: {e}\n")
+            return 1
+        if not running:
+            lock = SpoolLock(self["spool"])
+            try:
+                lock.acquire()
+            except SpoolBusy:
+                stderr.write(f"{name}: a relay holds {self['spool']} but does not answer on its control socket; try again in a moment\n")
+                return 1
+            try:
+                queue = _offlineQueue(self["spool"])
+                for queueID in ids:
+                    try:
+                        (changed if self.offlineOne(queue, queueID) else unchanged).append(queueID)
+                    except KeyError:
+                        stderr.write(f"{name}: no message {queueID} in the queue\n")
+                        failed += 1
+            finally:
+                lock.release()
+        stdout.write(self.summary(changed, unchanged, running) + "\n")
+        return 1 if failed else 0
 
-    def offline(self, queue: Queue, queueID) -> dict:
-        ids = queue.ids() if queueID is None else [queue.getEnvelope(queueID).id]
-        flushed = []
-        for each in ids:
-            envelope = queue.getEnvelope(each)
-            if envelope.waiting and envelope.nextAttempt > 0:
-                envelope.nextAttempt = 0.0
-                _settle(queue.update(envelope))
-            if envelope.waiting:
-                flushed.append(each)
-        return {"ids": flushed}
+    def changed(self, answer: dict) -> bool:
+        """
+        @return: whether the relay's answer says the message was changed.
+        """
+        return answer.get("changed", True)
+
+    def summary(self, changed: list[str], unchanged: list[str], running: bool) -> str:
+        """
+        @return: the line that says what was done.
+        """
+        count = len(changed)
+        if len(self["ids"]) == 1 and self._filtersNone() and count == 1:
+            what = changed[0]
+        else:
+            what = f"{count} message{'s' if count != 1 else ''}"
+        line = f"{what} {self.verb}"
+        if unchanged:
+            line += f" ({len(unchanged)} already {self.verb})"
+        return line
+
+    def _filtersNone(self) -> bool:
+        return all(self[name] is None for name in _FILTERS)
 
     def done(self, answer: dict, running: bool) -> str:
-        count = len(answer["ids"])
+        return self.summary(answer.get("ids", []), [], running)
+
+
+class FlushOptions(_SelectingCommand):
+    """
+    C{mailproto queue flush [ID...]}.
+    """
+
+    synopsis = "[options] [ID... | FILTER...]"
+    longdesc = (
+        "Try every waiting message (or those selected by id, or id prefix, and filters) now rather than at its next "
+        "attempt; held messages stay held.  With the relay running, it starts at once; otherwise when the relay next "
+        "starts."
+    )
+    command = "flush"
+    selectAll = True
+
+    def changed(self, answer: dict) -> bool:
+        return bool(answer["ids"])
+
+    def offlineOne(self, queue: Queue, queueID: str) -> bool:
+        envelope = queue.getEnvelope(queueID)
+        if not envelope.waiting or envelope.held:
+            return False
+        if envelope.nextAttempt > 0:
+            envelope.nextAttempt = 0.0
+            _settle(queue.update(envelope))
+        return True
+
+    def offline(self, queue: Queue, queueID) -> dict:
+        return {"ids": [each for each in queue.ids() if self.offlineOne(queue, each)]}
+
+    def summary(self, changed: list[str], unchanged: list[str], running: bool) -> str:
+        count = len(changed)
         what = f"{count} message{'s' if count != 1 else ''}"
         if running:
             return f"{what} to be tried now"
         return f"{what} to be tried as soon as the relay starts"
 
 
-class RequeueOptions(_QueueCommand):
+class RequeueOptions(_SelectingCommand):
     """
-    C{mailproto queue requeue ID}.
+    C{mailproto queue requeue ID...}.
     """
 
-    synopsis = "[options] ID"
     longdesc = (
-        "Start a message's retries over: its attempt count goes back to 0 (so that the next delays are short "
-        "again) and it is tried now.  Its lifetime still counts from when it arrived."
+        "Start messages' retries over: the attempt count goes back to 0 (so that the next delays are short "
+        "again) and each is tried now (a held one when released).  Its lifetime still counts from when it arrived."
     )
+    command = "requeue"
+    verb = "requeued"
 
-    def parseArgs(self, *args) -> None:
-        self._oneID(args)
-
-    def run(self, reactor, stdout, stderr) -> int:
-        return self._change("requeue", self["id"], stdout, stderr)
-
-    def offline(self, queue: Queue, queueID) -> dict:
+    def offlineOne(self, queue: Queue, queueID: str) -> bool:
         envelope = queue.getEnvelope(queueID)
         envelope.attempts = 0
         envelope.warned = False
         envelope.nextAttempt = 0.0
         _settle(queue.update(envelope))
-        return {}
+        return True
 
-    def done(self, answer: dict, running: bool) -> str:
-        return f"{self['id']} requeued" + ("" if running else "; it will be tried as soon as the relay starts")
+    def summary(self, changed: list[str], unchanged: list[str], running: bool) -> str:
+        line = super().summary(changed, unchanged, running)
+        if not running and changed:
+            line += f"; {'it' if len(changed) == 1 else 'they'} will be tried as soon as the relay starts"
+        return line
 
 
-class DeleteOptions(_QueueCommand):
+class DeleteOptions(_SelectingCommand):
     """
-    C{mailproto queue delete ID}.
+    C{mailproto queue delete ID...}.
     """
 
-    synopsis = "[options] ID"
-    longdesc = "Take a message out of the queue, without sending it on or telling its sender."
+    longdesc = "Take messages out of the queue, without sending them on or telling their senders."
+    command = "delete"
+    verb = "deleted"
 
-    def parseArgs(self, *args) -> None:
-        self._oneID(args)
-
-    def run(self, reactor, stdout, stderr) -> int:
-        return self._change("delete", self["id"], stdout, stderr)
-
-    def offline(self, queue: Queue, queueID) -> dict:
+    def offlineOne(self, queue: Queue, queueID: str) -> bool:
         queue.getEnvelope(queueID)
         _settle(queue.remove(queueID))
-        return {}
+        return True
 
-    def done(self, answer: dict, running: bool) -> str:
-        return f"{self['id']} deleted"
+
+class HoldOptions(_SelectingCommand):
+    """
+    C{mailproto queue hold ID...}.
+    """
+
+    longdesc = (
+        "Put messages on hold: the relay does not try them, even after a restart, until they are released "
+        "(mailproto queue release).  A message being sent now cannot be held; try again when its attempt is over."
+    )
+    command = "hold"
+    verb = "held"
+
+    def offlineOne(self, queue: Queue, queueID: str) -> bool:
+        envelope = queue.getEnvelope(queueID)
+        if envelope.held:
+            return False
+        envelope.held = True
+        _settle(queue.update(envelope))
+        return True
+
+
+class ReleaseOptions(_SelectingCommand):
+    """
+    C{mailproto queue release ID...}.
+    """
+
+    longdesc = "Take messages off hold: each is tried at once (with no relay running, as soon as it starts)."
+    command = "release"
+    verb = "released"
+
+    def offlineOne(self, queue: Queue, queueID: str) -> bool:
+        envelope = queue.getEnvelope(queueID)
+        if not envelope.held:
+            return False
+        envelope.held = False
+        envelope.nextAttempt = 0.0
+        _settle(queue.update(envelope))
+        return True
+
+    def summary(self, changed: list[str], unchanged: list[str], running: bool) -> str:
+        line = super().summary(changed, unchanged, running).replace("already released", "not held")
+        if not running and changed:
+            line += f"; {'it' if len(changed) == 1 else 'they'} will be tried as soon as the relay starts"
+        return line
 
 
 class ImportOptions(_QueueCommand):
@@ -536,8 +879,10 @@ class QueueOptions(usage.Options):
         ["list", None, ListOptions, "List the queued messages."],
         ["show", None, ShowOptions, "Show one message's envelope, state and header."],
         ["flush", None, FlushOptions, "Try waiting messages now."],
-        ["requeue", None, RequeueOptions, "Start a message's retries over."],
-        ["delete", None, DeleteOptions, "Take a message out of the queue."],
+        ["requeue", None, RequeueOptions, "Start messages' retries over."],
+        ["delete", None, DeleteOptions, "Take messages out of the queue."],
+        ["hold", None, HoldOptions, "Keep messages from being tried until released."],
+        ["release", None, ReleaseOptions, "Take messages off hold."],
         ["import", None, ImportOptions, "Copy a twisted.mail relay's queue directory into the spool."],
     ]
 
@@ -546,7 +891,10 @@ class QueueOptions(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("no queue command given (list, show, flush, requeue, delete, import)")
+            raise usage.UsageError("no queue command given (list, show, flush, requeue, delete, hold, release, import)")
 
     def run(self, reactor, stdout, stderr) -> int:
+        if self.subOptions.problem is not None:
+            stderr.write(f"mailproto queue {self.subCommand}: {self.subOptions.problem}\n")
+            return 1
         return self.subOptions.run(reactor, stdout, stderr)

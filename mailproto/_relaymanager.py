@@ -35,7 +35,10 @@ The state of a queued message, and what moves it::
   ============  ==========================  ===============================
   state         where it lives              leaves it when
   ============  ==========================  ===============================
-  waiting       the queue and L{DueTimes}   due: becomes I{in flight}
+  waiting       the queue and L{DueTimes}   due: becomes I{in flight};
+                                            held: becomes I{held}
+  held          the queue only (C{held} in  released: I{waiting}, due now
+                its state file)
   in flight     its L{MessageAttempt}, the  every job answered: the attempt
                 destination lines and the   is recorded, the state written,
                 connections                 then I{waiting} again or gone
@@ -280,7 +283,7 @@ class SmartHostSMTPRelayingManager:
     def flush(self, queueID: str | None = None) -> list[str]:
         """
         Try waiting messages now rather than at their next attempt (a
-        message being sent is left to its attempt).
+        message being sent is left to its attempt, a held one held).
 
         @param queueID: the one message to try, or C{None} for all.
         @return: the ids of the messages made due.
@@ -291,7 +294,7 @@ class SmartHostSMTPRelayingManager:
         due = []
         for each in ids:
             envelope = self.queue.getEnvelope(each)
-            if each in self._inFlight or not envelope.waiting:
+            if each in self._inFlight or not envelope.waiting or envelope.held:
                 continue
             envelope.nextAttempt = min(envelope.nextAttempt, now)
             self.due.schedule(envelope)
@@ -335,6 +338,44 @@ class SmartHostSMTPRelayingManager:
             raise ValueError(f"{queueID} is being sent now; try again when the attempt is over")
         _log.info("Deleted {queueID}", queueID=queueID)
         return self.queue.remove(queueID)
+
+    def hold(self, queueID: str) -> defer.Deferred:
+        """
+        Put a message on hold: it is not attempted until L{release}d, even
+        across restarts (Postfix's hold queue).
+
+        @return: a C{Deferred} that fires, when the new state is on disk,
+            with whether the message was not held before.
+        @raise KeyError: if C{queueID} is not queued.
+        @raise ValueError: if it is being sent now.
+        """
+        envelope = self.queue.getEnvelope(queueID)
+        if queueID in self._inFlight:
+            raise ValueError(f"{queueID} is being sent now; try again when the attempt is over")
+        if envelope.held:
+            return defer.succeed(False)
+        envelope.held = True
+        _log.info("Held {queueID}", queueID=queueID)
+        return self.queue.update(envelope).addCallback(lambda _: True)
+
+    def release(self, queueID: str) -> defer.Deferred:
+        """
+        Take a message off hold: it is due now.
+
+        @return: a C{Deferred} that fires, when the new state is on disk,
+            with whether the message was held.
+        @raise KeyError: if C{queueID} is not queued.
+        """
+        envelope = self.queue.getEnvelope(queueID)
+        if not envelope.held:
+            return defer.succeed(False)
+        envelope.held = False
+        envelope.nextAttempt = min(envelope.nextAttempt, self._now())
+        d = self.queue.update(envelope)
+        self.due.schedule(envelope)
+        self._wake()
+        _log.info("Released {queueID}", queueID=queueID)
+        return d.addCallback(lambda _: True)
 
     def _queued(self, envelope: Envelope) -> None:
         self.due.schedule(envelope)

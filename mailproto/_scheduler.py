@@ -25,8 +25,9 @@ class DueTimes:
     first of them.
 
     A message is rescheduled by L{schedule} whenever its next attempt
-    changes; stale entries (the message gone, in flight, or due at
-    another time now) are dropped as they come up.
+    changes, or it is released from hold; stale entries (the message
+    gone, in flight, held, or due at another time now) are dropped as
+    they come up.  A held message (L{Envelope.held}) is never due.
 
     @ivar heap: C{(when, sequence, queue id)}, earliest first.
     @ivar timer: the pending call for the earliest, or C{None}.
@@ -46,9 +47,10 @@ class DueTimes:
 
     def schedule(self, envelope: Envelope) -> None:
         """
-        Remember when C{envelope} is due, if it has recipients waiting.
+        Remember when C{envelope} is due, if it has recipients waiting and
+        is not held.
         """
-        if envelope.waiting:
+        if envelope.waiting and not envelope.held:
             self._sequence += 1
             heapq.heappush(self.heap, (envelope.nextAttempt, self._sequence, envelope.id))
 
@@ -62,7 +64,7 @@ class DueTimes:
             envelope = self.manager.queue.getEnvelope(queueID)
         except KeyError:
             return None
-        if queueID in inFlight or envelope.nextAttempt != when or not envelope.waiting:
+        if queueID in inFlight or envelope.nextAttempt != when or not envelope.waiting or envelope.held:
             return None
         return envelope
 
@@ -80,7 +82,7 @@ class DueTimes:
                 envelope = self.manager.queue.getEnvelope(queueID)
             except KeyError:
                 continue
-            if queueID in inFlight or queueID in due or envelope.nextAttempt > now or not envelope.waiting:
+            if queueID in inFlight or queueID in due or envelope.nextAttempt > now or not envelope.waiting or envelope.held:
                 continue
             due[queueID] = envelope
         return list(due.values())

@@ -21,7 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailproto._cli import runCommand
 from mailproto._control import ControlFactory, RelayNotRunning, SpoolBusy, SpoolLock, ask, socketPath
-from mailproto._queue import Envelope, Queue, Recipient, newMessageID
+from mailproto._queue import DELIVERED, Envelope, Queue, Recipient, newMessageID
+from mailproto._queuecommand import AmbiguousID, matchID, matches, spoolProblem
 from mailproto._replies import Reply
 from mailproto.test.test_relaymanager import RelayHarness, Scripted
 
@@ -148,6 +149,45 @@ class ManagerCommandTests(SynchronousTestCase):
         self.assertEqual(harness.connections(), [])
         self.assertRaises(KeyError, harness.manager.delete, envelope.id)
 
+    def test_holdKeepsFromBeingTried(self):
+        """
+        A held message is never attempted: not when due, not by C{flush},
+        not after the retry delay; its state file says C{held}.
+        C{release} makes it due at once, and it is sent.
+        """
+        harness = self.harness
+        held = harness.enqueue([b"a@example.net"])
+        self.assertEqual(self.successResultOf(harness.manager.hold(held.id)), True)
+        self.assertEqual(self.successResultOf(harness.manager.hold(held.id)), False)
+        self.assertEqual(harness.queue.states[held.id]["held"], True)
+        harness.turn()
+        self.assertEqual(harness.connections(), [])
+        self.assertEqual(harness.manager.flush(), [])
+        self.assertEqual(harness.queue.due(harness.reactor.seconds() + 10**6), [])
+        harness.turn(10**6)
+        self.assertEqual((harness.connections(), held.attempts), ([], 0))
+        self.assertEqual(self.successResultOf(harness.manager.release(held.id)), True)
+        self.assertEqual(self.successResultOf(harness.manager.release(held.id)), False)
+        self.assertEqual(harness.queue.states[held.id]["held"], False)
+        harness.turn()
+        harness.connection()
+        self.assertEqual(harness.manager.inFlight(), [held.id])
+
+    def test_holdInFlightRefused(self):
+        """
+        A message being sent cannot be held; an unknown one raises
+        L{KeyError}.
+        """
+        harness = self.harness
+        envelope = harness.enqueue([b"a@example.net"])
+        harness.turn()
+        harness.connection()
+        error = self.assertRaises(ValueError, harness.manager.hold, envelope.id)
+        self.assertEqual(str(error), f"{envelope.id} is being sent now; try again when the attempt is over")
+        self.assertFalse(envelope.held)
+        self.assertRaises(KeyError, harness.manager.hold, newMessageID())
+        self.assertRaises(KeyError, harness.manager.release, newMessageID())
+
     def test_outcomeListeners(self):
         """
         Each recorded attempt is told to the outcome listeners with its
@@ -233,6 +273,16 @@ class ControlProtocolTests(SynchronousTestCase):
         request = json.dumps({"command": "delete", "id": envelope.id}).encode()
         self.assertEqual(self.request(request), {"ok": True})
         self.assertEqual(harness.queue.ids(), [])
+
+    def test_holdRelease(self):
+        """
+        C{hold} and C{release} answer whether they changed the message.
+        """
+        envelope = self.harness.enqueue([b"a@example.net"])
+        for command, changed in [("hold", True), ("hold", False), ("release", True), ("release", False)]:
+            request = json.dumps({"command": command, "id": envelope.id}).encode()
+            self.assertEqual(self.request(request), {"ok": True, "changed": changed}, command)
+        self.assertEqual(self.request(b'{"command": "hold"}'), {"ok": False, "error": "this command needs a queue id"})
 
     def test_refusals(self):
         """
@@ -434,8 +484,10 @@ class OfflineCommandTests(TestCase):
             (("delete", "--spool", self.spool, unknown), 1, f"no message {unknown} in the queue"),
             (("show", "--spool", self.spool, unknown), 1, f"no message {unknown} in the queue"),
             (("delete", "--spool", self.spool, "../etc"), 2, "'../etc' is not a queue ID"),
-            (("requeue", "--spool", self.spool), 2, "expected one queue ID, got 0"),
-            (("list", "--spool", self.mktemp()), 2, "not a relay's spool directory"),
+            (("requeue", "--spool", self.spool), 2, "give queue IDs, a filter (--sender, --recipient, --domain, --older-than) or --all"),
+            (("delete", "--spool", self.spool, "--all", self.ids[0]), 2, "give queue IDs or --all, not both"),
+            (("hold", "--spool", self.spool, "--older-than", "soon"), 2, "'soon' is not a duration"),
+            (("list", "--spool", self.mktemp()), 2, "no such directory"),
             ((), 2, "no queue command given"),
         ]
         for argv, expected, reason in cases:
@@ -462,6 +514,256 @@ class OfflineCommandTests(TestCase):
         L{ask} raises L{RelayNotRunning} when nothing listens.
         """
         self.assertRaises(RelayNotRunning, ask, self.spool, "status")
+
+
+class MatchIDTests(SynchronousTestCase):
+    """
+    L{matchID}: a queue id, or a prefix only one id starts with.
+    """
+
+    ids = ["0a1b2c3d4e5f", "0a1b2c3d4e60", "0a1b999999999", "ffff00001111"]
+
+    def test_exactAndUnique(self):
+        """
+        A whole id is itself; a prefix that only one id starts with is
+        that id.
+        """
+        self.assertEqual(matchID("0a1b2c3d4e5f", self.ids), "0a1b2c3d4e5f")
+        self.assertEqual(matchID("f", self.ids), "ffff00001111")
+        self.assertEqual(matchID("0a1b9", self.ids), "0a1b999999999")
+
+    def test_exactWinsOverLonger(self):
+        """
+        An id that is also the start of a longer id is itself, not
+        ambiguous.
+        """
+        self.assertEqual(matchID("0a1b2c3d4e5f", ["0a1b2c3d4e5f", "0a1b2c3d4e5f00"]), "0a1b2c3d4e5f")
+
+    def test_ambiguous(self):
+        """
+        A prefix several ids start with raises L{AmbiguousID}, which names
+        them, at most four, on one line.
+        """
+        error = self.assertRaises(AmbiguousID, matchID, "0a1b2c", self.ids)
+        self.assertEqual(error.candidates, ["0a1b2c3d4e5f", "0a1b2c3d4e60"])
+        self.assertEqual(str(error), "0a1b2c is ambiguous: it starts 2 queue IDs (0a1b2c3d4e5f, 0a1b2c3d4e60)")
+        many = [f"ab{n:012x}" for n in range(7)]
+        text = str(self.assertRaises(AmbiguousID, matchID, "ab", many))
+        self.assertEqual(text, f"ab is ambiguous: it starts 7 queue IDs ({', '.join(many[:4])} and 3 more)")
+
+    def test_none(self):
+        """
+        A prefix no id starts with raises L{KeyError}.
+        """
+        self.assertRaises(KeyError, matchID, "abc", self.ids)
+        self.assertRaises(KeyError, matchID, "0", [])
+
+
+class MatchesTests(SynchronousTestCase):
+    """
+    L{matches}: the filters C{--sender}, C{--recipient}, C{--domain} and
+    C{--older-than}.
+    """
+
+    def setUp(self):
+        self.envelope = Envelope(
+            newMessageID(),
+            b"Jo@Example.com",
+            [Recipient(b"a@example.net"), Recipient(b"b@Other.example"), Recipient(b"done@gone.example")],
+            received=1000.0,
+        )
+        self.envelope.recipients[2].state = DELIVERED
+
+    def test_noFilter(self):
+        self.assertTrue(matches(self.envelope, 0.0))
+
+    def test_sender(self):
+        """
+        The sender matches without regard to case or angle brackets; C{<>}
+        and the empty string are the null sender.
+        """
+        for sender, expected in [("jo@example.com", True), ("<JO@example.com>", True), ("jo@example.org", False), ("<>", False)]:
+            self.assertEqual(matches(self.envelope, 0.0, sender=sender), expected, sender)
+        self.envelope.sender = b""
+        self.assertTrue(matches(self.envelope, 0.0, sender="<>"))
+        self.assertTrue(matches(self.envelope, 0.0, sender=""))
+
+    def test_recipientAndDomain(self):
+        """
+        C{recipient} and C{domain} look at the recipients still waiting
+        only; a domain matches exactly (a leading C{@}, a trailing dot and
+        case do not matter; a subdomain is not the domain).
+        """
+        for recipient, expected in [("A@example.net", True), ("<b@other.example>", True), ("done@gone.example", False), ("c@example.net", False)]:
+            self.assertEqual(matches(self.envelope, 0.0, recipient=recipient), expected, recipient)
+        for domain, expected in [("example.net", True), ("@OTHER.example.", True), ("gone.example", False), ("net", False), ("sub.example.net", False)]:
+            self.assertEqual(matches(self.envelope, 0.0, domain=domain), expected, domain)
+
+    def test_olderThanAndAll(self):
+        """
+        C{olderThan} passes messages received longer ago; every filter
+        given must pass.
+        """
+        self.assertTrue(matches(self.envelope, 1000.0 + 3601, olderThan=3600))
+        self.assertFalse(matches(self.envelope, 1000.0 + 3600, olderThan=3600))
+        self.assertTrue(matches(self.envelope, 5000.0, sender="jo@example.com", domain="example.net", olderThan=60))
+        self.assertFalse(matches(self.envelope, 5000.0, sender="jo@example.com", domain="example.org", olderThan=60))
+
+
+class SpoolProblemTests(SynchronousTestCase):
+    """
+    What C{mailproto queue} says of a C{--spool} it cannot use.
+    """
+
+    def run_(self, *argv) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = runCommand(["queue", *argv], reactor=object(), stdout=out, stderr=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_messages(self):
+        """
+        A missing directory, a file, a directory without C{queue/}: status
+        2 and one line naming C{--spool} and what is wrong.
+        """
+        missing = self.mktemp()
+        notSpool = self.mktemp()
+        os.makedirs(notSpool)
+        aFile = self.mktemp()
+        with open(aFile, "w"):
+            pass
+        for spool, reason in [(missing, "no such directory"), (aFile, "not a directory"), (notSpool, "not a relay's spool directory (it has no queue/)")]:
+            for command in (["list"], ["delete", "--all"], ["show", "abc"]):
+                status, out, err = self.run_(*command, "--spool", spool)
+                self.assertEqual((status, out), (2, ""), (command, err))
+                self.assertEqual(err, f"mailproto queue: error: --spool {spool!r}: {reason} (see 'mailproto queue --help')\n")
+
+    def test_permissionDenied(self):
+        """
+        A spool this user may not read: status 1, and one line saying so.
+        """
+        spool = self.mktemp()
+        os.makedirs(os.path.join(spool, "queue"))
+        if os.geteuid() == 0:
+            real = os.listdir
+
+            def listdir(path):
+                if os.path.abspath(path).startswith(os.path.abspath(spool)):
+                    raise PermissionError(13, "Permission denied", path)
+                return real(path)
+
+            self.patch(os, "listdir", listdir)
+        else:
+            os.chmod(spool, 0)
+            self.addCleanup(os.chmod, spool, 0o700)
+        self.assertEqual(spoolProblem(spool)[1], 1)
+        for command in ("list", "flush"):
+            status, out, err = self.run_(command, "--spool", spool)
+            self.assertEqual((status, out), (1, ""))
+            self.assertEqual(err, f"mailproto queue {command}: --spool {spool!r}: permission denied (run this as the relay's user, or as root)\n")
+
+
+class SelectionCommandTests(TestCase):
+    """
+    C{mailproto queue} commands on messages picked by id prefix and by
+    filters, and C{hold}/C{release}, on a spool no relay runs on.
+    """
+
+    def setUp(self):
+        self.spool = self.mktemp()
+        queue = Queue(self.spool, runInThread=lambda f, *args: defer.maybeDeferred(f, *args))
+        self.ids = []
+        for n, (sender, recipient, received) in enumerate(
+            [(b"jo@example.com", b"a@example.net", 1000.0), (b"jo@example.com", b"b@example.org", 2000.0), (b"", b"c@example.net", 3_000_000_000.0)]
+        ):
+            # Ids chosen so that "ab" is ambiguous and each has a prefix of its own.
+            envelope = Envelope(f"ab{n}{'0' * 13}", sender, [Recipient(recipient)], received=received)
+            spool_ = queue.newMessage(envelope)
+            spool_.write(b"Subject: %d\r\n\r\nbody\r\n" % n)
+            spool_.commit()
+            queue.update(envelope)
+            self.ids.append(envelope.id)
+
+    def run_(self, *argv) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = runCommand(["queue", argv[0], "--spool", self.spool, *argv[1:]], reactor=object(), stdout=out, stderr=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def state(self, queueID: str) -> dict:
+        with open(os.path.join(self.spool, "queue", queueID + ".state")) as f:
+            return json.load(f)
+
+    def queued(self) -> list[str]:
+        return sorted(name for name in os.listdir(os.path.join(self.spool, "queue")) if "." not in name)
+
+    def test_prefix(self):
+        """
+        A unique prefix names its message for C{show} and C{delete}; an
+        ambiguous one is a one-line error listing the ids (status 1), and
+        nothing is changed.
+        """
+        status, out, err = self.run_("show", "ab1")
+        self.assertEqual(status, 0, err)
+        self.assertIn(f"id:         {self.ids[1]}", out)
+        for command in ("show", "delete", "hold"):
+            status, out, err = self.run_(command, "ab")
+            self.assertEqual((status, out), (1, ""))
+            self.assertEqual(err, f"mailproto queue {command}: ab is ambiguous: it starts 3 queue IDs ({', '.join(self.ids)})\n")
+        status, out, err = self.run_("delete", "ab2", "ab")
+        self.assertEqual(status, 1)
+        self.assertEqual(self.queued(), self.ids)
+        status, out, err = self.run_("delete", "ab1")
+        self.assertEqual((status, out, err), (0, f"{self.ids[1]} deleted\n", ""))
+        self.assertEqual(self.queued(), [self.ids[0], self.ids[2]])
+        status, out, err = self.run_("delete", "ab1")
+        self.assertEqual((status, err), (1, "mailproto queue delete: no message ab1 in the queue\n"))
+
+    def test_filters(self):
+        """
+        Filters pick the messages a command changes; the command says how
+        many.  Without ids, a filter or C{--all}, a changing command
+        refuses (status 2).
+        """
+        status, out, err = self.run_("delete", "--domain", "example.net", "--sender", "jo@example.com")
+        self.assertEqual((status, out, err), (0, "1 message deleted\n", ""))
+        self.assertEqual(self.queued(), self.ids[1:])
+        status, out, err = self.run_("delete", "--recipient", "nobody@example.net")
+        self.assertEqual((status, out), (0, "0 messages deleted\n"))
+        status, out, err = self.run_("requeue", "--older-than", "1d")
+        self.assertEqual((status, out), (0, "1 message requeued; it will be tried as soon as the relay starts\n"), err)
+        status, out, err = self.run_("delete")
+        self.assertEqual(status, 2)
+        self.assertEqual(self.queued(), self.ids[1:])
+        status, out, err = self.run_("delete", "--all")
+        self.assertEqual((status, out), (0, "2 messages deleted\n"))
+        self.assertEqual(self.queued(), [])
+
+    def test_holdRelease(self):
+        """
+        C{hold} writes C{held} in the state file, C{list} and C{show} say
+        so, C{flush} leaves it; C{release} makes it due.  Holding a held
+        message changes nothing, and says so.
+        """
+        status, out, err = self.run_("hold", "--sender", "<>")
+        self.assertEqual((status, out, err), (0, "1 message held\n", ""))
+        held = self.ids[2]
+        self.assertEqual(self.state(held)["held"], True)
+        self.assertEqual(self.state(self.ids[0])["held"], False)
+        status, out, err = self.run_("list")
+        [line] = [each for each in out.splitlines() if each.startswith(held)]
+        self.assertTrue(line.endswith("  held"), line)
+        status, out, err = self.run_("list", "--json")
+        self.assertEqual([each["held"] for each in json.loads(out)], [False, False, True])
+        status, out, err = self.run_("show", held)
+        self.assertIn(f"held:       yes, not tried until released (mailproto queue release {held})", out)
+        status, out, err = self.run_("hold", "--all")
+        self.assertEqual((status, out), (0, "2 messages held (1 already held)\n"))
+        status, out, err = self.run_("flush")
+        self.assertEqual(out, "0 messages to be tried as soon as the relay starts\n")
+        status, out, err = self.run_("release", "ab2")
+        self.assertEqual((status, out), (0, f"{held} released; it will be tried as soon as the relay starts\n"))
+        self.assertEqual((self.state(held)["held"], self.state(held)["nextAttempt"]), (False, 0))
+        status, out, err = self.run_("release", "--all")
+        self.assertEqual((status, out), (0, "2 messages released (1 not held); they will be tried as soon as the relay starts\n"))
 
 
 _jsonValues = st.recursive(
@@ -503,6 +805,7 @@ _states = st.one_of(
             "nextAttempt": _maybe(st.floats(allow_nan=True, allow_infinity=True)),
             "lastReply": _maybe(_replies),
             "warned": _maybe(st.booleans()),
+            "held": _maybe(st.booleans()),
             "recipients": _maybe(_recipientStates),
         }
     ),
