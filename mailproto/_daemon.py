@@ -48,7 +48,7 @@ from mailproto._proxy import proxyEndpoint
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
 from mailproto._relaymanager import SmartHostESMTPRelayingManager
 from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY, SmartHost, TLSPolicy
-from mailproto import _submission
+from mailproto import _config, _submission
 from mailproto._replies import statusOf
 from mailproto._reports import ReportPolicy
 from mailproto._queue import Queue
@@ -141,7 +141,7 @@ class Options(usage.Options):
         "endpoint strings (tcp:25, tcp6:25:interface=\\:\\:1, unix:/run/relay.sock); "
         "the default SMTP listener is used only when no listener is given.  "
         "Durations take a unit: 300, 90s, 5m, 2h, 5d.  "
-        "SIGTERM stops the relay gracefully, SIGHUP reopens its log file, and "
+        "SIGTERM stops the relay gracefully, SIGHUP reopens its log file (and reads --config again), and "
         "`mailproto queue` lists and manages the queue."
     )
 
@@ -263,6 +263,8 @@ class Options(usage.Options):
     # Loop detection and submission hygiene: mailproto._submission.
     optFlags = optFlags + _submission.OPT_FLAGS
     optParameters = optParameters + _submission.OPT_PARAMETERS
+    # The configuration file: mailproto._config.
+    optParameters = optParameters + _config.OPT_PARAMETERS
 
     compData = usage.Completions(
         optActions={
@@ -339,6 +341,10 @@ class Options(usage.Options):
         on (bounces) only when this is given.
         """
         self["relay-recipients"] = path
+
+    def parseOptions(self, options=None) -> None:
+        # --config FILE: the file's options go first, through the same checks.
+        _config.parseOptions(self, super().parseOptions, options)
 
     def postOptions(self) -> None:
         self._checkNumbers()
@@ -758,6 +764,8 @@ class RelayService(service.MultiService):
     connectionLimits = None
     authFailures = None
     checker = None
+    #: The L{mailproto._config.ConfigReloader} SIGHUP calls, or C{None}.
+    reloader = None
 
     def __init__(
         self,
@@ -893,6 +901,8 @@ class RelayService(service.MultiService):
         from twisted.internet import reactor
 
         reactor.callFromThread(self.reopenLog)
+        if self.reloader is not None:
+            reactor.callFromThread(self.reloader.reload)
 
     def reopenLog(self) -> None:
         """
@@ -1204,6 +1214,8 @@ def makeService(options: Options) -> RelayService:
     path = _logPath(options)
     if path is not None:
         relay.log = RelayLog(path, options["log-format"])
+    if options.get("config"):
+        relay.reloader = _config.ConfigReloader(relay, options, policy=policy, intake=intake, reportPolicy=reportPolicy)
     # Under twistd: SIGHUP and SIGTERM are the relay's.
     relay.handleSignals = getattr(options, "parent", None) is not None
     return relay
