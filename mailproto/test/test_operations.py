@@ -8,6 +8,9 @@ and C{mailproto queue} in child processes, on 127.0.0.1 only.
     delete} against a running relay (through its control socket), whose
     smart host is a closed port, so that messages wait with a C{451};
     then a smart host that answers, and C{flush} delivers everything.
+  - L{LiveHoldTests}: C{hold}, C{release}, C{delete} by filter and ids
+    by prefix against a running relay, its smart host a
+    L{ScriptedSMTPFactory} in this process.
   - L{OfflineQueueCommandTests}: the same commands with no relay running
     (they lock the spool and change its files), and the spool's lock:
     one relay, or one command, at a time.
@@ -38,6 +41,7 @@ from twisted.trial.unittest import TestCase
 
 from mailproto._control import SpoolLock
 from mailproto._queue import SpoolFile, readQueueFile
+from mailproto.testing import ScriptedSMTPFactory
 from mailproto.test._relayprocess import relayCommand
 from mailproto.test.test_daemon import (
     PACKAGE_ROOT,
@@ -512,6 +516,79 @@ class LiveQueueCommandTests(_RelayTestCase):
             self.assertTrue(stored.endswith(b"\r\n" + _message(testID, sender, recipients)), stored)
         self.assertEqual(spoolListing(self.spool), {"tmp": [], "queue": [], "corrupt": []})
         self.assertNotIn("Traceback", relay.text())
+
+
+def _shortPrefix(queueID: str, ids) -> str:
+    """
+    @return: the shortest prefix of C{queueID} that no other of C{ids}
+        starts with (at least 4 characters).
+    """
+    others = [each for each in ids if each != queueID]
+    for length in range(4, len(queueID) + 1):
+        if not any(each.startswith(queueID[:length]) for each in others):
+            return queueID[:length]
+    return queueID
+
+
+class LiveHoldTests(_RelayTestCase):
+    """
+    C{mailproto queue hold|release|delete} through a running relay, whose
+    smart host port is closed at first (each message waits with a
+    C{451}), then answered by a L{ScriptedSMTPFactory} that accepts
+    everything.
+    """
+
+    @defer.inlineCallbacks
+    def test_holdStopsDeliveryUntilReleased(self):
+        """
+        A message held (by a prefix of its id) is not sent by C{flush}
+        while the others are; C{list} marks it C{held}; a message deleted
+        by C{--sender} is gone; C{release} has it sent at once.
+        """
+        smartHostPort = freePort()
+        relay = self.startRelay(smartHostPort)
+        yield relay.whenListening()
+        ids = yield self.sendMessages(relay)
+        held, deleted, sent = ids["m2"], ids["m3"], ids["m1"]
+
+        prefix = _shortPrefix(held, ids.values())
+        out, err, code = yield self.queue("hold", prefix)
+        self.assertEqual((out, err, code), (f"{held} held\n", "", 0))
+        yield self.whenLogged(relay, f"Held {held}")
+        self.assertEqual(_state(self.spool, held)["held"], True)
+        out, err, code = yield self.queue("hold", prefix)
+        self.assertEqual((out, err, code), ("0 messages held (1 already held)\n", "", 0))
+
+        out, err, code = yield self.queue("delete", "--sender", "frank@example.org")
+        self.assertEqual((out, err, code), ("1 message deleted\n", "", 0))
+        yield self.whenLogged(relay, f"Deleted {deleted}")
+        self.assertEqual(sorted(_queueIDs(self.spool).values()), sorted([held, sent]))
+
+        out, err, code = yield self.queue("delete")
+        self.assertEqual(code, 2, err)
+
+        smartHost = ScriptedSMTPFactory()
+        listening = reactor.listenTCP(smartHostPort, smartHost, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        out, err, code = yield self.queue("flush")
+        self.assertEqual((out, err, code), ("1 message to be tried now\n", "", 0))
+        yield waitUntil(lambda: list(_queueIDs(self.spool).values()) == [held], PROMPTLY, lambda: f"only {held} left:\n{relay.text()}")
+        out, err, code = yield self.queue("list")
+        [line] = [each for each in out.splitlines() if each.startswith(held)]
+        self.assertTrue(line.endswith("  held"), out)
+        out, err, code = yield self.queue("flush", held)
+        self.assertEqual((out, err, code), ("0 messages to be tried now\n", "", 0))
+        self.assertEqual([testIDOf(m) for m in smartHost.messages], ["m1"])
+        self.assertEqual(relay.logLines(f"Attempt 2 for {held}"), [])
+
+        out, err, code = yield self.queue("release", prefix)
+        self.assertEqual((out, err, code), (f"{held} released\n", "", 0))
+        yield waitUntil(lambda: not _queueIDs(self.spool), PROMPTLY, lambda: f"an empty queue:\n{relay.text()}")
+        self.assertEqual([testIDOf(m) for m in smartHost.messages], ["m1", "m2"])
+        yield relay.terminate()
+        self.assertTrue(relay.stoppedCleanly, relay.text())
+        self.assertNotIn("Traceback", relay.text())
+
 
 
 # -- mailproto queue, with no relay running ------------------------------------------

@@ -367,6 +367,22 @@ class StateValidationTests(SynchronousTestCase):
             lines = [e for e in logged if "set aside in corrupt/" in e.get("log_format", "")]
             self.assertEqual(len(lines), 1, state)
 
+    def test_held(self):
+        """
+        C{held} is written in every state (version 2 still) and read back;
+        a state without it, as every one written before, reads as not
+        held, and a value that is not a boolean sets the state aside.
+        """
+        self.assertEqual((self.good["version"], self.good["held"]), (2, False))
+        found = self.recoverWith(dict(self.good, held=True))[0].getEnvelope(self.envelope.id)
+        self.assertEqual((found.held, found.state()["held"]), (True, True))
+        self.assertEqual(self.recoverWith(dict(self.good, held=True))[0].due(10**10), [])
+        old = {key: value for key, value in self.good.items() if key != "held"}
+        queue, counts = self.recoverWith(old)
+        self.assertEqual((counts["queued"], counts["corrupt"]), (1, 0))
+        self.assertFalse(queue.getEnvelope(self.envelope.id).held)
+        self.assertEqual(self.recoverWith(dict(self.good, held="yes"))[1]["corrupt"], 1)
+
     def test_version1(self):
         """
         A state file of version 1 (replies as text) is read: each reply
