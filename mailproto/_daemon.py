@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 
 from twisted.application import internet, service
@@ -342,9 +343,38 @@ class Options(usage.Options):
         """
         self["relay-recipients"] = path
 
+    #: Whether parsing failed: twistd then prints the options' usage before
+    #: the error, and a short hint is enough (L{getUsage}).
+    _parseFailed = False
+
     def parseOptions(self, options=None) -> None:
         # --config FILE: the file's options go first, through the same checks.
-        _config.parseOptions(self, super().parseOptions, options)
+        try:
+            _config.parseOptions(self, super().parseOptions, options)
+        except usage.UsageError:
+            self._parseFailed = True
+            raise
+
+    def opt_version(self) -> None:
+        """
+        Print the version of mailproto and exit.
+        """
+        import twisted
+
+        from mailproto import __version__
+
+        print(f"twistd mailrelay: mailproto {__version__} (Twisted {twisted.__version__}, Python {sys.version.split()[0]})")
+        sys.exit(0)
+
+    def getUsage(self, width=None) -> str:
+        """
+        The options' help; after a usage error (which twistd prints after
+        the usage), one line saying where the help is, so that the error
+        is not lost under it.
+        """
+        if self._parseFailed:
+            return "Run 'twistd mailrelay --help' for the options."
+        return super().getUsage(width)
 
     def postOptions(self) -> None:
         self._checkNumbers()

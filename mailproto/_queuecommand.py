@@ -289,6 +289,14 @@ class _QueueCommand(usage.Options):
     A C{mailproto queue} command.
     """
 
+    def opt_version(self) -> None:
+        """
+        Print the version of mailproto and exit.
+        """
+        from mailproto._cli import _printVersion
+
+        _printVersion()
+
     synopsis = "[options]"
     optParameters = [["spool", "s", DEFAULT_SPOOL, "The relay's spool directory."]]
 
@@ -869,6 +877,14 @@ class QueueOptions(usage.Options):
     """
     C{mailproto queue}: its commands.
     """
+
+    def opt_version(self) -> None:
+        """
+        Print the version of mailproto and exit.
+        """
+        from mailproto._cli import _printVersion
+
+        _printVersion()
 
     synopsis = "<command> [options]"
     longdesc = (

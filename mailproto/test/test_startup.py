@@ -85,3 +85,51 @@ class TwistdTests(TestCase):
             f"tcp:{port}:interface=192.0.2.77",
             f"cannot listen on port {port} of 192.0.2.77: this machine has no such address (check the interface= of the listener)",
         )
+
+
+class UsageTests(TestCase):
+    """
+    A usage error of C{twistd mailrelay} is not buried under the help, and
+    C{--version} is mailproto's.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def run_(self, *arguments: str):
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from mailproto.test._relayprocess import relayCommand
+
+        scratch = os.path.abspath(self.mktemp())
+        os.makedirs(scratch)
+        argv, env = relayCommand(list(arguments), scratch)
+        # relayCommand runs in the foreground with a log: only the options
+        # matter here.
+        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=env, path=scratch)
+        return (out + err).decode("utf-8", "replace"), code
+
+    @defer.inlineCallbacks
+    def test_usageErrorShort(self):
+        text, code = yield self.run_("--max-clients", "lots")
+        self.assertEqual(code, 1, text)
+        lines = text.strip().splitlines()
+        self.assertLessEqual(len(lines), 3, text)
+        self.assertTrue(lines[-1].endswith("--max-clients: 'lots' is not a whole number (0 or more)"), text)
+        self.assertIn("Run 'twistd mailrelay --help' for the options.", text)
+        self.assertNotIn("Traceback", text)
+
+    @defer.inlineCallbacks
+    def test_helpWhole(self):
+        text, code = yield self.run_("--help")
+        self.assertEqual(code, 0, text)
+        self.assertIn("--max-clients", text)
+        self.assertNotIn("Run 'twistd mailrelay --help'", text)
+
+    @defer.inlineCallbacks
+    def test_version(self):
+        import mailproto
+
+        text, code = yield self.run_("--version")
+        self.assertEqual(code, 0, text)
+        self.assertIn(f"twistd mailrelay: mailproto {mailproto.__version__} (Twisted ", text)
