@@ -175,11 +175,11 @@ class DocumentedExampleTests(_ConfigCase):
         The example parses as it is (its spool moved here by the command
         line).
         """
-        from mailproto.test.test_daemon import PACKAGE_ROOT
+        from mailproto.test.test_docs import DOCS
 
-        page = os.path.join(PACKAGE_ROOT, "docs", "tutorial-operator.rst")
-        if not os.path.exists(page):
-            raise SkipTest("the docs are not here (an installed copy)")
+        if DOCS is None:
+            raise SkipTest("the docs are not here (an installed copy without MAILPROTO_SOURCE)")
+        page = os.path.join(DOCS, "tutorial-operator.rst")
         with open(page, encoding="utf-8") as f:
             lines = f.read().splitlines()
         start = lines.index("    # /etc/mailrelay.toml: twistd mailrelay --config /etc/mailrelay.toml")
