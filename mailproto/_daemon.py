@@ -1199,6 +1199,12 @@ def makeService(options: Options) -> RelayService:
     )
     reportPolicy = ReportPolicy(toStrangers=not options["no-reports-to-strangers"])
     manager.recorder.reporter.policy = reportPolicy
+    if "." not in options["hostname"]:
+        _log.warn(
+            "mailrelay: the host name {hostname!r} is not fully qualified: receivers may refuse mail from it, and "
+            "reports name it; give --hostname relay.example.com",
+            hostname=options["hostname"],
+        )
     if smartHost is not None:
         host = f"[{smartHost.host}]" if ":" in smartHost.host else smartHost.host
         route = f"relaying through {host}:{smartHost.port}"

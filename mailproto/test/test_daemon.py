@@ -699,6 +699,21 @@ class MakeServiceTests(TestCase):
         self.assertEqual(service.factory.domain, b"relay.example")
         self.assertEqual(service.manager.hostname, "relay.example")
 
+    def test_hostnameNotQualified(self):
+        """
+        A host name without a dot (as C{localhost}, which many machines
+        call themselves) is taken, with a warning; a qualified one gets
+        none.
+        """
+        with capturedLogs() as events:
+            makeService(_parse("--spool", self.mktemp(), "--hostname", "localhost"))
+        warnings = [e for e in events if "not fully qualified" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["hostname"], "localhost")
+        with capturedLogs() as events:
+            makeService(_parse("--spool", self.mktemp(), "--hostname", "relay.example"))
+        self.assertEqual([e for e in events if "not fully qualified" in e.get("log_format", "")], [])
+
     def test_mxService(self):
         """
         Without C{--smarthost} the manager relays by MX records, with the
