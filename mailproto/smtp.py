@@ -11,7 +11,9 @@ L{LMTPFactory} (an LMTP server, RFC 2033), L{LMTPClient} and L{LMTPSender}
 (OAuth 2.0 SASL mechanisms), L{IMessageStream} (a message that takes its
 data in chunks), and for servers' TLS and AUTH L{loadServerOptions},
 L{PLAINCredentials}, L{UsersFile}, L{UsersFileChecker} (scrypt-hashed
-passwords) and L{AuthFailures}.
+passwords) and L{AuthFailures}; L{SMTPTLSFailure}, what L{sendmail}
+fails with when TLS does not come up (an L{SMTPConnectError} and a
+L{TLSError}).
 
 Importing this module registers the C{xtext} codec (RFC 3461).
 """
@@ -44,6 +46,7 @@ from mailproto._errors import (
     SMTPServerError,
     SMTPTimeoutError,
     SMTPTLSError as TLSError,
+    SMTPTLSFailure,
     TLSRequiredError,
 )
 from mailproto._handler import (
@@ -145,6 +148,7 @@ __all__ = [
     "SMTPServerError",
     "SMTPTimeoutError",
     "TLSError",
+    "SMTPTLSFailure",
     "TLSRequiredError",
     "SMTPProtocolError",
     # addresses

@@ -60,6 +60,7 @@ EXPORTS = {
     "SMTPServerError": (_errors, "SMTPServerError"),
     "SMTPTimeoutError": (_errors, "SMTPTimeoutError"),
     "TLSError": (_errors, "SMTPTLSError"),
+    "SMTPTLSFailure": (_errors, "SMTPTLSFailure"),
     "TLSRequiredError": (_errors, "TLSRequiredError"),
     "SMTP": (_server, "SMTP"),
     "ESMTP": (_server, "ESMTP"),
@@ -100,6 +101,7 @@ OWN_NAMES = {
     "UsersFile",
     "UsersFileChecker",
     "loadServerOptions",
+    "SMTPTLSFailure",
     *_handler.__all__,
 }
 
