@@ -357,3 +357,62 @@ class LiveReloadTests(TestCase):
         yield relay.terminate()
         self.assertEqual(relay.endSignal, signal.SIGTERM)
         self.assertNotIn("Traceback", relay.text())
+
+
+class LiveUsersReloadTests(TestCase):
+    """
+    SIGHUP to C{twistd mailrelay --config FILE} whose C{users} names
+    another file: a user added there may then authenticate on the
+    submission port.
+    """
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def test_userAdded(self):
+        import smtplib
+
+        from twisted.internet.threads import deferToThread
+
+        from mailproto._cred import UsersFile
+        from mailproto.test.test_mailrelay import _Files
+
+        files = _Files(self)
+        scratch = files.directory
+        others = files.path("more-users")
+        UsersFile(others).setPassword(b"joe", b"secret")
+        UsersFile(others).setPassword(b"ann", b"s3cret")
+        port = freePort()
+        path = os.path.join(scratch, "mailrelay.toml")
+        head = (
+            f'smtp = ["tcp:{freePort()}:interface=127.0.0.1"]\n'
+            f'submission = ["tcp:{port}:interface=127.0.0.1"]\n'
+            f'spool = "{os.path.join(scratch, "spool")}"\n'
+            f'hostname = "{HOSTNAME}"\n'
+            f'smarthost = "127.0.0.1:{freePort()}"\n'
+            f'certificate = "{files.certificate}"\n'
+        )
+        _write(path, head + f'users = "{files.users}"\n')
+        relay = RelayProcess.spawn(self, ["--config", path], scratch)
+        yield relay.whenListening()
+
+        def login(user: str, password: str) -> int:
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.ehlo("client.example")
+                s.starttls(context=files.clientContext())
+                s.ehlo("client.example")
+                try:
+                    return s.login(user, password)[0]
+                except smtplib.SMTPAuthenticationError as e:
+                    return e.smtp_code
+
+        self.assertEqual((yield deferToThread(login, "ann", "s3cret")), 535)
+        _write(path, head + f'users = "{others}"\n')
+        before = len(relay.logLines("mailrelay: reloaded "))
+        relay.process.signalProcess("HUP")
+        lines = yield waitUntil(lambda: relay.logLines("mailrelay: reloaded ")[before:], PROMPTLY, lambda: relay.text())
+        self.assertIn("users changed", lines[0])
+        self.assertEqual((yield deferToThread(login, "ann", "s3cret")), 235)
+        self.assertEqual((yield deferToThread(login, "joe", "secret")), 235)
+        yield relay.terminate()
+        self.assertNotIn("Traceback", relay.text())
