@@ -260,60 +260,110 @@ class SinkOptions(_Command):
 
         @return: C{0} after a clean stop, C{1} if the sink could not start.
         """
-        from mailproto._sink import (
-            MaildirStore,
-            MboxStore,
-            MessagePrinter,
-            Sink,
-            SinkServer,
-            SummaryPrinter,
-            describePort,
-            makeSinkFactory,
-        )
+        from mailproto._sink import Sink, SinkServer
 
         def say(text: str) -> None:
             stderr.write(f"{PROGRAM} sink: {text}\n")
             stderr.flush()
 
-        store = None
         try:
-            if self["maildir"]:
-                store = MaildirStore(self["maildir"])
-            elif self["mbox"]:
-                store = MboxStore(self["mbox"])
+            store = self._openStore()
         except OSError as e:
             which = "Maildir" if self["maildir"] else "mbox"
             say(f"error: cannot use {which} {self['maildir'] or self['mbox']}: {_describeOSError(e)}")
             return 1
-        printer = None
-        if not self["quiet"]:
-            printer = SummaryPrinter(stdout) if self["summary"] else MessagePrinter(stdout)
+        printer = self._printer(stdout)
         sink = Sink(store, printer)
-        factory = makeSinkFactory(
+        factory = self._makeFactory(sink)
+        server = SinkServer(reactor, factory, self["listen"])
+
+        def started(ports) -> None:
+            self._sayStarted(say, ports, store, printer, factory)
+
+        return self._serve(reactor, server, sink, say, started)
+
+    def _openStore(self):
+        """
+        Open the store of C{--maildir} or C{--mbox}.
+
+        @return: the store, or C{None} if messages are not stored.
+        @raise OSError: if the store cannot be made or opened.
+        """
+        from mailproto._sink import MaildirStore, MboxStore
+
+        if self["maildir"]:
+            return MaildirStore(self["maildir"])
+        if self["mbox"]:
+            return MboxStore(self["mbox"])
+        return None
+
+    def _printer(self, stdout):
+        """
+        @return: what prints the messages on C{stdout} (a line each with
+            C{--summary}), or C{None} with C{--quiet}.
+        """
+        from mailproto._sink import MessagePrinter, SummaryPrinter
+
+        if self["quiet"]:
+            return None
+        return SummaryPrinter(stdout) if self["summary"] else MessagePrinter(stdout)
+
+    def _makeFactory(self, sink):
+        """
+        @return: the ESMTP (or, with C{--lmtp}, LMTP) server factory that
+            delivers to C{sink}.
+        """
+        from mailproto._sink import makeSinkFactory
+
+        return makeSinkFactory(
             sink,
             lmtp=self["lmtp"],
             hostname=self["hostname"],
             maxMessageSize=self["max-message-size"],
             contextFactory=self["contextFactory"],
         )
-        protocolName = "LMTP" if self["lmtp"] else "ESMTP"
-        server = SinkServer(reactor, factory, self["listen"])
-        status = [0]
 
-        def started(ports) -> None:
-            for description, port in ports:
-                say(f"listening on {describePort(description, port.getHost())} for {protocolName}")
-            if store is not None:
-                say(f"storing messages in {store.describe()}")
-            elif printer is None:
-                say("neither storing nor printing messages (--quiet without --maildir or --mbox)")
-            else:
-                say("not storing messages (no --maildir or --mbox)")
-            if self["contextFactory"] is not None and not hasattr(factory.protocol, "ext_STARTTLS"):
-                say(
-                    "note: STARTTLS is not available yet in this version; the TLS certificate was checked "
-                    "but is not used (use an ssl: endpoint for implicit TLS)"
-                )
+    def _sayStarted(self, say, ports, store, printer, factory) -> None:
+        """
+        Say where the sink listens and what it does with the messages.
+
+        @param say: says a line on stderr.
+        @param ports: C{(description, port)} of every listening port.
+        @param store: the store, or C{None}.
+        @param printer: the printer, or C{None}.
+        @param factory: the sink's server factory.
+        """
+        from mailproto._sink import describePort
+
+        protocolName = "LMTP" if self["lmtp"] else "ESMTP"
+        for description, port in ports:
+            say(f"listening on {describePort(description, port.getHost())} for {protocolName}")
+        if store is not None:
+            say(f"storing messages in {store.describe()}")
+        elif printer is None:
+            say("neither storing nor printing messages (--quiet without --maildir or --mbox)")
+        else:
+            say("not storing messages (no --maildir or --mbox)")
+        if self["contextFactory"] is not None and not hasattr(factory.protocol, "ext_STARTTLS"):
+            say(
+                "note: STARTTLS is not available yet in this version; the TLS certificate was checked "
+                "but is not used (use an ssl: endpoint for implicit TLS)"
+            )
+
+    @staticmethod
+    def _serve(reactor, server, sink, say, started) -> int:
+        """
+        Start the server once the reactor runs, stop it (and close the
+        sink) when the reactor shuts down, and run the reactor.
+
+        @param server: the L{mailproto._sink.SinkServer}.
+        @param sink: the L{mailproto._sink.Sink}.
+        @param say: says a line on stderr.
+        @param started: called with the listening ports once they listen.
+        @return: C{0} after a clean stop, C{1} if the server could not
+            start.
+        """
+        status = [0]
 
         def failed(failure) -> None:
             say(f"error: {failure.getErrorMessage()}")
@@ -463,107 +513,15 @@ class SendOptions(_Command):
     opt_H = opt_header
 
     def postOptions(self) -> None:
-        from mailproto._address import Address
-        from mailproto._errors import AddressError
-        from mailproto._send import (
-            IMPLICIT,
-            NO_TLS,
-            OPPORTUNISTIC,
-            STARTTLS,
-            SendConfig,
-            loadTrustRoot,
-            parseHeaderField,
-        )
+        from mailproto._send import SendConfig
 
-        if self["from"] is None:
-            raise usage.UsageError("--from is required (the envelope sender; '' for the null sender <>)")
-        if not self["to"]:
-            raise usage.UsageError("--to is required (a recipient; may be given more than once)")
-        sender = self["from"]
-        if sender.strip() in ("", "<>"):
-            sender = ""
-        else:
-            try:
-                Address(sender.encode("utf-8", "surrogateescape"))
-            except AddressError:
-                raise usage.UsageError(f"--from: not a mail address: {self['from']!r}") from None
-        for recipient in self["to"]:
-            try:
-                address = Address(recipient.encode("utf-8", "surrogateescape"))
-            except AddressError:
-                raise usage.UsageError(f"--to: not a mail address: {recipient!r}") from None
-            if not bytes(address):
-                raise usage.UsageError("--to: the null address <> cannot be a recipient")
-        headers = []
-        for text in self["header"]:
-            try:
-                headers.append(parseHeaderField(text))
-            except ValueError as e:
-                raise usage.UsageError(f"--header: {e}") from None
-        if self["quiet"] and self["verbose"]:
-            raise usage.UsageError("--quiet and --verbose cannot be used together")
-        if self["data"] is not None:
-            if self["body"] is not None:
-                raise usage.UsageError("--body is for the made-up message; it cannot be used with --data")
-            if self["data"] != "-":
-                try:
-                    with open(self["data"], "rb"):
-                        pass
-                except OSError as e:
-                    raise usage.UsageError(_fileError("--data", self["data"], e)) from None
-        if self["helo"] is not None and _hostnameRe.fullmatch(self["helo"]) is None:
-            raise usage.UsageError(f"--helo: not a host name: {self['helo']!r}")
-        if self["concurrency"] > MAX_CONCURRENCY:
-            raise usage.UsageError(f"--concurrency: at most {MAX_CONCURRENCY}")
-        modes = [name for name in ("tls", "starttls", "no-tls") if self[name]]
-        if len(modes) > 1:
-            raise usage.UsageError(f"--{modes[0]} and --{modes[1]} cannot be used together; choose one")
-        if self["insecure"] and self["cafile"] is not None:
-            raise usage.UsageError("--insecure and --cafile cannot be used together")
-        tlsOptions = [f"--{name}" for name in ("tls", "starttls", "cafile", "insecure") if self[name]]
-        if self["no-tls"] and tlsOptions:
-            raise usage.UsageError(f"{tlsOptions[0]} is about TLS; it cannot be used with --no-tls")
-        if self["auth"] is not None and self["user"] is None:
-            raise usage.UsageError("--auth needs --user")
-        if self["user"] is not None and not self["user"]:
-            raise usage.UsageError("--user: the user name is empty")
-        host, port = self["server"], self["port"]
-        if self["socket"] is not None:
-            if host is not None or port is not None:
-                raise usage.UsageError("give either --socket or --server/--port, not both")
-            if tlsOptions:
-                raise usage.UsageError(f"{tlsOptions[0]}: TLS is not used on a UNIX socket")
-            if not self["socket"]:
-                raise usage.UsageError("--socket: the path is empty")
-            tls = NO_TLS
-        else:
-            host = SEND_HOST if host is None else host
-            if host.startswith("[") and host.endswith("]"):
-                host = host[1:-1]
-            try:
-                host.encode("idna")
-            except UnicodeError:
-                host = ""
-            if not host or any(ch.isspace() or ch in "/@" or ord(ch) < 32 for ch in host):
-                raise usage.UsageError(f"--server: not a host name or address: {self['server']!r}")
-            if self["tls"] or (port == SEND_TLS_PORT and not modes):
-                tls = IMPLICIT
-            elif self["starttls"] or (self["user"] is not None and not modes):
-                tls = STARTTLS
-            elif self["no-tls"]:
-                tls = NO_TLS
-            else:
-                tls = OPPORTUNISTIC
-            if port is None:
-                port = SEND_LMTP_PORT if self["lmtp"] else SEND_TLS_PORT if tls == IMPLICIT else SEND_PORT
-        trustRoot = None
-        if self["cafile"] is not None:
-            try:
-                trustRoot = loadTrustRoot(self["cafile"])
-            except OSError as e:
-                raise usage.UsageError(_fileError("--cafile", self["cafile"], e)) from None
-            except ValueError as e:
-                raise usage.UsageError(f"--cafile: {self['cafile']}: {e}") from None
+        sender = self._envelopeSender()
+        headers = self._headerFields()
+        self._checkMessageOptions()
+        modes, tlsOptions = self._checkTLSOptions()
+        self._checkAuthOptions()
+        host, port, tls = self._destination(modes, tlsOptions)
+        trustRoot = self._trustRoot()
         self.config = SendConfig(
             sender=sender,
             recipients=list(self["to"]),
@@ -586,6 +544,160 @@ class SendOptions(_Command):
             quiet=bool(self["quiet"]),
             verbose=bool(self["verbose"]),
         )
+
+    def _envelopeSender(self) -> str:
+        """
+        Check C{--from} and C{--to}.
+
+        @return: the envelope sender, C{""} for the null sender.
+        @raise usage.UsageError: if either is missing or not an address.
+        """
+        from mailproto._address import Address
+        from mailproto._errors import AddressError
+
+        if self["from"] is None:
+            raise usage.UsageError("--from is required (the envelope sender; '' for the null sender <>)")
+        if not self["to"]:
+            raise usage.UsageError("--to is required (a recipient; may be given more than once)")
+        sender = self["from"]
+        if sender.strip() in ("", "<>"):
+            sender = ""
+        else:
+            try:
+                Address(sender.encode("utf-8", "surrogateescape"))
+            except AddressError:
+                raise usage.UsageError(f"--from: not a mail address: {self['from']!r}") from None
+        for recipient in self["to"]:
+            try:
+                address = Address(recipient.encode("utf-8", "surrogateescape"))
+            except AddressError:
+                raise usage.UsageError(f"--to: not a mail address: {recipient!r}") from None
+            if not bytes(address):
+                raise usage.UsageError("--to: the null address <> cannot be a recipient")
+        return sender
+
+    def _headerFields(self) -> list:
+        """
+        Parse the C{--header} fields.
+
+        @return: a list of C{(name, value)}.
+        """
+        from mailproto._send import parseHeaderField
+
+        headers = []
+        for text in self["header"]:
+            try:
+                headers.append(parseHeaderField(text))
+            except ValueError as e:
+                raise usage.UsageError(f"--header: {e}") from None
+        return headers
+
+    def _checkMessageOptions(self) -> None:
+        """
+        Check the options about the output, the message and the sending:
+        C{--quiet}, C{--verbose}, C{--data}, C{--body}, C{--helo},
+        C{--concurrency}.
+        """
+        if self["quiet"] and self["verbose"]:
+            raise usage.UsageError("--quiet and --verbose cannot be used together")
+        if self["data"] is not None:
+            if self["body"] is not None:
+                raise usage.UsageError("--body is for the made-up message; it cannot be used with --data")
+            if self["data"] != "-":
+                try:
+                    with open(self["data"], "rb"):
+                        pass
+                except OSError as e:
+                    raise usage.UsageError(_fileError("--data", self["data"], e)) from None
+        if self["helo"] is not None and _hostnameRe.fullmatch(self["helo"]) is None:
+            raise usage.UsageError(f"--helo: not a host name: {self['helo']!r}")
+        if self["concurrency"] > MAX_CONCURRENCY:
+            raise usage.UsageError(f"--concurrency: at most {MAX_CONCURRENCY}")
+
+    def _checkTLSOptions(self) -> tuple[list[str], list[str]]:
+        """
+        Check that the TLS options go together.
+
+        @return: C{(modes, tlsOptions)}: the TLS mode options given
+            (C{tls}, C{starttls}, C{no-tls}), and every TLS option given,
+            as C{--name}.
+        """
+        modes = [name for name in ("tls", "starttls", "no-tls") if self[name]]
+        if len(modes) > 1:
+            raise usage.UsageError(f"--{modes[0]} and --{modes[1]} cannot be used together; choose one")
+        if self["insecure"] and self["cafile"] is not None:
+            raise usage.UsageError("--insecure and --cafile cannot be used together")
+        tlsOptions = [f"--{name}" for name in ("tls", "starttls", "cafile", "insecure") if self[name]]
+        if self["no-tls"] and tlsOptions:
+            raise usage.UsageError(f"{tlsOptions[0]} is about TLS; it cannot be used with --no-tls")
+        return modes, tlsOptions
+
+    def _checkAuthOptions(self) -> None:
+        """
+        Check C{--user} and C{--auth}.
+        """
+        if self["auth"] is not None and self["user"] is None:
+            raise usage.UsageError("--auth needs --user")
+        if self["user"] is not None and not self["user"]:
+            raise usage.UsageError("--user: the user name is empty")
+
+    def _destination(self, modes: list[str], tlsOptions: list[str]) -> tuple:
+        """
+        Work out where to connect and how to use TLS there.
+
+        @param modes: the TLS mode options given, from L{_checkTLSOptions}.
+        @param tlsOptions: every TLS option given, from L{_checkTLSOptions}.
+        @return: C{(host, port, tls)}: C{host} and C{port} are C{None} for
+            C{--socket}; C{tls} is one of L{mailproto._send}'s TLS modes.
+        """
+        from mailproto._send import IMPLICIT, NO_TLS, OPPORTUNISTIC, STARTTLS
+
+        host, port = self["server"], self["port"]
+        if self["socket"] is not None:
+            if host is not None or port is not None:
+                raise usage.UsageError("give either --socket or --server/--port, not both")
+            if tlsOptions:
+                raise usage.UsageError(f"{tlsOptions[0]}: TLS is not used on a UNIX socket")
+            if not self["socket"]:
+                raise usage.UsageError("--socket: the path is empty")
+            return host, port, NO_TLS
+        host = SEND_HOST if host is None else host
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            host = ""
+        if not host or any(ch.isspace() or ch in "/@" or ord(ch) < 32 for ch in host):
+            raise usage.UsageError(f"--server: not a host name or address: {self['server']!r}")
+        if self["tls"] or (port == SEND_TLS_PORT and not modes):
+            tls = IMPLICIT
+        elif self["starttls"] or (self["user"] is not None and not modes):
+            tls = STARTTLS
+        elif self["no-tls"]:
+            tls = NO_TLS
+        else:
+            tls = OPPORTUNISTIC
+        if port is None:
+            port = SEND_LMTP_PORT if self["lmtp"] else SEND_TLS_PORT if tls == IMPLICIT else SEND_PORT
+        return host, port, tls
+
+    def _trustRoot(self):
+        """
+        Load the CA certificates of C{--cafile}.
+
+        @return: the trust root, or C{None} to trust the system's.
+        """
+        from mailproto._send import loadTrustRoot
+
+        if self["cafile"] is None:
+            return None
+        try:
+            return loadTrustRoot(self["cafile"])
+        except OSError as e:
+            raise usage.UsageError(_fileError("--cafile", self["cafile"], e)) from None
+        except ValueError as e:
+            raise usage.UsageError(f"--cafile: {self['cafile']}: {e}") from None
 
     def makeCommand(self, reactor, stdout, stderr, **kw):
         """

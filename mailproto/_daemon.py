@@ -1127,32 +1127,41 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-def makeService(options: Options) -> RelayService:
+def _portals(options: Options, queue: Queue, deliveryFactory, intake, reactor) -> tuple:
     """
-    Make the relay from its options.
-    """
-    from twisted.internet import reactor
+    Make the portals of authenticated sessions from C{--users}.
 
-    queue = Queue(options["spool"], reactor=reactor)
-    policy = options["policy"]
-    hostname = options["hostname"].encode("idna")
-    intake = _submission.intakePolicy(options, hostname, reactor)
-    deliveryFactory = QueueDeliveryFactory(queue, policy, intake=intake)
+    @return: C{(portal, submissionPortal, checker)}: the portal of the SMTP
+        port, the one of submission and SMTPS, and the users file checker;
+        all C{None} without C{--users}.
+    """
+    if options["users"] is None:
+        return None, None, None
+    from mailproto._cred import UsersFileChecker
+
+    checker = UsersFileChecker(options["users"], reactor=reactor)
+    portal = Portal(_SubmissionRealm(deliveryFactory), [checker])
+    submissionPortal = _submission.submissionPortal(
+        options, queue, options["policy"], intake, [checker], reactor
+    )
+    return portal, submissionPortal, checker
+
+
+def _listenerFactories(
+    options: Options, hostname: bytes, deliveryFactory, portal, submissionPortal, authFailures: AuthFailures
+) -> dict:
+    """
+    Make the protocol factory of each listener that the options enable.
+
+    @return: a C{dict} from listener kind (C{"smtp"}, C{"submission"},
+        C{"smtps"}, C{"lmtp"}) to its factory; C{"smtp"} is always there.
+    """
     limits = {
         "maxMessageSize": options["max-message-size"],
         "maxRecipients": options["max-recipients"],
         **_sessionLimits(options),
     }
-    portal = checker = submissionPortal = None
-    if options["users"] is not None:
-        from mailproto._cred import UsersFileChecker
-
-        checker = UsersFileChecker(options["users"], reactor=reactor)
-        portal = Portal(_SubmissionRealm(deliveryFactory), [checker])
-        submissionPortal = _submission.submissionPortal(options, queue, policy, intake, [checker], reactor)
     tls = options["tls"]
-    # One count of failed AUTH per address for every port: blocked on one, blocked on all.
-    authFailures = AuthFailures(limit=options["max-auth-failures"], window=AUTH_FAILURE_WINDOW, clock=reactor)
 
     def esmtp(kind: str, required: bool):
         # With AUTH required there is no delivery for anonymous clients: 530.
@@ -1175,21 +1184,35 @@ def makeService(options: Options) -> RelayService:
         factories["lmtp"] = RelayLMTPFactory(
             deliveryFactory=deliveryFactory, domain=hostname, authFailures=authFailures, **limits
         )
-    connectionLimits = ConnectionLimits(
+    return factories
+
+
+def _connectionLimits(options: Options, reactor) -> ConnectionLimits:
+    """
+    Make the limits on clients, per address and per second, that the
+    relay networks are exempt from.
+    """
+    return ConnectionLimits(
         options["max-clients"],
         options["max-clients-per-address"],
         options["max-connection-rate"],
-        exempt=policy.networks,
+        exempt=options["policy"].networks,
         clock=reactor,
     )
-    listeners = _limitedListeners(options, factories, connectionLimits, reactor)
 
-    smartHost = options["smarthost"]
+
+def _relayingManager(options: Options, queue: Queue, reactor) -> tuple:
+    """
+    Make the manager that sends from the queue, by MX records or through
+    C{--smarthost}, with its report policy.
+
+    @return: C{(manager, reportPolicy)}.
+    """
     manager = SmartHostESMTPRelayingManager(
         queue,
         options["max-connections"],
         options["max-messages-per-connection"],
-        smartHost=smartHost,
+        smartHost=options["smarthost"],
         maxConnectionsPerDestination=options["max-connections-per-destination"],
         schedule=options["schedule"],
         hostname=options["hostname"],
@@ -1199,12 +1222,29 @@ def makeService(options: Options) -> RelayService:
     )
     reportPolicy = ReportPolicy(toStrangers=not options["no-reports-to-strangers"])
     manager.recorder.reporter.policy = reportPolicy
+    return manager, reportPolicy
+
+
+def _warnUnqualifiedHostname(options: Options) -> None:
+    """
+    Warn if C{--hostname} is not fully qualified.
+    """
     if "." not in options["hostname"]:
         _log.warn(
             "mailrelay: the host name {hostname!r} is not fully qualified: receivers may refuse mail from it, and "
             "reports name it; give --hostname relay.example.com",
             hostname=options["hostname"],
         )
+
+
+def _describeRelay(options: Options, authenticated: bool) -> str:
+    """
+    Say where the relay sends mail and whom it accepts mail from.
+
+    @param authenticated: whether authenticated users may relay.
+    """
+    policy = options["policy"]
+    smartHost = options["smarthost"]
     if smartHost is not None:
         host = f"[{smartHost.host}]" if ":" in smartHost.host else smartHost.host
         route = f"relaying through {host}:{smartHost.port}"
@@ -1215,14 +1255,58 @@ def makeService(options: Options) -> RelayService:
         who += "; anyone for " + ", ".join(sorted(d.decode("idna") for d in policy.domains))
         if policy.recipients is not None:
             who += f" (recipients in {policy.recipients.path})"
-    if portal is not None:
+    if authenticated:
         who += "; authenticated users"
+    return f"{route}; accepting mail from {who}"
+
+
+def _addMetrics(relay: RelayService, options: Options, intake, reportPolicy: ReportPolicy, reactor) -> None:
+    """
+    With C{--metrics}, serve the relay's metrics there and let every part
+    of the relay that acts on a client or a message report to them.
+    """
+    if not options["metrics"]:
+        return
+    from mailproto._metrics import RelayMetrics
+
+    relay.metrics = RelayMetrics(relay.queue, relay.manager, reactor)
+    relay.connectionLimits.observers.append(relay.metrics.limitActed)
+    intake.observers.append(relay.metrics.intakePolicyActed)
+    options["policy"].observers.append(relay.metrics.policyRefused)
+    reportPolicy.observers.append(relay.metrics.policyRefused)
+    for factory in relay.factories.values():
+        factory.metrics = relay.metrics
+    metrics = internet.StreamServerEndpointService(endpoints.serverFromString(reactor, options["metrics"]), relay.metrics.site())
+    metrics._raiseSynchronously = True
+    metrics.setServiceParent(relay)
+    relay.listen.append(f"{options['metrics']} (metrics)")
+
+
+def makeService(options: Options) -> RelayService:
+    """
+    Make the relay from its options.
+    """
+    from twisted.internet import reactor
+
+    queue = Queue(options["spool"], reactor=reactor)
+    policy = options["policy"]
+    hostname = options["hostname"].encode("idna")
+    intake = _submission.intakePolicy(options, hostname, reactor)
+    deliveryFactory = QueueDeliveryFactory(queue, policy, intake=intake)
+    portal, submissionPortal, checker = _portals(options, queue, deliveryFactory, intake, reactor)
+    # One count of failed AUTH per address for every port: blocked on one, blocked on all.
+    authFailures = AuthFailures(limit=options["max-auth-failures"], window=AUTH_FAILURE_WINDOW, clock=reactor)
+    factories = _listenerFactories(options, hostname, deliveryFactory, portal, submissionPortal, authFailures)
+    connectionLimits = _connectionLimits(options, reactor)
+    listeners = _limitedListeners(options, factories, connectionLimits, reactor)
+    manager, reportPolicy = _relayingManager(options, queue, reactor)
+    _warnUnqualifiedHostname(options)
     relay = RelayService(
         queue,
         manager,
         factories["smtp"],
         [],
-        f"{route}; accepting mail from {who}",
+        _describeRelay(options, authenticated=portal is not None),
         listeners=listeners,
         factories=factories,
         shutdownGrace=options["shutdown-grace"],
@@ -1233,20 +1317,7 @@ def makeService(options: Options) -> RelayService:
     relay.authFailures = authFailures
     relay.checker = checker
     _fitDescriptorLimit(options["max-clients"])
-    if options["metrics"]:
-        from mailproto._metrics import RelayMetrics
-
-        relay.metrics = RelayMetrics(queue, manager, reactor)
-        connectionLimits.observers.append(relay.metrics.limitActed)
-        intake.observers.append(relay.metrics.intakePolicyActed)
-        policy.observers.append(relay.metrics.policyRefused)
-        reportPolicy.observers.append(relay.metrics.policyRefused)
-        for factory in factories.values():
-            factory.metrics = relay.metrics
-        metrics = internet.StreamServerEndpointService(endpoints.serverFromString(reactor, options["metrics"]), relay.metrics.site())
-        metrics._raiseSynchronously = True
-        metrics.setServiceParent(relay)
-        relay.listen.append(f"{options['metrics']} (metrics)")
+    _addMetrics(relay, options, intake, reportPolicy, reactor)
     path = _logPath(options)
     if path is not None:
         relay.log = RelayLog(path, options["log-format"])
