@@ -1,10 +1,10 @@
 # -*- test-case-name: mailproto.test.test_sink -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-C{python -m mailproto}: the C{mailproto} command (see L{mailproto._cli}).
+C{python -m mailproto}: the C{mailproto} command (see L{mailproto._commandline._cli}).
 """
 
-from mailproto._cli import main
+from mailproto._commandline._cli import main
 
 if __name__ == "__main__":
     main()

@@ -267,7 +267,7 @@ class IntakePolicy:
     @ivar observers: callables told C{(policy)} each time a policy acts:
         C{"hops"} and C{"loop"} (a message refused), C{"date"} and
         C{"message-id"} (a field added), C{"sender-login"} and
-        C{"from-header"} (refusals of L{mailproto._submission}).
+        C{"from-header"} (refusals of L{mailproto._relayd._submission}).
     """
 
     def __init__(

@@ -97,7 +97,7 @@ _BATCH_COMMANDS = 100
 
 # The modules whose command handlers are known to leave the transport
 # alone, so that their replies may be gathered (see SMTP._runAlone).
-_COALESCING_MODULES = frozenset({__name__, "mailproto._daemon", "mailproto._sink"})
+_COALESCING_MODULES = frozenset({__name__, "mailproto._relayd._daemon", "mailproto._commandline._sink"})
 
 # Commands that carry no mail (Postfix's junk commands, and HELP); unknown
 # commands count too.

@@ -1,7 +1,7 @@
 # -*- test-case-name: mailproto.test.test_adduser -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-Tests for C{mailproto adduser} (L{mailproto._cli.AddUserOptions}): its
+Tests for C{mailproto adduser} (L{mailproto._commandline._cli.AddUserOptions}): its
 options, the password from a terminal prompt (twice) or from stdin, the
 users file it writes, its errors; and the real command in a subprocess,
 whose file L{UsersFileChecker} then accepts.
@@ -24,7 +24,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import mailproto
-from mailproto._cli import MAX_PASSWORD_LENGTH, AddUserOptions, MailprotoOptions, runCommand
+from mailproto._commandline._cli import MAX_PASSWORD_LENGTH, AddUserOptions, MailprotoOptions, runCommand
 from mailproto._cred import UsersFile, UsersFileChecker, checkPassword
 
 # The directory that holds the mailproto package being tested, for the

@@ -1,7 +1,7 @@
 # -*- test-case-name: mailproto.test.test_config -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-Tests for L{mailproto._config}: C{twistd mailrelay --config FILE}, and
+Tests for L{mailproto._relayd._config}: C{twistd mailrelay --config FILE}, and
 SIGHUP reading it again.
 
   - L{ConfigFileTests}: the file's keys become options, the command line
@@ -23,8 +23,8 @@ from twisted.internet import defer
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from mailproto._config import ConfigReloader
-from mailproto._daemon import Options, makeService
+from mailproto._relayd._config import ConfigReloader
+from mailproto._relayd._daemon import Options, makeService
 from mailproto.test.test_daemon import RelayProcess, freePort, waitUntil
 from mailproto.test.test_operations import HOSTNAME, PROMPTLY, openSession
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: mailproto.test.test_connlimits -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-Tests for L{mailproto._connlimits}: the counts of L{ConnectionLimits}
+Tests for L{mailproto._relayd._connlimits}: the counts of L{ConnectionLimits}
 over a fake clock, L{ConnectionLimitsFactory} on C{StringTransport}s
 (and behind the PROXY protocol), and the accept guard, both with fakes
 and on a real loopback port in a process out of file descriptors.
@@ -22,7 +22,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from mailproto._connlimits import (
+from mailproto._relayd._connlimits import (
     ACCEPT_EMFILE,
     CONNECTION_RATE,
     MAX_CLIENTS,
@@ -33,7 +33,7 @@ from mailproto._connlimits import (
     _AcceptPauser,
     clientKey,
 )
-from mailproto._proxy import ProxyProtocolFactory
+from mailproto._relayd._proxy import ProxyProtocolFactory
 
 
 def peer(host: str, port: int = 40000):
@@ -444,7 +444,7 @@ class AcceptGuardTests(SynchronousTestCase):
 _CHILD = """
 import resource, sys
 from twisted.internet import reactor, endpoints, protocol
-from mailproto._connlimits import guardAccepts
+from mailproto._relayd._connlimits import guardAccepts
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 class Echo(protocol.Protocol):

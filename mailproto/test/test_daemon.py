@@ -1,7 +1,7 @@
 # -*- test-case-name: mailproto.test.test_daemon -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-Tests for C{twistd mailrelay} (L{mailproto._daemon} and its plugin).
+Tests for C{twistd mailrelay} (L{mailproto._relayd._daemon} and its plugin).
 
   - L{Options}: defaults, repeatable options, and a L{usage.UsageError}
     with a message that names what is wrong for every bad value.
@@ -45,9 +45,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 import mailproto
-from mailproto import _daemon
-from mailproto._connlimits import ConnectionLimitsFactory
-from mailproto._daemon import DEFAULT_LISTEN, DEFAULT_SPOOL, Options, RelayService, makeService
+from mailproto._relayd import _daemon
+from mailproto._relayd._connlimits import ConnectionLimitsFactory
+from mailproto._relayd._daemon import DEFAULT_LISTEN, DEFAULT_SPOOL, Options, RelayService, makeService
 from mailproto._relay import LOOPBACK
 from mailproto.relaymanager import SmartHost, SmartHostESMTPRelayingManager
 from mailproto.test._relayprocess import relayCommand
@@ -846,7 +846,7 @@ class PluginTests(TestCase):
     def test_serviceMaker(self):
         """
         The plugin module has an L{IServiceMaker} (and L{IPlugin}) named
-        C{mailrelay} whose options and service are L{mailproto._daemon}'s.
+        C{mailrelay} whose options and service are L{mailproto._relayd._daemon}'s.
         """
         plugin = self._pluginModule().mailrelay
         self.assertTrue(verifyObject(IServiceMaker, plugin))

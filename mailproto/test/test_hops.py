@@ -309,7 +309,7 @@ class MetricsTests(SynchronousTestCase):
     """
 
     def test_counted(self):
-        from mailproto._metrics import RelayMetrics
+        from mailproto._relayd._metrics import RelayMetrics
 
         metrics = RelayMetrics(_Listeners(), _Listeners(), Clock())
         metrics.intakePolicyActed("hops")
@@ -322,7 +322,7 @@ class MetricsTests(SynchronousTestCase):
         C{makeService} gives every listener's deliveries the same
         L{IntakePolicy}, with the options' limits, observed by the metrics.
         """
-        from mailproto._daemon import Options, makeService
+        from mailproto._relayd._daemon import Options, makeService
 
         options = Options()
         options.parseOptions(

@@ -880,7 +880,7 @@ class LoopbackTests(TestCase):
         """
         Behind the PROXY protocol wrapper too.
         """
-        from mailproto._proxy import ProxyProtocolFactory
+        from mailproto._relayd._proxy import ProxyProtocolFactory
 
         def connect(number):
             s = socket.create_connection(("127.0.0.1", number))

@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from mailproto import _cred
-from mailproto._daemon import RelayService, makeService
+from mailproto._relayd._daemon import RelayService, makeService
 from mailproto.test.test_daemon import freePort
 from mailproto.test.test_mailrelay import _Files, _parse
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: mailproto.test.test_logs -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-L{mailproto._logs}: the relay's log leaves out Twisted's own chatter at
+L{mailproto._relayd._logs}: the relay's log leaves out Twisted's own chatter at
 each DNS lookup, and nothing else.
 """
 
@@ -12,7 +12,7 @@ import io
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailproto._logs import RelayLog, isNoise
+from mailproto._relayd._logs import RelayLog, isNoise
 
 
 def _legacy(text: str, **kw) -> dict:

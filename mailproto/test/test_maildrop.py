@@ -1,6 +1,6 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-Tests for L{mailproto._maildrop}: C{mailproto sendmail}.
+Tests for L{mailproto._commandline._maildrop}: C{mailproto sendmail}.
 
 Option parsing and the header work run in memory; the command runs in
 this process against a scripted SMTP server on 127.0.0.1; and, as a shell
@@ -21,8 +21,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import mailproto
-from mailproto import _maildrop
-from mailproto._maildrop import (
+from mailproto._commandline import _maildrop
+from mailproto._commandline._maildrop import (
     EX_DATAERR,
     EX_NOPERM,
     EX_NOUSER,
@@ -357,7 +357,7 @@ class CommandTests(TestCase):
         socket) but not on the SMTP port, the message is refused with
         L{EX_TEMPFAIL} and nothing is written.
         """
-        from mailproto._control import SpoolLock
+        from mailproto._relayd._control import SpoolLock
 
         spool = os.path.abspath(self.mktemp())
         os.makedirs(spool)

@@ -29,10 +29,10 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mailproto._attempts import RetrySchedule
-from mailproto._connlimits import ConnectionLimitsFactory
+from mailproto._relayd._connlimits import ConnectionLimitsFactory
 from mailproto._cred import UsersFile
-from mailproto._daemon import Options, RelayLMTPFactory, RelayService, makeService, parseDuration, parseSize
-from mailproto._logs import BatchedFile, JSONLineObserver, RelayLog, eventAsJSONLine
+from mailproto._relayd._daemon import Options, RelayLMTPFactory, RelayService, makeService, parseDuration, parseSize
+from mailproto._relayd._logs import BatchedFile, JSONLineObserver, RelayLog, eventAsJSONLine
 from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY
 from mailproto.test.test_daemon import RelayProcess, _sendWithSmtplib, freePort, spoolListing, waitUntil
 from mailproto.test._peers import missing
@@ -297,7 +297,7 @@ class ParsingTests(SynchronousTestCase):
         A spool locked by a running relay is refused before anything
         listens.
         """
-        from mailproto._control import SpoolLock
+        from mailproto._relayd._control import SpoolLock
 
         spool = self.mktemp()
         os.makedirs(spool)
@@ -399,7 +399,7 @@ class MakeServiceTests(SynchronousTestCase):
         """
         from twisted.internet.address import IPv4Address
 
-        from mailproto._connlimits import MAX_CLIENTS_PER_ADDRESS
+        from mailproto._relayd._connlimits import MAX_CLIENTS_PER_ADDRESS
 
         relay = makeService(_parse("--spool", self.mktemp(), "--metrics", "tcp:0", "--relay-network", "10.0.0.0/8"))
         relay.connectionLimits.refused("smtp", MAX_CLIENTS_PER_ADDRESS, IPv4Address("TCP", "192.0.2.1", 1))
@@ -415,7 +415,7 @@ class MakeServiceTests(SynchronousTestCase):
     def test_proxyProtocol(self):
         """
         C{--proxy-protocol} wraps every listener's endpoint in
-        L{mailproto._proxy}'s PROXY protocol endpoint, on the reactor's
+        L{mailproto._relayd._proxy}'s PROXY protocol endpoint, on the reactor's
         clock, which listens with a L{ProxyProtocolFactory} around the
         listener's factory.
         """
@@ -423,7 +423,7 @@ class MakeServiceTests(SynchronousTestCase):
         from twisted.internet.interfaces import IStreamServerEndpoint
         from zope.interface import implementer
 
-        from mailproto._proxy import ProxyProtocolEndpoint, ProxyProtocolFactory
+        from mailproto._relayd._proxy import ProxyProtocolEndpoint, ProxyProtocolFactory
 
         @implementer(IStreamServerEndpoint)
         class Recording:
@@ -494,7 +494,7 @@ class MakeServiceTests(SynchronousTestCase):
 
 class LogTests(SynchronousTestCase):
     """
-    The relay's log lines (L{mailproto._logs}).
+    The relay's log lines (L{mailproto._relayd._logs}).
     """
 
     def test_jsonLine(self):

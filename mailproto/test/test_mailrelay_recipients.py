@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailproto._daemon import Options
+from mailproto._relayd._daemon import Options
 from mailproto.test.test_daemon import spoolListing, waitUntil
 from mailproto.test.test_mailrelay_faults import _MailrelayHarness
 from mailproto.testing import ScriptedSMTPFactory

@@ -39,7 +39,7 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.portforward import ProxyFactory
 from twisted.trial.unittest import TestCase
 
-from mailproto._control import SpoolLock
+from mailproto._relayd._control import SpoolLock
 from mailproto._queue import SpoolFile, readQueueFile
 from mailproto.testing import ScriptedSMTPFactory
 from mailproto.test._relayprocess import relayCommand

@@ -2,7 +2,7 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 A private spool, and a relay that runs unprivileged: the spool's modes
-whatever the umask, loose ones tightened; L{mailproto._privileges}; and
+whatever the umask, loose ones tightened; L{mailproto._relayd._privileges}; and
 C{twistd --uid nobody --gid nogroup mailrelay} started as root, over real
 sockets, taking, queueing and delivering mail as C{nobody}, with
 C{mailproto queue list} working for that user.
@@ -22,8 +22,8 @@ from twisted.internet import defer, reactor, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from mailproto._cli import runCommand
-from mailproto._privileges import SpoolNotUsable, giveSpool, runAs
+from mailproto._commandline._cli import runCommand
+from mailproto._relayd._privileges import SpoolNotUsable, giveSpool, runAs
 from mailproto._queue import Envelope, Queue, Recipient
 from mailproto.test.test_daemon import RelayProcess, _sendWithSmtplib, freePort, spoolListing, waitUntil
 from mailproto.testing import ScriptedSMTPFactory

@@ -3,14 +3,14 @@
 """
 The relay behind a proxy that speaks the PROXY protocol (HAProxy's
 C{send-proxy} and C{send-proxy-v2}): C{twistd mailrelay --proxy-protocol}
-wraps its listeners with L{mailproto._proxy.proxyEndpoint}, and the relay
+wraps its listeners with L{mailproto._relayd._proxy.proxyEndpoint}, and the relay
 policy, the trace header and the logs must see the client the header
 names, not the proxy.
 
   - L{HeaderReaderTests}: the header parser alone, table-driven: each
     header whole, a byte at a time, and with data after it.
   - L{ProxiedSessionTests}: the daemon's server factory behind
-    L{mailproto._proxy}'s wrapper, over a L{StringTransport}, on a fake
+    L{mailproto._relayd._proxy}'s wrapper, over a L{StringTransport}, on a fake
     clock: v1 (TCP4, TCP6, UNKNOWN), v2 (TCP4, TCP6, TLVs, LOCAL, UNSPEC,
     UNIX), and headers that are missing, malformed or too slow.
   - L{ProxyHeaderTests}: what Twisted's own PROXY support
@@ -45,8 +45,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer, providedBy
 from zope.interface.verify import verifyObject
 
-from mailproto._daemon import RelayESMTP, RelayESMTPFactory
-from mailproto._proxy import (
+from mailproto._relayd._daemon import RelayESMTP, RelayESMTPFactory
+from mailproto._relayd._proxy import (
     HEADER_TIMEOUT,
     V1_MAX_LENGTH,
     HeaderReader,
@@ -259,7 +259,7 @@ class _ProxiedSession:
     def __init__(self, networks=("192.0.2.0/24",), domains=(), peer=PROXY_PEER, host=RELAY_HOST) -> None:
         self.queue = MemoryQueue()
         self.clock = Clock()
-        # As mailproto._daemon.makeService builds it, on a fake clock.
+        # As mailproto._relayd._daemon.makeService builds it, on a fake clock.
         self.factory = RelayESMTPFactory(
             None,
             deliveryFactory=QueueDeliveryFactory(self.queue, RelayPolicy(networks=list(networks), domains=domains), clock=self.clock),

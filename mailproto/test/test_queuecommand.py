@@ -3,7 +3,7 @@
 """
 Tests for what an operator does to a relay's queue: the relaying
 manager's L{flush}, L{requeue} and L{delete}, the control socket that
-carries them (L{mailproto._control}), the spool's lock, and the
+carries them (L{mailproto._relayd._control}), the spool's lock, and the
 C{mailproto queue} command on a spool with no relay running.  The same
 commands against a live relay are in L{mailproto.test.test_operations}.
 """
@@ -19,10 +19,10 @@ from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailproto._cli import runCommand
-from mailproto._control import ControlFactory, RelayNotRunning, SpoolBusy, SpoolLock, ask, socketPath
+from mailproto._commandline._cli import runCommand
+from mailproto._relayd._control import ControlFactory, RelayNotRunning, SpoolBusy, SpoolLock, ask, socketPath
 from mailproto._queue import DELIVERED, Envelope, Queue, Recipient, newMessageID
-from mailproto._queuecommand import AmbiguousID, matchID, matches, spoolProblem
+from mailproto._commandline._queuecommand import AmbiguousID, matchID, matches, spoolProblem
 from mailproto._replies import Reply
 from mailproto.test.test_relaymanager import RelayHarness, Scripted
 

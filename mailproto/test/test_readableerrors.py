@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailproto._cli import MailprotoOptions, runCommand
+from mailproto._commandline._cli import MailprotoOptions, runCommand
 from mailproto._errors import SMTPConnectError, SMTPTLSError, SMTPTLSFailure
 from mailproto._sender import sendmail
 from mailproto._tlserrors import describeTLSFailure, isTLSFailure

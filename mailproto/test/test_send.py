@@ -1,8 +1,8 @@
 # -*- test-case-name: mailproto.test.test_send -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-Tests for C{mailproto send} (L{mailproto._send} and
-L{mailproto._cli.SendOptions}).
+Tests for C{mailproto send} (L{mailproto._commandline._send} and
+L{mailproto._commandline._cli.SendOptions}).
 
   - The options: defaults, the TLS mode each combination gives, and every
     usage error.
@@ -42,8 +42,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import mailproto
 from mailproto._address import Address
-from mailproto._cli import MailprotoOptions, SendOptions, runCommand
-from mailproto._send import (
+from mailproto._commandline._cli import MailprotoOptions, SendOptions, runCommand
+from mailproto._commandline._send import (
     IMPLICIT,
     NO_TLS,
     OPPORTUNISTIC,

@@ -1,8 +1,8 @@
 # -*- test-case-name: mailproto.test.test_sink -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-Tests for C{mailproto sink} (L{mailproto._sink}) and the C{mailproto}
-command (L{mailproto._cli}).
+Tests for C{mailproto sink} (L{mailproto._commandline._sink}) and the C{mailproto}
+command (L{mailproto._commandline._cli}).
 
   - The delivery and each output driven in memory: a server protocol on a
     L{StringTransport} reads a whole client conversation at once.
@@ -38,11 +38,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 import mailproto
-from mailproto import _sink
-from mailproto._cli import MailprotoOptions, SinkOptions, loadTLS, main, runCommand
+from mailproto._commandline import _sink
+from mailproto._commandline._cli import MailprotoOptions, SinkOptions, loadTLS, main, runCommand
 from mailproto._address import User
 from mailproto._server import ESMTPFactory, LMTPFactory
-from mailproto._sink import (
+from mailproto._commandline._sink import (
     Envelope,
     ListenError,
     MaildirStore,

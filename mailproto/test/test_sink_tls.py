@@ -19,7 +19,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from mailproto._cli import runCommand
+from mailproto._commandline._cli import runCommand
 from mailproto.test._peers import missing
 
 try:

@@ -2,7 +2,7 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 A relay that cannot start says why in one line, and exits with status 1:
-L{mailproto._startup.describeStartFailure}, and C{twistd mailrelay} on a
+L{mailproto._relayd._startup.describeStartFailure}, and C{twistd mailrelay} on a
 port in use and on an address the machine does not have.
 """
 
@@ -16,9 +16,9 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailproto._control import SpoolBusy
-from mailproto._privileges import SpoolNotUsable
-from mailproto._startup import describeStartFailure
+from mailproto._relayd._control import SpoolBusy
+from mailproto._relayd._privileges import SpoolNotUsable
+from mailproto._relayd._startup import describeStartFailure
 from mailproto.test.test_daemon import START_DEADLINE, RelayProcess, freePort
 
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: mailproto.test.test_submission -*-
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
-Tests for submission hygiene (L{mailproto._submission}): the sender login
+Tests for submission hygiene (L{mailproto._relayd._submission}): the sender login
 map, the server refusing senders a user does not own, the C{From:} check,
 C{Date:} and C{Message-ID:} added when missing, and C{twistd mailrelay
 --submission} over real sockets with AUTH.
@@ -25,11 +25,11 @@ from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailproto._daemon import Options
+from mailproto._relayd._daemon import Options
 from mailproto._headerpolicy import IntakePolicy
 from mailproto._queue import Queue
 from mailproto._relay import RelayPolicy
-from mailproto._submission import SenderLoginMap, SubmissionPolicy, SubmissionRealm
+from mailproto._relayd._submission import SenderLoginMap, SubmissionPolicy, SubmissionRealm
 from mailproto.smtp import ESMTPFactory
 from mailproto.test.test_daemon import RelayProcess, freePort, spoolListing, waitUntil
 from mailproto.test.test_mailrelay import _Files

@@ -22,8 +22,8 @@ import pickle
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailproto._cli import runCommand
-from mailproto._control import SpoolLock
+from mailproto._commandline._cli import runCommand
+from mailproto._relayd._control import SpoolLock
 from mailproto._queue import Queue
 from mailproto._queuecompat import MAX_HEADER, BadHeader, LineEnds, loadHeader
 from mailproto._twistedqueue import IMPORTED_FROM, findPairs, importTwistedQueue
@@ -523,7 +523,7 @@ class CommandTests(_Base):
         A relay that answers on the spool's control socket is named, and
         nothing is imported.
         """
-        from mailproto import _queuecommand
+        from mailproto._commandline import _queuecommand
 
         asked = []
         self.patch(_queuecommand, "ask", lambda spool, command, *args: asked.append((spool, command)) or {"ok": True, "pid": 4242})

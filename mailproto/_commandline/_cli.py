@@ -13,9 +13,9 @@ subcommand.
     in a Maildir or an mbox, every message it receives (L{SinkOptions}).
   - C{mailproto send}: send test messages, one or many, over several
     connections at once, with TLS and AUTH (L{SendOptions}; the sending is
-    in L{mailproto._send}).
+    in L{mailproto._commandline._send}).
   - C{mailproto queue}: list and manage a relay's queue
-    (L{mailproto._queuecommand}).
+    (L{mailproto._commandline._queuecommand}).
   - C{mailproto adduser}: add a user to a users file (scrypt-hashed
     passwords, for L{mailproto._cred.UsersFileChecker}), or change a
     user's password (L{AddUserOptions}).
@@ -30,15 +30,15 @@ import sys
 from twisted.python import usage
 
 import mailproto
-from mailproto._send import (
+from mailproto._commandline._send import (
     DEFAULT_HOST as SEND_HOST,
     DEFAULT_LMTP_PORT as SEND_LMTP_PORT,
     DEFAULT_PORT as SEND_PORT,
     DEFAULT_TIMEOUT as SEND_TIMEOUT,
     IMPLICIT_TLS_PORT as SEND_TLS_PORT,
 )
-from mailproto._queuecommand import QueueOptions
-from mailproto._maildrop import SendmailOptions
+from mailproto._commandline._queuecommand import QueueOptions
+from mailproto._commandline._maildrop import SendmailOptions
 from mailproto._server import SMTP
 
 __all__ = ["AddUserOptions", "MailprotoOptions", "SendOptions", "SinkOptions", "main", "runCommand"]
@@ -79,7 +79,7 @@ _seconds = _number(float, "a number of seconds", 1e-6, 1e6 - 1, "more than 0")
 
 
 def _mechanism(value: str) -> str:
-    from mailproto._send import MECHANISMS
+    from mailproto._commandline._send import MECHANISMS
 
     name = value.upper()
     if name not in MECHANISMS:
@@ -260,7 +260,7 @@ class SinkOptions(_Command):
 
         @return: C{0} after a clean stop, C{1} if the sink could not start.
         """
-        from mailproto._sink import Sink, SinkServer
+        from mailproto._commandline._sink import Sink, SinkServer
 
         def say(text: str) -> None:
             stderr.write(f"{PROGRAM} sink: {text}\n")
@@ -289,7 +289,7 @@ class SinkOptions(_Command):
         @return: the store, or C{None} if messages are not stored.
         @raise OSError: if the store cannot be made or opened.
         """
-        from mailproto._sink import MaildirStore, MboxStore
+        from mailproto._commandline._sink import MaildirStore, MboxStore
 
         if self["maildir"]:
             return MaildirStore(self["maildir"])
@@ -302,7 +302,7 @@ class SinkOptions(_Command):
         @return: what prints the messages on C{stdout} (a line each with
             C{--summary}), or C{None} with C{--quiet}.
         """
-        from mailproto._sink import MessagePrinter, SummaryPrinter
+        from mailproto._commandline._sink import MessagePrinter, SummaryPrinter
 
         if self["quiet"]:
             return None
@@ -313,7 +313,7 @@ class SinkOptions(_Command):
         @return: the ESMTP (or, with C{--lmtp}, LMTP) server factory that
             delivers to C{sink}.
         """
-        from mailproto._sink import makeSinkFactory
+        from mailproto._commandline._sink import makeSinkFactory
 
         return makeSinkFactory(
             sink,
@@ -333,7 +333,7 @@ class SinkOptions(_Command):
         @param printer: the printer, or C{None}.
         @param factory: the sink's server factory.
         """
-        from mailproto._sink import describePort
+        from mailproto._commandline._sink import describePort
 
         protocolName = "LMTP" if self["lmtp"] else "ESMTP"
         for description, port in ports:
@@ -356,8 +356,8 @@ class SinkOptions(_Command):
         Start the server once the reactor runs, stop it (and close the
         sink) when the reactor shuts down, and run the reactor.
 
-        @param server: the L{mailproto._sink.SinkServer}.
-        @param sink: the L{mailproto._sink.Sink}.
+        @param server: the L{mailproto._commandline._sink.SinkServer}.
+        @param sink: the L{mailproto._commandline._sink.Sink}.
         @param say: says a line on stderr.
         @param started: called with the listening ports once they listen.
         @return: C{0} after a clean stop, C{1} if the server could not
@@ -394,7 +394,7 @@ MAX_CONCURRENCY = 1000
 class SendOptions(_Command):
     """
     The options of C{mailproto send}.  After parsing, C{config} is the
-    L{mailproto._send.SendConfig}.
+    L{mailproto._commandline._send.SendConfig}.
     """
 
     longdesc = (
@@ -513,7 +513,7 @@ class SendOptions(_Command):
     opt_H = opt_header
 
     def postOptions(self) -> None:
-        from mailproto._send import SendConfig
+        from mailproto._commandline._send import SendConfig
 
         sender = self._envelopeSender()
         headers = self._headerFields()
@@ -582,7 +582,7 @@ class SendOptions(_Command):
 
         @return: a list of C{(name, value)}.
         """
-        from mailproto._send import parseHeaderField
+        from mailproto._commandline._send import parseHeaderField
 
         headers = []
         for text in self["header"]:
@@ -648,9 +648,9 @@ class SendOptions(_Command):
         @param modes: the TLS mode options given, from L{_checkTLSOptions}.
         @param tlsOptions: every TLS option given, from L{_checkTLSOptions}.
         @return: C{(host, port, tls)}: C{host} and C{port} are C{None} for
-            C{--socket}; C{tls} is one of L{mailproto._send}'s TLS modes.
+            C{--socket}; C{tls} is one of L{mailproto._commandline._send}'s TLS modes.
         """
-        from mailproto._send import IMPLICIT, NO_TLS, OPPORTUNISTIC, STARTTLS
+        from mailproto._commandline._send import IMPLICIT, NO_TLS, OPPORTUNISTIC, STARTTLS
 
         host, port = self["server"], self["port"]
         if self["socket"] is not None:
@@ -688,7 +688,7 @@ class SendOptions(_Command):
 
         @return: the trust root, or C{None} to trust the system's.
         """
-        from mailproto._send import loadTrustRoot
+        from mailproto._commandline._send import loadTrustRoot
 
         if self["cafile"] is None:
             return None
@@ -701,9 +701,9 @@ class SendOptions(_Command):
 
     def makeCommand(self, reactor, stdout, stderr, **kw):
         """
-        @return: the L{mailproto._send.SendCommand} of these options.
+        @return: the L{mailproto._commandline._send.SendCommand} of these options.
         """
-        from mailproto._send import SendCommand
+        from mailproto._commandline._send import SendCommand
 
         return SendCommand(self.config, reactor, stdout, stderr, **kw)
 

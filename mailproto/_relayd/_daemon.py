@@ -39,17 +39,17 @@ from twisted.python import components, usage
 from zope.interface import implementer
 
 from mailproto._attempts import RetrySchedule
-from mailproto._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts
-from mailproto._control import ControlFactory, SpoolLock, socketPath
-from mailproto._privileges import giveSpool, runAs
-from mailproto._startup import describeStartFailure
+from mailproto._relayd._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts
+from mailproto._relayd._control import ControlFactory, SpoolLock, socketPath
+from mailproto._relayd._privileges import giveSpool, runAs
+from mailproto._relayd._startup import describeStartFailure
 from mailproto._grammar import isDomain
-from mailproto._logs import FORMATS as LOG_FORMATS, RelayLog
-from mailproto._proxy import proxyEndpoint
+from mailproto._relayd._logs import FORMATS as LOG_FORMATS, RelayLog
+from mailproto._relayd._proxy import proxyEndpoint
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
 from mailproto._relaymanager import SmartHostESMTPRelayingManager
 from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY, SmartHost, TLSPolicy
-from mailproto import _config, _submission
+from mailproto._relayd import _config, _submission
 from mailproto._replies import statusOf
 from mailproto._reports import ReportPolicy
 from mailproto._queue import Queue
@@ -261,10 +261,10 @@ class Options(usage.Options):
         ],
     ]
 
-    # Loop detection and submission hygiene: mailproto._submission.
+    # Loop detection and submission hygiene: mailproto._relayd._submission.
     optFlags = optFlags + _submission.OPT_FLAGS
     optParameters = optParameters + _submission.OPT_PARAMETERS
-    # The configuration file: mailproto._config.
+    # The configuration file: mailproto._relayd._config.
     optParameters = optParameters + _config.OPT_PARAMETERS
 
     compData = usage.Completions(
@@ -505,7 +505,7 @@ class Options(usage.Options):
             raise usage.UsageError("--private-key needs --certificate")
         self["tls"] = None
         if self["certificate"]:
-            from mailproto._cli import loadTLS
+            from mailproto._commandline._cli import loadTLS
 
             self["tls"] = loadTLS(self["certificate"], self["private-key"], "--certificate", "--private-key")
         if self["users"] is not None:
@@ -794,7 +794,7 @@ class RelayService(service.MultiService):
     connectionLimits = None
     authFailures = None
     checker = None
-    #: The L{mailproto._config.ConfigReloader} SIGHUP calls, or C{None}.
+    #: The L{mailproto._relayd._config.ConfigReloader} SIGHUP calls, or C{None}.
     reloader = None
 
     def __init__(
@@ -1267,7 +1267,7 @@ def _addMetrics(relay: RelayService, options: Options, intake, reportPolicy: Rep
     """
     if not options["metrics"]:
         return
-    from mailproto._metrics import RelayMetrics
+    from mailproto._relayd._metrics import RelayMetrics
 
     relay.metrics = RelayMetrics(relay.queue, relay.manager, reactor)
     relay.connectionLimits.observers.append(relay.metrics.limitActed)

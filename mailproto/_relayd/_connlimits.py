@@ -15,7 +15,7 @@ connections ...} (the text names the limit) and closed, and never
 reaches the server's protocol.  The check is made when the connection is
 made, not when it is accepted, so that:
 
-  - behind the PROXY protocol (L{mailproto._proxy}), whose wrapper
+  - behind the PROXY protocol (L{mailproto._relayd._proxy}), whose wrapper
     connects the server's protocol only once the header is read, the
     address judged is the client's from the header, not the proxy's;
   - with implicit TLS (C{TLSMemoryBIOFactory} around this factory), the

@@ -681,7 +681,7 @@ async def dropIntoSpool(reactor, spool: str, sender: bytes, recipients: list[byt
         L{EX_CANTCREAT} if the message cannot be written for another
         reason.
     """
-    from mailproto._control import RelayNotRunning, SpoolBusy, SpoolLock, ask
+    from mailproto._relayd._control import RelayNotRunning, SpoolBusy, SpoolLock, ask
     from mailproto._headers import rfc822date
     from mailproto._queue import TRUSTED, Envelope, Queue, Recipient, newMessageID
 

@@ -5,7 +5,7 @@ The sender behind C{mailproto send}: test messages for people checking a
 mail server, like a small swaks.
 
   - L{SendConfig} says what to send, where and how; C{mailproto send}'s
-    options make one (see L{mailproto._cli.SendOptions}).
+    options make one (see L{mailproto._commandline._cli.SendOptions}).
   - L{GeneratedMessages} makes numbered test messages (Date, Message-ID,
     From, To, Subject C{mailproto test N}, a short body);
     L{FileMessages} sends a message file, with header fields put in front.

@@ -11,7 +11,7 @@ The file is turned into command-line arguments (C{max-clients = 500}
 becomes C{--max-clients=500}, C{smtp = ["tcp:25", "tcp:26"]} becomes two
 C{--smtp}, C{soft-bounce = true} becomes C{--soft-bounce}), placed
 I{before} the real command line, and the whole is parsed by the same
-L{mailproto._daemon.Options}: every check its C{postOptions} makes
+L{mailproto._relayd._daemon.Options}: every check its C{postOptions} makes
 applies to the file as it does to the command line, and there is no
 second list of what each option means.  What this module checks itself
 is only what the command line cannot express: a key that is no option,
@@ -291,7 +291,7 @@ class ConfigReloader:
         self._reportPolicy = reportPolicy
 
     def _parse(self):
-        from mailproto._daemon import Options
+        from mailproto._relayd._daemon import Options
 
         class ReloadOptions(Options):
             def _checkSpool(self) -> None:

@@ -16,7 +16,7 @@ prefix no other queued message's id starts with.
 C{list} and C{show} read the spool's files, which the relay only ever
 replaces whole, so they are safe at any time.  The others pick their
 messages from those files too, then change them one by one through the
-running relay's control socket (see L{mailproto._control}), so that the
+running relay's control socket (see L{mailproto._relayd._control}), so that the
 relay, which keeps the queue's state in memory, does the change; when
 no relay runs on the spool, they take its lock and change the files
 themselves.  C{hold} keeps a message from being tried (L{Envelope.held
@@ -39,7 +39,7 @@ from twisted.internet import defer
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from mailproto._control import RelayNotRunning, SpoolBusy, SpoolLock, ask
+from mailproto._relayd._control import RelayNotRunning, SpoolBusy, SpoolLock, ask
 from mailproto._queue import WAITING, Queue, _isID, openQueueFile, readQueueFile, replyToData
 from mailproto._twistedqueue import importTwistedQueue
 
@@ -250,7 +250,7 @@ def _duration(text: str) -> float:
     """
     C{--older-than}: a duration as C{twistd mailrelay} takes them.
     """
-    from mailproto._daemon import parseDuration
+    from mailproto._relayd._daemon import parseDuration
 
     return parseDuration(text)
 
@@ -293,7 +293,7 @@ class _QueueCommand(usage.Options):
         """
         Print the version of mailproto and exit.
         """
-        from mailproto._cli import _printVersion
+        from mailproto._commandline._cli import _printVersion
 
         _printVersion()
 
@@ -882,7 +882,7 @@ class QueueOptions(usage.Options):
         """
         Print the version of mailproto and exit.
         """
-        from mailproto._cli import _printVersion
+        from mailproto._commandline._cli import _printVersion
 
         _printVersion()
 

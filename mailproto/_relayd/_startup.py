@@ -12,8 +12,8 @@ import errno
 
 from twisted.internet.error import CannotListenError
 
-from mailproto._control import SpoolBusy
-from mailproto._privileges import SpoolNotUsable
+from mailproto._relayd._control import SpoolBusy
+from mailproto._relayd._privileges import SpoolNotUsable
 
 
 def _where(error: CannotListenError) -> str:

@@ -17,7 +17,7 @@ The relay's Prometheus metrics (C{twistd mailrelay --metrics ENDPOINT})::
     mailrelay_limits_total{listener,limit}           times an intake limit acted
     mailrelay_policy_refusals_total{policy}          times a recipient or report policy refused
 
-The intake policies (L{mailproto._headerpolicy}, L{mailproto._submission})
+The intake policies (L{mailproto._headerpolicy}, L{mailproto._relayd._submission})
 are C{hops} and C{loop} (a message refused, C{--max-hops},
 C{--max-own-hops}), C{sender-login} and C{from-header} (a sender refused,
 C{--sender-login-map}, C{--check-from-header}), C{date} and C{message-id}
