@@ -298,7 +298,7 @@ class _QueueCommand(usage.Options):
         _printVersion()
 
     synopsis = "[options]"
-    optParameters = [["spool", "s", DEFAULT_SPOOL, "The relay's spool directory."]]
+    optParameters = [["spool", "s", None, f"The relay's spool directory [default: $MAILPROTO_SPOOL, else {DEFAULT_SPOOL}]."]]
 
     def getSynopsis(self) -> str:
         return f"Usage: mailproto queue {self.parent.subCommand} {self.synopsis}"
@@ -326,6 +326,10 @@ class _QueueCommand(usage.Options):
     problem: str | None = None
 
     def postOptions(self) -> None:
+        if self["spool"] is None:
+            # A system-wide spool, as the relay's own: set once for every
+            # command (and for mailproto sendmail).
+            self["spool"] = os.environ.get("MAILPROTO_SPOOL") or DEFAULT_SPOOL
         problem = spoolProblem(self["spool"])
         if problem is not None:
             text, status = problem

@@ -406,6 +406,20 @@ class OfflineCommandTests(TestCase):
         status = runCommand(["queue", *argv], reactor=object(), stdout=out, stderr=err)
         return status, out.getvalue(), err.getvalue()
 
+    def test_spoolFromEnvironment(self):
+        """
+        Without C{--spool}, C{MAILPROTO_SPOOL} names the spool (a
+        system-wide one, set once); C{--spool} still wins.
+        """
+        self.patch(os, "environ", dict(os.environ, MAILPROTO_SPOOL=self.spool))
+        status, out, err = self.run_("list")
+        self.assertEqual((status, err), (0, ""))
+        for queueID in self.ids:
+            self.assertIn(queueID, out)
+        status, out, err = self.run_("list", "--spool", os.path.abspath(self.mktemp()))
+        self.assertEqual(status, 2, err)
+        self.assertIn("no such directory", err)
+
     def test_list(self):
         """
         C{list} shows every message: id, size, attempts, when the next is
