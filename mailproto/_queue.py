@@ -183,6 +183,15 @@ class Envelope:
         queue hold}): it is never attempted until released, and its
         lifetime does not run out meanwhile (it is only checked at an
         attempt).
+    @ivar requireTLS: whether MAIL had REQUIRETLS (RFC 8689): the message
+        may only go on over TLS with a validated certificate, to a server
+        that offers REQUIRETLS.  Written in the queue file only when true.
+    @ivar prefix: header fields made at intake once the data was in, sent
+        before the message's data (a C{DKIM-Signature}); kept in the state
+        file, written with the message at commit.
+    @ivar tlsOptional: whether the message asked, with C{TLS-Required:
+        No} (RFC 8689 section 5), that the relay's TLS policies (MTA-STS,
+        DANE) be ignored for it; kept in the state file.
     """
 
     id: str
@@ -203,6 +212,9 @@ class Envelope:
     warned: bool = False
     origin: str | None = None
     held: bool = False
+    requireTLS: bool = False
+    prefix: bytes = b""
+    tlsOptional: bool = False
 
     @classmethod
     def fromCommands(cls, queueID: str, mail: MailFrom, rcpts: list[RcptTo], received: float, **kw) -> Envelope:
@@ -255,13 +267,15 @@ class Envelope:
         }
         if self.origin is not None:
             header["origin"] = self.origin
+        if self.requireTLS:
+            header["requiretls"] = True
         return header
 
     def state(self) -> dict:
         """
         @return: the mutable part, as written in the state file.
         """
-        return {
+        state = {
             "version": STATE_VERSION,
             "size": self.size,
             "attempts": self.attempts,
@@ -271,6 +285,21 @@ class Envelope:
             "held": self.held,
             "recipients": [{"state": r.state, "lastReply": replyToData(r.lastReply), "lastHost": r.lastHost} for r in self.recipients],
         }
+        # Written only when set, so that a version before these fields
+        # reads the file too.
+        if self.prefix:
+            state["prefix"] = _text(self.prefix)
+        if self.tlsOptional:
+            state["tlsOptional"] = True
+        return state
+
+    @property
+    def stateAtCommit(self) -> bool:
+        """
+        Whether the state file must be written with the message at commit:
+        intake made a part of it (L{prefix}, L{tlsOptional}).
+        """
+        return bool(self.prefix) or self.tlsOptional
 
     @classmethod
     def fromHeader(cls, header: dict) -> Envelope:
@@ -308,6 +337,7 @@ class Envelope:
                 helo=header.get("helo"),
                 user=header.get("user"),
                 origin=origin,
+                requireTLS=_check(header.get("requiretls", False), bool, "requiretls"),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed envelope: {e!r}") from None
@@ -355,6 +385,9 @@ class Envelope:
             lastReply = replyFromData(state.get("lastReply"), "lastReply")
         self.lastReply = lastReply
         held = _check(state.get("held", False), bool, "held")
+        prefix = _check(state.get("prefix", ""), str, "prefix")
+        self.tlsOptional = _check(state.get("tlsOptional", False), bool, "tlsOptional")
+        self.prefix = _bytes(prefix) or b""
         self.warned = _check(state.get("warned", False), bool, "warned")
         self.held = held
         self.size, self.attempts, self.nextAttempt = size, attempts, float(nextAttempt)
@@ -630,6 +663,7 @@ class SpoolFile:
         self._size = 0
         self._closed = False
         self._message: bytes | None = None
+        self._state: dict | None = None
 
     def write(self, data: bytes) -> None:
         self._size += len(data)
@@ -664,6 +698,8 @@ class SpoolFile:
         """
         self.envelope.size = self.size
         self._closed = True
+        # Taken now, in the reactor thread, as for every state write.
+        self._state = self.envelope.state() if self.envelope.stateAtCommit else None
         d = self.queue._committer.submit(("commit", self))
         d.addCallback(lambda _: self.queue._committed(self))
         return d
@@ -1017,6 +1053,11 @@ class Queue(TwistedMailQueueMixin, QueueView):
             try:
                 if kind == "commit":
                     item._writeOut()
+                    if item._state is not None:
+                        # Before the message is in queue/: a crash in
+                        # between leaves a state without its message,
+                        # which recovery removes.
+                        self._writeState((item.envelope.id, item._state))
                     written.append(i)
                 elif kind == "state":
                     self._writeState(item)

@@ -115,3 +115,35 @@ class ReadAheadProducer:
         The file could not be read (or transformed): the transfer stopped.
         """
         raise NotImplementedError
+
+
+class PrefixedFile:
+    """
+    A file read after some octets that go before it: a queued message
+    with the header fields made for it at intake (L{Envelope.prefix
+    <mailproto._queue.Envelope.prefix>}, a C{DKIM-Signature}).  Only what
+    L{ReadAheadProducer} uses: C{read} and C{close}.
+    """
+
+    def __init__(self, prefix: bytes, file) -> None:
+        """
+        @param prefix: the octets read first.
+        @param file: the file read after them, open in binary mode.
+        """
+        self._prefix = prefix
+        self.file = file
+
+    def read(self, size: int = -1) -> bytes:
+        """
+        @return: up to C{size} octets (all if negative), the prefix first.
+        """
+        if not self._prefix:
+            return self.file.read(size)
+        if 0 <= size < len(self._prefix):
+            out, self._prefix = self._prefix[:size], self._prefix[size:]
+            return out
+        out, self._prefix = self._prefix, b""
+        return out + self.file.read(-1 if size < 0 else size - len(out))
+
+    def close(self) -> None:
+        self.file.close()

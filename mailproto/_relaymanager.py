@@ -66,6 +66,7 @@ from mailproto._connection import Connection, Session
 from mailproto._jobs import Job, MessageAttempt, sortRecipients
 from mailproto._mx import Candidate, Destination, MXCalculator
 from mailproto._queue import Envelope
+from mailproto._readahead import PrefixedFile
 from mailproto._recorder import AttemptRecorder
 from mailproto._relayers import ESMTPManagedRelayerFactory, SMTPManagedRelayerFactory, configureSecurity
 from mailproto._reports import show
@@ -416,7 +417,7 @@ class SmartHostSMTPRelayingManager:
         byDestination, refused = sortRecipients(envelope, SMARTHOST if self.smartHost is not None else None)
         for address, refusal in refused.items():
             _log.warn("Cannot send {queueID} to <{recipient}>: {reply}", queueID=envelope.id, recipient=show(address), reply=refusal)
-        opener, path = self._opener(envelope.id), self.queue.getPath(envelope.id)
+        opener, path = self._opener(envelope), self.queue.getPath(envelope.id)
         jobs = [attempt.add(Job(envelope, rcpts, destination, attempt, opener, path)) for destination, rcpts in byDestination.items()]
         nowhere = attempt.add(Job(envelope, [r for r in envelope.waiting if r.address in refused], "", attempt)) if refused else None
         if envelope.attempts:
@@ -427,8 +428,10 @@ class SmartHostSMTPRelayingManager:
         if nowhere is not None:
             self.recorder.jobAnswered(nowhere, refused, None, True)
 
-    def _opener(self, queueID: str):
-        return lambda: self.queue.openMessage(queueID)
+    def _opener(self, envelope: Envelope):
+        if envelope.prefix:
+            return lambda: PrefixedFile(envelope.prefix, self.queue.openMessage(envelope.id))
+        return lambda: self.queue.openMessage(envelope.id)
 
     def attemptSettled(self, envelope: Envelope) -> None:
         """

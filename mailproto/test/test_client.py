@@ -2386,3 +2386,29 @@ class EveryStateTests(SynchronousTestCase):
                 if delivered:
                     self.assertIn(state, ("end of data", "pipelined end of data", "BDAT"), f"{state} + {reply!r}")
                     self.assertIn(reply, (b"250 x\r\n", b"251 x\r\n"), f"{state} + {reply!r}")
+
+
+class PrefixedFileTests(SynchronousTestCase):
+    """
+    L{mailproto._readahead.PrefixedFile}: a queued message with the header
+    fields made for it at intake, read in chunks of any size.
+    """
+
+    def test_chunks(self):
+        """
+        Whatever the chunk size, the octets come prefix first, then the
+        file, each once; closing closes the file.
+        """
+        from mailproto._readahead import PrefixedFile
+
+        prefix, data = b"DKIM-Signature: v=1\r\n", b"Subject: x\r\n\r\nbody\r\n" * 5
+        for size in (1, 3, len(prefix) - 1, len(prefix), len(prefix) + 1, 64, -1):
+            inner = io.BytesIO(data)
+            f = PrefixedFile(prefix, inner)
+            pieces = []
+            while chunk := f.read(size):
+                self.assertLessEqual(len(chunk), size if size > 0 else len(prefix + data))
+                pieces.append(chunk)
+            self.assertEqual(b"".join(pieces), prefix + data, size)
+            f.close()
+            self.assertTrue(inner.closed)

@@ -146,6 +146,29 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual((found.attempts, found.nextAttempt), (2, 2000.0))
         self.assertEqual([r.address for r in found.waiting], [b"c@example.com"])
 
+    def test_intakeStateAtCommit(self):
+        """
+        What intake makes once the data is in (a C{DKIM-Signature} to send
+        first, C{TLS-Required: No}) is written in the state file at commit,
+        and read back at recovery with C{requireTLS} from the envelope line;
+        a message without them has no state file until its first update.
+        """
+        plain = self.add()
+        spool = self.queue.newMessage(envelope(requireTLS=True))
+        spool.write(b"Subject: x\r\n\r\nhi\r\n")
+        spool.envelope.prefix = b"DKIM-Signature: v=1; d=example.org\r\n"
+        spool.envelope.tlsOptional = True
+        signed = self.successResultOf(spool.commit())
+        names = sorted(os.listdir(os.path.join(self.directory, "queue")))
+        self.assertEqual(names, sorted([plain.id, signed.id, signed.id + ".state"]))
+        found = Queue(self.directory, runInThread=synchronously)
+        found.recover()
+        again = found.getEnvelope(signed.id)
+        self.assertEqual((again.prefix, again.tlsOptional, again.requireTLS), (spool.envelope.prefix, True, True))
+        self.assertEqual((found.getEnvelope(plain.id).prefix, found.getEnvelope(plain.id).requireTLS), (b"", False))
+        with found.openMessage(signed.id) as f:
+            self.assertEqual(f.read(), b"Subject: x\r\n\r\nhi\r\n")
+
     def test_remove(self):
         """
         A removed message's files are gone, without an C{fsync}: a removal
@@ -382,6 +405,19 @@ class StateValidationTests(SynchronousTestCase):
         self.assertEqual((counts["queued"], counts["corrupt"]), (1, 0))
         self.assertFalse(queue.getEnvelope(self.envelope.id).held)
         self.assertEqual(self.recoverWith(dict(self.good, held="yes"))[1]["corrupt"], 1)
+
+    def test_intakeFields(self):
+        """
+        C{prefix} and C{tlsOptional} are written only when set, so a state
+        without them reads as before; values of the wrong type set the
+        state aside.
+        """
+        self.assertNotIn("prefix", self.good)
+        self.assertNotIn("tlsOptional", self.good)
+        found = self.recoverWith(dict(self.good, prefix="X-A: 1\r\n", tlsOptional=True))[0].getEnvelope(self.envelope.id)
+        self.assertEqual((found.prefix, found.tlsOptional), (b"X-A: 1\r\n", True))
+        self.assertEqual(self.recoverWith(dict(self.good, prefix=7))[1]["corrupt"], 1)
+        self.assertEqual(self.recoverWith(dict(self.good, tlsOptional="no"))[1]["corrupt"], 1)
 
     def test_version1(self):
         """
