@@ -9,8 +9,12 @@ A L{Connection} goes through these states::
   =========  ===========================================================
   state      leaves it when
   =========  ===========================================================
-  routing    the route is found: I{trying} its first address; or not
-             found: every job gets the routing failure, I{finished}
+  routing    the route is found: I{securing}; or not found: every job
+             gets the routing failure, I{finished}
+  securing   the destination's TLS policy is known
+             (L{mailproto._security._policies}): I{trying} its first
+             address the policy allows; or no address is allowed: every
+             job is deferred with the policy's reply, I{finished}
   trying     a session (L{Session}) with one address is over: its
              unanswered jobs go to the same address without TLS (TLS
              failed under C{may}, nothing answered yet), to the next
@@ -22,7 +26,9 @@ A L{Connection} goes through these states::
 
 The connection alone owns its jobs: it takes them from the destination's
 line, hands them to the session's relayer, and gives each job's replies
-to the attempt it belongs to.
+to the attempt it belongs to.  A job whose message has REQUIRETLS (RFC
+8689) goes only where every host the policy allows has its certificate
+checked; elsewhere it fails at once with C{5.7.30}.
 """
 
 from __future__ import annotations
@@ -36,12 +42,15 @@ from mailproto._jobs import Job, ownReply
 from mailproto._mx import Candidate, Destination
 from mailproto._relayers import IRelayOwner
 from mailproto._replies import Reply
+from mailproto._errors import TLSRequiredError
+from mailproto._security._policies import requireTLSRefusal
+from mailproto._security._webpki import TLSOutcome
 from mailproto._smarthost import MAY, SMARTHOST, TLSPolicy
 from mailproto._verdicts import connectionReply, refusedConfiguration, refusesSession, routingReply, sessionDeferral, tooMany
 
 _log = Logger(namespace="mailproto.relaymanager")
 
-ROUTING, TRYING, FINISHED = "routing", "trying", "finished"
+ROUTING, SECURING, TRYING, FINISHED = "routing", "securing", "trying", "finished"
 """The states of a L{Connection}."""
 
 
@@ -62,9 +71,14 @@ class Session:
         self.over = False
         #: The relayer factory made for it.
         self.factory = None
+        #: The relayer, once configured.
+        self.relayer = None
+        #: What the session learnt about TLS.
+        self.outcome = TLSOutcome()
         self._configurationLogged = False
 
     def configureRelayer(self, relayer) -> None:
+        self.relayer = relayer
         self.connection.manager.configureRelayer(relayer, self.connection)
 
     def jobAnswered(self, job: Job, replies: dict[bytes, Reply], dsn: bool) -> list[Job]:
@@ -108,7 +122,7 @@ class Session:
     def moreJobs(self) -> list[Job]:
         if self.over:
             return []
-        jobs = self.connection.manager.lines.moreJobs(self.connection)
+        jobs = self.connection.admit(self.connection.manager.lines.moreJobs(self.connection))
         self.connection.jobs.extend(jobs)
         return jobs
 
@@ -119,6 +133,7 @@ class Session:
         if self.over:
             return
         self.over = True
+        self.connection.tlsSessionEnded(self, reason, tlsFailed)
         self.connection.sessionEnded(reason, connected, tlsFailed)
 
 
@@ -130,12 +145,16 @@ class Connection:
     @ivar manager: the relaying manager.
     @ivar destination: the destination's key.
     @ivar jobs: every job given to it.
-    @ivar state: L{ROUTING}, L{TRYING} or L{FINISHED}.
+    @ivar state: L{ROUTING}, L{SECURING}, L{TRYING} or L{FINISHED}.
     @ivar host: the host being tried (or last tried).
     @ivar answered: how many jobs the current session answered.
     @ivar session: the current L{Session}, or C{None}.
     @ivar done: a C{Deferred} that fires when it is finished.
-    @ivar tls: the destination's L{TLSPolicy}.
+    @ivar tls: the TLS policy of the host being tried (a L{HostTLS
+        <mailproto._security._policies.HostTLS>}); the destination's
+        configured L{TLSPolicy} until its security is known.
+    @ivar security: the destination's L{DestinationSecurity
+        <mailproto._security._policies.DestinationSecurity>}, once known.
     @ivar plaintext: whether the session being made goes without TLS: the
         same address again after TLS failed under the policy C{may}.
     """
@@ -153,6 +172,7 @@ class Connection:
         self.lastError = None
         self.done = defer.Deferred()
         self.tls = tls
+        self.security = None
         self.plaintext = False
         self._address: str | None = None
 
@@ -175,10 +195,38 @@ class Connection:
         d.addErrback(self._bug)
 
     def _routed(self, route: Destination) -> None:
+        self.state = SECURING
+        d = self.manager.secure(self.destination, route, self.jobs)
+        d.addCallback(self._secured, route)
+        d.addErrback(self._bug)
+
+    def _secured(self, security, route: Destination) -> None:
+        self.security = security
+        if security.refusal is not None:
+            self._finish(self.jobs, security.refusal)
+            return
         limit = self.manager.maxAddresses
-        self.addresses = [(candidate, address) for candidate in route for address in candidate.addresses][:limit]
+        allowed = [(candidate, address) for candidate in route if security.allows(candidate.host) for address in candidate.addresses]
+        self.addresses = allowed[:limit]
         self.state = TRYING
+        self.admit(self.jobs)
         self._next()
+
+    def admit(self, jobs: list[Job]) -> list[Job]:
+        """
+        @return: those of C{jobs} this connection may carry; a job whose
+            message has REQUIRETLS fails at once (C{5.7.30}) unless every
+            host allowed has its certificate checked.
+        """
+        if not any(job.envelope.requireTLS for job in jobs) or self._validated():
+            return jobs
+        kept = []
+        for job in jobs:
+            if job.envelope.requireTLS:
+                self.manager.recorder.jobFailed(job, requireTLSRefusal(), None)
+            else:
+                kept.append(job)
+        return kept
 
     def _notRouted(self, failure: Failure) -> None:
         reply = routingReply(failure)
@@ -191,6 +239,16 @@ class Connection:
         _log.failure("Relaying to {destination} failed", failure, destination=self.destination)
         self._finish(self.unanswered, ownReply(451, "4.3.0", "Internal error"))
 
+    def _validated(self) -> bool:
+        """
+        Whether every host left to try (and the one being tried) has its
+        certificate checked.
+        """
+        hosts = {candidate.host for candidate, _ in self.addresses} | ({self.host} if self.host else set())
+        if self.security is None or not hosts:
+            return False
+        return all(getattr(self.security.forHost(host), "validated", False) for host in hosts)
+
     def _next(self, plaintext: bool = False) -> None:
         jobs = self.unanswered
         if not jobs:
@@ -202,10 +260,23 @@ class Connection:
             return
         self.candidate, self._address = self.addresses.pop(0)
         self.host = self.candidate.host
+        if self.security is not None:
+            self.tls = self.security.forHost(self.host) or self.tls
         self.plaintext = plaintext
         self.answered = 0
         self.session = Session(self, jobs)
         self.manager.connect(self.session, self._address)
+
+    def tlsSessionEnded(self, session: Session, reason, tlsFailed: bool) -> None:
+        """
+        Tell the relay's TLS policies what a session learnt about TLS.
+        """
+        relayer = session.relayer
+        if relayer is None or self.plaintext:
+            return
+        session.outcome.established = bool(getattr(relayer, "_startedTLS", False)) and not tlsFailed
+        missing = isinstance(reason, TLSRequiredError) or (isinstance(reason, Failure) and reason.check(TLSRequiredError) is not None)
+        self.manager.tlsSessionEnded(self.tls, self.host, self._address, session.outcome, reason, missing)
 
     def sessionEnded(self, reason, connected: bool, tlsFailed: bool) -> None:
         """

@@ -404,7 +404,7 @@ class ESMTPManagedRelayerFactory(SMTPManagedRelayerFactory):
 
 
 
-def configureSecurity(relayer: ESMTPClient, tls, name: str, smartHost=None, plaintext: bool = False) -> None:
+def configureSecurity(relayer: ESMTPClient, tls, name: str, smartHost=None, plaintext: bool = False, outcome=None) -> None:
     """
     Set up an ESMTP relayer's TLS and AUTH for its destination.
 
@@ -416,10 +416,14 @@ def configureSecurity(relayer: ESMTPClient, tls, name: str, smartHost=None, plai
         C{None}.
     @param plaintext: whether this session goes without TLS (TLS failed
         under C{may}).
+    @param outcome: where the session's TLS outcome is written (a
+        L{TLSOutcome <mailproto._security._webpki.TLSOutcome>}), for a
+        policy that keeps one (a L{HostTLS
+        <mailproto._security._policies.HostTLS>}); else C{None}.
     """
     implicit = smartHost is not None and smartHost.implicitTLS
     if relayer.context is None and tls.mode != NONE and not implicit and not plaintext:
-        relayer.context = tls.contextFor(name)
+        relayer.context = tls.contextFor(name, outcome) if outcome is not None and hasattr(tls, "validated") else tls.contextFor(name)
     if tls.required:
         relayer.requireTransportSecurity = True
         relayer.heloFallback = False

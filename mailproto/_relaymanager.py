@@ -71,6 +71,7 @@ from mailproto._recorder import AttemptRecorder
 from mailproto._relayers import ESMTPManagedRelayerFactory, SMTPManagedRelayerFactory, configureSecurity
 from mailproto._reports import show
 from mailproto._scheduler import DestinationLines, DueTimes
+from mailproto._security._policies import staticSecurity
 from mailproto._smarthost import MAY, SMARTHOST, SmartHost, TLSPolicy, domainKey
 
 _log = Logger(namespace="mailproto.relaymanager")
@@ -130,6 +131,7 @@ class SmartHostSMTPRelayingManager:
         returnLimit: int | None = DEFAULT_RETURN_LIMIT,
         connectionCacheTime: float = 2.0,
         softBounce: bool = False,
+        security=None,
     ) -> None:
         """
         @param queue: the L{Queue} (or L{mailproto.testing.MemoryQueue}).
@@ -163,6 +165,11 @@ class SmartHostSMTPRelayingManager:
             the recipient instead, as Postfix's C{soft_bounce}: for
             testing a new setup without returning mail.  Messages still
             expire after the schedule's lifetime.
+        @param security: the L{SecurityPolicies
+            <mailproto._security._policies.SecurityPolicies>} (MTA-STS,
+            DANE, per-domain modes, TLS reports) for mail exchangers; if
+            C{None}, C{tls} and C{tlsPolicies} alone decide.  Either way a
+            domain in C{tlsPolicies} gets its policy there.
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -194,6 +201,7 @@ class SmartHostSMTPRelayingManager:
         self.running = False
         self.connectionCacheTime = connectionCacheTime
         self.softBounce = softBounce
+        self.security = security
         self.stats = collections.Counter()
         self.outcomeListeners: list = []
         self.due = DueTimes(self, self._wakeUp)
@@ -477,6 +485,26 @@ class SmartHostSMTPRelayingManager:
             return self.smartHost.tls
         return self.tlsPolicies.get(destination, self.tls)
 
+    def secure(self, destination: str, route: Destination, jobs: list[Job]) -> defer.Deferred:
+        """
+        @return: a C{Deferred} firing with the L{DestinationSecurity} of a
+            routed destination: what TLS each of its hosts gets.  MTA-STS
+            and DANE are ignored only when every message of C{jobs} asked
+            so (C{TLS-Required: No}).
+        """
+        if destination == SMARTHOST or self.security is None or destination in self.tlsPolicies:
+            return defer.succeed(staticSecurity(destination, self.tlsPolicyFor(destination)))
+        ignore = bool(jobs) and all(job.envelope.tlsOptional for job in jobs)
+        return self.security.resolve(destination, route, ignorePolicies=ignore)
+
+    def tlsSessionEnded(self, tls, host, address, outcome, reason, starttlsMissing: bool) -> None:
+        """
+        A session with a mail exchanger is over: its TLS outcome goes to
+        the security policies' counters and reports.
+        """
+        if self.security is not None:
+            self.security.sessionEnded(tls, host, address, outcome, reason, starttlsMissing)
+
     def route(self, destination: str) -> defer.Deferred:
         """
         @return: a C{Deferred} firing with the L{Destination} (hosts and
@@ -520,7 +548,8 @@ class SmartHostSMTPRelayingManager:
             return
         smartHost = self.smartHost if connection.destination == SMARTHOST else None
         name = smartHost.host if smartHost is not None else (connection.host or connection.destination)
-        configureSecurity(relayer, connection.tls, name, smartHost, connection.plaintext)
+        session = connection.session
+        configureSecurity(relayer, connection.tls, name, smartHost, connection.plaintext, session.outcome if session is not None else None)
 
 
 class SmartHostESMTPRelayingManager(SmartHostSMTPRelayingManager):

@@ -11,14 +11,15 @@ from twisted.internet import defer, error
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailproto._connection import FINISHED, ROUTING, TRYING, Connection
+from mailproto._connection import FINISHED, ROUTING, SECURING, TRYING, Connection
 from mailproto._errors import SMTPProtocolError
 from mailproto._jobs import Job, MessageAttempt
 from mailproto._mx import Candidate, Destination, NoSuchDomain
 from mailproto._queue import Envelope, Recipient
 from mailproto._relayers import IRelayOwner
 from mailproto._replies import Reply
-from mailproto._smarthost import ENCRYPT, MAY, TLSPolicy
+from mailproto._security._policies import DestinationSecurity, HostTLS, staticSecurity
+from mailproto._smarthost import ENCRYPT, MAY, VERIFY, TLSPolicy
 
 OK = Reply(250, [b"Ok"], b"2.0.0")
 
@@ -59,6 +60,7 @@ class _Manager:
         self.lines = _Lines()
         self.sessions = []
         self.ended = []
+        self.tls = TLSPolicy(MAY)
 
     def route(self, destination):
         return self.routing
@@ -67,6 +69,18 @@ class _Manager:
         self.sessions.append((session, address, session.connection.plaintext))
 
     def configureRelayer(self, relayer, connection):
+        pass
+
+    #: What L{secure} answers, if set; else the policy the connection
+    #: was made with.
+    security = None
+
+    def secure(self, destination, route, jobs):
+        if self.security is not None:
+            return self.security
+        return defer.succeed(staticSecurity(destination, self.tls))
+
+    def tlsSessionEnded(self, tls, host, address, outcome, reason, starttlsMissing):
         pass
 
     def connectionEnded(self, connection):
@@ -92,6 +106,7 @@ class ConnectionStateTests(SynchronousTestCase):
     def connectionIn(self, state, tls=MAY):
         routing = defer.Deferred()
         manager = _Manager(routing)
+        manager.tls = TLSPolicy(tls)
         jobs = _jobs()
         connection = Connection(manager, "example.com", jobs, TLSPolicy(tls))
         connection.start()
@@ -206,6 +221,96 @@ class ConnectionStateTests(SynchronousTestCase):
         self.assertEqual(manager.recorder.answered, answered)
         self.assertEqual(manager.ended, [connection])
         self.assertEqual(connection.state, FINISHED)
+
+
+class SecuringTests(SynchronousTestCase):
+    """
+    The I{securing} state: a routed connection waits for its
+    destination's TLS policy, and follows it.
+    """
+
+    def securing(self, jobs=None):
+        manager = _Manager(defer.succeed(ROUTE))
+        manager.security = defer.Deferred()
+        jobs = jobs or _jobs()
+        connection = Connection(manager, "example.com", jobs, TLSPolicy(MAY))
+        connection.start()
+        self.assertEqual((connection.state, manager.sessions), (SECURING, []))
+        return connection, manager, jobs
+
+    def test_allowedHostsOnly(self):
+        """
+        Only the hosts the policy allows are tried, each with its own TLS.
+        """
+        connection, manager, jobs = self.securing()
+        verified = HostTLS(VERIFY, source="mta-sts")
+        manager.security.callback(DestinationSecurity("example.com", None, {"mx2.example.com": verified}, source="mta-sts"))
+        self.assertEqual(connection.state, TRYING)
+        self.assertEqual([address for _, address, _ in manager.sessions], ["192.0.2.2"])
+        self.assertIs(connection.tls, verified)
+        connection.session.ended(REFUSED, False, False)
+        self.assertEqual(connection.state, FINISHED)
+        self.assertEqual(len(manager.sessions), 1)
+
+    def test_refused(self):
+        """
+        A policy that allows no host defers every job with its reply, and
+        no connection is made.
+        """
+        connection, manager, jobs = self.securing()
+        refusal = Reply(451, [b"No MX host matches"], b"4.7.5")
+        manager.security.callback(DestinationSecurity("example.com", None, {}, refusal, "mta-sts"))
+        self.assertEqual(connection.state, FINISHED)
+        self.assertEqual(manager.sessions, [])
+        self.assertEqual([(job, reply) for job, reply in manager.recorder.failed], [(job, refusal) for job in jobs])
+
+    def test_failed(self):
+        """
+        A policy lookup that fails by a bug defers the jobs (4.3.0), logged.
+        """
+        connection, manager, jobs = self.securing()
+        manager.security.errback(ZeroDivisionError())
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual({(reply.code, reply.status) for _, reply in manager.recorder.failed}, {(451, b"4.3.0")})
+
+    def requireTLS(self):
+        jobs = _jobs()
+        jobs[0].envelope.requireTLS = True
+        other = _jobs()
+        return jobs + other
+
+    def test_requireTLSUnchecked(self):
+        """
+        A REQUIRETLS message fails at once with 5.7.30 when a host the
+        policy allows has no checked certificate; the others go on.
+        """
+        jobs = self.requireTLS()
+        connection, manager, jobs = self.securing(jobs)
+        manager.security.callback(DestinationSecurity("example.com", HostTLS(MAY)))
+        self.assertEqual([(job, reply.code, reply.status) for job, reply in manager.recorder.failed], [(jobs[0], 550, b"5.7.30"), (jobs[1], 550, b"5.7.30")])
+        self.assertEqual(connection.session.jobs, jobs[2:])
+
+    def test_requireTLSChecked(self):
+        """
+        Where every host has a checked certificate, REQUIRETLS mail goes.
+        """
+        jobs = self.requireTLS()
+        connection, manager, jobs = self.securing(jobs)
+        manager.security.callback(DestinationSecurity("example.com", HostTLS(VERIFY)))
+        self.assertEqual(manager.recorder.failed, [])
+        self.assertEqual(connection.session.jobs, jobs)
+
+    def test_requireTLSLater(self):
+        """
+        A REQUIRETLS job offered to a connection later (L{Session.moreJobs})
+        is refused the same way.
+        """
+        connection, manager, jobs = self.securing()
+        manager.security.callback(DestinationSecurity("example.com", HostTLS(MAY)))
+        later = self.requireTLS()[:2]
+        manager.lines.moreJobs = lambda connection: later
+        self.assertEqual(connection.session.moreJobs(), [])
+        self.assertEqual([reply.status for _, reply in manager.recorder.failed], [b"5.7.30", b"5.7.30"])
 
 
 class SessionTests(SynchronousTestCase):
