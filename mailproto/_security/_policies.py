@@ -33,7 +33,7 @@ Each session's outcome (L{TLSOutcome}) goes to the TLS report store
 (RFC 8460) under the policy that applied, and to the counters in
 L{SecurityPolicies.stats}.
 
-A message with C{TLS-Required: No} (RFC 8689 section 5) ignores MTA-STS
+A message with C{TLS-Required: No} (RFC 8689) ignores MTA-STS
 and DANE: its hosts are used with C{may}.  A message with REQUIRETLS goes
 only to hosts whose certificate is checked (C{verify}, DANE, MTA-STS
 C{enforce}).
@@ -74,7 +74,7 @@ class HostTLS(TLSPolicy):
         session (C{False} for MTA-STS in C{testing} mode, which checks
         and reports but delivers).
     @ivar report: the TLS report's policy (L{PolicyDescription
-        <mailproto._security._tlsrpt.PolicyDescription>}) the sessions are
+        <mailproto._security._tlsrptstore.PolicyDescription>}) the sessions are
         counted under, or C{None}.
     """
 
@@ -186,7 +186,7 @@ class SecurityPolicies:
             through a validating resolver the relay trusts, or C{None} (no
             DANE).
         @param reports: the L{TLSReportStore
-            <mailproto._security._tlsrpt.TLSReportStore>}, or C{None}.
+            <mailproto._security._tlsrptstore.TLSReportStore>}, or C{None}.
         @param trustRoot: the certificate authorities for C{verify} and
             MTA-STS; the platform's if C{None}.
         @raise ValueError: for an unknown mode.
@@ -341,7 +341,7 @@ class SecurityPolicies:
         if outcome.established and resultType is None:
             self.stats[tls.source, "tls"] += 1
             if tls.report is not None and self.reports is not None:
-                from mailproto._security._tlsrpt import SessionResult
+                from mailproto._security._tlsrptstore import SessionResult
 
                 self.reports.record(tls.report, SessionResult(True))
             return
@@ -362,7 +362,7 @@ class SecurityPolicies:
     def _recordFailure(self, report, resultType: str, detail=None, host=None, address=None) -> None:
         if self.reports is None or report is None:
             return
-        from mailproto._security._tlsrpt import SessionResult
+        from mailproto._security._tlsrptstore import SessionResult
 
         self.reports.record(report, SessionResult(False, resultType, receivingMX=host, receivingIP=address, additional=detail))
 
@@ -379,19 +379,21 @@ def _refused(destination: str, source: str, why: str) -> DestinationSecurity:
 
 
 def _noPolicy(destination: str):
-    from mailproto._security._tlsrpt import PolicyDescription
+    from mailproto._security._tlsrptstore import PolicyDescription
 
     return PolicyDescription("no-policy-found", (), destination, ())
 
 
 def _stsPolicy(destination: str, policy):
-    from mailproto._security._tlsrpt import PolicyDescription
+    from mailproto._security._tlsrptstore import PolicyDescription
 
     strings = ["version: STSv1", f"mode: {policy.mode}"] + [f"mx: {mx}" for mx in policy.mx] + [f"max_age: {policy.maxAge}"]
     return PolicyDescription("sts", tuple(strings), destination, tuple(policy.mx))
 
 
 def _tlsaPolicy(destination: str, host: str, result):
-    from mailproto._security._tlsrpt import PolicyDescription
+    from mailproto._security._tlsrptstore import PolicyDescription
 
-    return PolicyDescription("tlsa", tuple(str(record) for record in result.records), destination, (host,))
+    # RFC 8460 section 4.4: a DANE policy's domain is the TLSA records'
+    # base domain, the MX host.
+    return PolicyDescription("tlsa", tuple(str(record) for record in result.records), host, (host,))
