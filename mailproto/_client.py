@@ -80,7 +80,7 @@ from mailproto._errors import (
 )
 from mailproto._extensions import Extensions
 from mailproto._readahead import CHUNK_SIZE, ReadAheadProducer
-from mailproto._replies import ReplyParser, ReplySyntaxError, statusOf
+from mailproto._replies import Reply, ReplyParser, ReplySyntaxError, statusOf
 from mailproto._writes import writeNow
 
 SUCCESS = range(200, 300)
@@ -108,6 +108,38 @@ def _noRecipients(code: int, resp: bytes) -> bytes:
     """
     status = statusOf(code, resp)
     return (status + b" " if status else b"") + b"No recipients accepted"
+
+
+def checkRequireTLS(requireTLS: bool, secure: bool, extensions) -> Reply | None:
+    """
+    Whether a message may go to a server, as far as REQUIRETLS (RFC 8689
+    section 4.2.1) is concerned: a message with REQUIRETLS goes only over
+    a session under TLS, to a server whose EHLO reply (the one after TLS
+    began) offers REQUIRETLS, and then with C{MAIL FROM:<...> REQUIRETLS}.
+
+    This is the protocol's part of the check, made before MAIL; how the
+    server was found and whether its certificate was validated (DNSSEC,
+    MTA-STS, DANE) is for the caller to check.
+
+    @param requireTLS: whether the message has REQUIRETLS.
+    @param secure: whether the session is under TLS.
+    @param extensions: what the server offered after EHLO (an
+        L{Extensions} or any container of keywords).
+    @return: C{None} if the message may be sent; else the permanent
+        reply its recipients get instead, made by the client: C{550
+        5.7.30 REQUIRETLS support required} (the status RFC 8689
+        registers), which the sender learns of from a non-delivery
+        report.
+    """
+    if not requireTLS:
+        return None
+    if not secure:
+        why = b"the session with the server is not under TLS"
+    elif b"REQUIRETLS" not in extensions:
+        why = b"the server does not offer REQUIRETLS"
+    else:
+        return None
+    return Reply(550, [b"REQUIRETLS support required: " + why], b"5.7.30")
 
 
 def _address(value) -> Address:
@@ -679,6 +711,9 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         Work out the MAIL command for the message C{getMailFrom} gave, with
         the parameters the server offers and the message needs.
 
+        A message with REQUIRETLS that this session cannot carry is
+        refused first (L{checkRequireTLS}).
+
         @return: C{None}, or why the message cannot go to this server: a
             reply code and text, as if the server had refused it.
         """
@@ -688,8 +723,11 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         self.toAddressesResult = []
         self.successAddresses = []
         self.mailFile = self.getMailData()
-        size, eightBit = self._measure(self.mailFile)
         extensions = self.extensions
+        refusal = checkRequireTLS(mail.requiretls, self._tlsMode, extensions)
+        if refusal is not None:
+            return refusal.code, refusal.wireText
+        size, eightBit = self._measure(self.mailFile)
         utf8 = mail.smtputf8 or mail.address.needsSMTPUTF8 or any(
             (r.address if isinstance(r, RcptTo) else r).needsSMTPUTF8 for r in self._recipients
         )
@@ -703,8 +741,6 @@ class SMTPClient(LineReceiver, TimeoutMixin):
         limit = extensions.size if b"SIZE" in extensions else None
         if size is not None and limit and size > limit:
             return 552, b"5.3.4 The message (%d octets) is larger than the server accepts (%d)" % (size, limit)
-        if mail.requiretls and not (self._tlsMode and b"REQUIRETLS" in extensions):
-            return 550, b"5.7.30 REQUIRETLS was asked for, and this server does not offer it over TLS"
         dsn = b"DSN" in extensions
         self._mail = MailFrom(
             mail.address,

@@ -137,7 +137,9 @@ class MailFrom:
     @ivar ret: C{RET=} (RFC 3461): C{b"FULL"} or C{b"HDRS"}.
     @ivar envid: C{ENVID=} (RFC 3461), decoded from xtext.
     @ivar auth: C{AUTH=} (RFC 4954), decoded from xtext; C{b"<>"} as sent.
-    @ivar requiretls: whether C{REQUIRETLS} (RFC 8689) was given.
+    @ivar requiretls: whether C{REQUIRETLS} (RFC 8689) was given, with no
+        value: the message is to go on only over TLS, to servers that
+        offer REQUIRETLS.
     @ivar extra: other parameters the caller allowed, as
         C{(KEYWORD, value or None)} pairs in order.
     """

@@ -6,7 +6,9 @@ message streams into the queue: loop detection (too many C{Received:}
 headers, or a C{Received:} header of this very relay already there), and,
 on the submission listeners, the C{Date:} and C{Message-ID:} headers added
 when missing (RFC 6409 sections 8.2 and 8.3) and the C{From:} header
-checked against the authenticated user's addresses.
+checked against the authenticated user's addresses.  The scanner also
+notes a C{TLS-Required: No} field (RFC 8689), which the queue keeps with
+the message (L{mailproto._relay}).
 
 L{HeaderScanner} is pure: bytes in, bytes out, no reactor.  It follows the
 header section one line at a time, holding at most one line's first
@@ -47,7 +49,7 @@ LINE_HOLD = 1024
 #: The most octets kept of the value of a field that is looked at: enough
 #: for the C{by} clause of a C{Received:} header, and for a C{From:} header
 #: naming a few mailboxes.  A longer C{From:} header is not believed.
-VALUE_HOLD = {b"received": 2048, b"from": 8192}
+VALUE_HOLD = {b"received": 2048, b"from": 8192, b"tls-required": 64}
 
 # RFC 5322 section 3.6.8: field-name = 1*ftext (printable US-ASCII but the
 # colon); obsolete syntax allows white space before the colon.
@@ -74,6 +76,11 @@ class HeaderScanner:
     @ivar seen: the names (lower case) of the fields seen so far.
     @ivar fromValue: the unfolded value of the first C{From:} field, or
         C{None}; C{b""} past L{VALUE_HOLD}.
+    @ivar tlsOptional: whether the header section has a C{TLS-Required:}
+        field (RFC 8689) and each one says C{No} (in any case, folded or
+        not, with white space around it): the sender asks that the
+        relay's TLS policies (MTA-STS, DANE) not stop the message.  Any
+        other value, and such a field in the body, leave it false.
     @ivar inBody: whether the header section has ended.
     """
 
@@ -110,6 +117,9 @@ class HeaderScanner:
         self.ownReceived = 0
         self.seen: set[bytes] = set()
         self.fromValue: bytes | None = None
+        self.tlsOptional = False
+        # Whether a TLS-Required field said something other than "No".
+        self._tlsRequired = False
         self.inBody = False
         # The current physical line while it is held (no LF yet).
         self._line = b""
@@ -233,6 +243,10 @@ class HeaderScanner:
                     )
         elif name == b"from" and self.fromValue is None:
             self.fromValue = b"" if size > VALUE_HOLD[b"from"] else _unfold(value)
+        elif name == b"tls-required":
+            optional = size <= VALUE_HOLD[name] and _unfold(value).lower() == b"no"
+            self._tlsRequired = self._tlsRequired or not optional
+            self.tlsOptional = not self._tlsRequired
 
     def _endHeader(self) -> bytes:
         """

@@ -207,10 +207,18 @@ class Job:
 
     def mailFrom(self) -> MailFrom:
         """
-        @return: the MAIL command for the message.
+        @return: the MAIL command for the message (with C{REQUIRETLS} if
+            it came with it).
         """
         envelope = self.envelope
-        return MailFrom(Address(envelope.sender), body=envelope.body, smtputf8=envelope.smtputf8, ret=envelope.ret, envid=envelope.envid)
+        return MailFrom(
+            Address(envelope.sender),
+            body=envelope.body,
+            smtputf8=envelope.smtputf8,
+            ret=envelope.ret,
+            envid=envelope.envid,
+            requiretls=envelope.requireTLS,
+        )
 
     def rcptTo(self) -> list[RcptTo]:
         """

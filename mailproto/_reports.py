@@ -21,6 +21,10 @@ if every recipient was checked against the relay's valid recipients at
 RCPT (the envelope's C{origin} is L{CHECKED}), and never with
 C{ReportPolicy(toStrangers=False)}.  Otherwise the relay would send
 content of a stranger's choosing to a third party (backscatter).
+
+A report on a message sent with REQUIRETLS (RFC 8689 section 5) is sent
+with REQUIRETLS too, and returns the message's header section only, as
+for C{RET=HDRS}, whatever the message asked.
 """
 
 from __future__ import annotations
@@ -187,7 +191,7 @@ class Reporter:
                     sender=envelope.sender,
                     recipients=tuple(reports),
                     envid=envelope.envid,
-                    ret=envelope.ret,
+                    ret=b"HDRS" if envelope.requireTLS else envelope.ret,
                     arrivalDate=envelope.received,
                     message=message,
                 ),
@@ -212,6 +216,7 @@ class Reporter:
             smtputf8=not all(a.isascii() for a in report.recipients),
             client="localhost",
             helo=manager.hostname,
+            requireTLS=envelope.requireTLS,
         )
         spool = manager.queue.newMessage(bounce)
         try:

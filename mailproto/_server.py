@@ -872,6 +872,11 @@ class SMTP(LineReceiver, TimeoutMixin):
             raise SMTPServerError(555, "BODY=BINARYMIME not supported", b"5.5.4")
         if mail.size is not None and self.maxMessageSize and mail.size > self.maxMessageSize:
             raise SMTPServerError(552, "Message size exceeds fixed maximum message size", b"5.3.4")
+        if mail.requiretls and b"REQUIRETLS" not in self._advertised:
+            # Taken only by a server that honours REQUIRETLS, on a session
+            # without TLS (ESMTP._knownParameters): RFC 8689 section 2 wants
+            # TLS for it, and RFC 5248's X.7.10 says encryption is needed.
+            raise SMTPServerError(530, "REQUIRETLS needs a TLS connection", b"5.7.10")
         self._mail = mail
         if type(self).validateFrom is SMTP.validateFrom:
             # Ask the delivery itself, so that a plain answer is not wrapped
@@ -1353,6 +1358,14 @@ class ESMTP(SMTP):
     @ivar authFailureDelay: seconds of delay added per failed attempt.
     @ivar authFailures: an L{AuthFailures} shared between connections, or
         C{None}.
+    @ivar requireTLS: whether the delivery honours REQUIRETLS (RFC 8689):
+        it relays a message with C{MAIL FROM:<...> REQUIRETLS} only over
+        TLS, to servers that offer REQUIRETLS.  Then, on a session under
+        TLS (after STARTTLS, or on an implicit-TLS listener), EHLO offers
+        REQUIRETLS and MAIL takes it; on a session without TLS it is not
+        offered, and MAIL with it gets C{530 5.7.10}.  Off by default: a
+        delivery that cannot keep the promise must not make it, and MAIL
+        with REQUIRETLS gets C{555 5.5.4}, as any parameter not offered.
     """
 
     ctx = None
@@ -1365,6 +1378,7 @@ class ESMTP(SMTP):
     maxAuthFailures = 3
     authFailureDelay = 1.0
     authFailures = None
+    requireTLS = False
     _delayedAuthReply = None
     _configuredDelivery = (None, None)
     _parameterAllowance = 1024
@@ -1419,6 +1433,8 @@ class ESMTP(SMTP):
             b"ENHANCEDSTATUSCODES": None,
             b"CHUNKING": None,
         }
+        if self.requireTLS and self.startedTLS:
+            extensions[b"REQUIRETLS"] = None
         if self.canStartTLS and not self.startedTLS:
             extensions[b"STARTTLS"] = None
         extensions[b"AUTH"] = self._mechanisms()
@@ -1697,6 +1713,18 @@ class ESMTP(SMTP):
             logout, self._onLogout = self._onLogout, None
             logout()
 
+    def _knownParameters(self, which: int) -> frozenset:
+        """
+        @return: as for L{SMTP._knownParameters}; and, for MAIL after EHLO
+            on a server that honours REQUIRETLS but has not offered it (no
+            TLS yet), C{REQUIRETLS} too, so that MAIL with it is told why
+            it is refused (L{SMTP.do_MAIL}).
+        """
+        advertised = tuple(self._advertised)
+        if which == 0 and self.requireTLS and advertised and b"REQUIRETLS" not in self._advertised:
+            advertised += (b"REQUIRETLS",)
+        return _knownParameters(advertised)[which]
+
     def do_MAIL(self, rest: bytes):
         result = SMTP.do_MAIL(self, rest)
         mail = self._mail
@@ -1865,6 +1893,7 @@ class ESMTPFactory(SMTPFactory):
 
     @ivar challengers: passed to each L{ESMTP} (see L{ESMTP.challengers}).
     @ivar contextFactory: the TLS context factory for STARTTLS, if any.
+    @ivar requireTLS: passed to each L{ESMTP} (see L{ESMTP.requireTLS}).
     """
 
     protocol = ESMTP
@@ -1873,6 +1902,7 @@ class ESMTPFactory(SMTPFactory):
     allowPlaintextAuth = False
     maxAuthFailures = ESMTP.maxAuthFailures
     authFailureDelay = ESMTP.authFailureDelay
+    requireTLS = False
 
     def __init__(
         self,
@@ -1884,6 +1914,7 @@ class ESMTPFactory(SMTPFactory):
         maxAuthFailures=ESMTP.maxAuthFailures,
         authFailureDelay=ESMTP.authFailureDelay,
         authFailures=None,
+        requireTLS=False,
         **kw,
     ) -> None:
         """
@@ -1903,6 +1934,8 @@ class ESMTPFactory(SMTPFactory):
         @param authFailureDelay: see L{ESMTP.authFailureDelay}.
         @param authFailures: an L{AuthFailures}; one (10 failures per
             address in 10 minutes) if C{None}.
+        @param requireTLS: see L{ESMTP.requireTLS}; true only when the
+            delivery honours REQUIRETLS (RFC 8689).
         @param kw: as for L{SMTPFactory}.
         """
         SMTPFactory.__init__(self, portal, **kw)
@@ -1912,6 +1945,7 @@ class ESMTPFactory(SMTPFactory):
         self.maxAuthFailures = maxAuthFailures
         self.authFailureDelay = authFailureDelay
         self.authFailures = authFailures if authFailures is not None else AuthFailures(clock=self.clock)
+        self.requireTLS = requireTLS
 
     def defaultChallengers(self) -> dict:
         """
@@ -1934,6 +1968,7 @@ class ESMTPFactory(SMTPFactory):
         p.maxAuthFailures = self.maxAuthFailures
         p.authFailureDelay = self.authFailureDelay
         p.authFailures = self.authFailures
+        p.requireTLS = self.requireTLS
         return p
 
 
