@@ -111,6 +111,9 @@ def describeTLSFailure(exception: BaseException) -> str:
         TLS here"}.
     """
     Error, VerificationError = _classes()
+    if getattr(exception, "decision", None) is not None:
+        # A DANE refusal (mailproto._security._dane) says itself why.
+        return " ".join(str(exception).split())
     if VerificationError is not None and isinstance(exception, VerificationError):
         names = _names(exception)
         if names:

@@ -109,7 +109,9 @@ class HostTLS(TLSPolicy):
         if self.dane is not None:
             from mailproto._security._dane import daneConnectionCreator
 
-            return daneConnectionCreator(self.dane, hostname, list(self.referenceNames) or [hostname], outcome=outcome)
+            # SNI is the TLSA records' base domain (RFC 7672 section 8.1):
+            # the host's name, or the name it is an alias of.
+            return daneConnectionCreator(self.dane, None, list(self.referenceNames) or [hostname], outcome=outcome)
         if self.mode == VERIFY:
             return WebPKICreator(hostname, outcome, self.trustRoot, self.enforce)
         return TLSPolicy.contextFor(self, hostname)
