@@ -102,19 +102,50 @@ def listTable(title: str, header: list, rows: list) -> list:
 
 
 def image(name: str, alt: str) -> list:
-    return [f".. image:: {IMAGES}/{name}", f"   :alt: {alt}", ""]
+    # As wide as the text column the figures are drawn for (PAGE_WIDTH).
+    return [f".. image:: {IMAGES}/{name}", "   :width: 100%", f"   :alt: {alt}", ""]
 
 
 def notRun(name: str, command: str) -> list:
     return [f"Not run: there is no ``{name}.json`` among the results.  ``{command}`` makes it.", ""]
 
 
+#: The width the page shows a figure at, in inches at 96 CSS pixels to
+#: the inch: the text column of the documentation's theme (alabaster:
+#: 940 px less its 220 px sidebar and 2 × 30 px padding).  A figure drawn
+#: this wide and shown at C{:width: 100%} of that column shows a point as
+#: a point, so the sizes below are the sizes a reader sees.
+PAGE_WIDTH = 660 / 96
+#: The smallest type in a figure, in points at the displayed size.
+SMALLEST = 11
+#: Pixels per inch of the PNG files: one and a half times the screen's, for
+#: sharp text on most screens at a moderate file size.
+DPI = 144
+REFERENCE = "#555555"
+
+
+def referenceLabel(name: str, value, others) -> str:
+    """
+    @return: the label of a line drawn at C{name}'s C{value} for the others
+        to be compared with: a ceiling only when none of C{others} passes
+        it, otherwise a reference, said so.
+    """
+    passed = [v for v in others if not missing(v) and v > value]
+    return f"{name}: the ceiling here" if not passed else f"{name}: a reference, not a ceiling"
+
+
 class Plots:
     """
-    The figures of the page, drawn with matplotlib (Agg) into C{directory}.
+    The figures of the page, drawn with matplotlib (Agg) into C{directory}:
+    each as wide as the page's text column (L{PAGE_WIDTH}), with no type
+    smaller than L{SMALLEST} points at that size, one panel under the
+    other, horizontal bars with their values written at their ends.
+
+    @ivar figures: the figures drawn, by file name, until they are saved
+        (for the checks of the tests).
     """
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, keep: bool = False) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -123,126 +154,196 @@ class Plots:
         self.pyplot = matplotlib.pyplot
         self.directory = directory
         self.written = []
+        self.keep = keep
+        self.figures = {}
+        self.pyplot.rcParams.update({
+            "font.size": SMALLEST + 0.5,
+            "axes.titlesize": SMALLEST + 1,
+            "figure.titlesize": SMALLEST + 2,
+            "xtick.labelsize": SMALLEST + 0.5,
+            "ytick.labelsize": SMALLEST + 0.5,
+            "legend.fontsize": SMALLEST,
+            "axes.titlepad": 8,
+            "savefig.dpi": DPI,
+        })
         os.makedirs(directory, exist_ok=True)
 
+    def figure(self, panels: list):
+        """
+        @param panels: the number of bars of each panel, top to bottom.
+        @return: a figure as wide as the page, with one panel per entry,
+            each as tall as its bars need.
+        """
+        heights = [0.31 * bars + 0.75 for bars in panels]
+        figure, axes = self.pyplot.subplots(
+            len(panels), 1, figsize=(PAGE_WIDTH, sum(heights) + 0.55), squeeze=False,
+            gridspec_kw={"height_ratios": heights})
+        return figure, list(axes[:, 0])
+
     def save(self, figure, name: str) -> None:
-        figure.tight_layout()
-        figure.savefig(os.path.join(self.directory, name), dpi=100, metadata={"Software": None})
-        self.pyplot.close(figure)
+        figure.tight_layout(h_pad=1.2)
+        figure.savefig(os.path.join(self.directory, name), dpi=DPI, metadata={"Software": None})
+        if self.keep:
+            self.figures[name] = figure
+        else:
+            self.pyplot.close(figure)
         self.written.append(name)
 
-    def bars(self, ax, labels, values, colours, unit: str, decimals: int = 0, ceiling=None, ceilingLabel=None):
+    def bars(self, ax, labels, values, colours, unit: str = "", decimals: int = 0, reference=None, spread=None):
         """
-        Horizontal bars, the first label on top, each with its value at its
-        end; a dashed vertical line at C{ceiling}.
+        Horizontal bars, the first label on top, each with its value
+        written past its end; no value axis (the values are written).
+
+        @param reference: C{(value, label)} of a dashed vertical line, or
+            C{None}.
+        @param spread: for each bar, the lowest and highest value of its
+            repetitions (drawn as a whisker, and written after the value),
+            or C{None}.
         """
         values = [0 if missing(v) else v for v in values]
-        positions = range(len(labels))
-        drawn = ax.barh(positions, values, color=colours, height=0.65)
-        ax.bar_label(drawn, labels=[f"{v:,.{decimals}f}{unit}" for v in values], padding=3, fontsize=8)
-        ax.set_yticks(list(positions), labels)
+        positions = list(range(len(labels)))
+        ax.barh(positions, values, color=colours, height=0.72)
+        ends = list(values)
+        texts = [f"{v:,.{decimals}f}{unit}" for v in values]
+        if spread:
+            for i, (low, high) in enumerate(spread):
+                ax.plot([low, high], [positions[i]] * 2, color="#222222", linewidth=1.5, zorder=3)
+                ax.plot([low, high], [positions[i]] * 2, "|", color="#222222", markersize=12, zorder=3)
+                ends[i] = max(ends[i], high)
+                texts[i] += f"  ({low:,.{decimals}f} to {high:,.{decimals}f})"
+        # On white, over the reference line, so that the line never runs
+        # through a value.
+        for position, end, text in zip(positions, ends, texts):
+            ax.annotate(text, xy=(end, position), xytext=(5, 0), textcoords="offset points", va="center",
+                        ha="left", fontsize=SMALLEST + 0.5, zorder=4,
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
+        ax.set_yticks(positions, labels)
         ax.invert_yaxis()
-        top = max(values + [ceiling or 0]) or 1
-        ax.set_xlim(0, top * 1.22)
-        if ceiling:
-            ax.axvline(ceiling, color="#555555", linestyle="--", linewidth=1)
-            ax.annotate(ceilingLabel, xy=(ceiling, 1), xycoords=("data", "axes fraction"), xytext=(0, 2),
-                        textcoords="offset points", fontsize=7, color="#555555", va="bottom", ha="center")
-        ax.spines[["top", "right"]].set_visible(False)
+        top = max(ends + [reference[0] if reference else 0]) or 1
+        # Room for the longest value written after its bar.
+        room = 0.25 if not spread else 0.9
+        ax.set_xlim(0, top * (1 + room))
+        if reference:
+            value, label = reference
+            ax.axvline(value, color=REFERENCE, linestyle="--", linewidth=1.2, zorder=2)
+            right = value > top * 0.6
+            ax.annotate(label, xy=(value, 1), xycoords=("data", "axes fraction"), xytext=(-4 if right else 4, 3),
+                        textcoords="offset points", fontsize=SMALLEST, color=REFERENCE, va="bottom",
+                        ha="right" if right else "left")
+        ax.spines[["top", "right", "bottom"]].set_visible(False)
+        ax.set_xticks([])
         ax.tick_params(axis="y", length=0)
+
+    def title(self, ax, text: str, reference: bool) -> None:
+        # Above the reference line's label, when there is one.
+        ax.set_title(text, loc="left", pad=24 if reference else 8, fontsize=SMALLEST + 1)
 
     def accept(self, data: dict) -> tuple:
         configs = list(dict.fromkeys(r["config"] for r in data["results"]))
         names = []
         for key, unit, title, decimals, name in (
             ("msgs_per_s", "", "messages per second (higher is better)", 0, "accept-throughput.png"),
-            ("cpu_s_per_1000", " s", "server CPU seconds per 1000 messages (lower is better)", 2, "accept-cpu.png"),
+            ("cpu_s_per_1000", " s", "server CPU s per 1000 messages (lower is better)", 2, "accept-cpu.png"),
         ):
-            figure, axes = self.pyplot.subplots(len(configs), 1, figsize=(8, 0.6 + 2.1 * len(configs)), squeeze=False)
-            for ax, config in zip(axes[:, 0], configs):
-                rows = [r for r in data["results"] if r["config"] == config]
-                ceiling = next((r[key] for r in rows if r["server"] == "smtp-sink"), None)
+            panels = [[r for r in data["results"] if r["config"] == config] for config in configs]
+            figure, axes = self.figure([len(rows) for rows in panels])
+            for ax, config, rows in zip(axes, configs, panels):
+                reference = None
+                sink = next((r[key] for r in rows if r["server"] == "smtp-sink"), None)
+                if key == "msgs_per_s" and not missing(sink):
+                    others = [r[key] for r in rows if r["server"] != "smtp-sink"]
+                    reference = (sink, referenceLabel("smtp-sink", sink, others))
                 self.bars(ax, [r["server"] for r in rows], [r[key] for r in rows],
-                          [COLOURS.get(r["server"], "#444444") for r in rows], unit, decimals,
-                          ceiling if key == "msgs_per_s" else None, "smtp-sink: the ceiling")
-                ax.set_title(f"{config}: {CONFIGS.get(config, '')}", fontsize=9, loc="left", pad=14)
-            figure.suptitle(f"Accepting mail: {title}", fontsize=10)
+                          [COLOURS.get(r["server"], "#444444") for r in rows], unit, decimals, reference)
+                self.title(ax, f"{config}: {CONFIGS.get(config, '')}", reference is not None)
+            figure.suptitle(f"Receiving: {title}")
             self.save(figure, name)
             names.append(name)
         return tuple(names)
 
     def send(self, data: dict) -> str:
         counts = list(dict.fromkeys(r["connections"] for r in data["results"]))
-        figure, axes = self.pyplot.subplots(1, len(counts), figsize=(9, 3.2), squeeze=False)
-        for ax, count in zip(axes[0], counts):
-            rows = [r for r in data["results"] if r["connections"] == count]
-            ceiling = next((r["msgs_per_s"] for r in rows if r["client"] == "smtp-source"), None)
+        panels = [[r for r in data["results"] if r["connections"] == count] for count in counts]
+        figure, axes = self.figure([len(rows) for rows in panels])
+        for ax, count, rows in zip(axes, counts, panels):
+            source = next((r["msgs_per_s"] for r in rows if r["client"] == "smtp-source"), None)
+            reference = None
+            if not missing(source):
+                others = [r["msgs_per_s"] for r in rows if r["client"] != "smtp-source"]
+                reference = (source, referenceLabel("smtp-source", source, others))
             self.bars(ax, [r["client"] for r in rows], [r["msgs_per_s"] for r in rows],
-                      [LIGHTER.get(r["client"], COLOURS.get(r["client"], "#444444")) for r in rows], "", 0,
-                      ceiling, "smtp-source: the ceiling")
-            ax.set_title(f"{count} connection{'s' if count != 1 else ''}", fontsize=9, loc="left", pad=14)
-        figure.suptitle("Sending mail to smtp-sink: messages per second (higher is better)", fontsize=10)
+                      [LIGHTER.get(r["client"], COLOURS.get(r["client"], "#444444")) for r in rows], "", 0, reference)
+            self.title(ax, f"{count} connection{'s' if count != 1 else ''}", reference is not None)
+        figure.suptitle("Sending to smtp-sink: messages per second (higher is better)")
         self.save(figure, "send-throughput.png")
         return "send-throughput.png"
 
     def memory(self, data: dict) -> str:
         rows = data["results"]
         size = data["size"] / MiB
-        figure, (growth, speed) = self.pyplot.subplots(1, 2, figsize=(9, 1.3 + 0.5 * len(rows)))
+        figure, (growth, speed) = self.figure([len(rows), len(rows)])
         colours = [COLOURS.get(r["server"], "#444444") for r in rows]
+        # The message's size is a reference: a server may well grow by more.
         self.bars(growth, [r["server"] for r in rows], [r["growth_mib"] for r in rows], colours, " MiB", 1,
-                  size, f"the message: {size:.4g} MiB")
-        growth.set_title("resident set growth, MiB (lower is better)", fontsize=9, loc="left", pad=14)
-        self.bars(speed, [r["server"] for r in rows], [r["mib_per_s"] for r in rows], colours, "", 0)
-        speed.set_title("MiB per second (higher is better)", fontsize=9, loc="left", pad=14)
-        figure.suptitle(f"Receiving one {size:.4g} MiB message", fontsize=10)
+                  (size, f"the message: {size:.4g} MiB"))
+        self.title(growth, "resident set growth (lower is better)", True)
+        self.bars(speed, [r["server"] for r in rows], [r["mib_per_s"] for r in rows], colours, " MiB/s", 0)
+        self.title(speed, "MiB per second (higher is better)", False)
+        figure.suptitle(f"Receiving one {size:.4g} MiB message")
         self.save(figure, "memory-growth.png")
         return "memory-growth.png"
 
     def relay(self, data: dict) -> str:
         summary = data["summary"]
         relays = [name for name in ("mailproto", "postfix") if name in summary]
-        figure, ax = self.pyplot.subplots(figsize=(7, 3.6))
-        width = 0.8 / max(len(relays), 1)
-        for i, name in enumerate(relays):
-            values = [summary[name].get("endToEnd"), summary[name].get("accept")]
-            values = [0 if missing(v) else v for v in values]
-            drawn = ax.bar([j + (i - (len(relays) - 1) / 2) * width for j in range(2)], values, width * 0.95,
-                           color=COLOURS[name], label="Postfix" if name == "postfix" else name)
-            ax.bar_label(drawn, labels=[f"{v:,.0f}" for v in values], padding=2, fontsize=8)
-        disk = [d for d in data.get("diskCommitsPerSecond", []) if not missing(d)]
-        if disk:
-            bound = sorted(disk)[len(disk) // 2]
-            ax.axhline(bound, color="#b03030", linestyle="--", linewidth=1,
-                       label=f"the disk: {bound:,.0f} serial durable commits/s")
-        ax.set_xticks([0, 1], ["end to end", "accepted (250 after fsync)"])
-        ax.set_ylabel("messages per second")
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
-        ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(fontsize=8, frameon=False, loc="upper center", ncol=3)
-        ax.set_title("Durable relay: smtp-source → relay → smtp-sink (higher is better)", fontsize=10)
+        shown = ["Postfix" if name == "postfix" else name for name in relays]
+        repetitions = _repetitions(data)
+        figure, axes = self.figure([len(relays), len(relays)])
+        # The disk's rate of serial commits is no bound for these runs (their
+        # sessions share fsyncs): the text gives it, the figure does not.
+        for ax, key, title in zip(axes, ("endToEnd", "accept"), ("end to end", "accepted (250 once on disk)")):
+            values = [summary[name].get(key) for name in relays]
+            runs = [[run[key] for run in repetitions.get(name, []) if not missing(run.get(key))] for name in relays]
+            spread = [(min(r), max(r)) for r in runs] if all(len(r) > 1 for r in runs) else None
+            self.bars(ax, shown, values, [COLOURS[name] for name in relays], "", 0, None, spread)
+            self.title(ax, title + (": median (lowest to highest repetition)" if spread else ": median"), False)
+        figure.suptitle("Durable relay: messages per second (higher is better)")
         self.save(figure, "relay-throughput.png")
         return "relay-throughput.png"
 
     def pipeline(self, data: dict):
         parts = [(rows, title) for rows, title in (
-            (data["results"], f"pipelining load: {data['sessions']} sessions at a time, {data['messages']} messages"
+            (data["results"], f"pipelining load: {data['sessions']} sessions, {data['messages']:,} messages"
                               f" each, {data['size'] // 1024} KiB"),
-            (data.get("postfix") or [], f"Postfix's smtp client: {data.get('postfixMessages')} messages"),
+            (data.get("postfix") or [], f"Postfix's smtp client: {data.get('postfixMessages'):,} messages"),
         ) if rows]
         if not parts:
             return None
-        figure, axes = self.pyplot.subplots(
-            len(parts), 1, figsize=(8, 0.6 + sum(0.9 + 0.3 * len(rows) for rows, _ in parts)), squeeze=False,
-            gridspec_kw={"height_ratios": [len(rows) + 1 for rows, _ in parts]})
-        for ax, (rows, title) in zip(axes[:, 0], parts):
-            ceiling = next((r["msgs_per_s"] for r in rows if r["server"] == "smtp-sink"), None)
+        figure, axes = self.figure([len(rows) for rows, _ in parts])
+        for ax, (rows, title) in zip(axes, parts):
+            sink = next((r["msgs_per_s"] for r in rows if r["server"] == "smtp-sink"), None)
+            reference = None
+            if not missing(sink):
+                others = [r["msgs_per_s"] for r in rows if r["server"] != "smtp-sink"]
+                reference = (sink, referenceLabel("smtp-sink", sink, others))
             self.bars(ax, [r["server"] for r in rows], [r["msgs_per_s"] for r in rows],
-                      [COLOURS.get(r["server"], "#444444") for r in rows], "", 0, ceiling, "smtp-sink: the ceiling")
-            ax.set_title(title, fontsize=9, loc="left", pad=14)
-        figure.suptitle("Receiving from pipelining clients: messages per second (higher is better)", fontsize=10)
+                      [COLOURS.get(r["server"], "#444444") for r in rows], "", 0, reference)
+            self.title(ax, title, reference is not None)
+        figure.suptitle("Pipelining clients: messages per second (higher is better)")
         self.save(figure, "pipeline-throughput.png")
         return "pipeline-throughput.png"
+
+
+def _repetitions(data: dict) -> dict:
+    """
+    @return: the timed runs of C{relay.json} (not those under strace), by
+        relay, in the order of their repetitions.
+    """
+    runs = {}
+    for run in sorted(data.get("runs", []), key=lambda run: run.get("repetition", 0)):
+        if not run.get("strace"):
+            runs.setdefault(run.get("relay"), []).append(run)
+    return runs
 
 
 def intro(run, sources: dict) -> list:
@@ -258,7 +359,10 @@ def intro(run, sources: dict) -> list:
         "it needs for a large message, side by side with twisted.mail, aiosmtpd,",
         "aiosmtplib, Python's smtplib and Postfix.  Postfix's own C tools,",
         "``smtp-source`` (load) and ``smtp-sink`` (a server that throws mail",
-        "away), are the ceiling: the most the machine does over SMTP.",
+        "away), are the reference: small C programs that do little more than",
+        "speak SMTP.  They are not always the fastest: where another program",
+        "passes them, its ratio to them is above 1.00×, and the figures say",
+        "\"a reference, not a ceiling\".",
         "",
         "Every figure here was measured on one machine, over loopback",
         "(127.0.0.1) only; there is no network in the way.  The programs being",
@@ -284,12 +388,31 @@ def intro(run, sources: dict) -> list:
     return lines
 
 
+def runDates(run, sources: dict) -> list:
+    """
+    @return: when the benchmarks whose results are here started and
+        finished, as C{run.json} recorded (seconds since the epoch); empty
+        if it did not.
+    """
+    steps = (run or {}).get("steps", {})
+    found = []
+    for name in NAMES:
+        if sources.get(name) is None or name not in steps:
+            continue
+        for key in ("started", "finished"):
+            try:
+                found.append(datetime.datetime.fromisoformat(steps[name][key]).timestamp())
+            except (KeyError, TypeError, ValueError):
+                pass
+    return found
+
+
 def machineSection(sources: dict, dates: list) -> list:
     lines = heading("Machine")
     described = next((data["machine"] for data in sources.values() if data and data.get("machine")), None)
     if described is None:
         return lines + ["Not recorded: none of the results describes its machine.", ""]
-    when = sorted({datetime.date.fromtimestamp(t).isoformat() for t in dates})
+    when = sorted({datetime.datetime.fromtimestamp(t, datetime.timezone.utc).date().isoformat() for t in dates})
     fields = [
         ("CPU", described.get("cpu")),
         ("Cores", described.get("cores")),
@@ -429,20 +552,63 @@ def relaySection(data, name) -> list:
     notes = []
     if "postfix" not in relays:
         notes.append("Postfix did not run (it needs root).")
-    if not missing(summary.get("pairedRatio")):
-        notes.append(f"Within each repetition (the two relays back to back), mailproto relayed"
-                     f" {times(summary['pairedRatio'])} as fast as Postfix end to end (median).")
+    if len(relays) == 2:
+        notes += pairedNotes(data)
     disk = [d for d in data.get("diskCommitsPerSecond", []) if not missing(d)]
     if disk:
-        notes.append("The disk bound: " + " and ".join(number(d) for d in disk)
-                     + " serial durable commits per second, before and after the timed runs.")
+        notes.append("The disk's serial durable commits per second (the bound for one session at a time): "
+                     + " and ".join(number(d) for d in disk) + ", before and after the timed runs.")
     failed = {relay: summary[relay].get("failedRuns") for relay in relays if summary[relay].get("failedRuns")}
     for relay, count in failed.items():
         notes.append(f"{count} run{'s' if count != 1 else ''} of {relay} failed and {'are' if count != 1 else 'is'}"
                      " not in the medians.")
     if notes:
         lines += [" ".join(notes), ""]
-    return lines + image(name, "end-to-end and accept messages per second, mailproto and Postfix, and the disk bound")
+    return lines + image(name, "end-to-end and accept messages per second, mailproto and Postfix: median, lowest and"
+                               " highest repetition")
+
+
+def median(values: list):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def pairedNotes(data: dict) -> list:
+    """
+    What the repetitions of C{relay.json} say beyond its medians: the two
+    relays compared within each repetition (back to back), and how their
+    CPU time per message changed from one repetition to the next.  Every
+    figure is computed here from the same file as the table.
+    """
+    runs = _repetitions(data)
+    byRepetition = {}
+    for relay in ("mailproto", "postfix"):
+        for run in runs.get(relay, []):
+            byRepetition.setdefault(run.get("repetition"), {})[relay] = run
+    paired = [quotient(pair["mailproto"].get("endToEnd"), pair["postfix"].get("endToEnd"))
+              for _, pair in sorted(byRepetition.items()) if len(pair) == 2]
+    paired = [ratio for ratio in paired if not missing(ratio)]
+    notes = []
+    if paired:
+        faster = sum(1 for ratio in paired if ratio > 1)
+        notes.append(
+            f"The table's ratios are of its medians.  Within each repetition (the two relays back to back),"
+            f" mailproto relayed {times(min(paired))} to {times(max(paired))} as fast as Postfix end to end"
+            f" (median {times(median(paired))}; faster in {faster} of {len(paired)} repetitions).")
+        recorded = data.get("summary", {}).get("pairedRatio")
+        if not missing(recorded) and abs(recorded - median(paired)) > 0.005:
+            print(f"report: relay.json's pairedRatio {recorded:.3f} is not the median of its repetitions"
+                  f" ({median(paired):.3f}); the page gives the latter", file=sys.stderr)
+    cpu = {relay: [run.get("cpuPerMessage") for run in runs.get(relay, []) if not missing(run.get("cpuPerMessage"))]
+           for relay in ("mailproto", "postfix")}
+    if all(len(values) > 1 and max(values) > 1.25 * values[0] for values in cpu.values()):
+        notes.append(
+            "The machine slowed down during the run: for the same load, CPU time per message went from "
+            + "; ".join(f"{1000 * values[0]:.2f} ms in the first repetition up to {1000 * max(values):.2f} ms"
+                        f" for {'Postfix' if relay == 'postfix' else relay}" for relay, values in cpu.items())
+            + ".")
+    return notes
 
 
 def pipelineSection(data, name) -> list:
@@ -463,10 +629,9 @@ def pipelineSection(data, name) -> list:
         "and ``DATA`` in one write, then the message and the final dot in one",
         "write.  The servers are those of the first section, each run a fresh",
         "one.  All get the same bytes, also those that do not offer",
-        "PIPELINING (the table says which).  At the top of the table the",
-        "client, which needs about as much CPU per message as the fastest",
-        "servers, is as much the limit as the server: smtp-sink's figure is",
-        "the most this client does on this machine.",
+        "PIPELINING (the table says which).  The client needs about as much",
+        "CPU per message as the fastest servers, so for those it is as much",
+        "the limit as the server.",
         "",
         "*Postfix's smtp client*: a private Postfix whose ``relayhost`` is the",
         "server under test.  The messages are put into it with ``smtp-source``",
@@ -486,6 +651,11 @@ def pipelineSection(data, name) -> list:
               f" {data.get('repeat')}.", ""]
     if data.get("tree"):
         lines += [f"mailproto's servers imported mailproto from ``{data['tree']}``, not from the checkout.", ""]
+    fastest = max((r["msgs_per_s"] for r in data["results"] if not missing(r["msgs_per_s"])), default=None)
+    if fastest:
+        top = [r["server"] for r in data["results"] if not missing(r["msgs_per_s"]) and r["msgs_per_s"] >= 0.95 * fastest]
+        lines += [f"The most this client did on this machine: {number(fastest)} msg/s, with"
+                  f" {' and '.join(top)}{' (within 5 % of each other)' if len(top) > 1 else ''}.", ""]
     offered = {True: "offered", False: "not offered"}
     lines += listTable("Pipelining load",
                        ["server", "msg/s", "× smtp-sink", "CPU s / 1000 msgs", "peak RSS MiB", "PIPELINING",
@@ -560,24 +730,25 @@ def reproduceSection(run) -> list:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default=os.path.join(HERE, "results"),
-                        help="the directory of the results (default benchmarks/results)")
-    parser.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="the documentation (default docs)")
-    parser.add_argument("--analysis", default=os.path.join(HERE, "analysis.rst"),
-                        help="the text of 'Where the time goes' (default benchmarks/analysis.rst, if it exists)")
-    options = parser.parse_args()
+def makePage(results: str, docs: str, analysis: str, keep: bool = False):
+    """
+    Write C{DOCS/performance.rst} and its plots from the results in
+    C{results}.
 
+    @param keep: whether to keep the figures open (in the returned
+        L{Plots}' C{figures}), to look at them.
+    @return: the page's path, and the L{Plots}.
+    """
     sources, dates = {}, []
     for name in NAMES:
-        data, mtime = load(options.results, name)
+        data, mtime = load(results, name)
         sources[name] = data
         if mtime:
             dates.append(mtime)
-    run, _ = load(options.results, "run")
+    run, _ = load(results, "run")
+    dates = runDates(run, sources) or dates
 
-    plots = Plots(os.path.join(options.docs, IMAGES))
+    plots = Plots(os.path.join(docs, IMAGES), keep)
     drawn = {}
     for name in NAMES:
         if sources[name] is not None:
@@ -605,13 +776,25 @@ def main() -> None:
     lines += memorySection(sources["memory"], drawn.get("memory"))
     lines += relaySection(sources["relay"], drawn.get("relay"))
     lines += pipelineSection(sources["pipeline"], drawn.get("pipeline"))
-    lines += analysisSection(options.analysis)
+    lines += analysisSection(analysis)
     lines += reproduceSection(run)
     while lines and lines[-1] == "":
         lines.pop()
-    page = os.path.join(options.docs, "performance.rst")
+    page = os.path.join(docs, "performance.rst")
     with open(page, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+    return page, plots
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default=os.path.join(HERE, "results"),
+                        help="the directory of the results (default benchmarks/results)")
+    parser.add_argument("--docs", default=os.path.join(ROOT, "docs"), help="the documentation (default docs)")
+    parser.add_argument("--analysis", default=os.path.join(HERE, "analysis.rst"),
+                        help="the text of 'Where the time goes' (default benchmarks/analysis.rst, if it exists)")
+    options = parser.parse_args()
+    page, plots = makePage(options.results, options.docs, options.analysis)
     print(f"report: wrote {os.path.relpath(page)} and {len(plots.written)} plots in "
           f"{os.path.relpath(plots.directory)}", file=sys.stderr)
 

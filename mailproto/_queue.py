@@ -33,6 +33,14 @@ message plus one per batch.  Removals (a message delivered, or reported
 back to its sender) are not made durable: one undone by a crash only
 means the message is sent again.
 
+The spool's files are changed by one process at a time: each change
+(recovery, a commit, a state update, a removal) is made under the
+spool's lock (L{SpoolLock}, the file C{lock}).  A L{Queue} given a lock
+by its owner (a relay holds it from its start to its exit) uses it as
+held; a L{Queue} used on its own takes it for the time of each change,
+and refuses the change with L{SpoolBusy} while another process, such as
+a running relay, holds it.
+
 The spool is private whatever the umask: directories are made 0700 and
 files 0600 (owner only), and a spool found with looser modes is tightened
 when it is opened (logged), so that no other local user can read queued
@@ -62,6 +70,7 @@ from twisted.python.failure import Failure
 from mailproto._commands import MailFrom, RcptTo
 from mailproto._queuecompat import TwistedMailQueueMixin
 from mailproto._replies import Reply, replyFromWire
+from mailproto._spoollock import SpoolBusy, SpoolLock
 
 FORMAT_VERSION = 1
 """The version of the queue file's envelope line."""
@@ -190,7 +199,7 @@ class Envelope:
         before the message's data (a C{DKIM-Signature}); kept in the state
         file, written with the message at commit.
     @ivar tlsOptional: whether the message asked, with C{TLS-Required:
-        No} (RFC 8689 section 5), that the relay's TLS policies (MTA-STS,
+        No} (RFC 8689), that the relay's TLS policies (MTA-STS,
         DANE) be ignored for it; kept in the state file.
     """
 
@@ -219,8 +228,12 @@ class Envelope:
     @classmethod
     def fromCommands(cls, queueID: str, mail: MailFrom, rcpts: list[RcptTo], received: float, **kw) -> Envelope:
         """
-        Make the envelope of a message received with these commands.
+        Make the envelope of a message received with these commands: its
+        sender and MAIL parameters, and its recipients with their DSN
+        parameters.  It has L{requireTLS} if MAIL had REQUIRETLS, or if
+        C{kw} says so (a C{requireTLS} there adds it, never takes it away).
         """
+        kw["requireTLS"] = bool(kw.get("requireTLS")) or mail.requiretls
         return cls(
             id=queueID,
             sender=bytes(mail.address),
@@ -664,22 +677,45 @@ class SpoolFile:
         self._closed = False
         self._message: bytes | None = None
         self._state: dict | None = None
+        self._release: Callable[[], None] | None = None
 
     def write(self, data: bytes) -> None:
+        """
+        Add octets to the message.
+
+        @raise SpoolBusy: if the message spills into its file while another
+            process holds the spool (a queue used on its own).
+        """
         self._size += len(data)
         if self._file is None:
             if self._buffered + len(data) <= self.SPILL:
                 self._buffer.append(bytes(data))
                 self._buffered += len(data)
                 return
-            self._file = createPrivate(self.path)
+            self._holdSpool()
             try:
+                self._file = createPrivate(self.path)
                 self._file.writelines(self._buffer)
             except BaseException:
                 self._discard()
+                self._releaseSpool()
                 raise
             self._buffer = []
         self._file.write(data)
+
+    def _holdSpool(self) -> None:
+        """
+        Hold the spool until the message is in the queue or thrown away.
+
+        @raise SpoolBusy: if another process holds it.
+        """
+        if self._release is None:
+            self._release = self.queue._holdSpool()
+
+    def _releaseSpool(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     @property
     def size(self) -> int:
@@ -694,13 +730,20 @@ class SpoolFile:
 
         @return: a C{Deferred} firing with the L{Envelope} once the
             message is on disk; failing (and the message thrown away) if
-            it could not be written.
+            it could not be written, or with L{SpoolBusy} if another
+            process holds the spool (a queue used on its own).
         """
         self.envelope.size = self.size
         self._closed = True
+        try:
+            self._holdSpool()
+        except SpoolBusy:
+            self._discard()
+            return defer.fail()
         # Taken now, in the reactor thread, as for every state write.
         self._state = self.envelope.state() if self.envelope.stateAtCommit else None
         d = self.queue._committer.submit(("commit", self))
+        d.addBoth(_after, self._releaseSpool)
         d.addCallback(lambda _: self.queue._committed(self))
         return d
 
@@ -721,6 +764,7 @@ class SpoolFile:
             return
         self._closed = True
         self._discard()
+        self._releaseSpool()
 
     def _writeOut(self) -> None:
         """
@@ -799,6 +843,19 @@ def _unlink(path: str) -> None:
         pass
 
 
+def _after(result, call: Callable[[], None]):
+    """
+    Call C{call}, then pass C{result} on (a C{Deferred}'s callback and
+    errback both).
+    """
+    call()
+    return result
+
+
+def _nothing() -> None:
+    pass
+
+
 class Queue(TwistedMailQueueMixin, QueueView):
     """
     A durable queue of messages in a spool directory (see the module
@@ -810,6 +867,9 @@ class Queue(TwistedMailQueueMixin, QueueView):
     L{setWaiting <QueueView.setWaiting>}, L{done <QueueView.done>}).
 
     @ivar directory: the spool directory.
+    @ivar lock: the spool's lock (L{SpoolLock}) every change of the files
+        is made under: the one given by the queue's owner, or the queue's
+        own.
     @ivar fsyncs: how many C{fsync} calls were made (files and
         directories), for measurements.
     @cvar cacheLimit: how many octets of small messages (those that fit in
@@ -819,7 +879,7 @@ class Queue(TwistedMailQueueMixin, QueueView):
 
     cacheLimit = 32 * 1024 * 1024
 
-    def __init__(self, directory: str, reactor=None, runInThread=None) -> None:
+    def __init__(self, directory: str, reactor=None, runInThread=None, lock: SpoolLock | None = None) -> None:
         """
         @param directory: the spool directory; made if missing.
         @param reactor: the reactor whose thread pool does the disk work;
@@ -827,6 +887,14 @@ class Queue(TwistedMailQueueMixin, QueueView):
         @param runInThread: a callable C{(f, *args) -> Deferred} running
             C{f} off the reactor thread; by default the reactor's thread
             pool.
+        @param lock: the spool's lock, for a queue whose owner holds it
+            for the queue's whole use (a relay, from its start to its
+            exit; C{mailproto queue} while it changes the files): while it
+            is held, the queue changes the files without asking again.
+            If C{None} (a queue used on its own, as in a script), the
+            queue takes the spool's lock for the time of each change
+            (L{recover}, a commit, L{update}, L{remove}), and the change
+            fails with L{SpoolBusy} while another process holds it.
         """
         QueueView.__init__(self)
         self._cache: dict[str, bytes] = {}
@@ -837,6 +905,8 @@ class Queue(TwistedMailQueueMixin, QueueView):
         self._runInThread = runInThread
         self._committer = _GroupCommitter(self._runBatch)
         makePrivate(directory)
+        self.lock = SpoolLock(directory) if lock is None else lock
+        self._holds = 0
 
 
     # -- paths --------------------------------------------------------------
@@ -850,6 +920,41 @@ class Queue(TwistedMailQueueMixin, QueueView):
         """
         return self._path("queue", queueID)
 
+    # -- the spool's lock ------------------------------------------------------
+
+    def _holdSpool(self) -> Callable[[], None]:
+        """
+        Make sure the spool's lock is held for a change of its files: held
+        by the queue's owner already, or taken now for the change (and
+        shared by the changes that overlap it).
+
+        @return: what to call, once, when the change is done.
+        @raise SpoolBusy: if another process holds the lock.
+        """
+        if not self._holds:
+            if self.lock.held:
+                return _nothing
+            self.lock.acquire()
+        self._holds += 1
+        released = []
+
+        def release() -> None:
+            if released:
+                return
+            released.append(True)
+            self._holds -= 1
+            if not self._holds:
+                self.lock.release()
+
+        return release
+
+    def _submit(self, item, release: Callable[[], None]) -> defer.Deferred:
+        """
+        Give C{item} to the disk thread, with the spool held until it is
+        done (C{release} is called then).
+        """
+        return self._committer.submit(item).addBoth(_after, release)
+
     # -- recovery -----------------------------------------------------------
 
     def recover(self) -> dict[str, int]:
@@ -857,14 +962,24 @@ class Queue(TwistedMailQueueMixin, QueueView):
         Read the spool after a start or a crash: remove what was never
         acknowledged, set aside what cannot be read, and load every queued
         message.  Run it before serving; it reads and writes the disk
-        directly.
+        directly, holding the spool's lock.
 
         @return: counts: C{queued}; C{removed}, the unfinished messages
             removed from C{tmp/}; C{corrupt}, the files set aside (queue
             files, and state files that could not be used).  A message
             whose every recipient is done is removed and logged, not
             counted.
+        @raise SpoolBusy: if another process holds the spool (a running
+            relay: change its queue with C{mailproto queue}); no file is
+            touched then.
         """
+        release = self._holdSpool()
+        try:
+            return self._recover()
+        finally:
+            release()
+
+    def _recover(self) -> dict[str, int]:
         counts = {"queued": 0, "removed": 0, "corrupt": 0}
         for name in os.listdir(self._path("tmp")):
             _unlink(self._path("tmp", name))
@@ -995,22 +1110,34 @@ class Queue(TwistedMailQueueMixin, QueueView):
         """
         Write a message's delivery state durably.
 
-        @return: a C{Deferred} that fires when it is on disk.
+        @return: a C{Deferred} that fires when it is on disk; it fails
+            with L{SpoolBusy} if another process holds the spool (a queue
+            used on its own).
         """
+        try:
+            release = self._holdSpool()
+        except SpoolBusy:
+            return defer.fail()
         # The state is taken now, in the reactor thread: the envelope may
         # change again before the disk work runs.
-        return self._committer.submit(("state", (envelope.id, envelope.state())))
+        return self._submit(("state", (envelope.id, envelope.state())), release)
 
     def remove(self, queueID: str) -> defer.Deferred:
         """
         Take a message out of the queue (delivered, or reported back to
         its sender).
 
-        @return: a C{Deferred} that fires when it is gone.
+        @return: a C{Deferred} that fires when it is gone; it fails with
+            L{SpoolBusy}, and the message stays, if another process holds
+            the spool (a queue used on its own).
         """
+        try:
+            release = self._holdSpool()
+        except SpoolBusy:
+            return defer.fail()
         self._forget(queueID)
         self._uncache(queueID)
-        return self._committer.submit(("remove", queueID))
+        return self._submit(("remove", queueID), release)
 
     def _uncache(self, queueID: str) -> None:
         data = self._cache.pop(queueID, None)

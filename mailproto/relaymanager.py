@@ -21,7 +21,9 @@ by MX records, and the relaying manager that sends the queue's messages:
 
   - L{Queue}: the spool directory; messages are committed durably (the
     server's 250 waits for it), their delivery state is kept in JSON, and
-    L{Queue.recover} sets the spool right after a crash.
+    L{Queue.recover} sets the spool right after a crash.  One process
+    changes a spool at a time, under its L{SpoolLock}; a queue used on
+    its own beside a running relay refuses to change it (L{SpoolBusy}).
   - L{importTwistedQueue} moves a twisted.mail relay's queue directory
     (its C{-H}/C{-D} pairs) into a L{Queue}, durably, and says what it
     took in an L{ImportReport}.
@@ -52,7 +54,7 @@ from mailproto._mx import (
     NoSuchDomain,
     NullMX,
 )
-from mailproto._queue import Envelope, Queue, Recipient
+from mailproto._queue import Envelope, Queue, Recipient, SpoolBusy, SpoolLock
 from mailproto._relayers import (
     ESMTPManagedRelayer,
     ESMTPManagedRelayerFactory,
@@ -76,6 +78,8 @@ __all__ = [
     "NoMailExchange",
     "DNSTemporaryFailure",
     "Queue",
+    "SpoolLock",
+    "SpoolBusy",
     "importTwistedQueue",
     "ImportReport",
     "Envelope",

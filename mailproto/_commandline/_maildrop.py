@@ -706,7 +706,7 @@ async def dropIntoSpool(reactor, spool: str, sender: bytes, recipients: list[byt
                         raise SendmailError(EX_TEMPFAIL, f"{why}, and the spool {spool} is in use by another process: try again later") from None
                     await deferLater(reactor, 0.05, lambda: None)
             try:
-                queue = Queue(spool, runInThread=lambda f, *args: defer.maybeDeferred(f, *args))
+                queue = Queue(spool, runInThread=lambda f, *args: defer.maybeDeferred(f, *args), lock=lock)
                 queueID = newMessageID()
                 envelope = Envelope(
                     id=queueID,

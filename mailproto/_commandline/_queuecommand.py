@@ -383,7 +383,7 @@ class _QueueCommand(usage.Options):
             )
             return 1
         try:
-            answer = self.offline(_offlineQueue(self["spool"]), queueID)
+            answer = self.offline(_offlineQueue(self["spool"], lock), queueID)
         except KeyError:
             stderr.write(f"mailproto queue {command}: no message {queueID} in the queue\n")
             return 1
@@ -393,12 +393,13 @@ class _QueueCommand(usage.Options):
         return 0
 
 
-def _offlineQueue(spool: str) -> Queue:
+def _offlineQueue(spool: str, lock: SpoolLock) -> Queue:
     """
-    @return: the queue of C{spool}, read, doing its disk work at once (for
-        use while holding the spool's lock, with no relay running).
+    @param lock: the spool's lock, held (no relay runs).
+    @return: the queue of C{spool}, read, doing its disk work at once
+        under C{lock}.
     """
-    queue = Queue(spool, runInThread=lambda f, *args: defer.maybeDeferred(f, *args))
+    queue = Queue(spool, runInThread=lambda f, *args: defer.maybeDeferred(f, *args), lock=lock)
     queue.recover()
     return queue
 
@@ -646,7 +647,7 @@ class _SelectingCommand(_QueueCommand):
                 stderr.write(f"{name}: a relay holds {self['spool']} but does not answer on its control socket; try again in a moment\n")
                 return 1
             try:
-                queue = _offlineQueue(self["spool"])
+                queue = _offlineQueue(self["spool"], lock)
                 for queueID in ids:
                     try:
                         (changed if self.offlineOne(queue, queueID) else unchanged).append(queueID)
@@ -859,7 +860,7 @@ class ImportOptions(_QueueCommand):
             stderr.write(f"mailproto queue import: cannot use {spool}: {e.strerror or e}\n")
             return 1
         try:
-            report = _settle(importTwistedQueue(self["directory"], _offlineQueue(spool)))
+            report = _settle(importTwistedQueue(self["directory"], _offlineQueue(spool, lock)))
         except OSError as e:
             stderr.write(f"mailproto queue import: cannot read {self['directory']}: {e.strerror or e}\n")
             return 1

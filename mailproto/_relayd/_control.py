@@ -4,9 +4,9 @@
 How C{mailproto queue} reaches the relay that owns a spool directory.
 
 A running relay holds an exclusive lock on C{lock} in its spool directory
-(L{SpoolLock}) and listens on the UNIX socket C{control} there
-(L{ControlFactory}).  The socket speaks one JSON object per line each
-way::
+(L{SpoolLock}, from L{mailproto._spoollock}) and listens on the UNIX
+socket C{control} there (L{ControlFactory}).  The socket speaks one JSON
+object per line each way::
 
     {"command": "flush", "id": null}          ->  {"ok": true, "ids": [...]}
     {"command": "requeue", "id": "ID"}        ->  {"ok": true}
@@ -27,7 +27,6 @@ it does.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -37,68 +36,16 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+# The lock lives with the queue; it is named here too, where the relay
+# and the command line have always found it.
+from mailproto._spoollock import LOCK_NAME, SpoolBusy, SpoolLock  # noqa: F401
+
 _log = Logger()
 
-LOCK_NAME = "lock"
 SOCKET_NAME = "control"
 
 #: The longest request or answer line.
 MAX_LINE = 1024 * 1024
-
-
-class SpoolBusy(Exception):
-    """
-    Another process holds the spool's lock.
-    """
-
-
-class SpoolLock:
-    """
-    The exclusive lock on a spool directory (C{flock} on its C{lock}
-    file): one relay, or one offline C{mailproto queue} command, at a
-    time.  The lock goes with the process: a crash releases it.
-    """
-
-    def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, LOCK_NAME)
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """
-        @raise SpoolBusy: if another process holds it.
-        @raise OSError: if the lock file cannot be opened.
-        """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise SpoolBusy(f"{os.path.dirname(self.path) or '.'} is in use by another process") from None
-            raise
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def isHeldElsewhere(self) -> bool:
-        """
-        @return: whether another process holds the lock now.
-        """
-        try:
-            self.acquire()
-        except SpoolBusy:
-            return True
-        except FileNotFoundError:
-            return False
-        self.release()
-        return False
 
 
 #: The longest UNIX socket path that binds everywhere (the limit is 108

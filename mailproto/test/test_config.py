@@ -12,18 +12,24 @@ SIGHUP reading it again.
   - L{LiveReloadTests}: SIGHUP to a real C{twistd mailrelay --config}: a
     relay network added lets the same client relay; a bad file is
     refused and the client keeps the old behaviour.
+  - L{CertificateReloadTests}, L{LiveCertificateReloadTests}: a
+    certificate renewed in place (same paths, new contents) is used for
+    new TLS sessions after a reload; a broken one is refused and the old
+    one stays.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import ssl
 
 from twisted.internet import defer
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from mailproto._relayd._config import ConfigReloader
+from mailproto._relayd._config import CertificateReloader, ConfigReloader, tlsIdentity
 from mailproto._relayd._daemon import Options, makeService
 from mailproto.test.test_daemon import RelayProcess, freePort, waitUntil
 from mailproto.test.test_operations import HOSTNAME, PROMPTLY, openSession
@@ -415,4 +421,311 @@ class LiveUsersReloadTests(TestCase):
         self.assertEqual((yield deferToThread(login, "ann", "s3cret")), 235)
         self.assertEqual((yield deferToThread(login, "joe", "secret")), 235)
         yield relay.terminate()
+        self.assertNotIn("Traceback", relay.text())
+
+
+class _Certificates:
+    """
+    A test authority, and certificates for 127.0.0.1 it issues, written
+    in place at one certificate path and one key path (as a renewal
+    leaves them).
+
+    @ivar serial: the serial number of the certificate written last.
+    """
+
+    def __init__(self, directory: str) -> None:
+        try:
+            import trustme
+        except ImportError:
+            trustme = None
+        from mailproto.test._peers import need
+
+        need(trustme, "trustme")
+        self.ca = trustme.CA()
+        self.certificate = os.path.join(directory, "fullchain.pem")
+        self.key = os.path.join(directory, "privkey.pem")
+        self.renew()
+
+    def issue(self):
+        return self.ca.issue_cert("127.0.0.1", "localhost")
+
+    def renew(self) -> int:
+        """
+        Write a new certificate and its key over the files.
+
+        @return: its serial number.
+        """
+        issued = self.issue()
+        self.write(issued.cert_chain_pems[0].bytes(), issued.private_key_pem.bytes())
+        self.serial = _serial(issued.cert_chain_pems[0].bytes())
+        return self.serial
+
+    def write(self, certificate: bytes, key: bytes) -> None:
+        for path, data in ((self.certificate, certificate), (self.key, key)):
+            with open(path + ".new", "wb") as f:
+                f.write(data)
+            os.replace(path + ".new", path)
+
+    def mismatched(self) -> None:
+        """
+        Write a new certificate with the key of another.
+        """
+        self.write(self.issue().cert_chain_pems[0].bytes(), self.issue().private_key_pem.bytes())
+
+    def clientContext(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+def _serial(pem: bytes) -> int:
+    from OpenSSL import crypto
+
+    return crypto.load_certificate(crypto.FILETYPE_PEM, pem).get_serial_number()
+
+
+def _servedSerial(tls) -> int:
+    return tls.certificate.get_serial_number()
+
+
+class CertificateReloadTests(_ConfigCase):
+    """
+    A certificate renewed in place: L{ConfigReloader.reload} (with
+    C{--config}) and L{CertificateReloader.reload} (without) read it
+    again.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.files = _Certificates(self.scratch)
+
+    def tlsConfig(self, more: str = "") -> str:
+        """
+        Write the file: the certificate and key, and a submission port
+        (STARTTLS on two listeners), then C{more}.
+        """
+        users = _write(os.path.join(self.scratch, "users"), "")
+        return self.config(
+            f'certificate = "{self.files.certificate}"\nprivate-key = "{self.files.key}"\n'
+            f'submission = ["tcp:0"]\nusers = "{users}"\n{more}'
+        )
+
+    def configRelay(self):
+        """
+        @return: a relay made from L{tlsConfig}'s file.
+        """
+        self.tlsConfig()
+        relay = makeService(self.parse())
+        self.assertIsInstance(relay.reloader, ConfigReloader)
+        return relay
+
+    def assertServing(self, relay, serial: int) -> None:
+        """
+        Every listener that offers STARTTLS serves the certificate
+        C{serial}.
+        """
+        for kind in ("smtp", "submission"):
+            self.assertEqual(_servedSerial(relay.factories[kind].contextFactory), serial, kind)
+
+    def test_identity(self):
+        """
+        L{tlsIdentity} is the same for two loads of the same files, and
+        differs for another certificate.
+        """
+        from mailproto._tls import loadServerOptions
+
+        first = tlsIdentity(loadServerOptions(self.files.certificate, self.files.key))
+        self.assertEqual(tlsIdentity(loadServerOptions(self.files.certificate, self.files.key)), first)
+        self.files.renew()
+        self.assertNotEqual(tlsIdentity(loadServerOptions(self.files.certificate, self.files.key)), first)
+        self.assertIsNone(tlsIdentity(None))
+
+    def test_renewedInPlace(self):
+        """
+        The same paths with a new certificate: new TLS sessions get it,
+        and the reload line says where it came from; a reload after that
+        finds nothing changed.
+        """
+        relay = self.configRelay()
+        old = self.files.serial
+        self.assertServing(relay, old)
+        self.assertEqual(relay.reloader.reload(), f"mailrelay: reloaded {self.path}: nothing changed")
+        new = self.files.renew()
+        self.assertNotEqual(new, old)
+        self.assertEqual(
+            relay.reloader.reload(), f"mailrelay: reloaded {self.path}: TLS certificate reloaded from {self.files.certificate}"
+        )
+        self.assertServing(relay, new)
+        self.assertEqual(relay.reloader.reload(), f"mailrelay: reloaded {self.path}: nothing changed")
+
+    def test_renewedWithOtherChanges(self):
+        """
+        A renewal and a changed option are said in the same one line.
+        """
+        relay = self.configRelay()
+        new = self.files.renew()
+        self.tlsConfig("max-clients = 7\n")
+        self.assertEqual(
+            relay.reloader.reload(),
+            f"mailrelay: reloaded {self.path}: max-clients changed; TLS certificate reloaded from {self.files.certificate}",
+        )
+        self.assertServing(relay, new)
+
+    def test_brokenRefused(self):
+        """
+        A certificate file that is not PEM, or a key that does not match
+        the certificate, is refused in one line; the old certificate
+        stays, and a good file after that is taken.
+        """
+        relay = self.configRelay()
+        old = self.files.serial
+        with open(self.files.key, "rb") as f:
+            key = f.read()
+        self.files.write(b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n", key)
+        line = relay.reloader.reload()
+        self.assertRegex(line, rf"^mailrelay: reload refused: {re.escape(self.path)}, line 3: --certificate: ")
+        self.assertTrue(line.endswith("; the old configuration stays"), line)
+        self.assertNotIn("\n", line)
+        self.assertServing(relay, old)
+        self.files.mismatched()
+        line = relay.reloader.reload()
+        self.assertIn(f"--certificate: cannot use {self.files.certificate} and {self.files.key}", line)
+        self.assertTrue(line.endswith("; the old configuration stays"), line)
+        self.assertServing(relay, old)
+        new = self.files.renew()
+        self.assertIn("TLS certificate reloaded from", relay.reloader.reload())
+        self.assertServing(relay, new)
+
+    def test_withoutConfigFile(self):
+        """
+        Without C{--config}, SIGHUP's reloader reads only the certificate
+        and key: unchanged, renewed, or refused (the old one stays), each
+        said in one line.
+        """
+        options = Options()
+        options.parseOptions(
+            ["--spool", self.spool, "--hostname", "relay.example", "--certificate", self.files.certificate, "--private-key", self.files.key]
+        )
+        relay = makeService(options)
+        self.assertIsInstance(relay.reloader, CertificateReloader)
+        old = self.files.serial
+        self.assertEqual(relay.reloader.reload(), f"mailrelay: TLS certificate unchanged ({self.files.certificate})")
+        self.files.mismatched()
+        line = relay.reloader.reload()
+        self.assertTrue(line.startswith("mailrelay: TLS certificate reload refused: --certificate: cannot use "), line)
+        self.assertTrue(line.endswith("; the old certificate stays"), line)
+        self.assertEqual(_servedSerial(relay.factories["smtp"].contextFactory), old)
+        new = self.files.renew()
+        self.assertEqual(relay.reloader.reload(), f"mailrelay: TLS certificate reloaded from {self.files.certificate}")
+        self.assertEqual(_servedSerial(relay.factories["smtp"].contextFactory), new)
+
+    def test_noCertificateNoReloader(self):
+        """
+        A relay with neither a certificate nor C{--config} has nothing to
+        reload.
+        """
+        options = Options()
+        options.parseOptions(["--spool", self.spool, "--hostname", "relay.example"])
+        self.assertIsNone(makeService(options).reloader)
+
+
+class LiveCertificateReloadTests(TestCase):
+    """
+    SIGHUP to a real C{twistd mailrelay --config FILE} whose certificate
+    is renewed in place.
+    """
+
+    timeout = 90
+
+    def setUp(self):
+        self.scratch = os.path.abspath(self.mktemp())
+        os.makedirs(self.scratch)
+        self.files = _Certificates(self.scratch)
+        self.port = freePort()
+        self.path = _write(
+            os.path.join(self.scratch, "mailrelay.toml"),
+            f'smtp = ["tcp:{self.port}:interface=127.0.0.1"]\n'
+            f'spool = "{os.path.join(self.scratch, "spool")}"\n'
+            f'hostname = "{HOSTNAME}"\n'
+            f'smarthost = "127.0.0.1:{freePort()}"\n'
+            f'certificate = "{self.files.certificate}"\n'
+            f'private-key = "{self.files.key}"\n',
+        )
+
+    def session(self):
+        """
+        @return: a L{Deferred} firing with an smtplib session to the relay
+            that started TLS (trusting the test authority only).
+        """
+        import smtplib
+
+        from twisted.internet.threads import deferToThread
+
+        def connect():
+            s = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
+            s.ehlo("client.example")
+            s.starttls(context=self.files.clientContext())
+            s.ehlo("client.example")
+            return s
+
+        return deferToThread(connect)
+
+    @staticmethod
+    def served(session) -> int:
+        return _serial(ssl.DER_cert_to_PEM_cert(session.sock.getpeercert(binary_form=True)).encode("ascii"))
+
+    @defer.inlineCallbacks
+    def newSessionSerial(self):
+        from twisted.internet.threads import deferToThread
+
+        session = yield self.session()
+        try:
+            return self.served(session)
+        finally:
+            yield deferToThread(session.quit)
+
+    @defer.inlineCallbacks
+    def hangUp(self, relay: RelayProcess, needle: str):
+        before = len(relay.logLines(needle))
+        relay.process.signalProcess("HUP")
+        lines = yield waitUntil(lambda: relay.logLines(needle)[before:], PROMPTLY, lambda: f"{needle!r} in the log:\n{relay.text()}")
+        return lines[0]
+
+    @defer.inlineCallbacks
+    def test_renewedInPlace(self):
+        """
+        After the files are renewed in place and the relay gets SIGHUP, a
+        new STARTTLS session sees the new certificate, and a session in
+        TLS since before goes on with the old one; a broken file (not PEM,
+        then a key of another certificate) is refused with one line, and
+        new sessions still get the renewed certificate.
+        """
+        from twisted.internet.threads import deferToThread
+
+        relay = RelayProcess.spawn(self, ["--config", self.path], self.scratch)
+        yield relay.whenListening()
+        old = self.files.serial
+        self.assertEqual((yield self.newSessionSerial()), old)
+        before = yield self.session()
+        self.addCleanup(before.close)
+
+        new = self.files.renew()
+        line = yield self.hangUp(relay, "mailrelay: reloaded ")
+        self.assertIn(f"mailrelay: reloaded {self.path}: TLS certificate reloaded from {self.files.certificate}", line)
+        self.assertEqual((yield self.newSessionSerial()), new)
+        self.assertEqual((yield deferToThread(before.noop))[0], 250)
+        self.assertEqual(self.served(before), old)
+
+        self.files.write(b"-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n", b"")
+        line = yield self.hangUp(relay, "mailrelay: reload refused: ")
+        self.assertIn("; the old configuration stays", line)
+        self.assertEqual((yield self.newSessionSerial()), new)
+        self.files.mismatched()
+        line = yield self.hangUp(relay, "mailrelay: reload refused: ")
+        self.assertIn(f"--certificate: cannot use {self.files.certificate} and {self.files.key}", line)
+        self.assertEqual((yield self.newSessionSerial()), new)
+
+        yield deferToThread(before.quit)
+        yield relay.terminate()
+        self.assertEqual(relay.endSignal, signal.SIGTERM)
         self.assertNotIn("Traceback", relay.text())

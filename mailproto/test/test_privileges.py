@@ -126,9 +126,11 @@ class PrivateSpoolTests(SynchronousTestCase):
         self.successResultOf(spool.commit())
         self.successResultOf(queue.update(envelope))
         modes = _modes(self.spool)
-        self.assertEqual({path for path in modes}, {".", "tmp", "queue", "corrupt", "queue/" + "0" * 12, "queue/" + "0" * 12 + ".state"})
+        # "lock": the spool's lock, which each change was made under.
+        files = {"lock", "queue/" + "0" * 12, "queue/" + "0" * 12 + ".state"}
+        self.assertEqual({path for path in modes}, {".", "tmp", "queue", "corrupt", *files})
         for path, mode in modes.items():
-            self.assertEqual(mode, 0o600 if path.startswith("queue/") else 0o700, path)
+            self.assertEqual(mode, 0o600 if path in files else 0o700, path)
 
     def test_bigMessageSpilled(self):
         """

@@ -765,7 +765,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(self.runMailproto(), 2)
         self.assertEqual(
             self.stderr.getvalue(),
-            "mailproto: error: no command given (commands: sink, send, adduser, queue, sendmail) (see 'mailproto --help')\n",
+            "mailproto: error: no command given (commands: sink, send, adduser, queue, sendmail, dkim-keygen) (see 'mailproto --help')\n",
         )
         self.assertEqual(self.runMailproto("nosuch"), 2)
         self.assertIn("Unknown command: nosuch", self.stderr.getvalue())
