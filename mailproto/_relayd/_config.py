@@ -35,11 +35,22 @@ to the running objects (the relay policy, the connection limits, the
 factories' per-session limits, the smart host, ...: used by new
 connections and attempts; open ones are not dropped) or reported as
 needing a restart (the listeners, the spool, the hostname, ...).
+
+The TLS certificate and key are read again on every reload, whether or
+not their paths changed: a certificate renewed in place (the same path,
+new contents, as Let's Encrypt's renewals leave it) is used for the TLS
+sessions that start from then on, and the reload line says C{TLS
+certificate reloaded from PATH}; sessions already in TLS keep theirs.
+A file that cannot be used (not PEM, a key that does not match) is a
+usage error like any other: the reload is refused, in one line, and the
+old certificate stays.  A relay with a certificate and no configuration
+file reads the certificate again on SIGHUP too (L{CertificateReloader}).
 """
 
 from __future__ import annotations
 
 import getopt
+import hashlib
 import os
 import re
 import sys
@@ -64,7 +75,24 @@ OPT_PARAMETERS = [
 _NOT_KEYS = frozenset({"help", "version", "config"})
 
 #: Options a reload does not apply: the relay must be restarted.
-RESTART = ("smtp", "submission", "smtps", "lmtp", "spool", "hostname", "metrics", "log-format", "proxy-protocol")
+RESTART = (
+    "smtp",
+    "submission",
+    "smtps",
+    "lmtp",
+    "spool",
+    "hostname",
+    "metrics",
+    "log-format",
+    "proxy-protocol",
+    "dns-server",
+    "dnssec",
+    "no-tls-reports",
+    "tls-report-organization",
+    "tls-report-contact",
+    "dkim-key",
+    "tls-ca",
+)
 
 
 class ConfigError(usage.UsageError):
@@ -256,6 +284,47 @@ def _blame(error: usage.UsageError, path: str, keys: set[str]) -> usage.UsageErr
 # -- reloading -----------------------------------------------------------------
 
 
+def tlsIdentity(tls) -> bytes | None:
+    """
+    @param tls: a server's TLS options (a C{CertificateOptions}, as
+        C{mailproto._tls.loadServerOptions} makes them), or C{None}.
+    @return: a digest of its certificate, chain and private key (their
+        DER octets), equal for two loads of the same files; C{None} for
+        no TLS.
+    """
+    if tls is None:
+        return None
+    from OpenSSL import crypto
+
+    digest = hashlib.sha256()
+    for certificate in [tls.certificate, *(tls.extraCertChain or ())]:
+        digest.update(b"certificate\0" + crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate))
+    digest.update(b"key\0" + crypto.dump_privatekey(crypto.FILETYPE_ASN1, tls.privateKey))
+    return digest.digest()
+
+
+def applyTLS(relay, tls) -> None:
+    """
+    Serve the relay's new TLS sessions with the certificate of C{tls}:
+    STARTTLS on every listener that offers it, and the TLS of
+    C{--smtps}.  Sessions already in TLS keep the certificate they have.
+    """
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    for kind, factory in relay.factories.items():
+        if kind != "smtps" and factory.contextFactory is not None:
+            factory.contextFactory = tls
+    for listener in relay.listeners:
+        factory = getattr(listener, "factory", None)
+        if isinstance(factory, TLSMemoryBIOFactory):
+            factory._creatorCallable = TLSMemoryBIOFactory(tls, False, factory.wrappedFactory)._creatorCallable
+
+
+def _say(line: str) -> str:
+    _log.info("{line}", line=line)
+    return line
+
+
 def _written(options: usage.Options) -> dict[str, object]:
     """
     @return: every option as written (before C{postOptions} converts it),
@@ -321,25 +390,41 @@ class ConfigReloader:
         changed = [name for name in written if written[name] != self.written.get(name)]
         restart = [name for name in changed if name in RESTART or not self._canApply(name, options)]
         applied = [name for name in changed if name not in restart]
+        renewed = self._renewed(changed, options)
         self._apply(applied, options)
+        if renewed:
+            applyTLS(self.relay, options["tls"])
         # What is in force now: the new values of what was applied.
         for name in applied:
             self.written[name] = written[name]
-        if not changed:
+        if not changed and not renewed:
             return self._say(f"mailrelay: reloaded {self.path}: nothing changed")
         parts = []
         if applied:
             parts.append(", ".join(applied) + " changed")
+        if renewed:
+            parts.append(f"TLS certificate reloaded from {options['certificate']}")
         if restart:
             parts.append(", ".join(restart) + (" needs" if len(restart) == 1 else " need") + " a restart (not applied)")
         return self._say(f"mailrelay: reloaded {self.path}: " + "; ".join(parts))
+
+    def _renewed(self, changed: list[str], options) -> bool:
+        """
+        @return: whether the certificate or key files, at the paths in
+            force, now hold another certificate or key (read by the parse
+            of C{options}): renewed in place.
+        """
+        if "certificate" in changed or "private-key" in changed:
+            # Another path: applied (or not) as a changed option.
+            return False
+        old, new = self.options["tls"], options["tls"]
+        return old is not None and new is not None and tlsIdentity(new) != tlsIdentity(old)
 
     def _withPath(self, message: str) -> str:
         return message if self.path in message else f"{self.path}: {message}"
 
     def _say(self, line: str) -> str:
-        _log.info("{line}", line=line)
-        return line
+        return _say(line)
 
     def _canApply(self, name: str, options) -> bool:
         """
@@ -405,6 +490,10 @@ class ConfigReloader:
             self._reportPolicy.toStrangers = not options["no-reports-to-strangers"]
         if "shutdown-grace" in names:
             relay.shutdownGrace = options["shutdown-grace"]
+        security = getattr(manager, "security", None)
+        if security is not None and names & {"tls-policy", "default-tls-policy"}:
+            security.default = options["default-tls-policy"]
+            security.domains = dict(options["tls-policies"])
         for submission in self._submissionPolicies():
             if "sender-login-map" in names:
                 submission.senders = options["sender-login-map"]
@@ -418,7 +507,7 @@ class ConfigReloader:
             relay.checker.usersFile = UsersFile(options["users"])
             relay.checker._cache = (None, {})
         if names & {"certificate", "private-key"}:
-            self._applyTLS(options["tls"])
+            applyTLS(relay, options["tls"])
         self.options = options
 
     def _submissionPolicies(self) -> list:
@@ -430,17 +519,37 @@ class ConfigReloader:
                 policies.append(submission)
         return policies
 
-    def _applyTLS(self, tls) -> None:
-        """
-        Serve new connections with the certificate of C{tls}: STARTTLS on
-        every listener, and the TLS of C{--smtps}.
-        """
-        from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        for kind, factory in self.relay.factories.items():
-            if kind != "smtps" and factory.contextFactory is not None:
-                factory.contextFactory = tls
-        for listener in self.relay.listeners:
-            factory = getattr(listener, "factory", None)
-            if isinstance(factory, TLSMemoryBIOFactory):
-                factory._creatorCallable = TLSMemoryBIOFactory(tls, False, factory.wrappedFactory)._creatorCallable
+class CertificateReloader:
+    """
+    SIGHUP for a relay with a TLS certificate and no configuration file:
+    reads the certificate and key files again and, if they hold another
+    certificate (renewed in place), serves new TLS sessions with it.
+
+    @ivar tls: the TLS options in force.
+    """
+
+    def __init__(self, relay, options) -> None:
+        self.relay = relay
+        self.certificate = options["certificate"]
+        self.privateKey = options["private-key"]
+        self.tls = options["tls"]
+
+    def reload(self) -> str:
+        """
+        Read the certificate and key again and use them if they changed.
+
+        @return: the line logged: reloaded, unchanged, or refused (a file
+            that cannot be used; the old certificate stays).
+        """
+        from mailproto._commandline._cli import loadTLS
+
+        try:
+            tls = loadTLS(self.certificate, self.privateKey, "--certificate", "--private-key")
+        except usage.UsageError as e:
+            return _say(f"mailrelay: TLS certificate reload refused: {e}; the old certificate stays")
+        if tlsIdentity(tls) == tlsIdentity(self.tls):
+            return _say(f"mailrelay: TLS certificate unchanged ({self.certificate})")
+        applyTLS(self.relay, tls)
+        self.tls = tls
+        return _say(f"mailrelay: TLS certificate reloaded from {self.certificate}")

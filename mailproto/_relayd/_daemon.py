@@ -40,7 +40,8 @@ from zope.interface import implementer
 
 from mailproto._attempts import RetrySchedule
 from mailproto._relayd._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts
-from mailproto._relayd._control import ControlFactory, SpoolLock, socketPath
+from mailproto._relayd._control import ControlFactory, socketPath
+from mailproto._spoollock import SpoolLock
 from mailproto._relayd._privileges import giveSpool, runAs
 from mailproto._relayd._startup import describeStartFailure
 from mailproto._grammar import isDomain
@@ -49,7 +50,7 @@ from mailproto._relayd._proxy import proxyEndpoint
 from mailproto._relay import LOOPBACK, QueueDeliveryFactory, RelayPolicy
 from mailproto._relaymanager import SmartHostESMTPRelayingManager
 from mailproto._smarthost import ENCRYPT, MAY, NONE, VERIFY, SmartHost, TLSPolicy
-from mailproto._relayd import _config, _submission
+from mailproto._relayd import _config, _outbound, _submission
 from mailproto._replies import statusOf
 from mailproto._reports import ReportPolicy
 from mailproto._queue import Queue
@@ -142,7 +143,8 @@ class Options(usage.Options):
         "endpoint strings (tcp:25, tcp6:25:interface=\\:\\:1, unix:/run/relay.sock); "
         "the default SMTP listener is used only when no listener is given.  "
         "Durations take a unit: 300, 90s, 5m, 2h, 5d.  "
-        "SIGTERM stops the relay gracefully, SIGHUP reopens its log file (and reads --config again), and "
+        "SIGTERM stops the relay gracefully, SIGHUP reopens its log file and reads --config and the certificate "
+        "again, and "
         "`mailproto queue` lists and manages the queue."
     )
 
@@ -264,6 +266,10 @@ class Options(usage.Options):
     # Loop detection and submission hygiene: mailproto._relayd._submission.
     optFlags = optFlags + _submission.OPT_FLAGS
     optParameters = optParameters + _submission.OPT_PARAMETERS
+    # Outbound security (TLS policies, MTA-STS, DANE, TLS reports, DKIM):
+    # mailproto._relayd._outbound.
+    optFlags = optFlags + _outbound.OPT_FLAGS
+    optParameters = optParameters + _outbound.OPT_PARAMETERS
     # The configuration file: mailproto._relayd._config.
     optParameters = optParameters + _config.OPT_PARAMETERS
 
@@ -287,6 +293,24 @@ class Options(usage.Options):
         self["relay-network"] = []
         self["relay-domain"] = []
         self["relay-recipients"] = None
+        self["tls-policy"] = []
+        self["dkim-key"] = []
+
+    def opt_tls_policy(self, value: str) -> None:
+        """
+        DOMAIN=MODE: the TLS towards one domain's mail exchangers
+        (repeatable): none, may, encrypt, verify, dane, dane-only, mta-sts
+        or auto; see --default-tls-policy.
+        """
+        self["tls-policy"].append(value)
+
+    def opt_dkim_key(self, value: str) -> None:
+        """
+        DOMAIN:SELECTOR:KEYFILE: sign mail from DOMAIN (its From: header)
+        that the relay's own clients send, with this DKIM key (repeatable;
+        make one with `mailproto dkim-keygen`).
+        """
+        self["dkim-key"].append(value)
 
     def opt_smtp(self, endpoint: str) -> None:
         """
@@ -380,6 +404,7 @@ class Options(usage.Options):
         self._checkNumbers()
         self._checkIntakeLimits()
         _submission.checkOptions(self)
+        _outbound.checkOptions(self)
         self._checkListeners()
         self._checkSmartHost()
         self._checkPolicy()
@@ -599,7 +624,7 @@ def _loadRecipients(path: str, domains: list[str]):
         raise usage.UsageError(f"--relay-recipients {path!r}: {e}") from None
 
 
-def _loadAuthorities(path: str):
+def _loadAuthorities(path: str, name: str = "smarthost-ca"):
     from twisted.internet.ssl import Certificate, trustRootFromCertificates
 
     from mailproto._tls import _PEM_CERTIFICATE
@@ -611,9 +636,9 @@ def _loadAuthorities(path: str):
             raise ValueError("no PEM certificate in it")
         return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
     except OSError as e:
-        raise usage.UsageError(f"--smarthost-ca {path!r}: cannot read it ({e.strerror})") from None
+        raise usage.UsageError(f"--{name} {path!r}: cannot read it ({e.strerror})") from None
     except Exception as e:
-        raise usage.UsageError(f"--smarthost-ca {path!r}: {e}") from None
+        raise usage.UsageError(f"--{name} {path!r}: {e}") from None
 
 
 @implementer(IRealm)
@@ -794,7 +819,9 @@ class RelayService(service.MultiService):
     connectionLimits = None
     authFailures = None
     checker = None
-    #: The L{mailproto._relayd._config.ConfigReloader} SIGHUP calls, or C{None}.
+    #: What SIGHUP reloads: a L{mailproto._relayd._config.ConfigReloader}
+    #: (with C{--config}), a L{mailproto._relayd._config.CertificateReloader}
+    #: (a certificate, no C{--config}), or C{None}.
     reloader = None
 
     def __init__(
@@ -829,7 +856,8 @@ class RelayService(service.MultiService):
         self.description = description
         self.factories = dict(factories or {"smtp": factory})
         self.shutdownGrace = shutdownGrace
-        self.lock = SpoolLock(queue.directory)
+        # The queue changes the files under the lock the relay holds.
+        self.lock = queue.lock
         self.listeners = []
         from twisted.internet import reactor
 
@@ -1174,6 +1202,9 @@ def _listenerFactories(
             **limits,
         )
         factory.listener = kind
+        # The relay keeps REQUIRETLS in its queue and honours it when it
+        # sends (mailproto._security._policies): it may offer it.
+        factory.requireTLS = True
         return factory
 
     factories = {"smtp": esmtp("smtp", False)}
@@ -1219,6 +1250,8 @@ def _relayingManager(options: Options, queue: Queue, reactor) -> tuple:
         reactor=reactor,
         softBounce=bool(options["soft-bounce"]),
         timeout=options["reply-timeout"],
+        mxcalc=_outbound.mxCalculator(options, reactor),
+        security=_outbound.securityPolicies(options, options["spool"], reactor),
     )
     reportPolicy = ReportPolicy(toStrangers=not options["no-reports-to-strangers"])
     manager.recorder.reporter.policy = reportPolicy
@@ -1288,7 +1321,9 @@ def makeService(options: Options) -> RelayService:
     """
     from twisted.internet import reactor
 
-    queue = Queue(options["spool"], reactor=reactor)
+    # The relay holds the spool's lock from its start to its exit, and its
+    # queue works under it.
+    queue = Queue(options["spool"], reactor=reactor, lock=SpoolLock(options["spool"], relay=True))
     policy = options["policy"]
     hostname = options["hostname"].encode("idna")
     intake = _submission.intakePolicy(options, hostname, reactor)
@@ -1317,12 +1352,17 @@ def makeService(options: Options) -> RelayService:
     relay.authFailures = authFailures
     relay.checker = checker
     _fitDescriptorLimit(options["max-clients"])
+    reports = _outbound.tlsReporter(options, manager.security, queue, reactor)
+    if reports is not None:
+        reports.setServiceParent(relay)
     _addMetrics(relay, options, intake, reportPolicy, reactor)
     path = _logPath(options)
     if path is not None:
         relay.log = RelayLog(path, options["log-format"])
     if options.get("config"):
         relay.reloader = _config.ConfigReloader(relay, options, policy=policy, intake=intake, reportPolicy=reportPolicy)
+    elif options["tls"] is not None:
+        relay.reloader = _config.CertificateReloader(relay, options)
     # Under twistd: SIGHUP and SIGTERM are the relay's.
     relay.handleSignals = getattr(options, "parent", None) is not None
     return relay

@@ -79,6 +79,32 @@ class _QueueCollector:
         )
 
 
+class _SecurityCollector:
+    """
+    The outbound TLS policies' counters (L{SecurityPolicies.stats
+    <mailproto._security._policies.SecurityPolicies.stats>}), read when
+    scraped: sessions by the policy that applied and what came of them,
+    and policy decisions (MTA-STS enforced, DANE applied, ...).
+    """
+
+    def __init__(self, manager) -> None:
+        self.manager = manager
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        security = getattr(self.manager, "security", None)
+        family = CounterMetricFamily(
+            "mailrelay_outbound_tls",
+            "Outbound TLS sessions and policy decisions, by policy (config, dane, mta-sts, none) and outcome.",
+            labels=["policy", "outcome"],
+        )
+        if security is not None:
+            for (policy, outcome), count in sorted(security.stats.items()):
+                family.add_metric([policy, outcome], count)
+        yield family
+
+
 class RelayMetrics:
     """
     The relay's metrics, in their own registry.
@@ -135,6 +161,7 @@ class RelayMetrics:
         for policy in ("relay-recipients", "reports-unchecked", "no-reports-to-strangers"):
             self.policies.labels(policy)
         registry.register(_QueueCollector(queue, manager, clock))
+        registry.register(_SecurityCollector(manager))
         queue.listeners.append(self._queued)
         manager.outcomeListeners.append(self._outcome)
 

@@ -21,7 +21,8 @@ import os
 import pwd
 import stat
 
-_SUBDIRECTORIES = ("tmp", "queue", "corrupt")
+# The queue's, the MTA-STS policy cache's and the TLS reports' (mailproto._security).
+_SUBDIRECTORIES = ("tmp", "queue", "corrupt", "mta-sts", "tls-reports", os.path.join("tls-reports", "corrupt"))
 
 
 class SpoolNotUsable(Exception):

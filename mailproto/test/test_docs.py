@@ -131,6 +131,12 @@ class DocsTests(SynchronousTestCase):
         """
         self.runPage("relaying.rst")
 
+    def test_outboundSecurity(self):
+        """
+        docs/outbound-security.rst.
+        """
+        self.runPage("outbound-security.rst")
+
     def test_porting(self):
         """
         docs/porting.rst.
