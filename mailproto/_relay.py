@@ -25,6 +25,7 @@ from zope.interface import implementer
 from mailproto._address import Address
 from mailproto._commands import MailFrom, RcptTo
 from mailproto._errors import SMTPBadRcpt, SMTPServerError
+from mailproto._headerpolicy import HeaderScanner
 from mailproto._queue import CHECKED, TRUSTED, UNCHECKED, Envelope, Queue, newMessageID
 from mailproto._replies import Reply
 from mailproto.interfaces import IMessageDelivery, IMessageDeliveryFactory, IMessageStream
@@ -183,7 +184,15 @@ class _Transaction:
 
     def _openSpool(self) -> None:
         self.spool = self.delivery._open(self.users)
-        self.scanner = self.delivery._scanner(self.spool.envelope)
+        envelope = self.spool.envelope
+        self.scanner = self.delivery._scanner(envelope)
+        if self.scanner is None and not envelope.requireTLS:
+            # No header policy: a scanner with no limits, only for
+            # TLS-Required (RFC 8689), which REQUIRETLS overrides.
+            self.scanner = HeaderScanner(maxHops=0, maxOwnHops=0)
+        if self.delivery.dkim is not None:
+            # Signs what the header policy leaves (mailproto._dkim).
+            self.scanner = self.delivery.dkim.scanner(envelope, self.scanner)
 
     def write(self, data: bytes) -> None:
         if self.spool is None:
@@ -211,6 +220,7 @@ class _Transaction:
                     self.spool = None
                     self._fire(Failure())
                     return waiter
+                self._noteTLSOptional()
             committed = self.spool.commit()
             committed.addCallback(self.delivery._queued)
             committed.addErrback(self.delivery._notQueued, self.spool.envelope.id)
@@ -218,6 +228,16 @@ class _Transaction:
         elif self._result is not self._NOT_YET:
             self._fire(self._result)
         return waiter
+
+    def _noteTLSOptional(self) -> None:
+        """
+        Keep a C{TLS-Required: No} of the message's header in its envelope
+        (written with it at commit), unless the message has REQUIRETLS,
+        which RFC 8689 says wins.
+        """
+        envelope = self.spool.envelope
+        if getattr(self.scanner, "tlsOptional", False) and not envelope.requireTLS:
+            envelope.tlsOptional = True
 
     def _fire(self, result) -> None:
         self._result = result
@@ -335,6 +355,9 @@ class QueueDelivery:
     #: The header policy (L{mailproto._headerpolicy.IntakePolicy}) or C{None}.
     intake = None
 
+    #: The DKIM signer (L{mailproto._dkim.DKIMSigner}) or C{None}.
+    dkim = None
+
     def _scanner(self, envelope: Envelope):
         """
         @return: what the message's data passes through on its way into
@@ -355,22 +378,26 @@ class QueueDeliveryFactory:
     Gives the server a L{QueueDelivery} for each message.
     """
 
-    def __init__(self, queue: Queue, policy: RelayPolicy | None = None, clock=None, intake=None) -> None:
+    def __init__(self, queue: Queue, policy: RelayPolicy | None = None, clock=None, intake=None, dkim=None) -> None:
         """
         @param queue: the queue to write into.
         @param policy: who may relay; loopback clients only if C{None}.
         @param clock: the clock for arrival times; real time if C{None}.
         @param intake: the header policy (loop detection), a
             L{mailproto._headerpolicy.IntakePolicy}, or C{None}.
+        @param dkim: the DKIM signer, a L{mailproto._dkim.DKIMSigner}, or
+            C{None}.
         """
         self.queue = queue
         self.policy = policy or RelayPolicy()
         self.clock = clock
         self.intake = intake
+        self.dkim = dkim
 
     def getMessageDelivery(self) -> QueueDelivery:
         delivery = QueueDelivery(self.queue, self.policy, self.clock)
         delivery.intake = self.intake
+        delivery.dkim = self.dkim
         return delivery
 
 

@@ -19,6 +19,8 @@ subcommand.
   - C{mailproto adduser}: add a user to a users file (scrypt-hashed
     passwords, for L{mailproto._cred.UsersFileChecker}), or change a
     user's password (L{AddUserOptions}).
+  - C{mailproto dkim-keygen}: make a DKIM key and print its DNS record
+    (L{mailproto._commandline._dkimkeygen}).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from mailproto._commandline._send import (
     DEFAULT_TIMEOUT as SEND_TIMEOUT,
     IMPLICIT_TLS_PORT as SEND_TLS_PORT,
 )
+from mailproto._commandline._dkimkeygen import DKIMKeygenOptions
 from mailproto._commandline._queuecommand import QueueOptions
 from mailproto._commandline._maildrop import SendmailOptions
 from mailproto._server import SMTP
@@ -996,6 +999,7 @@ class MailprotoOptions(usage.Options):
         ["adduser", None, AddUserOptions, "Add a user to a users file (scrypt password hashes), or change a password."],
         ["queue", None, QueueOptions, "List and manage a relay's queue (list, show, flush, requeue, delete, import)."],
         ["sendmail", None, SendmailOptions, "Send the message on stdin to the local relay, as sendmail(8) does (cron, scripts)."],
+        ["dkim-keygen", None, DKIMKeygenOptions, "Make a DKIM signing key for the relay and print its DNS record."],
     ]
 
     def opt_version(self) -> None:

@@ -91,6 +91,10 @@ RESTART = (
     "tls-report-organization",
     "tls-report-contact",
     "dkim-key",
+    "dkim-sign-for",
+    "dkim-subdomains",
+    "dkim-domain",
+    "dkim-expiry",
     "tls-ca",
 )
 

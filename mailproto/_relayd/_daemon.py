@@ -1327,7 +1327,7 @@ def makeService(options: Options) -> RelayService:
     policy = options["policy"]
     hostname = options["hostname"].encode("idna")
     intake = _submission.intakePolicy(options, hostname, reactor)
-    deliveryFactory = QueueDeliveryFactory(queue, policy, intake=intake)
+    deliveryFactory = QueueDeliveryFactory(queue, policy, intake=intake, dkim=options["dkim-signer"])
     portal, submissionPortal, checker = _portals(options, queue, deliveryFactory, intake, reactor)
     # One count of failed AUTH per address for every port: blocked on one, blocked on all.
     authFailures = AuthFailures(limit=options["max-auth-failures"], window=AUTH_FAILURE_WINDOW, clock=reactor)

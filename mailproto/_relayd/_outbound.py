@@ -51,6 +51,15 @@ OPT_PARAMETERS = [
         None,
         "The address the TLS reports come from and name as contact (default: postmaster@ the host name).",
     ],
+    [
+        "dkim-sign-for",
+        None,
+        "trusted",
+        "Whose mail --dkim-key signs, by where it came from: trusted (relay networks and authenticated users), "
+        "checked, unchecked, several separated by commas, or all.",
+    ],
+    ["dkim-domain", None, None, "Sign every message with the --dkim-key of this domain, whatever its From: header."],
+    ["dkim-expiry", None, None, "How long DKIM signatures stay valid (x=), as 7d; no expiry if not given."],
 ]
 
 OPT_FLAGS = [
@@ -61,6 +70,11 @@ OPT_FLAGS = [
         "uses the answers they say are authentic.  Without it, DANE is never used.",
     ],
     ["no-tls-reports", None, "Send no TLS reports (RFC 8460), even to domains that ask for them."],
+    [
+        "dkim-subdomains",
+        None,
+        "A --dkim-key's domain also signs mail From: its subdomains (with d= the key's domain).",
+    ],
 ]
 
 
@@ -116,8 +130,7 @@ def checkOptions(options) -> None:
         from mailproto._relayd._daemon import _loadAuthorities
 
         options["tls-trust"] = _loadAuthorities(options["tls-ca"], "tls-ca")
-    for value in options["dkim-key"]:
-        _checkDKIMKey(value)
+    options["dkim-signer"] = dkimSigner(options)
 
 
 def resolver(options, reactor):
@@ -205,7 +218,7 @@ def tlsReporter(options, security: SecurityPolicies, queue, reactor):
     reporter = TLSReporter(
         security.reports,
         resolver(options, reactor),
-        QueueSubmitter(queue, reactor),
+        QueueSubmitter(queue, reactor, options["dkim-signer"]),
         organization=options["tls-report-organization"] or hostname,
         submitter=hostname,
         contact=contact,
@@ -240,12 +253,15 @@ class _ReportsService(service.MultiService):
 class QueueSubmitter:
     """
     Puts a message the relay makes itself (a TLS report) into its own
-    queue, durably, as if a trusted client had sent it.
+    queue, durably, as if a trusted client had sent it: DKIM-signed when
+    the relay has a key for its C{From:} domain (RFC 8460 section 5.3 asks
+    that reports be signed).
     """
 
-    def __init__(self, queue, clock) -> None:
+    def __init__(self, queue, clock, dkim=None) -> None:
         self.queue = queue
         self.clock = clock
+        self.dkim = dkim
 
     def __call__(self, sender: bytes, recipients: list[bytes], message: bytes):
         """
@@ -257,43 +273,45 @@ class QueueSubmitter:
         now = self.clock.seconds()
         envelope = Envelope(newMessageID(now), sender, [Recipient(r) for r in recipients], received=now, origin=TRUSTED)
         spool = self.queue.newMessage(envelope)
+        scanner = self.dkim.scanner(envelope) if self.dkim is not None else None
+        if scanner is not None:
+            message = scanner.feed(message) + scanner.close()
         spool.write(message)
         return spool.commit()
 
 
-def _checkDKIMKey(value: str) -> None:
-    domain, selector, path = parseDKIMKey(value)
-    if not os.path.isfile(path):
-        raise usage.UsageError(f"--dkim-key {value!r}: no such file: {path}")
-
-
-def parseDKIMKey(value: str) -> tuple[str, str, str]:
-    """
-    @param value: C{DOMAIN:SELECTOR:KEYFILE}.
-    @return: the three parts.
-    @raise usage.UsageError: if it is not that.
-    """
-    parts = value.split(":", 2)
-    if len(parts) != 3 or not all(p.strip() for p in parts):
-        raise usage.UsageError(f"--dkim-key {value!r}: expected DOMAIN:SELECTOR:KEYFILE")
-    domain, selector, path = (p.strip() for p in parts)
-    return domain, selector, path
-
-
 def dkimSigner(options):
     """
-    @return: the DKIM signer for C{--dkim-key}s, or C{None} without any.
-    @raise usage.UsageError: if a key cannot be read.
-    """
-    if not options["dkim-key"]:
-        return None
-    from mailproto._dkim import DKIMKey, DKIMSigner
+    Read the C{--dkim-key}s, as the relay starts (before it gives up root,
+    so that keys only root may read can be used).
 
-    keys = []
-    for value in options["dkim-key"]:
-        domain, selector, path = parseDKIMKey(value)
+    @return: the L{DKIMSigner <mailproto._dkim.DKIMSigner>}, or C{None}
+        without keys.
+    @raise usage.UsageError: for a bad key or DKIM option, naming it.
+    """
+    from mailproto._dkim import makeSigner, parseSignFor
+    from mailproto._relayd._daemon import parseDuration
+
+    try:
+        parseSignFor(str(options["dkim-sign-for"]))
+    except ValueError as e:
+        raise usage.UsageError(f"--dkim-sign-for: {e}") from None
+    if options["dkim-domain"] is not None and not options["dkim-key"]:
+        raise usage.UsageError("--dkim-domain needs a --dkim-key of that domain")
+
+    expiry = None
+    if options["dkim-expiry"] is not None:
         try:
-            keys.append(DKIMKey.fromFile(domain, selector, path))
-        except (OSError, ValueError) as e:
-            raise usage.UsageError(f"--dkim-key {value!r}: {e}") from None
-    return DKIMSigner(keys)
+            expiry = int(parseDuration(str(options["dkim-expiry"])))
+        except ValueError as e:
+            raise usage.UsageError(f"--dkim-expiry: {e}") from None
+    try:
+        return makeSigner(
+            options["dkim-key"],
+            options["dkim-sign-for"],
+            parentDomains=bool(options["dkim-subdomains"]),
+            domain=options["dkim-domain"],
+            expiry=expiry,
+        )
+    except ValueError as e:
+        raise usage.UsageError(f"--dkim-key: {e}") from None

@@ -124,13 +124,18 @@ class SubmissionPolicy:
         must be the user's too.
     @ivar addMissing: whether to add C{Date:} and C{Message-ID:} when
         missing.
+    @ivar dkim: the DKIM signer (L{mailproto._dkim.DKIMSigner}), or
+        C{None}.
     """
 
-    def __init__(self, intake: IntakePolicy, senders: SenderLoginMap | None = None, checkFromHeader: bool = False, addMissing: bool = True) -> None:
+    def __init__(
+        self, intake: IntakePolicy, senders: SenderLoginMap | None = None, checkFromHeader: bool = False, addMissing: bool = True, dkim=None
+    ) -> None:
         self.intake = intake
         self.senders = senders
         self.checkFromHeader = checkFromHeader
         self.addMissing = addMissing
+        self.dkim = dkim
 
 
 @implementer(IRealm)
@@ -170,6 +175,7 @@ class SubmissionDeliveryFactory:
     def getMessageDelivery(self) -> SubmissionDelivery:
         delivery = SubmissionDelivery(self.queue, self.relayPolicy, self.clock)
         delivery.intake = self.submission.intake
+        delivery.dkim = self.submission.dkim
         delivery.submission = self.submission
         delivery.login = self.login
         return delivery
@@ -308,5 +314,6 @@ def submissionPortal(options, queue, relayPolicy, intake: IntakePolicy, checkers
         options["sender-login-map"],
         checkFromHeader=bool(options["check-from-header"]),
         addMissing=not options["keep-missing-headers"],
+        dkim=options["dkim-signer"],
     )
     return Portal(SubmissionRealm(queue, relayPolicy, submission, clock), checkers)

@@ -100,8 +100,28 @@ class OptionsTests(SynchronousTestCase):
         """
         C{--dkim-key} is DOMAIN:SELECTOR:KEYFILE, and the file must exist.
         """
-        self.assertIn("expected DOMAIN:SELECTOR:KEYFILE", self.refused("--dkim-key", "example.org:mail"))
-        self.assertIn("no such file", self.refused("--dkim-key", "example.org:mail:" + self.mktemp()))
+        self.assertIn("--dkim-key: 'example.org:mail': not DOMAIN:SELECTOR:KEYFILE", self.refused("--dkim-key", "example.org:mail"))
+        self.assertIn("cannot read", self.refused("--dkim-key", "example.org:mail:" + self.mktemp()))
+        self.assertIn("--dkim-sign-for: not origins", self.refused("--dkim-sign-for", "friends"))
+        self.assertIn("--dkim-domain needs a --dkim-key", self.refused("--dkim-domain", "example.org"))
+        self.assertIn("--dkim-expiry", self.refused("--dkim-key", self.keySpec(), "--dkim-expiry", "soon"))
+
+    def keySpec(self) -> str:
+        from mailproto._dkim import ED25519_SHA256, generateKey
+
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(generateKey("example.org", "mail", ED25519_SHA256).privateKeyPEM())
+        return f"example.org:mail:{path}"
+
+    def test_dkimSigner(self):
+        """
+        Good keys make a signer, kept in the options for the listeners;
+        none, no signer.
+        """
+        self.assertIsNone(self.parse()["dkim-signer"])
+        signer = self.parse("--dkim-key", self.keySpec(), "--dkim-expiry", "7d")["dkim-signer"]
+        self.assertEqual([key.domain for key in signer.keysFor("example.org")], ["example.org"])
 
 
 class WiringTests(SynchronousTestCase):
@@ -153,3 +173,46 @@ class WiringTests(SynchronousTestCase):
         relay = self.service("--smarthost", "smart.example:25")
         self.assertIsNone(relay.manager.security)
         self.assertNotIn("_ReportsService", [type(child).__name__ for child in relay])
+
+
+class QueueSubmitterTests(SynchronousTestCase):
+    """
+    L{QueueSubmitter}: the relay's own messages (TLS reports) into its
+    queue, signed when it has a key for their C{From:} domain.
+    """
+
+    MESSAGE = b"From: postmaster@relay.example\r\nTo: tlsrpt@example.com\r\nSubject: Report\r\nDate: Mon, 7 Dec 2026 00:10:00 +0000\r\n\r\nreport\r\n"
+
+    def submit(self, dkim):
+        from twisted.internet import defer, task
+
+        from mailproto._queue import TRUSTED, Queue
+        from mailproto._relayd._outbound import QueueSubmitter
+
+        queue = Queue(self.mktemp(), runInThread=lambda f, *a: defer.maybeDeferred(f, *a))
+        queue.recover()
+        clock = task.Clock()
+        clock.advance(1_796_000_000)
+        envelope = self.successResultOf(QueueSubmitter(queue, clock, dkim)(b"postmaster@relay.example", [b"tlsrpt@example.com"], self.MESSAGE))
+        self.assertEqual((envelope.origin, envelope.sender, envelope.received), (TRUSTED, b"postmaster@relay.example", clock.seconds()))
+        with queue.openMessage(envelope.id) as f:
+            self.assertEqual(f.read(), self.MESSAGE)
+        return envelope
+
+    def test_unsigned(self):
+        self.assertEqual(self.submit(None).prefix, b"")
+
+    def test_signed(self):
+        """
+        With a key for the report's C{From:} domain, the signature goes
+        before the report, and verifies.
+        """
+        import dkim
+
+        from mailproto._dkim import ED25519_SHA256, DKIMSigner, generateKey
+
+        key = generateKey("relay.example", "mail", ED25519_SHA256)
+        envelope = self.submit(DKIMSigner([key]))
+        self.assertTrue(envelope.prefix.startswith(b"DKIM-Signature:"))
+        record = key.publicRecord().encode("ascii") if isinstance(key.publicRecord(), str) else key.publicRecord()
+        self.assertTrue(dkim.verify(envelope.prefix + self.MESSAGE, dnsfunc=lambda name, timeout=5: record))
