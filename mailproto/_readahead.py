@@ -121,29 +121,62 @@ class PrefixedFile:
     """
     A file read after some octets that go before it: a queued message
     with the header fields made for it at intake (L{Envelope.prefix
-    <mailproto._queue.Envelope.prefix>}, a C{DKIM-Signature}).  Only what
-    L{ReadAheadProducer} uses: C{read} and C{close}.
+    <mailproto._queue.Envelope.prefix>}, a C{DKIM-Signature}).  Reads,
+    C{tell} and C{seek} see the two as one file, so that a client can
+    measure it (SIZE, 8-bit data) and rewind it, as it does a plain file.
     """
 
     def __init__(self, prefix: bytes, file) -> None:
         """
         @param prefix: the octets read first.
-        @param file: the file read after them, open in binary mode.
+        @param file: the file read after them, open in binary mode at its
+            first octet.
         """
         self._prefix = prefix
         self.file = file
+        self._base = file.tell()
+        self._position = 0
 
     def read(self, size: int = -1) -> bytes:
         """
         @return: up to C{size} octets (all if negative), the prefix first.
         """
-        if not self._prefix:
-            return self.file.read(size)
-        if 0 <= size < len(self._prefix):
-            out, self._prefix = self._prefix[:size], self._prefix[size:]
+        prefixLeft = len(self._prefix) - self._position
+        if prefixLeft <= 0:
+            data = self.file.read(size)
+            self._position += len(data)
+            return data
+        if 0 <= size <= prefixLeft:
+            out = self._prefix[self._position : self._position + size]
+            self._position += len(out)
             return out
-        out, self._prefix = self._prefix, b""
-        return out + self.file.read(-1 if size < 0 else size - len(out))
+        out = self._prefix[self._position :]
+        rest = self.file.read(-1 if size < 0 else size - len(out))
+        self._position += len(out) + len(rest)
+        return out + rest
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """
+        Move to C{offset} from the start (C{whence} 0), from here (1) or
+        from the end (2), as a file does.
+        """
+        if whence == 1:
+            offset += self._position
+        elif whence == 2:
+            offset += len(self._prefix) + self.file.seek(0, 2) - self._base
+        position = max(offset, 0)
+        self.file.seek(self._base + max(position - len(self._prefix), 0))
+        self._position = position
+        return position
 
     def close(self) -> None:
         self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -2412,3 +2412,25 @@ class PrefixedFileTests(SynchronousTestCase):
             self.assertEqual(b"".join(pieces), prefix + data, size)
             f.close()
             self.assertTrue(inner.closed)
+
+    def test_seek(self):
+        """
+        C{tell} and C{seek} see one file, so the client can measure a
+        signed message (SIZE, 8-bit data) and rewind it.
+        """
+        from mailproto._readahead import PrefixedFile
+
+        prefix, data = b"DKIM-Signature: v=1\r\n", b"Subject: \xe9\r\n\r\nbody\r\n"
+        inner = io.BytesIO(b"ENVELOPE\n" + data)
+        inner.seek(len(b"ENVELOPE\n"))
+        f = PrefixedFile(prefix, inner)
+        self.assertEqual((f.tell(), f.seek(0, 2), f.tell()), (0, len(prefix + data), len(prefix + data)))
+        for position in (0, 3, len(prefix), len(prefix) + 4):
+            f.seek(position)
+            self.assertEqual((f.tell(), f.read()), (position, (prefix + data)[position:]))
+        f.seek(5)
+        f.seek(4, 1)
+        self.assertEqual(f.read(3), (prefix + data)[9:12])
+        f.seek(0)
+        self.assertEqual(_client.SMTPClient._measure(f), (len(prefix + data), True))
+        self.assertEqual(f.read(), prefix + data)
