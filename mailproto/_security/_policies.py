@@ -366,7 +366,9 @@ class SecurityPolicies:
             return
         from mailproto._security._tlsrptstore import SessionResult
 
-        self.reports.record(report, SessionResult(False, resultType, receivingMX=host, receivingIP=address, additional=detail))
+        # RFC 8460's failure-reason-code is free text; additional-information
+        # would be a URI.
+        self.reports.record(report, SessionResult(False, resultType, receivingMX=host, receivingIP=address, reasonCode=detail))
 
 
 def _checkMode(mode: str) -> str:

@@ -76,13 +76,26 @@ def nameMatches(certificate, hostname: str) -> bool:
         service_identity).
     """
     from service_identity import VerificationError
-    from service_identity.cryptography import verify_certificate_hostname
+    from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
     try:
-        verify_certificate_hostname(certificate.to_cryptography(), hostname)
+        if _isAddress(hostname):
+            verify_certificate_ip_address(certificate.to_cryptography(), hostname)
+        else:
+            verify_certificate_hostname(certificate.to_cryptography(), hostname)
     except (VerificationError, ValueError):
         return False
     except Exception:  # service_identity's CertificateError: no usable names
+        return False
+    return True
+
+
+def _isAddress(hostname: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
         return False
     return True
 
@@ -97,7 +110,7 @@ class WebPKICreator:
     def __init__(self, hostname: str, outcome: TLSOutcome, trustRoot=None, enforce: bool = True) -> None:
         """
         @param hostname: the name the certificate must have (and the one
-            sent by SNI).
+            sent by SNI), or the address (an IP address SAN).
         @param outcome: where what is found is written.
         @param trustRoot: the authorities (an C{IOpenSSLTrustRoot}); the
             platform's if C{None}.
@@ -115,10 +128,12 @@ class WebPKICreator:
 
         connection = SSL.Connection(self._options.getContext(), None)
         connection.set_app_data(tlsProtocol)
-        try:
-            connection.set_tlsext_host_name(self.hostname.encode("idna"))
-        except UnicodeError:
-            pass
+        if not _isAddress(self.hostname):
+            # SNI names hosts, never addresses (RFC 6066 section 3).
+            try:
+                connection.set_tlsext_host_name(self.hostname.encode("idna"))
+            except UnicodeError:
+                pass
         connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
         return connection
 
