@@ -1016,9 +1016,15 @@ class ESMTPClient(SMTPClient):
             self.tlsFailed = False
         return SMTPClient._dispatch(self, code, resp)
 
+    #: Whether the server offered STARTTLS in its first EHLO reply;
+    #: C{None} until that reply.
+    starttlsOffered = None
+
     def esmtpState_serverConfig(self, code, resp) -> None:
         lines = resp.splitlines()[1:]
         self.extensions = Extensions.fromLines(lines)
+        if not self._tlsMode:
+            self.starttlsOffered = b"STARTTLS" in self.extensions
         items = {}
         for line in lines:
             words = line.split(None, 1)

@@ -275,7 +275,10 @@ class Connection:
         if relayer is None or self.plaintext:
             return
         session.outcome.established = bool(getattr(relayer, "_startedTLS", False)) and not tlsFailed
+        # STARTTLS not offered: refused under a policy that requires TLS,
+        # or the mail went without it (may, MTA-STS testing).
         missing = isinstance(reason, TLSRequiredError) or (isinstance(reason, Failure) and reason.check(TLSRequiredError) is not None)
+        missing = missing or (getattr(relayer, "context", None) is not None and getattr(relayer, "starttlsOffered", None) is False)
         self.manager.tlsSessionEnded(self.tls, self.host, self._address, session.outcome, reason, missing)
 
     def sessionEnded(self, reason, connected: bool, tlsFailed: bool) -> None:

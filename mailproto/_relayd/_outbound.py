@@ -271,7 +271,10 @@ class QueueSubmitter:
         from mailproto._queue import TRUSTED, Envelope, Recipient, newMessageID
 
         now = self.clock.seconds()
-        envelope = Envelope(newMessageID(now), sender, [Recipient(r) for r in recipients], received=now, origin=TRUSTED)
+        # A report goes whatever the TLS of its destination (RFC 8460
+        # section 5.3: it says TLS-Required: No), and its own session is
+        # not counted in the next report.
+        envelope = Envelope(newMessageID(now), sender, [Recipient(r) for r in recipients], received=now, origin=TRUSTED, tlsOptional=True)
         spool = self.queue.newMessage(envelope)
         scanner = self.dkim.scanner(envelope) if self.dkim is not None else None
         if scanner is not None:

@@ -90,6 +90,14 @@ class HostTLS(TLSPolicy):
         return f"HostTLS({self.mode!r}, source={self.source!r})"
 
     @property
+    def required(self) -> bool:
+        """
+        Whether mail may only go over TLS: never for a policy that checks
+        but does not enforce (MTA-STS C{testing} mode delivers anyway).
+        """
+        return self.enforce and TLSPolicy.required.fget(self)
+
+    @property
     def validated(self) -> bool:
         """
         Whether the server's certificate is checked and a failed check
