@@ -26,7 +26,9 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from mailproto.test.test_docs import DOCS
 
-_BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent.parent / "benchmarks"
+# Beside docs/ in the source tree (MAILPROTO_SOURCE when the installed
+# package is tested), else beside this checkout's package.
+_BENCHMARKS = (DOCS.parent if DOCS is not None else pathlib.Path(__file__).resolve().parent.parent.parent) / "benchmarks"
 
 
 _imported = []
