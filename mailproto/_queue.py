@@ -41,6 +41,15 @@ held; a L{Queue} used on its own takes it for the time of each change,
 and refuses the change with L{SpoolBusy} while another process, such as
 a running relay, holds it.
 
+A relay may receive in worker processes: each writes the messages it
+accepts into the same spool (L{mailproto._intakequeue.IntakeQueue}),
+under the lock that the relay's parent process holds for them all (a
+worker never takes it), and tells the parent each new id; the parent's
+L{Queue} takes the message in (L{Queue.adopt}), and delivers it.  A
+message whose id never came (a worker that died between its commit and
+telling) is found in C{queue/} by L{Queue.adoptNew}.  Recovery, which
+empties C{tmp/}, runs before the workers start.
+
 The spool is private whatever the umask: directories are made 0700 and
 files 0600 (owner only), and a spool found with looser modes is tightened
 when it is opened (logged), so that no other local user can read queued
@@ -665,7 +674,7 @@ class SpoolFile:
 
     SPILL = 256 * 1024
 
-    def __init__(self, queue: Queue, envelope: Envelope, path: str, header: bytes) -> None:
+    def __init__(self, queue: SpoolWriter, envelope: Envelope, path: str, header: bytes) -> None:
         self.queue = queue
         self.envelope = envelope
         self.path = path
@@ -742,10 +751,7 @@ class SpoolFile:
             return defer.fail()
         # Taken now, in the reactor thread, as for every state write.
         self._state = self.envelope.state() if self.envelope.stateAtCommit else None
-        d = self.queue._committer.submit(("commit", self))
-        d.addBoth(_after, self._releaseSpool)
-        d.addCallback(lambda _: self.queue._committed(self))
-        return d
+        return self.queue._commit(self)
 
     def _discard(self) -> None:
         self._buffer = []
@@ -856,58 +862,43 @@ def _nothing() -> None:
     pass
 
 
-class Queue(TwistedMailQueueMixin, QueueView):
+class SpoolWriter:
     """
-    A durable queue of messages in a spool directory (see the module
-    docstring for the layout).
+    Writes messages into a spool directory, durably: each commit
+    (L{SpoolFile.commit}) and each write of a delivery state is disk work
+    done in a thread, and the work submitted while a batch runs shares the
+    next batch and its directory C{fsync} (group commit).
 
-    Also keeps twisted.mail's view of the queue: each message is I{waiting}
-    or I{relaying} (L{getWaiting <QueueView.getWaiting>},
-    L{getRelayed <QueueView.getRelayed>}, L{setRelaying <QueueView.setRelaying>},
-    L{setWaiting <QueueView.setWaiting>}, L{done <QueueView.done>}).
+    L{Queue} is one, with the index of the queued messages, recovery and
+    delivery; L{mailproto._intakequeue.IntakeQueue}, what a relay's worker
+    process writes accepted messages with, is another that only writes.
 
     @ivar directory: the spool directory.
-    @ivar lock: the spool's lock (L{SpoolLock}) every change of the files
-        is made under: the one given by the queue's owner, or the queue's
-        own.
+    @ivar lock: the spool's lock every change of the files is made under
+        (a L{SpoolLock}, or an object with its C{held}, C{acquire} and
+        C{release}).
     @ivar fsyncs: how many C{fsync} calls were made (files and
         directories), for measurements.
-    @cvar cacheLimit: how many octets of small messages (those that fit in
-        memory while they were received) are kept in memory while they
-        are queued, so that sending them needs no read of the disk.
     """
 
-    cacheLimit = 32 * 1024 * 1024
-
-    def __init__(self, directory: str, reactor=None, runInThread=None, lock: SpoolLock | None = None) -> None:
+    def __init__(self, directory: str, reactor, runInThread, lock) -> None:
         """
-        @param directory: the spool directory; made if missing.
+        @param directory: the spool directory, with its C{tmp/} and
+            C{queue/}.
         @param reactor: the reactor whose thread pool does the disk work;
             the global one if C{None}.
         @param runInThread: a callable C{(f, *args) -> Deferred} running
             C{f} off the reactor thread; by default the reactor's thread
             pool.
-        @param lock: the spool's lock, for a queue whose owner holds it
-            for the queue's whole use (a relay, from its start to its
-            exit; C{mailproto queue} while it changes the files): while it
-            is held, the queue changes the files without asking again.
-            If C{None} (a queue used on its own, as in a script), the
-            queue takes the spool's lock for the time of each change
-            (L{recover}, a commit, L{update}, L{remove}), and the change
-            fails with L{SpoolBusy} while another process holds it.
+        @param lock: the spool's lock.
         """
-        QueueView.__init__(self)
-        self._cache: dict[str, bytes] = {}
-        self._cached = 0
         self.directory = directory
         self.fsyncs = 0
         self._reactor = reactor
         self._runInThread = runInThread
         self._committer = _GroupCommitter(self._runBatch)
-        makePrivate(directory)
-        self.lock = SpoolLock(directory) if lock is None else lock
+        self.lock = lock
         self._holds = 0
-
 
     # -- paths --------------------------------------------------------------
 
@@ -954,6 +945,169 @@ class Queue(TwistedMailQueueMixin, QueueView):
         done (C{release} is called then).
         """
         return self._committer.submit(item).addBoth(_after, release)
+
+    # -- writing --------------------------------------------------------------
+
+    def newMessage(self, envelope: Envelope) -> SpoolFile:
+        """
+        Start writing a message.
+
+        @param envelope: its envelope (its C{id} names the file).
+        @return: the file to write the message into.
+        """
+        header = json.dumps(envelope.header(), ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+        return SpoolFile(self, envelope, self._path("tmp", envelope.id), header)
+
+    def _commit(self, spool: SpoolFile) -> defer.Deferred:
+        """
+        Give C{spool}'s commit to the disk thread; the spool is held (by
+        L{SpoolFile.commit}) until it is done.
+
+        @return: a C{Deferred} firing with what L{_committed} makes of it.
+        """
+        d = self._committer.submit(("commit", spool))
+        d.addBoth(_after, spool._releaseSpool)
+        d.addCallback(lambda _: self._committed(spool))
+        return d
+
+    def _committed(self, spool: SpoolFile):
+        """
+        In the reactor thread, once C{spool}'s message is durable in
+        C{queue/}.
+
+        @return: its L{Envelope}, or a C{Deferred} firing with it.
+        """
+        return spool.envelope
+
+    # -- disk work, in a thread -----------------------------------------------
+
+    def _runBatch(self, items: list) -> defer.Deferred:
+        if self._runInThread is not None:
+            return self._runInThread(self._doBatch, items)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), self._doBatch, items)
+
+    def _fsync(self, fd: int) -> None:
+        os.fsync(fd)
+        self.fsyncs += 1
+
+    def _doBatch(self, items: list) -> list:
+        """
+        In a thread: do each item's disk work, then one C{fsync} of the
+        queue directory for all of them (none for a batch of removals
+        only).
+        """
+        outcomes: list = [None] * len(items)
+        # New messages are written out first and synced after: the first
+        # sync usually takes the others' data to the disk with it (ext4 and
+        # XFS commit a journal transaction at a time), so theirs are quick.
+        written = []
+        for i, (kind, item) in enumerate(items):
+            try:
+                if kind == "commit":
+                    item._writeOut()
+                    if item._state is not None:
+                        # Before the message is in queue/: a crash in
+                        # between leaves a state without its message,
+                        # which recovery removes.
+                        self._writeState((item.envelope.id, item._state))
+                    written.append(i)
+                elif kind == "state":
+                    self._writeState(item)
+                else:
+                    for suffix in (".state", ""):
+                        _unlink(self.getPath(item) + suffix)
+            except BaseException as e:
+                outcomes[i] = e
+        for i in written:
+            spool = items[i][1]
+            try:
+                spool._sync(self._fsync)
+                os.replace(spool.path, self.getPath(spool.envelope.id))
+            except BaseException as e:
+                outcomes[i] = e
+        # A removal needs no fsync of its own: if a crash undoes it, the
+        # message is sent again (a duplicate), never lost.
+        if any(outcome is None and kind != "remove" for (kind, _), outcome in zip(items, outcomes)):
+            try:
+                fd = os.open(self._path("queue"), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                try:
+                    self._fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                outcomes = [outcome if outcome is not None else e for outcome in outcomes]
+        return outcomes
+
+    def _writeState(self, item: tuple[str, dict]) -> None:
+        queueID, state = item
+        path = self.getPath(queueID) + ".state"
+        temporary = path + ".tmp"
+        with createPrivate(temporary, exclusive=False) as f:
+            f.write(json.dumps(state, separators=(",", ":")).encode("ascii"))
+            f.flush()
+            self._fsync(f.fileno())
+        os.replace(temporary, path)
+
+
+class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
+    """
+    A durable queue of messages in a spool directory (see the module
+    docstring for the layout).
+
+    Also keeps twisted.mail's view of the queue: each message is I{waiting}
+    or I{relaying} (L{getWaiting <QueueView.getWaiting>},
+    L{getRelayed <QueueView.getRelayed>}, L{setRelaying <QueueView.setRelaying>},
+    L{setWaiting <QueueView.setWaiting>}, L{done <QueueView.done>}).
+
+    Messages that other processes commit into its C{queue/} (a relay's
+    workers, with L{mailproto._intakequeue.IntakeQueue}) join it by
+    L{adopt} (told their id) or L{adoptNew} (found by a scan).
+
+    @ivar directory: the spool directory.
+    @ivar lock: the spool's lock (L{SpoolLock}) every change of the files
+        is made under: the one given by the queue's owner, or the queue's
+        own.
+    @ivar fsyncs: how many C{fsync} calls were made (files and
+        directories), for measurements.
+    @cvar cacheLimit: how many octets of small messages (those that fit in
+        memory while they were received) are kept in memory while they
+        are queued, so that sending them needs no read of the disk.
+    """
+
+    cacheLimit = 32 * 1024 * 1024
+
+    def __init__(self, directory: str, reactor=None, runInThread=None, lock: SpoolLock | None = None) -> None:
+        """
+        @param directory: the spool directory; made if missing.
+        @param reactor: the reactor whose thread pool does the disk work;
+            the global one if C{None}.
+        @param runInThread: a callable C{(f, *args) -> Deferred} running
+            C{f} off the reactor thread; by default the reactor's thread
+            pool.
+        @param lock: the spool's lock, for a queue whose owner holds it
+            for the queue's whole use (a relay, from its start to its
+            exit; C{mailproto queue} while it changes the files): while it
+            is held, the queue changes the files without asking again.
+            If C{None} (a queue used on its own, as in a script), the
+            queue takes the spool's lock for the time of each change
+            (L{recover}, a commit, L{update}, L{remove}, L{adopt}), and
+            the change fails with L{SpoolBusy} while another process holds
+            it.
+        """
+        QueueView.__init__(self)
+        self._cache: dict[str, bytes] = {}
+        self._cached = 0
+        # Messages of this queue's own commits, from their submission to
+        # their announcement (in queue/ before they are in the index), and
+        # ids removed from the index whose files may still be there:
+        # neither is taken for another process's by adoptNew.
+        self._committing: dict[str, SpoolFile] = {}
+        self._removing: set[str] = set()
+        makePrivate(directory)
+        SpoolWriter.__init__(self, directory, reactor, runInThread, SpoolLock(directory) if lock is None else lock)
 
     # -- recovery -----------------------------------------------------------
 
@@ -1083,17 +1237,116 @@ class Queue(TwistedMailQueueMixin, QueueView):
             if os.path.exists(source):
                 os.replace(source, self._path("corrupt", name + suffix))
 
-    # -- writing --------------------------------------------------------------
+    # -- messages committed by other processes ----------------------------------
 
-    def newMessage(self, envelope: Envelope) -> SpoolFile:
+    def adopt(self, queueID: str) -> Envelope:
         """
-        Start writing a message.
+        Take into the queue a message that another process (a relay's
+        worker) committed into C{queue/}: read its envelope line and its
+        state file if it has one (L{Envelope.stateAtCommit}), add it to
+        the index and announce it to the L{listeners} as a message
+        committed by this queue is announced, so that the relaying
+        manager schedules it at once.
 
-        @param envelope: its envelope (its C{id} names the file).
-        @return: the file to write the message into.
+        It runs in the reactor thread: the file was just written and is in
+        the page cache, and reading its envelope line (and looking for a
+        state file) takes a few tens of microseconds, less than a hop to
+        the disk thread and back; done at once, an adoption is also never
+        in flight, so that two of the same id (told by a worker, and found
+        by L{adoptNew}) cannot both announce it.
+
+        @param queueID: the message's queue id.
+        @return: its envelope; if the queue knows the id already, the
+            envelope it has (adopting again changes nothing).
+        @raise KeyError: if there is no such message: no file of that name
+            in C{queue/} (never committed, or delivered and removed), a
+            name that is not a queue id, or a message whose every
+            recipient is done (removed, as L{recover} does).
+        @raise ValueError: if its file cannot be read or its envelope is
+            not valid: the file is set aside in C{corrupt/} (logged), as
+            L{recover} does.
+        @raise SpoolBusy: if another process holds the spool (a queue used
+            on its own); nothing is read then.
         """
-        header = json.dumps(envelope.header(), ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
-        return SpoolFile(self, envelope, self._path("tmp", envelope.id), header)
+        known = self._known(queueID)
+        if known is not None:
+            return known
+        release = self._holdSpool()
+        try:
+            return self._adopt(queueID)
+        finally:
+            release()
+
+    def adoptNew(self) -> list[str]:
+        """
+        Adopt (L{adopt}) every message in C{queue/} that the queue does not
+        know: those committed by a worker that died before it could tell,
+        or whose telling was lost.  Only C{queue/} is read: commits rename
+        complete files into it, and the files in C{tmp/} are messages that
+        live workers are still receiving, never touched here.  A file that
+        cannot be read is set aside in C{corrupt/} (logged) and left out.
+
+        @return: the ids adopted, oldest first.
+        @raise SpoolBusy: if another process holds the spool (a queue used
+            on its own).
+        @raise OSError: if C{queue/} cannot be listed.
+        """
+        release = self._holdSpool()
+        try:
+            ours = (self._envelopes, self._committing, self._removing)
+            names = sorted(name for name in os.listdir(self._path("queue")) if _isID(name) and not any(name in each for each in ours))
+            adopted = []
+            for name in names:
+                try:
+                    self._adopt(name)
+                except (KeyError, ValueError):
+                    # Gone since the listing, or set aside.
+                    continue
+                adopted.append(name)
+        finally:
+            release()
+        if adopted:
+            _log.warn("Queue {directory}: adopted {count} messages found in queue/", directory=self.directory, count=len(adopted), ids=adopted)
+        return adopted
+
+    def _known(self, queueID: str) -> Envelope | None:
+        """
+        @return: the envelope of a message this queue has (queued, or
+            being committed by it), or C{None} if it may be another
+            process's.
+        @raise KeyError: if C{queueID} cannot be a message to adopt: not a
+            queue id, or removed by this queue.
+        """
+        envelope = self._envelopes.get(queueID)
+        if envelope is None and queueID in self._committing:
+            envelope = self._committing[queueID].envelope
+        if envelope is None and (queueID in self._removing or not _isID(queueID)):
+            raise KeyError(queueID)
+        return envelope
+
+    def _adopt(self, queueID: str) -> Envelope:
+        """
+        Read a message another process committed, and add it; the spool is
+        held.
+        """
+        problems: list = []
+        try:
+            envelope = self._readEnvelope(queueID, problems)
+        except FileNotFoundError:
+            raise KeyError(queueID) from None
+        except (OSError, ValueError, RecursionError) as e:
+            why = str(e) or type(e).__name__
+            self._setAside(queueID, why)
+            raise ValueError(f"queue file {queueID} set aside in corrupt/: {why}") from None
+        self._stateProblems(queueID, problems)
+        if not envelope.waiting:
+            _log.info("Queue message {queueID}: every recipient done; removed", queueID=queueID)
+            for suffix in (".state", ""):
+                _unlink(self.getPath(queueID) + suffix)
+            raise KeyError(queueID)
+        return self._added(envelope)
+
+    # -- reading and changing ---------------------------------------------------
 
     def openMessage(self, queueID: str):
         """
@@ -1137,12 +1390,27 @@ class Queue(TwistedMailQueueMixin, QueueView):
             return defer.fail()
         self._forget(queueID)
         self._uncache(queueID)
-        return self._submit(("remove", queueID), release)
+        # Until its files are gone, adoptNew must not take it back (it
+        # would be sent again); if they could not be removed, not until
+        # the next recovery.
+        self._removing.add(queueID)
+        return self._submit(("remove", queueID), release).addCallback(self._removed, queueID)
+
+    def _removed(self, result, queueID: str):
+        self._removing.discard(queueID)
+        return result
 
     def _uncache(self, queueID: str) -> None:
         data = self._cache.pop(queueID, None)
         if data is not None:
             self._cached -= len(data)
+
+    def _commit(self, spool: SpoolFile) -> defer.Deferred:
+        # Known from now until it is announced: adoptNew may see its file
+        # in queue/ before that.
+        queueID = spool.envelope.id
+        self._committing[queueID] = spool
+        return SpoolWriter._commit(self, spool).addBoth(_after, lambda: self._committing.pop(queueID, None))
 
     def _committed(self, spool: SpoolFile) -> Envelope:
         # A small message is usually sent on at once: keep it, so that
@@ -1152,73 +1420,3 @@ class Queue(TwistedMailQueueMixin, QueueView):
             self._cache[spool.envelope.id] = data
             self._cached += len(data)
         return self._added(spool.envelope)
-
-    def _runBatch(self, items: list) -> defer.Deferred:
-        if self._runInThread is not None:
-            return self._runInThread(self._doBatch, items)
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), self._doBatch, items)
-
-    def _fsync(self, fd: int) -> None:
-        os.fsync(fd)
-        self.fsyncs += 1
-
-    def _doBatch(self, items: list) -> list:
-        """
-        In a thread: do each item's disk work, then one C{fsync} of the
-        queue directory for all of them (none for a batch of removals
-        only).
-        """
-        outcomes: list = [None] * len(items)
-        # New messages are written out first and synced after: the first
-        # sync usually takes the others' data to the disk with it (ext4 and
-        # XFS commit a journal transaction at a time), so theirs are quick.
-        written = []
-        for i, (kind, item) in enumerate(items):
-            try:
-                if kind == "commit":
-                    item._writeOut()
-                    if item._state is not None:
-                        # Before the message is in queue/: a crash in
-                        # between leaves a state without its message,
-                        # which recovery removes.
-                        self._writeState((item.envelope.id, item._state))
-                    written.append(i)
-                elif kind == "state":
-                    self._writeState(item)
-                else:
-                    for suffix in (".state", ""):
-                        _unlink(self.getPath(item) + suffix)
-            except BaseException as e:
-                outcomes[i] = e
-        for i in written:
-            spool = items[i][1]
-            try:
-                spool._sync(self._fsync)
-                os.replace(spool.path, self.getPath(spool.envelope.id))
-            except BaseException as e:
-                outcomes[i] = e
-        # A removal needs no fsync of its own: if a crash undoes it, the
-        # message is sent again (a duplicate), never lost.
-        if any(outcome is None and kind != "remove" for (kind, _), outcome in zip(items, outcomes)):
-            try:
-                fd = os.open(self._path("queue"), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-                try:
-                    self._fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                outcomes = [outcome if outcome is not None else e for outcome in outcomes]
-        return outcomes
-
-    def _writeState(self, item: tuple[str, dict]) -> None:
-        queueID, state = item
-        path = self.getPath(queueID) + ".state"
-        temporary = path + ".tmp"
-        with createPrivate(temporary, exclusive=False) as f:
-            f.write(json.dumps(state, separators=(",", ":")).encode("ascii"))
-            f.flush()
-            self._fsync(f.fileno())
-        os.replace(temporary, path)
