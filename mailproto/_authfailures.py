@@ -3,7 +3,9 @@
 """
 Counting failed AUTH attempts per client address, so that a client that
 guesses passwords is stopped whatever it does: many connections, many
-listeners, many attempts at once.
+listeners, many attempts at once.  When the relay runs several worker
+processes, each counts what it sees and its parent keeps the count of
+the whole daemon (L{mailproto._relayd._sharedlimits}).
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ class AuthFailures:
         self._clock = clock
         self._failures: dict[bytes, list[float]] = {}
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """
+        @return: the current time on this counter's clock.
+        """
         return self._clock.seconds() if self._clock is not None else time.time()
 
     def _recent(self, address: bytes) -> list[float]:
-        cutoff = self._now() - self.window
+        cutoff = self.now() - self.window
         times = [t for t in self._failures.get(address, ()) if t > cutoff]
         if times:
             self._failures[address] = times
@@ -52,7 +57,7 @@ class AuthFailures:
         more checks than the limit by trying many at once.  L{forgive} it
         if it succeeds.
         """
-        self._failures[address] = [*self._recent(address), self._now()]
+        self._failures[address] = [*self._recent(address), self.now()]
         if len(self._failures) > 100000:
             # Bounded memory: forget the quietest addresses.
             for old in sorted(self._failures, key=lambda a: self._failures[a][-1])[:10000]:
@@ -77,3 +82,17 @@ class AuthFailures:
         @return: whether C{address} has had C{limit} failures in the window.
         """
         return len(self._recent(address)) >= self.limit
+
+    def blockedFor(self, address: bytes) -> float:
+        """
+        @return: for how many more seconds C{address} stays blocked if no
+            other attempt is counted or forgiven meanwhile (until the
+            C{limit}-th latest failure ages out of the window); C{0.0} if
+            it is not blocked.
+        """
+        times = self._recent(address)
+        if len(times) < self.limit:
+            return 0.0
+        if self.limit <= 0:
+            return float(self.window)
+        return max(times[-self.limit] + self.window - self.now(), 0.0)

@@ -26,6 +26,23 @@ C{smtpd_client_event_limit_exceptions = $mynetworks}) and UNIX-socket
 clients are counted in the overall limit only.  IPv6 clients are counted
 by their /64 network, which one client usually holds whole.
 
+An admission may also be decided later: when the relay runs several
+worker processes, each worker's limits are a
+L{RemoteConnectionLimits <mailproto._relayd._sharedlimits.RemoteConnectionLimits>}
+that asks the parent, which keeps the counts of the whole daemon, and
+whose C{admit} returns a C{Deferred}.  Until it fires the connection is
+paused and silent (no greeting), and what the client sends anyway is
+kept, up to L{MAX_UNDECIDED_INPUT}, to be passed on in order if it is
+admitted; a connection that ends meanwhile and is admitted afterwards is
+released at once, since the counts took it.  An admission that fails,
+or is not decided within L{ADMISSION_TIMEOUT}, admits the connection
+uncounted, with one log line per minute: whatever keeps the counts being
+unreachable must not stop the intake (a worker that has lost its parent
+stops, and the parent starts it again; the parent releases the
+connections of a worker that has gone), and an answer that comes after
+the timeout is still honoured (a late admission is counted from then
+on).
+
 Out of file descriptors: when C{accept()} fails with C{EMFILE} or
 C{ENFILE}, Twisted's C{tcp.Port.doRead} (through C{tcp._accept}) logs
 the failure and returns; the listening socket stays readable, so the
@@ -53,6 +70,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ILoggingContext, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.protocols.policies import WrappingFactory
 from zope.interface import implementer
 
@@ -77,6 +95,20 @@ REFUSAL_TIMEOUT = 10.0
 
 #: The prefix length IPv6 clients are counted by.
 IPV6_PREFIX = 64
+
+#: Octets a client may send while its admission is undecided; beyond
+#: that its connection is dropped.
+MAX_UNDECIDED_INPUT = 64 * 1024
+
+#: Seconds a connection waits for an admission decided later before it
+#: is admitted anyway, uncounted.
+ADMISSION_TIMEOUT = 10.0
+
+# The states of a _LimitedConnection once made.
+_WAITING = "waiting"
+_ADMITTED = "admitted"
+_REFUSED = "refused"
+_CLOSED = "closed"
 
 
 def clientKey(address) -> str | None:
@@ -181,11 +213,13 @@ class ConnectionLimits:
         key = self._limitedKey(address)
         return self._openFrom.get(key, 0) if key is not None else 0
 
-    def admit(self, address) -> str | None:
+    def admit(self, address, listener: str | None = None) -> str | None:
         """
         Count a new connection from C{address} if no limit refuses it.
 
         @param address: the client's address (a transport's peer).
+        @param listener: the name of the listener it came to; the counts
+            are the same for every listener.
         @return: C{None} if it is admitted (then call L{release} when it
             ends), else the name of the limit that refuses it.
         """
@@ -291,12 +325,29 @@ class _LimitedConnection(Protocol):
     server writes straight to it, as without limits) and passes on what
     arrives; refused, it sends C{421} and closes.
 
+    An admission decided later (a C{Deferred} from C{admit}) holds the
+    connection in between: the transport is paused, nothing is sent, and
+    what the client sends anyway is kept (up to L{MAX_UNDECIDED_INPUT}
+    octets, beyond which the connection is dropped) to be passed on, in
+    order, if it is admitted.
+
     @ivar wrappedProtocol: the server's protocol.
+    @ivar _state: C{None} until the connection is made, then
+        L{_WAITING} (the admission is undecided), L{_ADMITTED},
+        L{_REFUSED}, or L{_CLOSED} (the connection has ended, or was
+        dropped before the decision).
+    @ivar _counted: whether the limits counted this connection, and so
+        are owed a C{release} when it ends.
+    @ivar _buffer: what arrived while the admission was undecided.
     """
 
     _peer = None
-    _admitted = False
+    _state = None
+    _counted = False
     _cutOff = None
+    _timer = None
+    _buffer = None
+    _buffered = 0
 
     def __init__(self, factory: ConnectionLimitsFactory, wrappedProtocol) -> None:
         self.factory = factory
@@ -310,44 +361,140 @@ class _LimitedConnection(Protocol):
 
     def makeConnection(self, transport) -> None:
         self._peer = transport.getPeer()
-        limits = self.factory.limits
-        limit = limits.admit(self._peer)
         self.connected = 1
         self.transport = transport
+        decision = self.factory.limits.admit(self._peer, listener=self.factory.listener)
+        if isinstance(decision, defer.Deferred):
+            self._await(decision)
+        else:
+            self._decide(decision)
+
+    def _decide(self, limit: str | None, counted: bool = True) -> None:
+        """
+        Connect the server's protocol if C{limit} is C{None}, else refuse
+        the connection with C{421}.
+
+        @param counted: whether an admission was counted by the limits.
+        """
         if limit is None:
-            self._admitted = True
-            self.wrappedProtocol.makeConnection(transport)
+            self._state = _ADMITTED
+            self._counted = counted
+            self.wrappedProtocol.makeConnection(self.transport)
             return
+        self._state = _REFUSED
+        limits = self.factory.limits
         limits.refused(self.factory.listener, limit, self._peer)
-        transport.write(b"421 4.7.0 %s %s\r\n" % (self.factory.host(), _REPLIES[limit]))
-        transport.loseConnection()
-        self._cutOff = limits.clock.callLater(REFUSAL_TIMEOUT, transport.abortConnection)
+        self.transport.write(b"421 4.7.0 %s %s\r\n" % (self.factory.host(), _REPLIES[limit]))
+        self.transport.loseConnection()
+        self._cutOff = limits.clock.callLater(REFUSAL_TIMEOUT, self.transport.abortConnection)
+
+    def _await(self, decision: defer.Deferred) -> None:
+        """
+        Hold the connection until C{decision} fires, or for
+        L{ConnectionLimitsFactory.admissionTimeout} seconds at most.
+        """
+        self._state = _WAITING
+        self._buffer = []
+        self.transport.pauseProducing()
+        self._timer = self.factory.limits.clock.callLater(self.factory.admissionTimeout, self._timedOut)
+        decision.addCallbacks(self._answered, self._notAnswered)
+
+    def _answered(self, limit) -> None:
+        if limit is not None and limit not in _REPLIES:
+            self._notAnswered(Failure(ValueError(f"not a limit: {limit!r}")))
+        elif self._state == _WAITING:
+            self._decideLater(limit)
+        elif limit is None:
+            # An answer that comes too late: the connection was admitted
+            # uncounted when the wait timed out, or it is gone.  Either
+            # way the limits counted it, and must hear when it ends.
+            if self._state == _ADMITTED:
+                self._counted = True
+            else:
+                self.factory.limits.release(self._peer)
+
+    def _notAnswered(self, reason: Failure) -> None:
+        # Fail open: whatever keeps the counts being unreachable must not
+        # stop the intake.  Nothing was counted, so nothing is released.
+        # A failure after the timeout changes nothing.
+        if self._state == _WAITING:
+            self.factory.unanswered(self._peer, f"{reason.type.__name__}: {reason.getErrorMessage()}")
+            self._decideLater(None, counted=False)
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self.factory.unanswered(self._peer, f"no answer in {self.factory.admissionTimeout:g} seconds")
+        self._decideLater(None, counted=False)
+
+    def _decideLater(self, limit: str | None, counted: bool = True) -> None:
+        """
+        The decision has come: let the transport go on, decide, and pass
+        on the input kept meanwhile if the connection is admitted.
+        """
+        self._stopTimer()
+        buffered, self._buffer, self._buffered = b"".join(self._buffer), None, 0
+        if not getattr(self.transport, "disconnecting", False):
+            self.transport.resumeProducing()
+        self._decide(limit, counted)
+        if buffered and self._state == _ADMITTED and not getattr(self.transport, "disconnecting", False):
+            self.wrappedProtocol.dataReceived(buffered)
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
-        if self._admitted:
+        if self._state == _ADMITTED:
             self.wrappedProtocol.dataReceived(data)
+        elif self._state == _WAITING:
+            self._buffered += len(data)
+            if self._buffered <= MAX_UNDECIDED_INPUT:
+                self._buffer.append(data)
+                return
+            # A client that sends this much unbidden is not an SMTP
+            # client; a late admission is released at once.
+            self._state = _CLOSED
+            self._buffer = None
+            self._stopTimer()
+            getattr(self.transport, "abortConnection", self.transport.loseConnection)()
 
     def connectionLost(self, reason) -> None:
         self.connected = 0
         if self._cutOff is not None and self._cutOff.active():
             self._cutOff.cancel()
-        if self._admitted:
-            self._admitted = False
-            self.factory.limits.release(self._peer)
+        self._stopTimer()
+        self._buffer = None
+        state, self._state = self._state, _CLOSED
+        if state == _ADMITTED:
+            if self._counted:
+                self._counted = False
+                self.factory.limits.release(self._peer)
             self.wrappedProtocol.connectionLost(reason)
 
 
 class ConnectionLimitsFactory(WrappingFactory):
     """
     Wraps a listener's factory so that its connections are held to a
-    L{ConnectionLimits}.
+    L{ConnectionLimits}, or to an object with the same C{admit},
+    C{release}, C{refused} and C{clock} whose C{admit} may answer later
+    (L{mailproto._relayd._sharedlimits.RemoteConnectionLimits}).
 
     @ivar limits: the L{ConnectionLimits}.
     @ivar listener: the listener's name, for logs and metrics.
+    @ivar admissionTimeout: seconds a connection waits for an admission
+        decided later before it is admitted anyway, uncounted.
+    @ivar logInterval: seconds between two log lines about admissions
+        that could not be decided.
     """
 
     protocol = _LimitedConnection
     noisy = False
+    admissionTimeout = ADMISSION_TIMEOUT
+    logInterval = 60.0
+    _lastUnanswered = None
+    _unansweredSince = 0
 
     def __init__(self, wrappedFactory, limits: ConnectionLimits, listener: str = "smtp") -> None:
         """
@@ -366,6 +513,26 @@ class ConnectionLimitsFactory(WrappingFactory):
         """
         domain = getattr(self.wrappedFactory, "domain", None) or b"localhost"
         return domain if isinstance(domain, bytes) else str(domain).encode("idna")
+
+    def unanswered(self, peer, why: str) -> None:
+        """
+        The admission of a connection from C{peer} could not be decided
+        (C{why}), so it was admitted uncounted: log it, once per
+        L{logInterval}, with how many more there were meanwhile.
+        """
+        now = self.limits.clock.seconds()
+        if self._lastUnanswered is not None and now - self._lastUnanswered < self.logInterval:
+            self._unansweredSince += 1
+            return
+        _log.warn(
+            "Admitted a connection from {peer} to {listener} without counting it: the connection limits did not "
+            "answer ({why}); {more} more since the last line",
+            peer=clientKey(peer) or _describe(peer),
+            listener=self.listener,
+            why=why,
+            more=self._unansweredSince,
+        )
+        self._lastUnanswered, self._unansweredSince = now, 0
 
     def buildProtocol(self, addr):
         """

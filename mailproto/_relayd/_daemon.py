@@ -66,7 +66,7 @@ DEFAULT_SPOOL = "mailrelay-spool"
 #: from the first octet, RFC 8314, certificate checked).
 SMARTHOST_TLS = (NONE, MAY, ENCRYPT, VERIFY, "implicit")
 
-_LIMITS = ("max-connections", "max-connections-per-destination", "max-messages-per-connection", "max-recipients")
+_LIMITS = ("max-connections", "max-connections-per-destination", "max-messages-per-connection", "max-recipients", "workers")
 _LISTENERS = ("smtp", "submission", "smtps", "lmtp")
 _INTAKE_NUMBERS = (
     "max-clients",
@@ -214,6 +214,14 @@ class Options(usage.Options):
             "Outgoing connections open at once to one domain (or to the smart host).",
         ],
         ["max-messages-per-connection", None, 100, "Messages sent over one outgoing connection."],
+        [
+            "workers",
+            None,
+            1,
+            "Processes that accept mail (1: the relay is one process).  With more, each takes clients on every "
+            "listener and writes into the spool, and this process alone keeps the queue and delivers; limits "
+            "stay the daemon's.",
+        ],
         [
             "max-clients",
             None,
@@ -819,6 +827,9 @@ class RelayService(service.MultiService):
     connectionLimits = None
     authFailures = None
     checker = None
+    #: The L{WorkerPool <mailproto._relayd._workers.WorkerPool>} that
+    #: accepts mail with C{--workers}, or C{None}.
+    workers = None
     #: What SIGHUP reloads: a L{mailproto._relayd._config.ConfigReloader}
     #: (with C{--config}), a L{mailproto._relayd._config.CertificateReloader}
     #: (a certificate, no C{--config}), or C{None}.
@@ -961,6 +972,8 @@ class RelayService(service.MultiService):
         reactor.callFromThread(self.reopenLog)
         if self.reloader is not None:
             reactor.callFromThread(self.reloader.reload)
+        if self.workers is not None:
+            reactor.callFromThread(self.workers.signalAll, signal.SIGHUP)
 
     def reopenLog(self) -> None:
         """
@@ -1258,6 +1271,25 @@ def _relayingManager(options: Options, queue: Queue, reactor) -> tuple:
     return manager, reportPolicy
 
 
+def _addWorkers(relay: RelayService, options: Options, queue: Queue, connectionLimits, authFailures, reactor) -> None:
+    """
+    With C{--workers N}: the workers that accept mail, stopped first when
+    the relay stops (they drain their sessions before the deliveries are
+    drained).
+    """
+    from mailproto._relayd._workers import WorkerPool
+
+    listen = [(kind, description) for kind in _LISTENERS for description in options[kind]]
+    pool = WorkerPool(
+        options["workers"], listen, options.commandLine, queue, connectionLimits, authFailures, reactor, grace=options["shutdown-grace"]
+    )
+    pool.setServiceParent(relay)
+    relay.listeners.append(pool)
+    relay.listen = [f"{description} ({kind})" if kind != "smtp" else description for kind, description in listen]
+    relay.listen.append(f"{options['workers']} workers")
+    relay.workers = pool
+
+
 def _warnUnqualifiedHostname(options: Options) -> None:
     """
     Warn if C{--hostname} is not fully qualified.
@@ -1333,7 +1365,8 @@ def makeService(options: Options) -> RelayService:
     authFailures = AuthFailures(limit=options["max-auth-failures"], window=AUTH_FAILURE_WINDOW, clock=reactor)
     factories = _listenerFactories(options, hostname, deliveryFactory, portal, submissionPortal, authFailures)
     connectionLimits = _connectionLimits(options, reactor)
-    listeners = _limitedListeners(options, factories, connectionLimits, reactor)
+    # With workers, they listen; this process keeps the queue and delivers.
+    listeners = _limitedListeners(options, factories, connectionLimits, reactor) if options["workers"] == 1 else []
     manager, reportPolicy = _relayingManager(options, queue, reactor)
     _warnUnqualifiedHostname(options)
     relay = RelayService(
@@ -1347,6 +1380,8 @@ def makeService(options: Options) -> RelayService:
         shutdownGrace=options["shutdown-grace"],
         clock=reactor,
     )
+    if options["workers"] > 1:
+        _addWorkers(relay, options, queue, connectionLimits, authFailures, reactor)
     relay.runAs = runAs(options)
     relay.connectionLimits = connectionLimits
     relay.authFailures = authFailures

@@ -3,7 +3,8 @@
 """
 Tests for L{mailproto._relayd._connlimits}: the counts of L{ConnectionLimits}
 over a fake clock, L{ConnectionLimitsFactory} on C{StringTransport}s
-(and behind the PROXY protocol), and the accept guard, both with fakes
+(and behind the PROXY protocol), with admissions decided at once and
+later, and the accept guard, both with fakes
 and on a real loopback port in a process out of file descriptors.
 """
 
@@ -16,6 +17,8 @@ import subprocess
 import sys
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -529,3 +532,305 @@ class OutOfDescriptorsTests(SynchronousTestCase):
         self.assertEqual(output.count("Out of file descriptors (EMFILE) accepting on echo"), 1, output)
         self.assertNotIn("Traceback", output)
         self.assertNotIn("Could not accept", output)
+
+
+class _LaterLimits:
+    """
+    Limits whose admissions are decided later: each C{admit} returns a
+    new C{Deferred}, kept in L{asked}, that the test fires.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.asked = []
+        self.released = []
+        self.refusals = []
+
+    def admit(self, address, listener=None):
+        decision = Deferred()
+        self.asked.append((address, listener, decision))
+        return decision
+
+    def answer(self, value, n=-1):
+        self.asked[n][2].callback(value)
+
+    def release(self, address):
+        self.released.append(address)
+
+    def refused(self, listener, limit, address):
+        self.refusals.append((listener, limit, address))
+
+
+class _Hangup(_Recorder):
+    def connectionMade(self):
+        _Recorder.connectionMade(self)
+        self.transport.loseConnection()
+
+
+class LaterAdmissionTests(SynchronousTestCase):
+    """
+    L{ConnectionLimitsFactory} with limits whose C{admit} returns a
+    C{Deferred}, on C{StringTransport}s.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.limits = _LaterLimits(self.clock)
+        self.server = _ServerFactory()
+        self.factory = ConnectionLimitsFactory(self.server, self.limits, "submission")
+
+    def connect(self, host="192.0.2.1"):
+        transport = _AbortableTransport(peerAddress=peer(host))
+        protocol = self.factory.buildProtocol(peer(host))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_undecided(self):
+        """
+        Until the answer comes: the limits were asked with the listener's
+        name, the transport is paused, nothing is sent, the server's
+        protocol is not connected, and input is kept from it.
+        """
+        protocol, transport = self.connect()
+        self.assertEqual([(a, name) for a, name, _ in self.limits.asked], [(peer("192.0.2.1"), "submission")])
+        self.assertEqual(transport.producerState, "paused")
+        protocol.dataReceived(b"EHLO x\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.server.built[0].events, [])
+        self.assertFalse(transport.disconnecting)
+
+    def test_admittedLater(self):
+        """
+        Admitted: the transport goes on, the server's protocol is
+        connected (and greets), then gets what was kept, in order, then
+        what comes next; the end is released once.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"EHLO x\r\n")
+        protocol.dataReceived(b"MAIL FROM:<a@b>\r\n")
+        self.limits.answer(None)
+        server = self.server.built[0]
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(transport.value(), b"220 hello\r\n")
+        self.assertIs(server.transport, transport)
+        protocol.dataReceived(b"RCPT TO:<c@d>\r\n")
+        protocol.connectionLost(None)
+        protocol.connectionLost(None)
+        self.assertEqual(
+            server.events,
+            [
+                ("made", peer("192.0.2.1")),
+                ("data", b"EHLO x\r\nMAIL FROM:<a@b>\r\n"),
+                ("data", b"RCPT TO:<c@d>\r\n"),
+                ("lost",),
+            ],
+        )
+        self.assertEqual(self.limits.released, [peer("192.0.2.1")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_admittedWithoutInput(self):
+        """
+        A client that waits for the greeting gets it and nothing else
+        reaches the server.
+        """
+        _, transport = self.connect()
+        self.limits.answer(None)
+        self.assertEqual(self.server.built[0].events, [("made", peer("192.0.2.1"))])
+
+    def test_serverHangsUpAtOnce(self):
+        """
+        What was kept is not passed to a server that closed the connection
+        as it was made.
+        """
+        self.server.buildProtocol = lambda addr: self.server.built.append(_Hangup()) or self.server.built[-1]
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"EHLO x\r\n")
+        self.limits.answer(None)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.server.built[0].events, [("made", peer("192.0.2.1"))])
+
+    def test_refusedLater(self):
+        """
+        Refused: C{421} naming the limit, the refusal reported, the
+        connection closed (and cut off if it does not go); the server's
+        protocol never hears of it, nor of what was kept; nothing is
+        released.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"EHLO x\r\n")
+        self.limits.answer(MAX_CLIENTS)
+        self.assertEqual(transport.value(), b"421 4.7.0 mx.example Too many connections to this server, try again later\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.limits.refusals, [("submission", MAX_CLIENTS, peer("192.0.2.1"))])
+        protocol.dataReceived(b"MAIL FROM:<a@b>\r\n")
+        self.clock.advance(10)
+        self.assertTrue(transport.aborted)
+        protocol.connectionLost(None)
+        self.assertEqual(self.server.built[0].events, [])
+        self.assertEqual(self.limits.released, [])
+
+    def test_lostThenAdmitted(self):
+        """
+        A connection that ends before its admission is released when it
+        comes, once; the server's protocol never hears of it.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"EHLO x\r\n")
+        protocol.connectionLost(None)
+        self.assertEqual(self.limits.released, [])
+        self.limits.answer(None)
+        protocol.connectionLost(None)
+        self.assertEqual(self.limits.released, [peer("192.0.2.1")])
+        self.assertEqual(self.server.built[0].events, [])
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_lostThenRefused(self):
+        """
+        A refusal after the end: nothing to send, release or report.
+        """
+        protocol, transport = self.connect()
+        protocol.connectionLost(None)
+        self.limits.answer(CONNECTION_RATE)
+        self.assertEqual((self.limits.released, self.limits.refusals, transport.value()), ([], [], b""))
+
+    def test_overflow(self):
+        """
+        Up to 64 KiB may come before the decision; one more octet and the
+        connection is dropped; the late admission is released at once.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"x" * 65535)
+        protocol.dataReceived(b"y")
+        self.assertFalse(transport.aborted)
+        protocol.dataReceived(b"z")
+        self.assertTrue(transport.aborted)
+        protocol.dataReceived(b"more")
+        self.limits.answer(None)
+        self.assertEqual(self.limits.released, [peer("192.0.2.1")])
+        protocol.connectionLost(None)
+        self.assertEqual(self.limits.released, [peer("192.0.2.1")])
+        self.assertEqual(self.server.built[0].events, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_overflowInOneChunk(self):
+        """
+        The bound holds for a single large read too; a transport that
+        cannot abort is closed.
+        """
+        transport = StringTransport(peerAddress=peer("192.0.2.1"))
+        protocol = self.factory.buildProtocol(peer("192.0.2.1"))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"x" * 65537)
+        self.assertTrue(transport.disconnecting)
+        self.limits.answer(MAX_CLIENTS)
+        self.assertEqual(transport.value(), b"")
+
+    def test_failedAnswer(self):
+        """
+        An admission that fails admits the connection, uncounted (nothing
+        is released at its end), and is logged in one line, at most once
+        a minute with the count of the others.
+        """
+        with capturedLogs() as events:
+            protocol, transport = self.connect()
+            protocol.dataReceived(b"EHLO x\r\n")
+            self.limits.asked[0][2].errback(ConnectionLost("the parent is gone"))
+            self.assertEqual(transport.value(), b"220 hello\r\n")
+            self.assertEqual(self.server.built[0].events[1], ("data", b"EHLO x\r\n"))
+            protocol.connectionLost(None)
+            self.assertEqual(self.limits.released, [])
+            for _ in range(3):
+                self.connect()
+                self.limits.asked[-1][2].errback(ConnectionLost())
+            self.clock.advance(60)
+            self.connect()
+            self.limits.asked[-1][2].errback(ConnectionLost())
+        self.assertEqual(len(events), 2)
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)
+        self.assertIn("ConnectionLost", events[0]["why"])
+        self.assertIn("the parent is gone", events[0]["why"])
+        self.assertEqual((events[0]["peer"], events[0]["listener"], events[0]["more"]), ("192.0.2.1", "submission", 0))
+        self.assertEqual(events[1]["more"], 3)
+        self.assertEqual(self.server.built[-1].events, [("made", peer("192.0.2.1"))])
+
+    def test_unknownLimit(self):
+        """
+        An answer that names no known limit counts as a failed one.
+        """
+        with capturedLogs() as events:
+            _, transport = self.connect()
+            self.limits.answer("too-pretty")
+        self.assertEqual(transport.value(), b"220 hello\r\n")
+        self.assertIn("too-pretty", events[0]["why"])
+
+    def test_timedOut(self):
+        """
+        No answer in C{admissionTimeout} seconds: admitted uncounted and
+        logged.  An admission that comes later is counted from then on
+        (released at the end); a refusal that comes later changes nothing.
+        """
+        self.factory.admissionTimeout = 5
+        with capturedLogs() as events:
+            first, transport = self.connect()
+            second, _ = self.connect("192.0.2.2")
+            first.dataReceived(b"EHLO x\r\n")
+            self.clock.advance(4.9)
+            self.assertEqual(transport.value(), b"")
+            self.clock.advance(0.1)
+        self.assertEqual(transport.value(), b"220 hello\r\n")
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(self.server.built[0].events[1], ("data", b"EHLO x\r\n"))
+        self.assertEqual(events[0]["why"], "no answer in 5 seconds")
+        self.limits.answer(None, 0)
+        self.limits.answer(MAX_CLIENTS, 1)
+        self.assertEqual(self.limits.refusals, [])
+        first.connectionLost(None)
+        second.connectionLost(None)
+        self.assertEqual(self.limits.released, [peer("192.0.2.1")])
+
+    def test_timedOutLostThenAdmitted(self):
+        """
+        Admitted uncounted after the timeout, ended, then admitted by the
+        late answer: released at once; a failure after the timeout changes
+        nothing.
+        """
+        self.factory.admissionTimeout = 5
+        first, _ = self.connect()
+        second, _ = self.connect("192.0.2.2")
+        self.clock.advance(5)
+        first.connectionLost(None)
+        second.connectionLost(None)
+        self.assertEqual(self.limits.released, [])
+        self.limits.answer(None, 0)
+        self.limits.asked[1][2].errback(ConnectionLost())
+        self.assertEqual(self.limits.released, [peer("192.0.2.1")])
+
+    def test_answeredAtOnce(self):
+        """
+        A C{Deferred} that has already fired decides at once.
+        """
+        self.limits.admit = lambda address, listener=None: succeed(None)
+        _, transport = self.connect()
+        self.assertEqual((transport.value(), transport.producerState), (b"220 hello\r\n", "producing"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_behindProxy(self):
+        """
+        Behind the PROXY protocol, the client's own address is asked
+        about, the proxied transport is paused, and what came after the
+        header in the same read is kept and passed on.
+        """
+        proxied = ProxyProtocolFactory(self.factory, clock=self.clock)
+        transport = _AbortableTransport(peerAddress=peer("198.51.100.1"))
+        protocol = proxied.buildProtocol(peer("198.51.100.1"))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\nEHLO x\r\n")
+        self.assertEqual(self.limits.asked[0][0], IPv4Address("TCP", "192.0.2.7", 40000))
+        self.assertEqual((transport.producerState, transport.value()), ("paused", b""))
+        self.limits.answer(None)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(transport.value(), b"220 hello\r\n")
+        self.assertEqual(self.server.built[0].events[1], ("data", b"EHLO x\r\n"))
+        protocol.connectionLost(None)
+        self.assertEqual(self.limits.released, [IPv4Address("TCP", "192.0.2.7", 40000)])
