@@ -42,7 +42,6 @@ import email.policy
 import gzip
 import hashlib
 import json
-import socket
 import time
 
 from cryptography import x509
@@ -64,6 +63,7 @@ from mailproto.relaymanager import SmartHostESMTPRelayingManager
 from mailproto.smtp import ESMTP, ESMTPFactory
 from mailproto.test._dnsserver import TLSA, DNSServer, tlsaRecord
 from mailproto.test._loopback import noConnectionsLeft
+from mailproto.test.test_relay_e2e import _commonPort, _until
 from mailproto.test.test_tlsrptreport import validator
 from mailproto.testing import MemoryDelivery, MemoryQueue
 
@@ -75,8 +75,6 @@ except ImportError:  # pragma: no cover
 # How long a test waits for an outcome before it fails.
 _DEADLINE = 10.0
 
-# How often it looks.
-_POLL = 0.01
 
 _MX1, _MX2, _REPORTS_MX = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
@@ -101,46 +99,6 @@ def _policy(mode: str, *mx: str, maxAge: int = 86400) -> bytes:
     """
     lines = ["version: STSv1", f"mode: {mode}", *(f"mx: {m}" for m in mx), f"max_age: {maxAge}"]
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
-
-
-def _bindable(host: str, port: int) -> bool:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind((host, port))
-    except OSError:
-        return False
-    return True
-
-
-def _commonPort(hosts) -> int:
-    """
-    @return: a port number nothing is bound to on any of C{hosts}.
-    """
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if all(_bindable(host, port) for host in hosts):
-            return port
-    raise SkipTest(f"no port is free on all of {hosts}")
-
-
-@defer.inlineCallbacks
-def _until(predicate, what: str, timeout: float = _DEADLINE):
-    """
-    Poll C{predicate} until it returns something true, at most C{timeout}
-    seconds.
-
-    @return: a C{Deferred} firing with what C{predicate} returned.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        yield task.deferLater(reactor, _POLL, lambda: None)
 
 
 _AUTHORITY = None
