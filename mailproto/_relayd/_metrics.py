@@ -16,6 +16,8 @@ The relay's Prometheus metrics (C{twistd mailrelay --metrics ENDPOINT})::
     mailrelay_attempt_duration_seconds               length of a delivery attempt
     mailrelay_limits_total{listener,limit}           times an intake limit acted
     mailrelay_policy_refusals_total{policy}          times a recipient or report policy refused
+    mailrelay_workers                                worker processes running (--workers)
+    mailrelay_worker_restarts_total                  workers started again after an unexpected end
 
 The intake policies (L{mailproto._headerpolicy}, L{mailproto._relayd._submission})
 are C{hops} and C{loop} (a message refused, C{--max-hops},
@@ -36,6 +38,13 @@ report withheld: its message came from a client outside the relay
 networks, recipients not checked) and C{no-reports-to-strangers} (a
 report withheld by that option).
 
+With C{--workers N}, the parent serves the metrics: what the workers
+count as they take mail in (connections, refusals, limits, policies)
+reaches it over their AMP connections
+(L{mailproto._relayd._workermetrics}), and it counts the messages
+accepted as it adopts them into its queue.  The last two metrics are
+served only then.
+
 They are served as Prometheus text on C{/metrics} (any path, in fact) by
 L{MetricsResource}, computed in the reactor thread, so that the queue is
 read while nothing changes it.
@@ -44,7 +53,7 @@ read while nothing changes it.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -105,6 +114,26 @@ class _SecurityCollector:
         yield family
 
 
+class _WorkersCollector:
+    """
+    The workers of a L{WorkerPool <mailproto._relayd._workers.WorkerPool>},
+    read when scraped: how many run, and how many times one was started
+    again.
+    """
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+
+    def collect(self):
+        running = sum(1 for worker in self.pool.workers if worker.state == "running")
+        yield GaugeMetricFamily("mailrelay_workers", "Worker processes running (--workers).", value=running)
+        yield CounterMetricFamily(
+            "mailrelay_worker_restarts",
+            "Times a worker that ended unexpectedly was started again.",
+            value=getattr(self.pool, "restarts", 0),
+        )
+
+
 class RelayMetrics:
     """
     The relay's metrics, in their own registry.
@@ -121,6 +150,7 @@ class RelayMetrics:
         """
         self.registry = registry = CollectorRegistry()
         self.clock = clock
+        self._pool = None
         self.connections = Counter("mailrelay_connections", "Connections accepted.", ["listener"], registry=registry)
         self.open = Gauge("mailrelay_connections_open", "Connections open now.", ["listener"], registry=registry)
         self.accepted = Counter("mailrelay_messages_accepted", "Messages accepted into the queue.", registry=registry)
@@ -219,6 +249,23 @@ class RelayMetrics:
         """
         reason = str(code) if not status else f"{code} {status.decode('ascii', 'replace')}"
         self.rejected.labels(stage, reason).inc()
+
+    def watchWorkers(self, pool) -> None:
+        """
+        Serve C{mailrelay_workers} and C{mailrelay_worker_restarts_total}
+        of C{pool}'s workers (once, however often it is asked).
+
+        @param pool: a L{WorkerPool
+            <mailproto._relayd._workers.WorkerPool>}: its C{workers} (each
+            with a C{state}) and C{restarts}.
+        @raise ValueError: if the metrics serve another pool's workers.
+        """
+        if self._pool is pool:
+            return
+        if self._pool is not None:
+            raise ValueError("the metrics already serve another pool's workers")
+        self._pool = pool
+        self.registry.register(_WorkersCollector(pool))
 
     def site(self) -> Site:
         """

@@ -25,7 +25,9 @@ domains, limits, the certificate), as the parent does.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import signal
 import socket
 import sys
@@ -75,7 +77,14 @@ class AdoptedEndpoint:
         self.family = family
 
     def listen(self, factory) -> defer.Deferred:
-        return defer.execute(self.reactor.adoptStreamPort, self.fileno, self.family, factory)
+        return defer.execute(self._adopt, factory)
+
+    def _adopt(self, factory):
+        port = self.reactor.adoptStreamPort(self.fileno, self.family, factory)
+        # The port holds a copy of the socket: with the inherited
+        # descriptor closed, stopping the port stops this process listening.
+        os.close(self.fileno)
+        return port
 
 
 def _parseOptions(argv: list):
@@ -102,6 +111,10 @@ class WorkerRelay:
     connectionLimits = None
     checker = None
     reloader = None
+    #: With C{--metrics}, the L{MetricsForwarder
+    #: <mailproto._relayd._workermetrics.MetricsForwarder>} that counts for
+    #: the parent's metrics; else C{None}.
+    metrics = None
 
     def __init__(self, spec: dict, reactor) -> None:
         self.spec = spec
@@ -143,6 +156,22 @@ class WorkerRelay:
         self.authFailures = SharedAuthFailures(self.ask, limit=options["max-auth-failures"], window=_daemon.AUTH_FAILURE_WINDOW, clock=reactor)
         self.factories = _daemon._listenerFactories(options, hostname, deliveryFactory, portal, submissionPortal, self.authFailures)
         self.limits = RemoteConnectionLimits(self.ask)
+        self._forwardMetrics()
+
+    def _forwardMetrics(self) -> None:
+        """
+        With C{--metrics}, count what the intake does for the parent's
+        metrics, as the one-process relay counts it for its own.
+        """
+        if not self.options["metrics"]:
+            return
+        from mailproto._relayd._workermetrics import MetricsForwarder
+
+        self.metrics = MetricsForwarder(self.ask, self.reactor)
+        self.intake.observers.append(self.metrics.intakePolicyActed)
+        self.policy.observers.append(self.metrics.policyRefused)
+        for factory in self.factories.values():
+            factory.metrics = self.metrics
 
     #: How long the parent may take to adopt a message before the worker
     #: answers 250 anyway (the message is durable; the parent finds it
@@ -163,7 +192,8 @@ class WorkerRelay:
 
         options, reactor = self.options, self.reactor
         for kind, description, fileno, family in self.spec["listeners"]:
-            endpoint = guardAccepts(AdoptedEndpoint(reactor, fileno, family), clock=reactor, description=description)
+            paused = functools.partial(self.metrics.limitActed, kind) if self.metrics is not None else None
+            endpoint = guardAccepts(AdoptedEndpoint(reactor, fileno, family), clock=reactor, description=description, observer=paused)
             if options["proxy-protocol"]:
                 endpoint = proxyEndpoint(endpoint, clock=reactor)
             factory = ConnectionLimitsFactory(self.factories[kind], self.limits, kind)
@@ -211,8 +241,10 @@ class WorkerRelay:
         if self.stopping:
             return
         self.stopping = True
+        # New clients are refused, as by the one-process relay, once the
+        # parent and every worker have closed the listening socket.
         for port in self.listeners:
-            port.stopReading()
+            port.stopListening()
         for session in self._sessions():
             session.shutDown()
         deadline = self.reactor.seconds() + self.shutdownGrace

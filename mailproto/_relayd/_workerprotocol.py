@@ -11,7 +11,9 @@ A worker asks the parent:
     takes it into its queue (and delivers it) before the worker says 250;
   - L{Admit}, L{Release}, L{Refused}: the daemon's connection limits,
     kept by the parent for all workers together;
-  - L{AuthAttempt}, L{AuthForgive}: the daemon's AUTH failure counts.
+  - L{AuthAttempt}, L{AuthForgive}: the daemon's AUTH failure counts;
+  - L{Counted}: what it counted for the daemon's metrics (with
+    C{--metrics}; see L{mailproto._relayd._workermetrics}).
 
 The parent tells each worker:
 
@@ -79,5 +81,17 @@ class AuthForgive(amp.Command):
 
 class AuthBlocked(amp.Command):
     arguments = [(b"address", amp.Unicode()), (b"seconds", amp.Float())]
+    response: list = []
+    requiresAnswer = False
+
+
+class Counted(amp.Command):
+    """
+    What a worker counted for the relay's metrics in the last moment
+    (L{mailproto._relayd._workermetrics.DELAY}), told and not answered:
+    the JSON text of L{mailproto._relayd._workermetrics.encodeCalls}.
+    """
+
+    arguments = [(b"calls", amp.Unicode())]
     response: list = []
     requiresAnswer = False

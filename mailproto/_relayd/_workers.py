@@ -94,6 +94,9 @@ class ParentProtocol(wire.QuietAMP):
         # What a gone worker held is free again.
         if self.pool.limits is not None:
             self.pool.limits.workerGone(self.worker.number)
+        # And the connections it had are no longer open.
+        if self.pool.forwardedMetrics is not None:
+            self.pool.forwardedMetrics.linkGone(self)
 
     @wire.Queued.responder
     def queued(self, queueID: str):
@@ -101,6 +104,13 @@ class ParentProtocol(wire.QuietAMP):
             self.pool.queue.adopt(queueID)
         except (KeyError, ValueError) as e:
             _log.warn("mailrelay: worker {worker} announced {queueID}, which cannot be taken: {why}", worker=self.worker.number, queueID=queueID, why=str(e))
+        return {}
+
+    @wire.Counted.responder
+    def counted(self, calls: str):
+        # Only calls of _workermetrics.FORWARDED, checked, reach the metrics.
+        if self.pool.forwardedMetrics is not None:
+            self.pool.forwardedMetrics.apply(self, calls, worker=self.worker.number)
         return {}
 
     @wire.Admit.responder
@@ -274,7 +284,16 @@ class WorkerPool(service.Service):
     @ivar ports: C{(kind, description, port)} of every listener, once
         bound.
     @ivar workers: the L{Worker}s.
+    @ivar restarts: how many times a worker was started again after an
+        unexpected end.
+    @ivar forwardedMetrics: with C{--metrics}, once started, the
+        L{ForwardedMetrics <mailproto._relayd._workermetrics.ForwardedMetrics>}
+        that applies what the workers count to the relay's metrics; else
+        C{None}.
     """
+
+    restarts = 0
+    forwardedMetrics = None
 
     def __init__(self, count: int, listen: list, commandLine: list, queue, connectionLimits, authFailures, reactor, grace: float = 30.0) -> None:
         """
@@ -323,9 +342,23 @@ class WorkerPool(service.Service):
         service.Service.startService(self)
         if not self.ports:
             self.bind()
+        self._watchMetrics()
         for worker in self.workers:
             worker.start()
         _log.info("mailrelay: {count} workers accepting mail", count=self.count)
+
+    def _watchMetrics(self) -> None:
+        """
+        With the relay's metrics (this service's parent's C{metrics}):
+        apply what the workers count to them, and serve the workers' own.
+        """
+        metrics = getattr(self.parent, "metrics", None)
+        if metrics is None or self.forwardedMetrics is not None:
+            return
+        from mailproto._relayd._workermetrics import ForwardedMetrics
+
+        self.forwardedMetrics = ForwardedMetrics(metrics)
+        metrics.watchWorkers(self)
 
     def stopService(self) -> defer.Deferred:
         """
@@ -338,6 +371,11 @@ class WorkerPool(service.Service):
             if call.active():
                 call.cancel()
         self._restarts.clear()
+        # New clients are refused from now on, once the workers have
+        # closed their copies of the listening sockets too.
+        for _, _, port in self.ports:
+            port.stopListening()
+        self.ports = []
         stops = [worker.stop() for worker in self.workers]
         killer = self.reactor.callLater(self.grace + STOP_MARGIN, self._kill)
         d = defer.gatherResults(stops, consumeErrors=True)
@@ -345,8 +383,6 @@ class WorkerPool(service.Service):
         def stopped(result):
             if killer.active():
                 killer.cancel()
-            for _, _, port in self.ports:
-                port.stopListening()
             self._adoptLeftovers()
             return None
 
@@ -374,6 +410,7 @@ class WorkerPool(service.Service):
         """
         self._adoptLeftovers()
         if expected:
+            _log.info("mailrelay: worker {worker} stopped ({why})", worker=worker.number, why=why)
             return
         _log.warn("mailrelay: worker {worker} ended ({why}); starting it again", worker=worker.number, why=why)
         self._restarts[worker.number] = self.reactor.callLater(RESTART_DELAY, self._restart, worker)
@@ -381,6 +418,7 @@ class WorkerPool(service.Service):
     def _restart(self, worker: Worker) -> None:
         self._restarts.pop(worker.number, None)
         if self.running:
+            self.restarts += 1
             worker.start()
 
     def _adoptLeftovers(self) -> None:
