@@ -1064,7 +1064,9 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
 
     Messages that other processes commit into its C{queue/} (a relay's
     workers, with L{mailproto._intakequeue.IntakeQueue}) join it by
-    L{adopt} (told their id) or L{adoptNew} (found by a scan).
+    L{adopt} (told their id) or L{adoptNew} (found by a scan); a message
+    given up to another relay's spool (C{mailproto queue move}) leaves it
+    by L{disown}.
 
     @ivar directory: the spool directory.
     @ivar lock: the spool's lock (L{SpoolLock}) every change of the files
@@ -1106,6 +1108,9 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
         # neither is taken for another process's by adoptNew.
         self._committing: dict[str, SpoolFile] = {}
         self._removing: set[str] = set()
+        # Ids given up to another spool (disown), whose files another
+        # process takes: adoptNew leaves them alone.
+        self._disowned: set[str] = set()
         makePrivate(directory)
         SpoolWriter.__init__(self, directory, reactor, runInThread, SpoolLock(directory) if lock is None else lock)
 
@@ -1141,6 +1146,7 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
         names = set(os.listdir(self._path("queue")))
         self._envelopes = {}
         self._relaying = set()
+        self._disowned = set()
         self._cache, self._cached = {}, 0
         self._tightenFiles(names)
         for name in sorted(names):
@@ -1268,6 +1274,8 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
         @raise SpoolBusy: if another process holds the spool (a queue used
             on its own); nothing is read then.
         """
+        # Told explicitly: a message given up before is taken back.
+        self._disowned.discard(queueID)
         known = self._known(queueID)
         if known is not None:
             return known
@@ -1293,7 +1301,7 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
         """
         release = self._holdSpool()
         try:
-            ours = (self._envelopes, self._committing, self._removing)
+            ours = (self._envelopes, self._committing, self._removing, self._disowned)
             names = sorted(name for name in os.listdir(self._path("queue")) if _isID(name) and not any(name in each for each in ours))
             adopted = []
             for name in names:
@@ -1308,6 +1316,34 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
         if adopted:
             _log.warn("Queue {directory}: adopted {count} messages found in queue/", directory=self.directory, count=len(adopted), ids=adopted)
         return adopted
+
+    def disown(self, queueID: str) -> Envelope:
+        """
+        Give a message up to another process, which takes its files
+        (C{mailproto queue move}): forget it, leaving its files in
+        C{queue/}.  It is never attempted again by this queue's relay, and
+        L{adoptNew} does not take it back; L{adopt}, told its id, does,
+        and so does the next L{recover} if its files are still there.
+
+        An attempt in flight goes on to its end and writes its outcome
+        (L{update}, or L{remove} if every recipient is done) as usual.
+
+        @param queueID: the message's queue id.
+        @return: its envelope.
+        @raise KeyError: if the queue does not have it.
+        """
+        envelope = self._envelopes[queueID]
+        self._forget(queueID)
+        self._uncache(queueID)
+        self._disowned.add(queueID)
+        return envelope
+
+    def isDisowned(self, queueID: str) -> bool:
+        """
+        @return: whether C{queueID} was given up (L{disown}) and not taken
+            back since.
+        """
+        return queueID in self._disowned
 
     def _known(self, queueID: str) -> Envelope | None:
         """

@@ -7,6 +7,7 @@ C{mailproto queue}: look at and manage a relay's queue::
     mailproto queue show ID [--message]
     mailproto queue flush [ID...] [FILTER...]
     mailproto queue requeue|delete|hold|release ID... | --all | FILTER... [--all]
+    mailproto queue move --to SPOOL ID... | --all | FILTER... [--all]
     mailproto queue import DIR --spool SPOOL
 
 where a FILTER is C{--sender ADDR}, C{--recipient ADDR}, C{--domain
@@ -23,6 +24,9 @@ themselves.  C{hold} keeps a message from being tried (L{Envelope.held
 <mailproto._queue.Envelope.held>}) until C{release}.  C{import} copies a
 twisted.mail relay's queue directory into the spool
 (L{mailproto._twistedqueue}); it refuses while a relay runs on the spool.
+C{move} hands messages to another relay's spool, each relay running or
+not, without losing one or sending one twice
+(L{mailproto._commandline._queuemove}).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from twisted.internet import defer
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from mailproto._commandline._queuemove import MoveAborted, SourceSpool, TargetSpool, moveMessages
 from mailproto._relayd._control import RelayNotRunning, SpoolBusy, SpoolLock, ask
 from mailproto._queue import WAITING, Queue, _isID, openQueueFile, readQueueFile, replyToData
 from mailproto._twistedqueue import importTwistedQueue
@@ -811,6 +816,75 @@ class ReleaseOptions(_SelectingCommand):
         return line
 
 
+class MoveOptions(_SelectingCommand):
+    """
+    C{mailproto queue move --to SPOOL ID...}.
+    """
+
+    synopsis = "[options] --to SPOOL ID... | --all | FILTER..."
+    longdesc = (
+        "Move messages, with their delivery state (attempts, recipients already delivered, hold), to the spool of "
+        "another relay (--to), to take this one out of service when its queue cannot empty.  Either relay may be "
+        "running: a running relay here gives each message up (waiting for an attempt in flight to end) and never "
+        "sends it again; a running relay there takes each in at once; a stopped one finds them when it starts.  "
+        "Each message is on the other spool's disk before it leaves this one: if the command is interrupted, run "
+        "it again, before this relay starts again (which would send what is left here too)."
+    )
+    command = "move"
+    verb = "moved"
+    optParameters = [["to", "t", None, "The spool directory of the relay that takes the messages."]]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        to = self["to"]
+        if not to:
+            raise usage.UsageError("--to: give the spool directory of the relay that takes the messages")
+        if os.path.exists(to) and not os.path.isdir(to):
+            raise usage.UsageError(f"--to {to!r}: not a directory")
+        if os.path.isdir(to) and not os.path.isdir(os.path.join(to, "queue")) and os.listdir(to):
+            raise usage.UsageError(f"--to {to!r}: not a relay's spool directory (it has no queue/) and not empty")
+        if self.problem is None and os.path.isdir(to) and os.path.samefile(to, self["spool"]):
+            raise usage.UsageError("--to: the same spool as --spool")
+
+    def run(self, reactor, stdout, stderr) -> int:
+        name = f"mailproto queue {self.command}"
+        ids, problems = self.select(time.time())
+        for problem in problems:
+            stderr.write(f"{name}: {problem}\n")
+        if problems:
+            return 1
+        source, target = SourceSpool(self["spool"]), TargetSpool(self["to"])
+        try:
+            source.open()
+            target.open()
+            report = moveMessages(source, target, ids, lambda line: stderr.write(f"{name}: {line}\n"))
+        except MoveAborted as e:
+            stderr.write(f"{name}: {e}\n")
+            return 1
+        finally:
+            target.close()
+            source.close()
+        if report.aborted is not None:
+            stderr.write(f"{name}: {report.aborted}; {report.left} left as they were (run the command again)\n")
+        stdout.write(self.moveSummary(report) + "\n")
+        return 1 if report.failed or report.aborted is not None else 0
+
+    def moveSummary(self, report) -> str:
+        """
+        @return: the line that says what was moved.
+        """
+        count = len(report.moved)
+        if len(self["ids"]) == 1 and self._filtersNone() and count == 1:
+            what = report.moved[0]
+        else:
+            what = f"{count} message{'s' if count != 1 else ''}"
+        line = f"{what} moved to {self['to']}"
+        if report.finished:
+            finished = len(report.finished)
+            line += f" ({finished} finished by {'its' if finished == 1 else 'their'} last attempt first)"
+        return line
+
+
 class ImportOptions(_QueueCommand):
     """
     C{mailproto queue import DIR}.
@@ -904,6 +978,7 @@ class QueueOptions(usage.Options):
         ["delete", None, DeleteOptions, "Take messages out of the queue."],
         ["hold", None, HoldOptions, "Keep messages from being tried until released."],
         ["release", None, ReleaseOptions, "Take messages off hold."],
+        ["move", None, MoveOptions, "Move messages to another relay's spool."],
         ["import", None, ImportOptions, "Copy a twisted.mail relay's queue directory into the spool."],
     ]
 
@@ -912,7 +987,7 @@ class QueueOptions(usage.Options):
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("no queue command given (list, show, flush, requeue, delete, hold, release, import)")
+            raise usage.UsageError("no queue command given (list, show, flush, requeue, delete, hold, release, move, import)")
 
     def run(self, reactor, stdout, stderr) -> int:
         if self.subOptions.problem is not None:

@@ -13,9 +13,20 @@ object per line each way::
     {"command": "delete", "id": "ID"}         ->  {"ok": true}
     {"command": "hold", "id": "ID"}           ->  {"ok": true, "changed": true}
     {"command": "release", "id": "ID"}        ->  {"ok": true, "changed": true}
+    {"command": "export", "id": "ID"}         ->  {"ok": true, "done": false}
+    {"command": "adopt", "id": "ID"}          ->  {"ok": true, "waiting": 2, "held": false}
     {"command": "status"}                     ->  {"ok": true, "inFlight": [...], ...}
 
 and answers C{{"ok": false, "error": "..."}} to anything it cannot do.
+
+C{export} and C{adopt} carry a message from one relay's spool to another's
+(C{mailproto queue move}, L{mailproto._commandline._queuemove}): the
+relay told C{export} gives the message up (L{exportMessage}) and answers
+once it will never send it again, its files left in its C{queue/} for the
+command to copy; the relay told C{adopt} takes into its queue a message
+the command put into its C{queue/} (L{Queue.adopt
+<mailproto._queue.Queue.adopt>}).
+
 The socket is made with mode 0600, so that only the relay's user (and
 root) can command it.
 
@@ -145,6 +156,17 @@ class ControlProtocol(LineOnlyReceiver):
         d = self.manager.release(_requiredID(queueID))
         return d.addCallback(lambda changed: {"changed": changed})
 
+    def command_export(self, queueID) -> defer.Deferred:
+        return exportMessage(self.manager, _requiredID(queueID))
+
+    def command_adopt(self, queueID) -> dict:
+        queue = self.manager.queue
+        if not hasattr(queue, "adopt"):
+            raise ValueError("this relay's queue cannot take messages from other spools")
+        envelope = queue.adopt(_requiredID(queueID))
+        _log.info("Adopted {queueID} from another spool", queueID=envelope.id)
+        return {"waiting": len(envelope.waiting), "held": envelope.held}
+
 
 def _optionalID(queueID):
     if queueID is not None and not isinstance(queueID, str):
@@ -156,6 +178,80 @@ def _requiredID(queueID) -> str:
     if not isinstance(queueID, str) or not queueID:
         raise ValueError("this command needs a queue id")
     return queueID
+
+
+#: How often, in seconds, an export looks whether the attempt in flight
+#: of the message it waits for is over.
+SETTLE_INTERVAL = 0.05
+
+
+def exportMessage(manager, queueID: str, interval: float = SETTLE_INTERVAL) -> defer.Deferred:
+    """
+    Give a queued message up to another spool: the relay forgets it at
+    once (L{Queue.disown <mailproto._queue.Queue.disown>}), so that no
+    attempt of it starts again; waits for an attempt in flight to end and
+    write its outcome; then writes the message's state as the relay has
+    it in memory, so that its files say all the relay knows (delivered
+    recipients, attempts, replies, hold, DKIM prefix).  Its files stay in
+    C{queue/}: whoever asked copies them, and removes them once the other
+    spool has the message.
+
+    A message given up before (an interrupted move, run again) is waited
+    for in the same way, and answered from its files.
+
+    @param manager: the relaying manager.
+    @param queueID: the message's queue id.
+    @return: a C{Deferred} firing with C{{"done": False}} once the relay
+        will never send the message again and its files are complete, or
+        C{{"done": True}} if the attempt in flight finished it (every
+        recipient delivered or returned: its files are gone, there is
+        nothing to move).  It fails with L{KeyError} if the relay does
+        not have the message.
+    @raise ValueError: if the relay's queue cannot give messages up.
+    """
+    queue = manager.queue
+    if not hasattr(queue, "disown"):
+        raise ValueError("this relay's queue cannot give messages up to other spools")
+    if queue.isDisowned(queueID):
+        envelope = None
+    else:
+        envelope = queue.disown(queueID)
+        _log.info("Giving {queueID} up to another spool", queueID=queueID)
+    d = _whenSettled(manager, queueID, interval)
+    return d.addCallback(lambda _: _exported(queue, queueID, envelope))
+
+
+def _whenSettled(manager, queueID: str, interval: float) -> defer.Deferred:
+    """
+    @return: a C{Deferred} that fires once C{manager} has no attempt of
+        C{queueID} in flight.
+    """
+    settled = defer.Deferred()
+
+    def check() -> None:
+        if queueID in manager.inFlight():
+            manager.reactor.callLater(interval, check)
+        else:
+            settled.callback(None)
+
+    check()
+    return settled
+
+
+def _exported(queue, queueID: str, envelope) -> defer.Deferred | dict:
+    """
+    The relay gave C{queueID} up and no attempt of it is in flight: make
+    its files complete, and say whether there is something to move.
+    """
+    if envelope is None:
+        if not os.path.exists(queue.getPath(queueID)):
+            raise KeyError(queueID)
+        return {"done": False}
+    if not envelope.waiting:
+        _log.info("{queueID} was finished by its last attempt: nothing to give up", queueID=queueID)
+        return {"done": True}
+    d = queue.update(envelope)
+    return d.addCallback(lambda _: {"done": False})
 
 
 class ControlFactory(Factory):
@@ -186,7 +282,11 @@ def ask(directory: str, command: str, queueID: str | None = None, timeout: float
     @raise ValueError: with the relay's reason, if it refused.
     @raise OSError: if the exchange failed half-way.
     """
-    path = socketPath(directory)
+    try:
+        path = socketPath(directory)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        # A long path is reached through the directory, which is not there.
+        raise RelayNotRunning(str(e)) from None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
