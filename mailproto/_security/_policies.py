@@ -230,7 +230,9 @@ class SecurityPolicies:
             return defer.succeed(staticSecurity(destination, mode))
         if mode in (NONE, MAY, ENCRYPT, VERIFY):
             return defer.succeed(DestinationSecurity(destination, HostTLS(mode, trustRoot=self.trustRoot)))
-        if ignorePolicies:
+        if ignorePolicies or destination.startswith("["):
+            # Asked to, or an address literal: no domain to look a policy
+            # up for.
             return defer.succeed(DestinationSecurity(destination, HostTLS(MAY, source="none"), source="none"))
         return defer.ensureDeferred(self._resolvePolicies(destination, route, mode))
 

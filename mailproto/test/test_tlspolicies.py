@@ -186,6 +186,16 @@ class MTASTSTests(SynchronousTestCase):
         [(policy, result)] = self.store.recorded
         self.assertEqual((policy.type, result.resultType), ("no-policy-found", "sts-policy-fetch-error"))
 
+    def test_addressLiteral(self):
+        """
+        An address literal has no domain to look policies up for: C{may}.
+        """
+        self.store = _Store()
+        self.policies = SecurityPolicies("auto", mtasts=_MTASTS(), dnssec=_DNSSEC(), reports=self.store)
+        security = self.successResultOf(self.policies.resolve("[192.0.2.1]", ROUTE))
+        self.assertEqual((security.source, security.forHost("mx1.example.com").mode), ("none", MAY))
+        self.assertEqual(self.policies.mtasts.asked, [])
+
     def test_ignored(self):
         """
         C{TLS-Required: No}: MTA-STS is not even asked.
