@@ -2,7 +2,8 @@
 """
 What the benchmarks share: finding Postfix's tools, free loopback ports,
 starting and watching a server process (CPU time and memory from /proc),
-and a description of the machine.
+mailproto's relay daemon as one of those servers, and a description of
+the machine.
 """
 
 import json
@@ -10,16 +11,39 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TICKS = os.sysconf("SC_CLK_TCK")
 START_DEADLINE = 30
+#: The relay daemon as a server of its own: C{mailrelay-Nw} is
+#: C{twistd mailrelay --workers N}.
+RELAY_KIND = re.compile(r"^mailrelay-(\d+)w$")
+#: The listening backlog of every server of C{accept.py} and
+#: C{pipeline.py} (smtp-sink's, those of C{_servers.py}, the relay
+#: daemon's).
+BACKLOG = 1024
+#: How long a relay daemon may take, once its load has ended, to deliver
+#: what it still holds.
+DRAIN_DEADLINE = 120
+STOPPED = re.compile(
+    r"mailrelay: stopped; (?P<queued>\d+) queued now; this run: (?P<delivered>\d+) delivered, "
+    r"(?P<deferred>\d+) deferred, (?P<failed>\d+) failed, (?P<reports>\d+) reports; (?P<fsyncs>\d+) fsyncs"
+)
+
+
+class Failed(Exception):
+    """
+    A run that did not finish as it should; its message says why.
+    """
 
 
 def tool(name: str) -> str:
@@ -83,7 +107,7 @@ class Server:
             args = [tool("smtp-sink")]
             if os.geteuid() == 0:
                 args += ["-u", "nobody"]
-            args += [f"127.0.0.1:{self.port}", "1024"]
+            args += [f"127.0.0.1:{self.port}", str(BACKLOG)]
         else:
             args = [sys.executable, os.path.join(HERE, "_servers.py"), kind, str(self.port)]
             if maxSize is not None:
@@ -147,6 +171,431 @@ class Server:
             print(f"  {self.kind} wrote to stderr:\n{errors[-2000:]}", file=sys.stderr)
         found = re.search(r"^received (\d+) messages$", errors, re.M)
         self.received = int(found.group(1)) if found else None
+
+
+def tail(path: str, lines: int = 20) -> str:
+    """
+    @return: the last C{lines} lines of the file C{path} ("" if there is
+        none).
+    """
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def waitForGreeting(port: int, process: subprocess.Popen, log: str, deadline: float = START_DEADLINE) -> None:
+    """
+    Wait (at most C{deadline} seconds) until 127.0.0.1:C{port} greets with
+    220, then say QUIT.
+
+    @raise Failed: if nothing greets by then; the message has the end of
+        C{log}.
+    """
+    end = time.monotonic() + deadline
+    last = None
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                greeting = s.makefile("rb").readline()
+                s.sendall(b"QUIT\r\n")
+                if greeting.startswith(b"220"):
+                    return
+                last = greeting
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise Failed(f"nothing greets on 127.0.0.1:{port} ({last!r}; exit code {process.poll()}):\n{tail(log)}")
+
+
+def startSession(args, **kw) -> subprocess.Popen:
+    """
+    Start C{args} as the leader of a session (and process group) of its
+    own.
+    """
+    return subprocess.Popen(args, start_new_session=True, **kw)
+
+
+class Sink:
+    """
+    smtp-sink with running counters (-c): a thread reads them from its
+    standard output and notes when the count reaches C{expected} (if not
+    C{None}).
+    """
+
+    def __init__(self, port: int, expected=None, start=startSession) -> None:
+        """
+        @param start: starts the process, as L{startSession} does.
+        """
+        self.port = port
+        self.count = 0
+        self.expected = expected
+        self.reached = threading.Event()
+        self.reachedAt = None
+        args = [tool("smtp-sink"), "-c"]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        args += [f"127.0.0.1:{port}", "1024"]
+        self.process = start(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        pending = b""
+        while True:
+            data = self.process.stdout.read1(65536)
+            if not data:
+                return
+            pending += data
+            *counters, pending = pending.split(b"\r")
+            for counter in reversed(counters):
+                match = re.search(rb"mesg=(\d+)", counter)
+                if match:
+                    self.count = int(match.group(1))
+                    break
+            if self.expected is not None and self.count >= self.expected and not self.reached.is_set():
+                self.reachedAt = time.perf_counter()
+                self.reached.set()
+
+
+def _processes(session: int):
+    """
+    @return: C{(pid, name, fields of /proc/PID/stat after the name)} of
+        every process of C{session}.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            name, fields = text.split(" (", 1)[1].rsplit(")", 1)
+            fields = fields.split()
+            if len(fields) > 14 and int(fields[3]) == session:
+                found.append((int(entry), name, fields))
+    return found
+
+
+def role(pid: int, name: str, session: int) -> str:
+    """
+    @return: what a relay's process does: for mailproto's, C{parent} (the
+        session's leader) or C{worker N}; for Postfix's, its program
+        (smtpd, cleanup, qmgr, smtp, master...).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        argv = []
+    if b"mailproto._relayd._worker" in argv:
+        try:
+            return f"worker {json.loads(argv[argv.index(b'mailproto._relayd._worker') + 1])['worker']}"
+        except (IndexError, ValueError, KeyError, TypeError):
+            return "worker"
+    return "parent" if pid == session and b"mailrelay" in argv else name
+
+
+def roles(session: int) -> dict:
+    """
+    @return: the L{role} of every process of C{session}, by PID.
+    """
+    return {pid: role(pid, name, session) for pid, name, _ in _processes(session)}
+
+
+def processCPU(session: int) -> dict:
+    """
+    @return: the CPU seconds (user and system) of every process of
+        C{session}, added up by L{role}; and those of the processes that
+        ended and were reaped by one of them, as C{"ROLE's ended
+        children"} (Postfix's master(8) reaps its daemons as each reaches
+        its max_use).
+    """
+    roles = {}
+    for pid, name, fields in _processes(session):
+        label = role(pid, name, session)
+        for key, ticks in ((label, fields[11:13]), (f"{label}'s ended children", fields[13:15])):
+            seconds = sum(int(tick) for tick in ticks) / TICKS
+            if seconds or key == label:
+                roles[key] = roles.get(key, 0) + seconds
+    return roles
+
+
+def processWaits(session: int) -> dict:
+    """
+    @return: the seconds the threads of every live process of C{session}
+        spent ready to run but waiting for a CPU (the second field of
+        Linux's C{/proc/PID/task/TID/schedstat}), added up by L{role}.
+    """
+    waits = {}
+    for pid, label in roles(session).items():
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    waited = int(f.read().split()[1]) / 1e9
+            except (OSError, IndexError, ValueError):
+                continue
+            waits[label] = waits.get(label, 0) + waited
+    return waits
+
+
+def sessionCPU(session: int) -> float:
+    """
+    @return: the CPU seconds (user and system, reaped children included)
+        of every process in a session: the relay and, for Postfix, every
+        daemon its master(8) started.
+    """
+    return sum(processCPU(session).values())
+
+
+def settle(limit_kib: int = 4096, deadline: float = 30.0) -> float:
+    """
+    Before a run: write back what earlier runs left dirty in the page
+    cache, and wait (at most C{deadline} seconds) until less than
+    C{limit_kib} is dirty or under writeback, so that a run does not pay
+    for the one before it.
+
+    @return: the seconds it took.
+    """
+    start = time.monotonic()
+    os.sync()
+    while time.monotonic() - start < deadline:
+        pending = 0
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(("Dirty:", "Writeback:")):
+                    pending += int(line.split()[1])
+        if pending < limit_kib:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def countFiles(directories) -> int:
+    return sum(len(files) for directory in directories for _, _, files in os.walk(directory))
+
+
+def workerCounts(text: str) -> list:
+    """
+    @return: the worker counts of a C{--workers} option ("1,2"; "" or
+        "none" for none).
+    """
+    if text.strip().lower() in ("", "none"):
+        return []
+    counts = [int(part) for part in text.split(",")]
+    if any(count < 1 for count in counts):
+        raise ValueError("worker counts are 1 or more")
+    return counts
+
+
+def mailrelayCommand(port: int, spool: str, sinkPort: int, workers: int, scratch: str, root: str = ROOT,
+                     backlog=None):
+    """
+    @param backlog: the listening socket's backlog (C{backlog=} of its
+        endpoint), or C{None} for the relay's default (Twisted's, 50).
+    @return: the command line and environment of C{twistd -n mailrelay}
+        on 127.0.0.1:C{port} with C{--workers WORKERS}, its spool
+        C{spool}, relaying everything to the smart host 127.0.0.1:C{sinkPort};
+        its defaults otherwise.  mailproto is imported from C{root}.
+    """
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from mailproto.test._relayprocess import relayCommand
+
+    argv, env = relayCommand(
+        [
+            "--smtp", f"tcp:{port}:interface=127.0.0.1" + (f":backlog={backlog}" if backlog else ""),
+            "--spool", spool,
+            "--smarthost", f"127.0.0.1:{sinkPort}",
+            "--hostname", "relay.mailproto.test",
+            "--workers", str(workers),
+        ],
+        scratch,
+    )
+    env["PYTHONPATH"] = os.pathsep.join([root, env["PYTHONPATH"]])
+    return argv, env
+
+
+WORKER_READY = re.compile(r"worker (\d+): .* starting on ")
+
+
+def waitForWorkers(log: str, workers: int, process: subprocess.Popen, deadline: float = START_DEADLINE) -> None:
+    """
+    With C{--workers} above 1, wait until every worker listens (its
+    line in the log), so that a run does not start while one worker
+    takes every client.
+
+    @raise Failed: if one does not by C{deadline} seconds.
+    """
+    if workers < 2:
+        return
+    end = time.monotonic() + deadline
+    while time.monotonic() < end and process.poll() is None:
+        try:
+            with open(log, "rb") as f:
+                ready = set(WORKER_READY.findall(f.read().decode("utf-8", "replace")))
+        except OSError:
+            ready = set()
+        if len(ready) >= workers:
+            return
+        time.sleep(0.05)
+    raise Failed(f"not every one of {workers} workers listens after {deadline} s:\n{tail(log)}")
+
+
+class RelayServer:
+    """
+    mailproto's relay daemon as one of the servers of C{accept.py} and
+    C{pipeline.py}: C{twistd mailrelay --workers N} (kind
+    C{mailrelay-Nw}) on 127.0.0.1, its defaults otherwise, with a spool
+    of its own in a scratch directory in /tmp (so on the same disk as the
+    relay benchmark's) and a fresh C{smtp-sink} as its smart host, which
+    throws the mail away.  It says 250 once a message is durable in the
+    spool; it delivers to the sink meanwhile.
+
+    Its listening socket has the backlog every other server of these
+    benchmarks has (L{BACKLOG}), not Twisted's default of 50, which drops
+    connections (the client tries again a second later) when more than
+    that many clients connect at once.
+
+    Its CPU time and memory are those of its processes: the parent and
+    its workers (not the sink).  L{stop} first waits until it has
+    delivered everything; C{received} is then what the sink counted.
+    """
+
+    def __init__(self, kind: str, root: str = ROOT) -> None:
+        self.kind = kind
+        self.workers = int(RELAY_KIND.match(kind).group(1))
+        self.port = freePort()
+        self.scratch = tempfile.mkdtemp(prefix=f"mailproto-bench-{kind}-")
+        self.spool = os.path.join(self.scratch, "spool")
+        self.log = os.path.join(self.scratch, "relay.log")
+        self.process = None
+        self.sink = Sink(freePort())
+        try:
+            waitForGreeting(self.sink.port, self.sink.process, os.devnull)
+            argv, env = mailrelayCommand(self.port, self.spool, self.sink.port, self.workers, self.scratch, root,
+                                         backlog=BACKLOG)
+            with open(self.log, "ab") as log:
+                self.process = startSession(argv, env=env, cwd=self.scratch, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=log)
+            waitForGreeting(self.port, self.process, self.log)
+            waitForWorkers(self.log, self.workers, self.process)
+        except BaseException:
+            self._end()
+            raise
+
+    def cpu(self) -> float:
+        """
+        @return: the user + system CPU time so far of the relay's
+            processes, in seconds.
+        """
+        return sessionCPU(self.process.pid)
+
+    def cpuByProcess(self) -> dict:
+        """
+        @return: the CPU seconds so far of each of the relay's processes,
+            by L{role}.
+        """
+        return processCPU(self.process.pid)
+
+    def peakRSS(self) -> float:
+        """
+        @return: the largest resident set sizes of the relay's processes,
+            added up, in MiB (an upper bound of the peak of the whole).
+        """
+        total = 0
+        for pid, _, _ in _processes(self.process.pid):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            except (OSError, StopIteration):
+                pass
+        return total / 1024
+
+    def queued(self) -> int:
+        """
+        @return: the message files in the spool now.
+        """
+        return countFiles([os.path.join(self.spool, "queue"), os.path.join(self.spool, "tmp")])
+
+    def stop(self) -> None:
+        """
+        Wait (at most L{DRAIN_DEADLINE}) until the relay has delivered
+        everything, stop it and the sink; then C{received} is the number
+        of messages the sink counted, and C{problems} says what went
+        wrong.
+        """
+        self.problems = []
+        end = time.monotonic() + DRAIN_DEADLINE
+        while self.process.poll() is None and self.queued() and time.monotonic() < end:
+            time.sleep(0.01)
+        left = self.queued()
+        if left:
+            self.problems.append(f"{left} files still in the spool {DRAIN_DEADLINE} s after the load")
+        time.sleep(0.1)  # the sink's last counters
+        self.received = self.sink.count
+        self._end()
+        with open(self.log, "rb") as f:
+            stopped = STOPPED.search(f.read().decode("utf-8", "replace"))
+        if stopped is None:
+            self.problems.append(f"the relay logged no 'stopped' line:\n{tail(self.log)}")
+        elif int(stopped.group("delivered")) != self.received:
+            self.problems.append(f"the relay says it delivered {stopped.group('delivered')}, the sink counted"
+                                 f" {self.received}")
+        for problem in self.problems:
+            print(f"  {self.kind}: PROBLEM: {problem}", file=sys.stderr)
+        shutil.rmtree(self.scratch, True)
+
+    def _end(self) -> None:
+        """
+        Stop the relay (SIGTERM, then SIGKILL to its process group after
+        a grace) and the sink.
+        """
+        for process in (self.process, self.sink.process):
+            if process is None:
+                continue
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            process.wait()
+
+
+def cpuByProcess(server, before=None) -> dict:
+    """
+    @param before: what this returned at the start of a run, to get the
+        CPU time since.
+    @return: the CPU seconds of each of a L{RelayServer}'s processes (by
+        L{role}), or since C{before}; empty for a server of one process.
+    """
+    if not isinstance(server, RelayServer):
+        return {}
+    now = server.cpuByProcess()
+    return {name: seconds - (before or {}).get(name, 0) for name, seconds in now.items()}
+
+
+def startServer(kind: str, maxSize=None, root: str = ROOT):
+    """
+    @return: a L{Server} of C{kind}, or a L{RelayServer} for
+        C{mailrelay-Nw}.
+    """
+    if RELAY_KIND.match(kind):
+        return RelayServer(kind, root)
+    return Server(kind, maxSize, root)
 
 
 def machine() -> dict:

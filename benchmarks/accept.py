@@ -9,7 +9,13 @@ the C{IMessage} interface), the same with a chunked delivery
 aiosmtpd with a handler that returns 250, and Postfix's smtp-sink as the
 ceiling.  C{twisted-floor} is not an SMTP server: it answers each command
 with a canned reply and looks only for the end of data, the least any
-server on Twisted's reactor does (see C{_servers.py}).
+server on Twisted's reactor does (see C{_servers.py}).  And mailproto's
+relay daemon, C{mailrelay-Nw} for each N of --workers (C{twistd
+mailrelay --workers N}, default 1 and 2): it says 250 only once the
+message is durable in its spool (in /tmp), and meanwhile sends it on to
+an smtp-sink of its own that throws it away; its CPU and memory are
+those of all its processes, and each of its runs ends once it has sent
+on everything (not timed; C{_common.RelayServer}).
 
 Configurations (smtp-source sends HELO, a small header and LENGTH octets of
 payload, one recipient per message):
@@ -20,7 +26,8 @@ payload, one recipient per message):
     at a time, one message each;
   - C{4x1MiB}: C{smtp-source -s 4 -m MESSAGES/20 -d -l 1048576}.
 
-Each run starts a fresh server.  Reported per run: messages per second
+Each run starts a fresh server, once the disk has written back what
+earlier runs left (sync).  Reported per run: messages per second
 (messages / wall time of the smtp-source runs), the server's CPU time (user
 + system, from /proc) per 1000 messages, and its peak resident set size.
 The servers take turns within each repetition (the order rotates from one
@@ -28,7 +35,7 @@ repetition to the next) and the medians are reported with their ratios to
 twisted.mail and to smtp-sink.
 
     python benchmarks/accept.py [--messages N] [--repeat R] [--servers A,B]
-                                [--configs A,B] [--json FILE]
+                                [--workers 1,2] [--configs A,B] [--json FILE]
 """
 
 import argparse
@@ -36,7 +43,7 @@ import subprocess
 import sys
 import time
 
-from _common import Server, median, ratio, tool, writeResults
+from _common import RELAY_KIND, cpuByProcess, median, ratio, settle, startServer, tool, workerCounts, writeResults
 
 SERVERS = ["smtp-sink", "twisted-floor", "mailproto", "mailproto-stream", "twisted.mail", "aiosmtpd"]
 # name: (sessions, messages per smtp-source run (None: all), payload octets, share of --messages)
@@ -66,9 +73,11 @@ def sourceRuns(config: str, messages: int):
 
 def runOnce(kind: str, config: str, messages: int) -> dict:
     runs, total = sourceRuns(config, messages)
-    server = Server(kind)
+    settle()
+    server = startServer(kind)
+    backlog = None
     try:
-        cpu = server.cpu()
+        cpu, processes = server.cpu(), cpuByProcess(server)
         start = time.perf_counter()
         for args in runs:
             done = subprocess.run(args + [f"127.0.0.1:{server.port}"], timeout=RUN_TIMEOUT,
@@ -76,12 +85,25 @@ def runOnce(kind: str, config: str, messages: int) -> dict:
             if done.returncode:
                 raise SystemExit(f"smtp-source against {kind}: {done.stderr.decode(errors='replace').strip()}")
         elapsed = time.perf_counter() - start
-        cpu = server.cpu() - cpu
+        cpu, processes = server.cpu() - cpu, cpuByProcess(server, processes)
         peak = server.peakRSS()
+        if RELAY_KIND.match(kind):
+            backlog = server.queued()
     finally:
         server.stop()
-    return {"msgs_per_s": total / elapsed, "cpu_s_per_1000": cpu / total * 1000, "peak_rss_mib": peak,
-            "messages": total}
+    result = {"msgs_per_s": total / elapsed, "cpu_s_per_1000": cpu / total * 1000, "peak_rss_mib": peak,
+              "messages": total}
+    if backlog is not None:
+        # What the relay had yet to send on when the load ended, and the
+        # CPU time of each of its processes.
+        result["spooled_at_end"] = backlog
+        result["cpu_s_per_1000_by_process"] = {name: seconds / total * 1000 for name, seconds in processes.items()}
+    problems = list(getattr(server, "problems", []))
+    if server.received is not None and server.received != total:
+        problems.append(f"{kind} received {server.received} messages, not {total}")
+    if problems:
+        result["problems"] = problems
+    return result
 
 
 def main() -> None:
@@ -89,15 +111,23 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=4000,
                         help="4 KiB messages per run (default 4000; the 1 MiB configuration sends 1/20 of it)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions, interleaved (default 3)")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="servers to run")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"servers to run, of {', '.join(SERVERS)} and mailrelay-Nw (default all but mailrelay-Nw)")
+    parser.add_argument("--workers", default="1,2",
+                        help="also run mailproto's relay daemon with each of these --workers (default 1,2;"
+                             " none: not at all), as mailrelay-1w, mailrelay-2w")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="configurations to run")
     parser.add_argument("--json", help="write the results to this file")
     options = parser.parse_args()
-    servers = options.servers.split(",")
+    try:
+        relays = [f"mailrelay-{count}w" for count in workerCounts(options.workers)]
+    except ValueError as e:
+        parser.error(f"--workers: {e}")
+    servers = list(dict.fromkeys(options.servers.split(",") + relays))
     configs = options.configs.split(",")
     for name in servers:
-        if name not in SERVERS:
-            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+        if name not in SERVERS and not RELAY_KIND.match(name):
+            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}, mailrelay-Nw")
     for name in configs:
         if name not in CONFIGS:
             parser.error(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)}")
@@ -109,9 +139,13 @@ def main() -> None:
             for kind in servers[shift:] + servers[:shift]:
                 result = runOnce(kind, config, options.messages)
                 runs.setdefault((config, kind), []).append(result)
+                spooled = (f"  {result['spooled_at_end']} left to send on at the end"
+                           if "spooled_at_end" in result else "")
                 print(f"  {config:<11} {kind:<17} {result['msgs_per_s']:>8.0f} msg/s "
-                      f"{result['cpu_s_per_1000']:>6.3f} s CPU/1000  {result['peak_rss_mib']:>6.1f} MiB",
+                      f"{result['cpu_s_per_1000']:>6.3f} s CPU/1000  {result['peak_rss_mib']:>6.1f} MiB{spooled}",
                       file=sys.stderr)
+                for problem in result.get("problems", []):
+                    print(f"      PROBLEM: {problem}", file=sys.stderr)
 
     results = []
     for config in configs:
@@ -130,7 +164,12 @@ def main() -> None:
                             "vs_twisted_mail": ratio(m["msgs_per_s"], base),
                             "vs_smtp_sink": ratio(m["msgs_per_s"], ceiling),
                             "runs": runs[(config, kind)]})
-    writeResults(options.json, "accept", results, messages=options.messages, repeat=options.repeat)
+            if RELAY_KIND.match(kind):
+                results[-1]["spooled_at_end"] = median([r["spooled_at_end"] for r in runs[(config, kind)]])
+    writeResults(options.json, "accept", results, messages=options.messages, repeat=options.repeat,
+                 workers=[int(RELAY_KIND.match(kind).group(1)) for kind in servers if RELAY_KIND.match(kind)])
+    if any("problems" in r for rows in runs.values() for r in rows):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,11 @@ next command.  A server that writes the three replies in separate segments
 with Nagle's algorithm on makes each message wait for the client's delayed
 ACK (about 40 ms on Linux); this benchmark shows it, smtp-source's does
 not.  The servers are C{accept.py}'s (C{_servers.py}), with smtp-sink as
-the ceiling.  All get the same pipelined bytes, also those that do not
-offer PIPELINING (twisted.mail, aiosmtpd): the table says which do.
+the ceiling, and, as there, mailproto's relay daemon with each number of
+workers of --workers (C{mailrelay-1w}, C{mailrelay-2w}: durable before
+250, sending on to an smtp-sink of its own).  All get the same pipelined
+bytes, also those that do not offer PIPELINING (twisted.mail,
+aiosmtpd): the table says which do.
 
 Part two, Postfix as the client: a private Postfix (as C{relay.py} runs
 it, root needed) whose relayhost is the server under test.  K messages
@@ -33,7 +36,7 @@ server's CPU time per 1000 messages and its peak resident set size, as
 C{accept.py} does.
 
     python benchmarks/pipeline.py [--quick] [--sessions N] [--messages M]
-                                  [--repeat R] [--servers A,B] [--clients P]
+                                  [--repeat R] [--servers A,B] [--workers 1,2] [--clients P]
                                   [--postfix-messages K] [--postfix-servers A,B]
                                   [--no-postfix] [--tree DIR] [--json FILE]
 
@@ -54,8 +57,22 @@ import sys
 import tempfile
 import time
 
-from _common import ROOT, Server, freePort, median, pythonEnv, ratio, tool, writeResults
-from relay import Failed, PostfixRelay, postfixUsable, scratchArea
+from _common import (
+    RELAY_KIND,
+    ROOT,
+    Failed,
+    cpuByProcess,
+    freePort,
+    median,
+    pythonEnv,
+    ratio,
+    settle,
+    startServer,
+    tool,
+    workerCounts,
+    writeResults,
+)
+from relay import PostfixRelay, postfixUsable, scratchArea
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVERS = ["smtp-sink", "twisted-floor", "mailproto", "mailproto-stream", "twisted.mail", "aiosmtpd"]
@@ -96,7 +113,8 @@ def loadOnce(kind: str, options) -> dict:
     One run of part one: a fresh server, the client processes, their
     sessions.
     """
-    server = Server(kind, root=options.tree)
+    settle()
+    server = startServer(kind, root=options.tree)
     clients = []
     try:
         for sessions in shares(options.sessions, options.clients):
@@ -109,7 +127,7 @@ def loadOnce(kind: str, options) -> dict:
         for client in clients:
             if client.stdout.readline() != b"ready\n":
                 raise Failed(f"a client did not get ready: {client.stderr.read().decode(errors='replace')[-2000:]}")
-        cpu = server.cpu()
+        cpu, processes = server.cpu(), cpuByProcess(server)
         for client in clients:
             client.stdin.write(b"go\n")
             client.stdin.flush()
@@ -122,7 +140,7 @@ def loadOnce(kind: str, options) -> dict:
             if client.returncode:
                 raise Failed(f"a client exited with {client.returncode}: {err.decode(errors='replace')[-2000:]}")
             reports.append(json.loads(out.splitlines()[-1]))
-        cpu = server.cpu() - cpu
+        cpu, processes = server.cpu() - cpu, cpuByProcess(server, processes)
         peak = server.peakRSS()
     finally:
         for client in clients:
@@ -132,7 +150,7 @@ def loadOnce(kind: str, options) -> dict:
         server.stop()
     sent = sum(r["messages"] for r in reports)
     elapsed = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-    problems = [example for r in reports for example in r["examples"]]
+    problems = [example for r in reports for example in r["examples"]] + getattr(server, "problems", [])
     if server.received is not None and server.received != sent:
         problems.append(f"the server says it received {server.received} messages, the clients {sent}")
     return {
@@ -146,6 +164,8 @@ def loadOnce(kind: str, options) -> dict:
         "limited": sent < options.sessions * options.messages,
         "pipelining": all(r["pipelining"] for r in reports),
         "client_cpu_s_per_1000": sum(r["cpu"] for r in reports) / sent * 1000 if sent else float("nan"),
+        # For the relay daemon: the CPU time of each of its processes.
+        "cpu_s_per_1000_by_process": {name: seconds / sent * 1000 for name, seconds in processes.items()} if sent else {},
     }
 
 
@@ -204,7 +224,8 @@ def postfixOnce(kind: str, options, children, scratch: str, number: int) -> dict
     the messages injected and held, then released and timed.
     """
     root = tempfile.mkdtemp(prefix=f"{number:02d}-{kind}-", dir=scratch)
-    server = Server(kind, root=options.tree)
+    settle()
+    server = startServer(kind, root=options.tree)
     relay = None
     try:
         relay = PostfixRelay(children, root, freePort(), server.port, settings=POSTFIX_SETTINGS)
@@ -250,9 +271,9 @@ def postfixOnce(kind: str, options, children, scratch: str, number: int) -> dict
             problems.append(f"Postfix's log says: {log.counts}")
         # "status=sent" is logged by smtp(8) a moment before the queue
         # manager removes the file: give it that moment.
-        settle = time.monotonic() + 10
+        settleBy = time.monotonic() + 10
         queued = relay.queued()
-        while queued and end is not None and time.monotonic() < settle:
+        while queued and end is not None and time.monotonic() < settleBy:
             time.sleep(POLL)
             queued = relay.queued()
         relay.stop()
@@ -295,6 +316,9 @@ def show(part: str, kind: str, result: dict) -> None:
             line += f"  (stopped at the time limit: {result['messages']} messages)"
         if result["errors"]:
             line += f"  {result['errors']} errors"
+        if result.get("cpu_s_per_1000_by_process"):
+            line += "  (" + ", ".join(f"{name} {seconds:.3f}" for name, seconds in
+                                      sorted(result["cpu_s_per_1000_by_process"].items())) + ")"
     print(line, file=sys.stderr, flush=True)
     for problem in result["problems"]:
         print(f"      PROBLEM: {problem}", file=sys.stderr)
@@ -320,7 +344,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, help="messages per session (default 2000; --quick 100)")
     parser.add_argument("--size", type=int, default=4096, help="message size in octets (default 4096)")
     parser.add_argument("--repeat", type=int, help="repetitions, interleaved (default 3; --quick 1)")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="servers of part one")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"servers of part one, of {', '.join(SERVERS)} and mailrelay-Nw (default all but"
+                             " mailrelay-Nw)")
+    parser.add_argument("--workers", default="1,2",
+                        help="part one also runs mailproto's relay daemon with each of these --workers (default 1,2;"
+                             " none: not at all), as mailrelay-1w, mailrelay-2w")
     parser.add_argument("--clients", type=int, default=1,
                         help="client processes of part one, the sessions shared among them (default 1)")
     parser.add_argument("--seconds", type=float, default=30,
@@ -343,11 +372,15 @@ def main() -> None:
         parser.error(f"--tree: there is no mailproto/__init__.py in {options.tree}")
     if options.tree != ROOT:
         print(f"mailproto from {options.tree}, not this checkout", file=sys.stderr)
-    servers = options.servers.split(",") if options.servers else []
+    try:
+        relays = [f"mailrelay-{count}w" for count in workerCounts(options.workers)]
+    except ValueError as e:
+        parser.error(f"--workers: {e}")
+    servers = list(dict.fromkeys((options.servers.split(",") if options.servers else []) + relays))
     postfixServers = options.postfix_servers.split(",") if options.postfix_servers else []
     for name in servers + postfixServers:
-        if name not in SERVERS:
-            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+        if name not in SERVERS and not RELAY_KIND.match(name):
+            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}, mailrelay-Nw")
     if not 1 <= options.clients <= options.sessions:
         parser.error("--clients must be between 1 and --sessions")
     skipped = None

@@ -1,7 +1,8 @@
 # Copyright (c) mailproto authors. See LICENSE for details.
 """
 Durable relay throughput: smtp-source -> relay -> smtp-sink on 127.0.0.1,
-mailproto's `twistd mailrelay` and Postfix side by side in one run.
+mailproto's `twistd mailrelay` (with one and with two worker processes)
+and Postfix side by side in one run.
 
 Each run first waits until what earlier runs wrote is on the disk (sync,
 then less than 4 MiB dirty or under writeback; at most 30 s), then starts
@@ -15,19 +16,36 @@ message (its -c counters) and the relay's queue is empty again:
   - accept side: messages / smtp-source's own run time (the relay said
     250 to every message, which both relays say only after fsync);
   - CPU per message: user and system time of the relay's processes
-    (mailproto's one process; Postfix's master and its daemons);
+    (mailproto's parent and its workers; Postfix's master and its
+    daemons) from the start of the load to the end of the run, in all
+    and for each process (by its role: parent, worker N; smtpd,
+    cleanup, qmgr, smtp...; and the daemons master reaped); and how long
+    each live process's threads were ready to run but waited for a CPU
+    (/proc/PID/task/TID/schedstat);
   - fsyncs per message: mailproto's own count, from the line it logs when
-    it stops; for both, when strace is installed, one more run of each
-    under `strace -f --seccomp-bpf -c -e trace=fsync,fdatasync` (not timed).
+    it stops (with --workers 1 only: with more, that count is the
+    parent's alone); for all, when strace is installed, one more run of
+    each under `strace -f --seccomp-bpf -c -e trace=fsync,fdatasync`
+    (not timed).
 
-The runs are interleaved (mailproto, Postfix, then Postfix, mailproto,
-...), and the median of the repetitions is reported with the ratio
-mailproto / Postfix.  The disk's own rate of serial durable commits (4 KiB
-write, fsync, rename, directory fsync, for about 2 s, in the filesystem
-the queues are in) is printed first, as the physical bound.
+The relays: mailrelay-Nw for each N of --workers (`twistd mailrelay
+--workers N`: with 1, one process; with N > 1, a parent that keeps the
+queue and delivers, and N workers that take mail in), and postfix.  The
+runs are interleaved, in an order that rotates from one repetition to
+the next, and the median of the repetitions is reported with the ratios
+of each mailrelay to Postfix, of the last mailrelay to the first (how it
+scales with workers), and the same ratios within each repetition.  The
+disk's own rate of serial durable commits (4 KiB write, fsync, rename,
+directory fsync, for about 2 s, in the filesystem the queues are in) is
+printed first, as the physical bound.
+
+With --profile, one more run of each mailrelay (not timed) under
+py-spy (`py-spy record --nonblocking` on every one of its processes):
+where each process spends its CPU, by part of the relay.
 
     python benchmarks/relay.py [--messages N] [--sessions S] [--size OCTETS]
-                               [--repeat R] [--only mailproto|postfix]
+                               [--repeat R] [--workers 1,2] [--only mailproto|postfix]
+                               [--profile] [--json FILE]
 
 Postfix (a relay with relayhost = [127.0.0.1]:SINKPORT, mynetworks =
 127.0.0.0/8, its own configuration directory, queue and data directories,
@@ -44,31 +62,37 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from _common import (  # benchmarks/_common.py
+    STOPPED,
+    Failed,
+    Sink,
+    countFiles,
+    freePort,
+    mailrelayCommand,
+    processCPU,
+    processWaits,
+    roles,
+    settle,
+    tail,
+    tool,
+    waitForGreeting,
+    waitForWorkers,
+    workerCounts,
+)
 
-from _common import freePort, tool  # noqa: E402  (benchmarks/_common.py)
-
-from mailproto.test._relayprocess import relayCommand  # noqa: E402
-
-RELAYS = ["mailproto", "postfix"]
+FAMILIES = ["mailproto", "postfix"]
 SENDER, RECIPIENT = "bench@example.org", "sink@example.com"
-READY_DEADLINE = 30
 STOP_GRACE = 10
 POLL = 0.005
+#: py-spy's samples per second, for --profile.
+PROFILE_RATE = 200
 
-STOPPED = re.compile(
-    r"mailrelay: stopped; (?P<queued>\d+) queued now; this run: (?P<delivered>\d+) delivered, "
-    r"(?P<deferred>\d+) deferred, (?P<failed>\d+) failed, (?P<reports>\d+) reports; (?P<fsyncs>\d+) fsyncs"
-)
 # Log lines worth showing: mailproto's (twistd) and Postfix's.
 SUSPECT = {
     "mailproto": re.compile(
@@ -123,12 +147,6 @@ postlog unix-dgram n - n - 1 postlogd
 """
 
 
-class Failed(Exception):
-    """
-    A run that did not finish as it should; its message says why.
-    """
-
-
 class Children:
     """
     Every process started here, each the leader of a process group of its
@@ -140,6 +158,10 @@ class Children:
         self.processes = []
 
     def start(self, args, **kw):
+        """
+        Start C{args} (the arguments of L{subprocess.Popen}) as the leader
+        of a session of its own.
+        """
         process = subprocess.Popen(args, start_new_session=True, **kw)
         self.processes.append(process)
         return process
@@ -228,38 +250,6 @@ def childOf(pid):
     return None
 
 
-def waitForGreeting(port, process, log, deadline=READY_DEADLINE):
-    """
-    Wait (at most C{deadline} seconds) until 127.0.0.1:C{port} greets with
-    220, then say QUIT.
-    """
-    end = time.monotonic() + deadline
-    last = None
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            break
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                greeting = s.makefile("rb").readline()
-                s.sendall(b"QUIT\r\n")
-                if greeting.startswith(b"220"):
-                    return
-                last = greeting
-        except OSError as e:
-            last = e
-        time.sleep(0.05)
-    raise Failed(f"nothing greets on 127.0.0.1:{port} ({last!r}; exit code {process.poll()}):\n{tail(log)}")
-
-
-def tail(path, lines=20):
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def suspectLines(relay, log, limit=6):
     """
     @return: how many lines of C{log} look like trouble, and a few of
@@ -274,7 +264,7 @@ def suspectLines(relay, log, limit=6):
     for line in text.splitlines():
         if STOPPED.search(line) or "postfix/smtp-source" in line:
             continue
-        if SUSPECT[relay].search(line):
+        if SUSPECT[family(relay)].search(line):
             count += 1
             shape = re.sub(r"\d+|[0-9A-F]{10,}", "#", line.split("] ", 1)[-1])[:120]
             if shape not in seen and len(examples) < limit:
@@ -283,98 +273,41 @@ def suspectLines(relay, log, limit=6):
     return count, examples
 
 
-class Sink:
+def family(relayName):
     """
-    smtp-sink with running counters (-c): a thread reads them from its
-    standard output and notes when the count reaches C{expected}.
+    @return: C{"mailproto"} for C{mailrelay-Nw}, else C{relayName}.
     """
-
-    def __init__(self, children, port, expected):
-        self.count = 0
-        self.expected = expected
-        self.reached = threading.Event()
-        self.reachedAt = None
-        args = [tool("smtp-sink"), "-c"]
-        if os.geteuid() == 0:
-            args += ["-u", "nobody"]
-        args += [f"127.0.0.1:{port}", "1024"]
-        self.process = children.start(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        pending = b""
-        while True:
-            data = self.process.stdout.read1(65536)
-            if not data:
-                return
-            pending += data
-            *counters, pending = pending.split(b"\r")
-            for counter in reversed(counters):
-                match = re.search(rb"mesg=(\d+)", counter)
-                if match:
-                    self.count = int(match.group(1))
-                    break
-            if self.count >= self.expected and not self.reached.is_set():
-                self.reachedAt = time.perf_counter()
-                self.reached.set()
+    return "mailproto" if relayName.startswith("mailrelay-") else relayName
 
 
-def sessionCPU(session):
+def workersOf(relayName):
     """
-    @return: the CPU seconds (user and system, reaped children included)
-        of every process in a session: the relay and, for Postfix, every
-        daemon its master(8) started.
+    @return: N of C{mailrelay-Nw}.
     """
-    ticks = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[3]) == session:
-                ticks += sum(int(field) for field in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def countFiles(directories):
-    count = 0
-    for directory in directories:
-        for _, _, files in os.walk(directory):
-            count += len(files)
-    return count
+    return int(relayName[len("mailrelay-"):-1])
 
 
 class MailprotoRelay:
     """
-    C{twistd -n mailrelay} with a spool of its own; its defaults for
-    connections (50, 20 per destination, 100 messages each).
+    C{twistd -n mailrelay --workers N} with a spool of its own; its
+    defaults for connections (50, 20 per destination, 100 messages each).
     """
 
-    name = "mailproto"
-
-    def __init__(self, children, root, port, sinkPort, strace=None):
+    def __init__(self, children, root, port, sinkPort, workers, strace=None):
+        self.name = f"mailrelay-{workers}w"
         self.children = children
         self.root = root
         self.port = port
         self.spool = os.path.join(root, "spool")
         self.log = os.path.join(root, "relay.log")
-        argv, env = relayCommand(
-            [
-                "--smtp", f"tcp:{port}:interface=127.0.0.1",
-                "--spool", self.spool,
-                "--smarthost", f"127.0.0.1:{sinkPort}",
-                "--hostname", "relay.mailproto.test",
-            ],
-            root,
-        )
+        argv, env = mailrelayCommand(port, self.spool, sinkPort, workers, root)
         self.strace = strace
         if strace:
             argv = strace + argv
         with open(self.log, "ab") as log:
             self.process = children.start(argv, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         waitForGreeting(port, self.process, self.log)
+        waitForWorkers(self.log, workers, self.process)
 
     def queued(self):
         return countFiles([os.path.join(self.spool, "queue"), os.path.join(self.spool, "tmp")])
@@ -549,33 +482,206 @@ def diskCommitRate(directory, seconds=2.0, limit=1_000_000):
     return commits / elapsed
 
 
-def settle(limit_kib=4096, deadline=30.0):
+#: The parts of the relay a profile's samples are counted in: the first
+#: of these whose files a sample's stack has, from its innermost frame
+#: out.  Modules that both sides use (replies, commands, the data's
+#: transparency, Deferreds) are in none: their samples count for the part
+#: that called them.
+PARTS = [
+    ("log lines", ("/twisted/logger/", "/mailproto/_relayd/_logs.py")),
+    ("parent and workers (AMP)", ("/twisted/protocols/amp.py", "/mailproto/_relayd/_workerprotocol.py",
+                                  "/mailproto/_relayd/_workers.py", "/mailproto/_relayd/_worker.py",
+                                  "/mailproto/_relayd/_sharedlimits.py", "/mailproto/_relayd/_workermetrics.py")),
+    ("spool: files, fsync, index", ("/mailproto/_queue.py", "/mailproto/_intakequeue.py", "/mailproto/_spoollock.py")),
+    ("sending on: client, relaying manager", (
+        "/mailproto/_client.py", "/mailproto/_session.py", "/mailproto/_relaymanager.py", "/mailproto/_smarthost.py",
+        "/mailproto/_attempts.py", "/mailproto/_relayers.py", "/mailproto/_scheduler.py", "/mailproto/_jobs.py",
+        "/mailproto/_connection.py", "/mailproto/_recorder.py", "/mailproto/_readahead.py", "/mailproto/_verdicts.py",
+        "/mailproto/_mx.py", "/mailproto/_reports.py", "/mailproto/_bounce.py")),
+    ("taking in: SMTP server, relay policy", (
+        "/mailproto/_server.py", "/mailproto/_relay.py", "/mailproto/_intake.py", "/mailproto/_headerpolicy.py",
+        "/mailproto/_recipients.py", "/mailproto/_relayd/_connlimits.py", "/mailproto/_relayd/_submission.py",
+        "/mailproto/_relayd/_proxy.py")),
+]
+#: A sample whose innermost frame is one of these functions is of a
+#: thread woken from a wait (for events, for work) and not yet running:
+#: py-spy counts a thread that is ready to run as active, whether it runs
+#: or waits for a CPU.
+WAITS = ("EPollReactor.doPoll", "Condition.wait", "Event.wait", "Thread.join")
+WAITING = "woken, not yet running (epoll, thread pool)"
+#: Where a sample with none of L{PARTS} in its stack is counted, by its
+#: innermost frame.
+GENERIC = [
+    ("reactor, sockets, Deferreds", ("/twisted/internet/",)),
+    ("threads", ("/threading.py", "/twisted/python/threadpool.py", "/twisted/_threads/", "/queue.py")),
+]
+FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+#: The functions that start a process (a worker's C{main} runs its
+#: reactor): in every sample, and so in no part.
+ENTRIES = ("<module>", "main")
+
+
+def partOf(frames):
     """
-    Before a run: write back what earlier runs left dirty in the page
-    cache, and wait (at most C{deadline} seconds) until less than
-    C{limit_kib} is dirty or under writeback, so that a run does not pay
-    for the one before it.
-
-    @return: the seconds it took.
+    @param frames: the function and file of each of a sample's frames,
+        innermost first.
+    @return: the part of the relay (L{PARTS}, else L{GENERIC}) the sample
+        counts for, or C{"other"}.
     """
-    start = time.monotonic()
-    os.sync()
-    while time.monotonic() - start < deadline:
-        pending = 0
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(("Dirty:", "Writeback:")):
-                    pending += int(line.split()[1])
-        if pending < limit_kib:
-            break
-        time.sleep(0.1)
-    return time.monotonic() - start
+    if frames and frames[0][0] in WAITS:
+        return WAITING
+    for table in (PARTS, GENERIC):
+        for function, path in frames:
+            if function in ENTRIES:
+                continue
+            for part, markers in table:
+                if any(marker in path for marker in markers):
+                    return part
+    return "other"
 
 
-def runOnce(relayName, children, scratch, number, options, strace=False):
+def readProfile(path, top=10):
+    """
+    Read py-spy's raw output (C{--format raw --threads --full-filenames}:
+    one line per stack, its frames outermost first, then its count).
+
+    @return: the samples, their shares by part of the relay (L{partOf})
+        and by thread (the main thread, the others), the C{top}
+        functions the most samples were in (innermost frame), and the
+        C{top} functions of mailproto the most samples were in or under.
+    """
+    parts, threads, functions, inclusive, total = {}, {}, {}, {}, 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            count = int(count)
+            frames = stack.split(";")
+            thread = "main" if frames and frames[0].endswith(": MainThread") else "other"
+            if frames and frames[0].startswith("thread ("):
+                frames = frames[1:]
+            parsed = [FRAME.match(frame) for frame in reversed(frames)]
+            part = partOf([(match.group("function"), match.group("file")) for match in parsed if match])
+            total += count
+            parts[part] = parts.get(part, 0) + count
+            threads[thread] = threads.get(thread, 0) + count
+            if parsed and parsed[0]:
+                name = frameName(parsed[0])
+                functions[name] = functions.get(name, 0) + count
+            for name in {frameName(match) for match in parsed if match and "/mailproto/" in match.group("file")}:
+                inclusive[name] = inclusive.get(name, 0) + count
+    share = (lambda n: n / total) if total else (lambda n: 0.0)
+
+    def ranked(counts):
+        return [[name, share(n)] for name, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]]
+
+    return {
+        "samples": total,
+        "parts": {part: share(n) for part, n in sorted(parts.items(), key=lambda item: -item[1])},
+        "threads": {thread: share(n) for thread, n in threads.items()},
+        "functions": ranked(functions),
+        "inclusive": ranked(inclusive),
+    }
+
+
+def frameName(match):
+    """
+    @return: a frame's function and the end of its file's path.
+    """
+    where = match.group("file")
+    short = "/".join(where.split("/")[-2:]) if "/mailproto/" in where or "/twisted/" in where else where.rsplit("/", 1)[-1]
+    return f"{match.group('function')} ({short})"
+
+
+class Profiler:
+    """
+    py-spy on every process of a relay (C{py-spy record --nonblocking}:
+    sampled without being stopped), from L{attach} until L{finish}.
+    """
+
+    def __init__(self, children, directory, rate=PROFILE_RATE):
+        self.children = children
+        self.directory = directory
+        self.rate = rate
+        self.spies = {}
+
+    def attach(self, session):
+        """
+        Start sampling every process of the relay whose session C{session}
+        is, and wait (at most 30 s) until each is sampled.
+        """
+        path = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        self.session = session
+        for pid, name in roles(session).items():
+            label = name.replace(" ", "-")
+            output, log = (os.path.join(self.directory, f"py-spy-{label}.{kind}") for kind in ("txt", "log"))
+            with open(log, "wb") as logFile:
+                spy = self.children.start(
+                    [path, "record", "--pid", str(pid), "--rate", str(self.rate), "--nonblocking", "--threads",
+                     "--full-filenames", "--format", "raw", "-o", output],
+                    stdin=subprocess.DEVNULL, stdout=logFile, stderr=logFile)
+            self.spies[name] = (spy, output, log)
+        deadline = time.monotonic() + 30
+        for name, (spy, _, log) in self.spies.items():
+            while "Sampling process" not in tail(log) and spy.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if "Sampling process" not in tail(log):
+                raise Failed(f"py-spy does not sample {name}: {tail(log, 5)}")
+        self.cpu, self.waits = processCPU(session), processWaits(session)
+        self.start = time.perf_counter()
+
+    def finish(self, messages):
+        """
+        Stop sampling (SIGINT: py-spy writes what it has).
+
+        @return: for each process, its CPU time per message and the time
+            its threads waited for a CPU (from /proc, over the time
+            sampled), the time py-spy found them active, and what
+            L{readProfile} makes of its samples; and the sampling's rate
+            and length.
+        """
+        seconds = time.perf_counter() - self.start
+        cpu, waits = processCPU(self.session), processWaits(self.session)
+        for spy, _, _ in self.spies.values():
+            if spy.poll() is None:
+                spy.send_signal(signal.SIGINT)
+        processes = {}
+        for name, (spy, output, log) in self.spies.items():
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+            self.children.stop(spy, grace=1)
+            if not os.path.exists(output):
+                raise Failed(f"py-spy wrote nothing for {name}: {tail(log, 5)}")
+            profile = readProfile(output)
+            profile["cpuPerMessage"] = (cpu.get(name, 0) - self.cpu.get(name, 0)) / messages
+            profile["waitPerMessage"] = (waits.get(name, 0) - self.waits.get(name, 0)) / messages
+            # More than the CPU time where threads wait for a CPU: py-spy
+            # counts those as active.
+            profile["sampledSecondsPerMessage"] = profile["samples"] / self.rate / messages
+            processes[name] = profile
+        return {"rate": self.rate, "seconds": seconds, "messages": messages, "processes": processes}
+
+
+def startRelay(relayName, children, root, port, sinkPort, strace):
+    """
+    @return: a fresh relay of C{relayName} (C{mailrelay-Nw} or
+        C{postfix}), ready.
+    """
+    if family(relayName) == "mailproto":
+        return MailprotoRelay(children, root, port, sinkPort, workersOf(relayName), strace=strace)
+    return PostfixRelay(children, root, port, sinkPort, strace=strace)
+
+
+def runOnce(relayName, children, scratch, number, options, strace=False, profile=False):
     """
     One run: a fresh sink and a fresh relay, the load, the wait until the
-    sink has every message and the queue is empty.
+    sink has every message and the queue is empty; under strace or
+    py-spy (L{Profiler}) if asked.
 
     @return: a dict of measurements (None for what was not measured).
     """
@@ -588,17 +694,19 @@ def runOnce(relayName, children, scratch, number, options, strace=False):
     before = list(children.processes)
     settle()
     try:
-        sink = Sink(children, sinkPort, options.messages)
+        sink = Sink(sinkPort, options.messages, start=children.start)
         waitForGreeting(sinkPort, sink.process, os.devnull)
-        relay = (MailprotoRelay if relayName == "mailproto" else PostfixRelay)(
-            children, root, relayPort, sinkPort, strace=prefix
-        )
+        relay = startRelay(relayName, children, root, relayPort, sinkPort, prefix)
+        profiler = Profiler(children, root) if profile else None
+        if profiler:
+            profiler.attach(relay.process.pid)
         deadline = time.monotonic() + options.timeout
         source = [
             tool("smtp-source"), "-s", str(options.sessions), "-m", str(options.messages), "-l", str(options.size),
             "-d", "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{relayPort}",
         ]
         sourceLog = os.path.join(root, "smtp-source.log")
+        cpuBefore, waitsBefore = processCPU(relay.process.pid), processWaits(relay.process.pid)
         with open(sourceLog, "wb") as log:
             start = time.perf_counter()
             load = children.start(source, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -621,7 +729,10 @@ def runOnce(relayName, children, scratch, number, options, strace=False):
         queued = relay.queued()
         if queued:
             problems.append(f"{queued} files still queued after {options.timeout} s")
-        cpu = sessionCPU(relay.process.pid)
+        cpu = processCPU(relay.process.pid)
+        cpu = {name: seconds - cpuBefore.get(name, 0) for name, seconds in cpu.items()}
+        waits = {name: seconds - waitsBefore.get(name, 0) for name, seconds in processWaits(relay.process.pid).items()}
+        profiled = profiler.finish(options.messages) if profiler else None
         stats = relay.stop()
         time.sleep(0.1)  # the sink's last counters
         received = sink.count
@@ -631,15 +742,19 @@ def runOnce(relayName, children, scratch, number, options, strace=False):
             problems.append(f"the relay says it delivered {stats['delivered']}, not {options.messages}")
         if stats["queued"]:
             problems.append(f"{stats['queued']} queued when the relay stopped")
-        logPath = os.path.join(root, "relay.log" if relayName == "mailproto" else "maillog")
+        logPath = os.path.join(root, "relay.log" if family(relayName) == "mailproto" else "maillog")
         suspects, examples = suspectLines(relayName, logPath)
         result = {
             "relay": relayName,
             "strace": strace,
+            "profile": profiled,
             "accept": options.messages / (accepted - start) if not code else None,
             "endToEnd": options.messages / (max(emptied, sink.reachedAt or emptied) - start) if not problems else None,
             "seconds": max(emptied, sink.reachedAt or emptied) - start,
-            "cpuPerMessage": cpu / options.messages,
+            "cpuPerMessage": sum(cpu.values()) / options.messages,
+            "cpuByProcess": {name: seconds / options.messages for name, seconds in sorted(cpu.items())},
+            # Ready to run, waiting for a CPU: the live processes only.
+            "waitByProcess": {name: seconds / options.messages for name, seconds in sorted(waits.items())},
             "stats": stats,
             "received": received,
             "problems": problems,
@@ -647,7 +762,8 @@ def runOnce(relayName, children, scratch, number, options, strace=False):
             "examples": examples,
             "log": logPath,
         }
-        if relayName == "mailproto":
+        # With workers, the relay's count is its parent's alone.
+        if relayName == "mailrelay-1w":
             result["logFsyncs"] = stats["fsyncs"] / options.messages
         if strace:
             calls = straceCount(straceOut)
@@ -663,9 +779,11 @@ def runOnce(relayName, children, scratch, number, options, strace=False):
 
 
 def show(result):
-    parts = [f"  {result['relay']:<10}"]
+    parts = [f"  {result['relay']:<12}"]
     if result["strace"]:
         parts.append("(strace, not timed)")
+    if result["profile"]:
+        parts.append("(py-spy, not timed)")
     parts.append(f"e2e {result['endToEnd']:>7.0f} msg/s" if result["endToEnd"] else "e2e     n/a")
     parts.append(f"accept {result['accept']:>7.0f} msg/s" if result["accept"] else "accept n/a")
     parts.append(f"{result['seconds']:6.2f} s")
@@ -680,10 +798,28 @@ def show(result):
     if result["suspects"]:
         parts.append(f"{result['suspects']} suspect log lines")
     print("  ".join(parts), file=sys.stderr, flush=True)
+    if not result["strace"]:
+        print("      CPU ms/msg by process: " + ", ".join(
+            f"{name} {1000 * seconds:.2f}" for name, seconds in busiest(result["cpuByProcess"])), file=sys.stderr)
+        print("      waiting for a CPU, ms/msg: " + ", ".join(
+            f"{name} {1000 * seconds:.2f}" for name, seconds in busiest(result["waitByProcess"])), file=sys.stderr)
+    for name, process in (result["profile"] or {}).get("processes", {}).items():
+        print(f"      py-spy, {name}: {process['samples']} samples, {1000 * process['cpuPerMessage']:.2f} ms/msg; "
+              + ", ".join(f"{part} {share:.0%}" for part, share in process["parts"].items()), file=sys.stderr)
     for problem in result["problems"]:
         print(f"      PROBLEM: {problem}", file=sys.stderr)
     for example in result["examples"]:
         print(f"      log: {example}", file=sys.stderr)
+
+
+def busiest(byProcess, limit=6):
+    """
+    @return: the C{limit} processes of C{byProcess} that used the most
+        CPU, as C{(name, seconds)}, the rest added up as C{"others"}.
+    """
+    ranked = sorted(byProcess.items(), key=lambda item: -item[1])
+    rest = sum(seconds for _, seconds in ranked[limit:])
+    return ranked[:limit] + ([("others", rest)] if ranked[limit:] else [])
 
 
 def median(values):
@@ -703,19 +839,127 @@ def cell(value, width, decimals=0, suffix=""):
     return f"{text:>{width}}"
 
 
+def comparisons(relays):
+    """
+    @return: the pairs of relays compared, C{(a, b)} for a / b: each
+        mailrelay with Postfix, and the most workers with the fewest.
+    """
+    mailrelays = [name for name in relays if family(name) == "mailproto"]
+    pairs = [(name, "postfix") for name in mailrelays if "postfix" in relays]
+    if len(mailrelays) > 1:
+        pairs.append((mailrelays[-1], mailrelays[0]))
+    return pairs
+
+
+def summarise(relays, results, straceResults, repeat):
+    """
+    @return: for each relay, the medians of its timed runs, and the
+        comparisons (L{comparisons}): the ratios of the medians and the
+        ratios within each repetition.
+    """
+    summary = {}
+    for relayName in relays:
+        runs = [r for r in results if r["relay"] == relayName]
+        processes = sorted({name for r in runs for name in r["cpuByProcess"]})
+        summary[relayName] = {
+            "endToEnd": median([r["endToEnd"] for r in runs]),
+            "accept": median([r["accept"] for r in runs]),
+            "cpuPerMessage": median([r["cpuPerMessage"] for r in runs]),
+            "cpuByProcess": {name: median([r["cpuByProcess"].get(name, 0) for r in runs]) for name in processes},
+            "waitByProcess": {name: median([r["waitByProcess"].get(name, 0) for r in runs])
+                              for name in sorted({name for r in runs for name in r["waitByProcess"]})},
+            "logFsyncs": median([r.get("logFsyncs") for r in runs]),
+            "straceFsyncs": straceResults.get(relayName, {}).get("straceFsyncs"),
+            "runs": [r["endToEnd"] for r in runs],
+            "failedRuns": sum(1 for r in runs if r["problems"]) + repeat - len(runs),
+        }
+    byRepetition = {}
+    for r in results:
+        byRepetition.setdefault(r["repetition"], {})[r["relay"]] = r
+    compared = []
+    for a, b in comparisons(relays):
+        pairs = [pair for _, pair in sorted(byRepetition.items()) if a in pair and b in pair]
+        compared.append({
+            "a": a,
+            "b": b,
+            **{key: ratio(summary[a][key], summary[b][key]) for key in ("endToEnd", "accept", "cpuPerMessage")},
+            "paired": [ratio(pair[a]["endToEnd"], pair[b]["endToEnd"]) for pair in pairs],
+            "pairedAccept": [ratio(pair[a]["accept"], pair[b]["accept"]) for pair in pairs],
+        })
+        compared[-1]["pairedMedian"] = median(compared[-1]["paired"])
+        compared[-1]["pairedAcceptMedian"] = median(compared[-1]["pairedAccept"])
+    summary["comparisons"] = compared
+    return summary
+
+
+def shownName(relayName):
+    return "Postfix" if relayName == "postfix" else relayName
+
+
+def printSummary(relays, summary, options, disk, loads, fsType):
+    print(f"\ndurable relay, end to end: smtp-source -s {options.sessions} -m {options.messages} -l {options.size} -d"
+          f" -> relay -> smtp-sink, 127.0.0.1; median of {options.repeat}")
+    print(f"disk bound ({fsType}): {disk[0]:.0f} serial commits/s before, {disk[-1]:.0f} after"
+          f" (4 KiB write + fsync + rename + dir fsync)")
+    print(f"load average (1 min): {loads[0]:.1f} before, {loads[-1]:.1f} after the timed runs (their own"
+          f" processes, waiting for fsync, count in it); {os.cpu_count()} CPUs\n")
+    print(f"{'':<28}{'end-to-end':>11}{'accept':>9}{'CPU':>8}{'fsyncs/msg':>12}{'fsyncs/msg':>12}")
+    print(f"{'relay':<28}{'msg/s':>11}{'msg/s':>9}{'ms/msg':>8}{'(its log)':>12}{'(strace)':>12}  end-to-end runs")
+    for relayName in relays:
+        s = summary[relayName]
+        runs = ", ".join("n/a" if r is None else f"{r:.0f}" for r in s["runs"])
+        if s["failedRuns"]:
+            runs += f"; {s['failedRuns']} failed"
+        print(f"{relayName:<28}{cell(s['endToEnd'], 11)}{cell(s['accept'], 9)}"
+              f"{cell(s['cpuPerMessage'] and 1000 * s['cpuPerMessage'], 8, 2)}"
+              f"{cell(s['logFsyncs'], 12, 2)}{cell(s['straceFsyncs'], 12, 2)}  {runs}")
+    for c in summary["comparisons"]:
+        print(f"{shownName(c['a']) + ' / ' + shownName(c['b']):<28}{cell(c['endToEnd'], 10, 2, 'x')} "
+              f"{cell(c['accept'], 8, 2, 'x')} {cell(c['cpuPerMessage'], 7, 2, 'x')}"
+              f"   per repetition, end to end: {', '.join(cell(x, 0, 2, 'x') for x in c['paired'])}"
+              f" (median {cell(c['pairedMedian'], 0, 2, 'x')})")
+    print("\nCPU ms per message, by process (median):")
+    for relayName in relays:
+        print(f"  {relayName:<12} " + ", ".join(
+            f"{name} {1000 * seconds:.2f}" for name, seconds in busiest(summary[relayName]["cpuByProcess"])))
+    lines = []
+    for c in summary["comparisons"]:
+        if c["endToEnd"] is not None:
+            lines.append(f"{c['a']} relays {summary[c['a']]['endToEnd']:.0f} msg/s end to end, {c['endToEnd']:.2f}x"
+                         f" {shownName(c['b'])} ({summary[c['b']]['endToEnd']:.0f} msg/s; per repetition"
+                         f" {cell(c['pairedMedian'], 0, 2, 'x')}); accepts {summary[c['a']]['accept']:.0f} vs"
+                         f" {summary[c['b']]['accept']:.0f} msg/s")
+    if not lines and summary[relays[0]]["endToEnd"] is not None:
+        s = summary[relays[0]]
+        lines.append(f"{relays[0]} relays {s['endToEnd']:.0f} msg/s end to end; accepts {s['accept']:.0f} msg/s")
+    if lines:
+        print("\nsummary: " + ";\n         ".join(lines) + f"; the disk does {median(disk):.0f} serial commits/s.")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=5000, help="messages per run (default 5000)")
     parser.add_argument("--sessions", type=int, default=20, help="smtp-source sessions (default 20)")
     parser.add_argument("--size", type=int, default=4096, help="message size in octets (default 4096)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each relay, interleaved (default 3)")
-    parser.add_argument("--only", choices=RELAYS, help="run one relay only")
+    parser.add_argument("--workers", default="1,2",
+                        help="mailproto's relay with each of these --workers (default 1,2: mailrelay-1w, mailrelay-2w)")
+    parser.add_argument("--only", choices=FAMILIES, help="run mailproto's relays only, or Postfix only")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take (default 300)")
     parser.add_argument("--no-strace", action="store_true", help="skip the extra runs under strace")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more run of each mailrelay under py-spy (not timed): where its processes spend CPU")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, queues) and say where")
     parser.add_argument("--json", help="write the results to this file")
     options = parser.parse_args()
-    relays = [options.only] if options.only else list(RELAYS)
+    try:
+        workers = workerCounts(options.workers)
+    except ValueError as e:
+        parser.error(f"--workers: {e}")
+    relays = [f"mailrelay-{count}w" for count in workers] + ["postfix"]
+    relays = [name for name in relays if options.only in (None, family(name))]
+    if not relays:
+        parser.error("no relay to run (--workers none and --only mailproto)")
     if "postfix" in relays:
         why = postfixUsable()
         if why:
@@ -726,7 +970,7 @@ def main():
     for name in ("smtp-sink", "smtp-source"):
         tool(name)
 
-    results, straceResults, disk, loads = [], {}, [], []
+    results, straceResults, profiles, disk, loads = [], {}, {}, [], []
     with scratchArea("mailproto-relay-bench-", options.keep) as (children, scratch):
         fsType = filesystemOf(scratch)
         load = os.getloadavg()[0]
@@ -739,12 +983,13 @@ def main():
               f"(4 KiB write + fsync + rename + dir fsync; {1e6 / disk[0]:.0f} us each)", file=sys.stderr)
         number = 0
         for rep in range(options.repeat):
-            for relayName in relays if rep % 2 == 0 else relays[::-1]:
+            shift = rep % len(relays)
+            for relayName in relays[shift:] + relays[:shift]:
                 number += 1
                 try:
                     result = runOnce(relayName, children, scratch, number, options)
                 except Failed as e:
-                    print(f"  {relayName:<10} FAILED: {e}", file=sys.stderr)
+                    print(f"  {relayName:<12} FAILED: {e}", file=sys.stderr)
                     continue
                 result["repetition"] = rep
                 results.append(result)
@@ -752,84 +997,34 @@ def main():
         loads.append(os.getloadavg()[0])
         disk.append(diskCommitRate(scratch))
         print(f"disk, after the timed runs: {disk[1]:.0f} serial commits/s", file=sys.stderr)
+        extra = []
         if not options.no_strace:
             if shutil.which("strace") is None:
                 print("strace is not installed: no fsync count for Postfix (apt-get install strace)", file=sys.stderr)
             else:
-                for relayName in relays:
-                    number += 1
-                    try:
-                        result = runOnce(relayName, children, scratch, number, options, strace=True)
-                    except Failed as e:
-                        print(f"  {relayName:<10} (strace) FAILED: {e}", file=sys.stderr)
-                        continue
-                    straceResults[relayName] = result
-                    show(result)
+                extra += [(name, "strace", straceResults) for name in relays]
+        if options.profile:
+            extra += [(name, "profile", profiles) for name in relays if family(name) == "mailproto"]
+        for relayName, how, kept in extra:
+            number += 1
+            try:
+                result = runOnce(relayName, children, scratch, number, options, **{how: True})
+            except Failed as e:
+                print(f"  {relayName:<12} ({how}) FAILED: {e}", file=sys.stderr)
+                continue
+            kept[relayName] = result
+            show(result)
 
-    summary = {}
-    for relayName in relays:
-        runs = [r for r in results if r["relay"] == relayName]
-        summary[relayName] = {
-            "endToEnd": median([r["endToEnd"] for r in runs]),
-            "accept": median([r["accept"] for r in runs]),
-            "cpuPerMessage": median([r["cpuPerMessage"] for r in runs]),
-            "logFsyncs": median([r.get("logFsyncs") for r in runs]),
-            "straceFsyncs": straceResults.get(relayName, {}).get("straceFsyncs"),
-            "runs": [r["endToEnd"] for r in runs],
-            "failedRuns": sum(1 for r in runs if r["problems"]) + options.repeat - len(runs),
-        }
-
-    print(f"\ndurable relay, end to end: smtp-source -s {options.sessions} -m {options.messages} -l {options.size} -d"
-          f" -> relay -> smtp-sink, 127.0.0.1; median of {options.repeat}")
-    print(f"disk bound ({fsType}): {disk[0]:.0f} serial commits/s before, {disk[-1]:.0f} after"
-          f" (4 KiB write + fsync + rename + dir fsync)")
-    print(f"load average (1 min): {loads[0]:.1f} before, {loads[-1]:.1f} after the timed runs (their own"
-          f" processes, waiting for fsync, count in it); {os.cpu_count()} CPUs\n")
-    print(f"{'':<19}{'end-to-end':>11}{'accept':>9}{'CPU':>8}{'fsyncs/msg':>12}{'fsyncs/msg':>12}")
-    print(f"{'relay':<19}{'msg/s':>11}{'msg/s':>9}{'ms/msg':>8}{'(its log)':>12}{'(strace)':>12}  end-to-end runs")
-    for relayName in relays:
-        s = summary[relayName]
-        runs = ", ".join("n/a" if r is None else f"{r:.0f}" for r in s["runs"])
-        if s["failedRuns"]:
-            runs += f"; {s['failedRuns']} failed"
-        print(f"{relayName:<19}{cell(s['endToEnd'], 11)}{cell(s['accept'], 9)}"
-              f"{cell(s['cpuPerMessage'] and 1000 * s['cpuPerMessage'], 8, 2)}"
-              f"{cell(s['logFsyncs'], 12, 2)}{cell(s['straceFsyncs'], 12, 2)}  {runs}")
-    line = None
-    if len(relays) == 2:
-        m, p = summary["mailproto"], summary["postfix"]
-        e2e, acc = ratio(m["endToEnd"], p["endToEnd"]), ratio(m["accept"], p["accept"])
-        print(f"{'mailproto/postfix':<19}{cell(e2e, 10, 2, 'x')} {cell(acc, 8, 2, 'x')} "
-              f"{cell(ratio(m['cpuPerMessage'], p['cpuPerMessage']), 7, 2, 'x')}")
-        # The disk's speed drifts between runs: the ratio within each
-        # repetition (both relays, one after the other) cancels the drift.
-        pairs = {}
-        for r in results:
-            pairs.setdefault(r["repetition"], {})[r["relay"]] = r
-        paired = [ratio(pair["mailproto"]["endToEnd"], pair["postfix"]["endToEnd"])
-                  for pair in pairs.values() if len(pair) == 2]
-        pairedRatio = median(paired)
-        print(f"  per repetition, end to end: {', '.join(cell(x, 0, 2, 'x') for x in paired)}"
-              f" (median {cell(pairedRatio, 0, 2, 'x')})")
-        summary["pairedRatio"] = pairedRatio
-        if e2e is not None:
-            line = (f"mailproto relays {m['endToEnd']:.0f} msg/s end to end, {e2e:.2f}x Postfix "
-                    f"({p['endToEnd']:.0f} msg/s; per repetition {cell(pairedRatio, 0, 2, 'x')}); "
-                    f"accepts {m['accept']:.0f} vs {p['accept']:.0f} msg/s")
-    elif summary[relays[0]]["endToEnd"] is not None:
-        s = summary[relays[0]]
-        line = f"{relays[0]} relays {s['endToEnd']:.0f} msg/s end to end; accepts {s['accept']:.0f} msg/s"
-    if line:
-        fsyncs = summary.get("mailproto", {}).get("logFsyncs")
-        if fsyncs is not None:
-            line += f"; mailproto {fsyncs:.2f} fsyncs/msg"
-        print(f"\nsummary: {line}; the disk does {median(disk):.0f} serial commits/s.")
+    summary = summarise(relays, results, straceResults, options.repeat)
+    printSummary(relays, summary, options, disk, loads, fsType)
     if options.json:
         with open(options.json, "w") as f:
             json.dump({"messages": options.messages, "sessions": options.sessions, "size": options.size,
-                       "repeat": options.repeat, "diskCommitsPerSecond": disk, "summary": summary,
-                       "runs": results, "strace": straceResults}, f, indent=2)
-    if any(s["failedRuns"] for name, s in summary.items() if name in relays):
+                       "repeat": options.repeat, "workers": workers, "relays": relays,
+                       "diskCommitsPerSecond": disk, "loadAverage": loads, "summary": summary,
+                       "runs": results, "strace": straceResults,
+                       "profiles": {name: r["profile"] for name, r in profiles.items()}}, f, indent=2)
+    if any(summary[name]["failedRuns"] for name in relays):
         raise SystemExit(1)
 
 

@@ -45,6 +45,8 @@ COLOURS = {
     "twisted-floor": "#5a5a5a",
     "smtp-source": "#9a9a9a",
     "postfix": "#9a9a9a",
+    "mailrelay-1w": "#2a8c8c",
+    "mailrelay-2w": "#145a5a",
 }
 LIGHTER = {"twisted.mail": "#f2c48a"}  # twisted.mail's client without TCP_NODELAY, next to the one with it
 
@@ -295,8 +297,8 @@ class Plots:
 
     def relay(self, data: dict) -> str:
         summary = data["summary"]
-        relays = [name for name in ("mailproto", "postfix") if name in summary]
-        shown = ["Postfix" if name == "postfix" else name for name in relays]
+        relays = relaysOf(data)
+        shown = [shownName(name) for name in relays]
         repetitions = _repetitions(data)
         figure, axes = self.figure([len(relays), len(relays)])
         # The disk's rate of serial commits is no bound for these runs (their
@@ -305,8 +307,9 @@ class Plots:
             values = [summary[name].get(key) for name in relays]
             runs = [[run[key] for run in repetitions.get(name, []) if not missing(run.get(key))] for name in relays]
             spread = [(min(r), max(r)) for r in runs] if all(len(r) > 1 for r in runs) else None
-            self.bars(ax, shown, values, [COLOURS[name] for name in relays], "", 0, None, spread)
-            self.title(ax, title + (": median (lowest to highest repetition)" if spread else ": median"), False)
+            self.bars(ax, shown, values, [COLOURS.get(name, COLOURS["mailproto"]) for name in relays], "", 0, None,
+                      spread)
+            self.title(ax, title + (": median (lowest to highest)" if spread else ": median"), False)
         figure.suptitle("Durable relay: messages per second (higher is better)")
         self.save(figure, "relay-throughput.png")
         return "relay-throughput.png"
@@ -332,6 +335,52 @@ class Plots:
         figure.suptitle("Pipelining clients: messages per second (higher is better)")
         self.save(figure, "pipeline-throughput.png")
         return "pipeline-throughput.png"
+
+
+def relaysOf(data: dict) -> list:
+    """
+    @return: the relays of C{relay.json}, in the order it ran them:
+        C{mailrelay-Nw} for each number of workers, then C{postfix} (or,
+        in results made before workers, C{mailproto}).
+    """
+    summary = data.get("summary", {})
+    named = data.get("relays") or [name for name, value in summary.items() if isinstance(value, dict)]
+    return [name for name in named if isinstance(summary.get(name), dict)]
+
+
+def isMailproto(relay: str) -> bool:
+    return relay == "mailproto" or relay.startswith("mailrelay-")
+
+
+def shownName(relay: str) -> str:
+    return "Postfix" if relay == "postfix" else relay
+
+
+def comparisons(relays: list) -> list:
+    """
+    @return: the pairs of relays the relay section compares, C{(a, b)}
+        for a / b: each of mailproto's with Postfix, then the one with the
+        most workers with the one with the fewest.
+    """
+    ours = [relay for relay in relays if isMailproto(relay)]
+    pairs = [(relay, "postfix") for relay in ours if "postfix" in relays]
+    if len(ours) > 1:
+        pairs.append((ours[-1], ours[0]))
+    return pairs
+
+
+def pairedRatios(data: dict, a: str, b: str, key: str = "endToEnd") -> list:
+    """
+    @return: C{a}'s C{key} over C{b}'s in each repetition that has both,
+        in the order of the repetitions.
+    """
+    byRepetition = {}
+    for relay, runs in _repetitions(data).items():
+        for run in runs:
+            byRepetition.setdefault(run.get("repetition"), {})[relay] = run
+    ratios = [quotient(pair[a].get(key), pair[b].get(key)) for _, pair in sorted(byRepetition.items())
+              if a in pair and b in pair]
+    return [ratio for ratio in ratios if not missing(ratio)]
 
 
 def _repetitions(data: dict) -> dict:
@@ -442,8 +491,16 @@ def acceptSection(data, names) -> list:
         "SMTP server: it gives a canned reply to each command and only looks",
         "for the end of data, on Twisted's reactor; it is the least any server",
         "built on that reactor can do, the bound for mailproto and twisted.mail",
-        "alike.  Each run starts a fresh server.  CPU is the server's (user and",
-        "system time); peak RSS is its largest resident set during the run.",
+        "alike.  *mailrelay-1w* and *mailrelay-2w* are not servers that throw",
+        "mail away but mailproto's relay daemon, ``twistd mailrelay --workers 1``",
+        "and ``--workers 2`` with its defaults (but for the listening backlog,",
+        "1,024 as for every server here): each says 250 only once the",
+        "message is durable in its spool (on the same disk as the relay section's",
+        "queues), and sends it on meanwhile to an ``smtp-sink`` of its own, which",
+        "throws it away.  Each run starts a fresh server.  CPU is the server's",
+        "(user and system time; for the relay daemon, of all its processes);",
+        "peak RSS is its largest resident set during the run (for the relay",
+        "daemon, its processes' peaks added up).",
         "",
     ]
     if data is None:
@@ -457,6 +514,16 @@ def acceptSection(data, names) -> list:
         lines += listTable(f"{config}: {CONFIGS.get(config, config)}",
                            ["server", "msg/s", "× twisted.mail", "× smtp-sink", "CPU s / 1000 msgs", "peak RSS MiB"],
                            rows)
+    spooled = {}
+    for r in data["results"]:
+        if not missing(r.get("spooled_at_end")):
+            spooled.setdefault(r["config"], []).append(f"{r['server']} {number(r['spooled_at_end'])}")
+    if spooled:
+        lines += ["The relay daemon sends on while it takes in.  When ``smtp-source`` ended, it still held",
+                  "this many messages (median of the runs): "
+                  + "; ".join(f"{config}: {', '.join(held)}" for config, held in spooled.items()) + ".",
+                  "The time to send those on is in no figure of this section; *Relaying: durable, end to",
+                  "end* below has it.", ""]
     for name in names:
         alt = ("messages per second" if "throughput" in name else "CPU seconds per 1000 messages") + ", per server"
         lines += image(name, alt)
@@ -517,12 +584,16 @@ def relaySection(data, name) -> list:
     lines += [
         "``smtp-source`` → relay → ``smtp-sink``, all on 127.0.0.1, through a",
         "relay that answers 250 only once the message is safe on disk:",
-        "mailproto's ``twistd mailrelay`` with its defaults, and Postfix as a",
+        "mailproto's ``twistd mailrelay`` with its defaults, with one process",
+        "(*mailrelay-1w*, ``--workers 1``) and with two worker processes that",
+        "take mail in while their parent keeps the queue and delivers",
+        "(*mailrelay-2w*, ``--workers 2``; see :doc:`workers`), and Postfix as a",
         "relay (its defaults, fsync included).  Each run starts a fresh relay with",
         "an empty queue.  *End to end* is messages over the time from the first",
         "connection until the sink has every message and the queue is empty;",
         "*accept* is messages over ``smtp-source``'s own time.  CPU counts every",
-        "process of the relay.  The disk bound is how many serial durable commits",
+        "process of the relay, from the start of the load to its end.  The disk",
+        "bound is how many serial durable commits",
         "(4 KiB write, fsync, rename, directory fsync) the disk under the queues",
         "makes per second: the bound for one session at a time, which concurrent",
         "sessions can pass by sharing fsyncs.",
@@ -531,41 +602,151 @@ def relaySection(data, name) -> list:
     if data is None:
         return lines + notRun("relay", "python benchmarks/relay.py --json benchmarks/results/relay.json")
     summary = data.get("summary", {})
-    relays = [relay for relay in ("mailproto", "postfix") if relay in summary]
+    relays = relaysOf(data)
     lines += [f"``smtp-source -s {data.get('sessions')} -m {data.get('messages')} -l {data.get('size')} -d``;"
               f" median of {data.get('repeat')}.", ""]
     rows = []
     for relay in relays:
         s = summary[relay]
         cpu = s.get("cpuPerMessage")
-        rows.append(["Postfix" if relay == "postfix" else relay, number(s.get("endToEnd")), number(s.get("accept")),
+        rows.append([shownName(relay), number(s.get("endToEnd")), number(s.get("accept")),
                      number(None if missing(cpu) else 1000 * cpu, 2), number(s.get("logFsyncs"), 2),
                      number(s.get("straceFsyncs"), 2)])
-    if len(relays) == 2:
-        m, p = summary["mailproto"], summary["postfix"]
-        rows.append(["mailproto / Postfix", times(quotient(m.get("endToEnd"), p.get("endToEnd"))),
-                     times(quotient(m.get("accept"), p.get("accept"))),
-                     times(quotient(m.get("cpuPerMessage"), p.get("cpuPerMessage"))), "", ""])
+    for a, b in comparisons(relays):
+        rows.append([f"{shownName(a)} / {shownName(b)}",
+                     *(times(quotient(summary[a].get(key), summary[b].get(key)))
+                       for key in ("endToEnd", "accept", "cpuPerMessage")), "", ""])
     lines += listTable("Durable relay",
                        ["relay", "end-to-end msg/s", "accept msg/s", "CPU ms / msg", "fsyncs / msg (its log)",
                         "fsyncs / msg (strace)"], rows)
     notes = []
     if "postfix" not in relays:
         notes.append("Postfix did not run (it needs root).")
-    if len(relays) == 2:
-        notes += pairedNotes(data)
+    if any(relay.startswith("mailrelay-") and relay != "mailrelay-1w" for relay in relays):
+        notes.append("With workers, the count of fsyncs the relay logs is its parent's alone: strace's counts"
+                     " every process.")
+    notes += pairedNotes(data)
     disk = [d for d in data.get("diskCommitsPerSecond", []) if not missing(d)]
     if disk:
         notes.append("The disk's serial durable commits per second (the bound for one session at a time): "
                      + " and ".join(number(d) for d in disk) + ", before and after the timed runs.")
     failed = {relay: summary[relay].get("failedRuns") for relay in relays if summary[relay].get("failedRuns")}
     for relay, count in failed.items():
-        notes.append(f"{count} run{'s' if count != 1 else ''} of {relay} failed and {'are' if count != 1 else 'is'}"
-                     " not in the medians.")
+        notes.append(f"{count} run{'s' if count != 1 else ''} of {shownName(relay)} failed and"
+                     f" {'are' if count != 1 else 'is'} not in the medians.")
     if notes:
         lines += [" ".join(notes), ""]
-    return lines + image(name, "end-to-end and accept messages per second, mailproto and Postfix: median, lowest and"
-                               " highest repetition")
+    lines += image(name, "end-to-end and accept messages per second, " + ", ".join(map(shownName, relays))
+                   + ": median, lowest and highest repetition")
+    return lines + processSection(data, relays) + profileSection(data)
+
+
+def byProcess(values: dict) -> str:
+    """
+    @return: C{values} (seconds per message, by process) in milliseconds,
+        the largest first, those under 0.005 ms left out.
+    """
+    ranked = sorted(values.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{process} {1000 * seconds:.2f}" for process, seconds in ranked if 1000 * seconds >= 0.005)
+
+
+def processSection(data: dict, relays: list) -> list:
+    """
+    @return: the CPU time per message of each relay's processes, by
+        what each does, and how long they waited for a CPU, from the
+        medians of C{relay.json}.
+    """
+    summary = data.get("summary", {})
+    runs = _repetitions(data)
+    rows = []
+    for relay in relays:
+        cpu = summary[relay].get("cpuByProcess") or {}
+        if cpu:
+            waits = summary[relay].get("waitByProcess") or {}
+            waited = [sum(run["waitByProcess"].values()) for run in runs.get(relay, []) if run.get("waitByProcess")]
+            rows.append([shownName(relay), number(1000 * summary[relay]["cpuPerMessage"], 2), byProcess(cpu),
+                         number(1000 * median(waited), 2) if waited else "n/a", byProcess(waits)])
+    if not rows:
+        return []
+    lines = heading("CPU time by process", "~")
+    lines += [
+        "Milliseconds per message of the relay's processes in the timed runs,",
+        "from ``/proc``: the median of the whole, then each process's median",
+        "(the medians of the processes need not add up to that of the whole).",
+        "*CPU* is user and system time; *waiting* is how long the threads were",
+        "ready to run but waited for a CPU (Linux's ``schedstat``), with",
+        "everything else running on the same cores.  For",
+        "mailproto: its *parent* and each *worker*.  For Postfix: each of its",
+        "programs (all its ``smtpd`` processes together, and so on), and the",
+        "processes that ended during the run, which its ``master`` reaped (a",
+        "Postfix daemon ends once it has served 100 requests, ``max_use``, as",
+        "its ``cleanup`` and ``smtp`` processes do here); those ended",
+        "processes' waits are not known.",
+        "",
+    ]
+    return lines + listTable("Milliseconds per message, by process",
+                             ["relay", "CPU", "CPU by process", "waiting", "waiting by process"], rows)
+
+
+def profileSection(data: dict) -> list:
+    """
+    @return: where the CPU of each of mailproto's relay processes went,
+        from the profiles of C{relay.json} (C{relay.py --profile}).
+    """
+    profiles = {relay: profile for relay, profile in (data.get("profiles") or {}).items() if profile}
+    if not profiles:
+        return []
+    columns = [(relay, process, profile) for relay, run in profiles.items()
+               for process, profile in run["processes"].items()]
+    parts = []
+    for _, _, profile in columns:
+        parts += [part for part in profile["parts"] if part not in parts and part != WAITING]
+    first = next(iter(profiles.values()))
+    lines = heading("Where each process's CPU goes", "~")
+    lines += [
+        f"One more run of each (not timed, {number(first.get('messages'))} messages) with ``py-spy record",
+        f"--nonblocking`` sampling every process of the relay {number(first.get('rate'))} times a second.",
+        "py-spy counts a thread as active when it runs *or is ready to run*: on a",
+        "machine whose cores are all busy, it finds threads waiting for a CPU",
+        "too, so its samples add up to more than the CPU time.  Samples of a",
+        "thread just woken from a wait (its innermost frame is the reactor's",
+        "``epoll`` or a thread pool's wait for work) are set apart; every other",
+        "sample is counted for the part of the relay that its stack is in (the",
+        "innermost of: log lines; the parent and workers talking (AMP); the",
+        "spool; sending on; taking in), else for what its innermost frame is in",
+        "(the reactor, threads).  A part's CPU per message is its share of those",
+        "samples times the process's CPU time per message in that run (from",
+        "``/proc``); the kernel's time counts for the Python line that made the",
+        "system call.  So the table says where a process was when it ran or was",
+        "about to, in CPU milliseconds; a part that is often ready but waiting",
+        "(after an ``fsync``, say) is overstated.",
+        "",
+    ]
+    header = ["part"] + [f"{relay} {process}" for relay, process, _ in columns]
+
+    def partCPU(profile, part):
+        working = 1 - profile["parts"].get(WAITING, 0)
+        return None if working <= 0 else 1000 * profile["cpuPerMessage"] * profile["parts"].get(part, 0) / working
+
+    rows = [[part] + [number(partCPU(profile, part), 3) for _, _, profile in columns] for part in parts]
+    rows.append(["CPU (``/proc``)"] + [number(1000 * profile["cpuPerMessage"], 3) for _, _, profile in columns])
+    rows.append(["waiting for a CPU (``schedstat``)"]
+                + [number(1000 * profile.get("waitPerMessage", float("nan")), 3) for _, _, profile in columns])
+    rows.append(["active for py-spy"]
+                + [number(1000 * profile.get("sampledSecondsPerMessage", float("nan")), 3) for _, _, profile in columns])
+    rows.append([f"share of samples {WAITING}"]
+                + [number(100 * profile["parts"].get(WAITING, 0), 0, " %") for _, _, profile in columns])
+    rows.append(["share of samples in threads other than the main one"]
+                + [number(100 * profile["threads"].get("other", 0), 0, " %") for _, _, profile in columns])
+    lines += listTable("Milliseconds per message, by process and part", header, rows)
+    lines += ["The functions each process was most often in (innermost frame, share of its samples), and",
+              "mailproto's functions most often in its stacks (anywhere in them):", ""]
+    for relay, process, profile in columns:
+        top = "; ".join(f"``{name}`` {number(100 * share, 0, ' %')}" for name, share in profile["functions"][:5])
+        under = "; ".join([f"``{name}`` {number(100 * share, 0, ' %')}" for name, share in profile.get("inclusive", [])
+                           if not name.startswith(("<module>", "main "))][:5])
+        lines += [f"- {relay} {process} ({number(profile['samples'])} samples): {top}.  In or under: {under}."]
+    return lines + [""]
 
 
 def median(values: list):
@@ -576,37 +757,37 @@ def median(values: list):
 
 def pairedNotes(data: dict) -> list:
     """
-    What the repetitions of C{relay.json} say beyond its medians: the two
-    relays compared within each repetition (back to back), and how their
-    CPU time per message changed from one repetition to the next.  Every
-    figure is computed here from the same file as the table.
+    What the repetitions of C{relay.json} say beyond its medians: the
+    relays compared within each repetition (one after the other), and
+    how their CPU time per message changed from one repetition to the
+    next.  Every figure is computed here from the same file as the table.
     """
     runs = _repetitions(data)
-    byRepetition = {}
-    for relay in ("mailproto", "postfix"):
-        for run in runs.get(relay, []):
-            byRepetition.setdefault(run.get("repetition"), {})[relay] = run
-    paired = [quotient(pair["mailproto"].get("endToEnd"), pair["postfix"].get("endToEnd"))
-              for _, pair in sorted(byRepetition.items()) if len(pair) == 2]
-    paired = [ratio for ratio in paired if not missing(ratio)]
-    notes = []
-    if paired:
+    relays = relaysOf(data) or list(runs)
+    said = []
+    for a, b in comparisons(relays):
+        paired = pairedRatios(data, a, b)
+        if not paired:
+            continue
         faster = sum(1 for ratio in paired if ratio > 1)
-        notes.append(
-            f"The table's ratios are of its medians.  Within each repetition (the two relays back to back),"
-            f" mailproto relayed {times(min(paired))} to {times(max(paired))} as fast as Postfix end to end"
-            f" (median {times(median(paired))}; faster in {faster} of {len(paired)} repetitions).")
-        recorded = data.get("summary", {}).get("pairedRatio")
+        recorded = next((c.get("pairedMedian") for c in data.get("summary", {}).get("comparisons", [])
+                         if (c.get("a"), c.get("b")) == (a, b)), None)
         if not missing(recorded) and abs(recorded - median(paired)) > 0.005:
-            print(f"report: relay.json's pairedRatio {recorded:.3f} is not the median of its repetitions"
-                  f" ({median(paired):.3f}); the page gives the latter", file=sys.stderr)
+            print(f"report: relay.json's paired median of {a} / {b}, {recorded:.3f}, is not the median of its"
+                  f" repetitions ({median(paired):.3f}); the page gives the latter", file=sys.stderr)
+        said.append(f"{shownName(a)} relayed {times(min(paired))} to {times(max(paired))} as fast as {shownName(b)}"
+                    f" end to end (median {times(median(paired))}; faster in {faster} of {len(paired)} repetitions)")
+    notes = []
+    if said:
+        notes.append("The table's ratios are of its medians.  Within each repetition (the relays one after the"
+                     " other), " + "; ".join(said) + ".")
     cpu = {relay: [run.get("cpuPerMessage") for run in runs.get(relay, []) if not missing(run.get("cpuPerMessage"))]
-           for relay in ("mailproto", "postfix")}
-    if all(len(values) > 1 and max(values) > 1.25 * values[0] for values in cpu.values()):
+           for relay in relays}
+    if cpu and all(len(values) > 1 and max(values) > 1.25 * values[0] for values in cpu.values()):
         notes.append(
             "The machine slowed down during the run: for the same load, CPU time per message went from "
             + "; ".join(f"{1000 * values[0]:.2f} ms in the first repetition up to {1000 * max(values):.2f} ms"
-                        f" for {'Postfix' if relay == 'postfix' else relay}" for relay, values in cpu.items())
+                        f" for {shownName(relay)}" for relay, values in cpu.items())
             + ".")
     return notes
 
@@ -627,8 +808,8 @@ def pipelineSection(data, name) -> list:
         "one process) keeps several sessions open at once; each sends its",
         "messages one after the other over one connection: ``MAIL``, ``RCPT``",
         "and ``DATA`` in one write, then the message and the final dot in one",
-        "write.  The servers are those of the first section, each run a fresh",
-        "one.  All get the same bytes, also those that do not offer",
+        "write.  The servers are those of the first section (the relay daemon",
+        "included), each run a fresh one.  All get the same bytes, also those that do not offer",
         "PIPELINING (the table says which).  The client needs about as much",
         "CPU per message as the fastest servers, so for those it is as much",
         "the limit as the server.",
@@ -684,6 +865,157 @@ def pipelineSection(data, name) -> list:
     else:
         lines += [f"Postfix's smtp client did not run: {data.get('postfixSkipped') or 'no servers chosen'}.", ""]
     return lines + (image(name, "messages per second, per server, from pipelining clients") if name else [])
+
+
+#: The part of a profile that is no part of the relay: samples of a
+#: thread woken from a wait, not yet running (as C{relay.py} says).
+WAITING = "woken, not yet running (epoll, thread pool)"
+
+#: What the relay with workers is measured against: the aims of each
+#: row of L{workersSection} that has one, as ratios.
+AIMS = {"relay": 1.5, "accept": 2.0}
+
+
+def againstAim(ratio, paired, aim) -> str:
+    """
+    @param ratio: the ratio of the medians.
+    @param paired: the median of the ratios within each repetition.
+    @return: whether both reach C{aim} ("met" or "not met"; "" without
+        an aim or a ratio).
+    """
+    if aim is None or missing(ratio):
+        return ""
+    return "met" if ratio >= aim and (missing(paired) or paired >= aim) else "not met"
+
+
+def ratioText(value, aim=None) -> str:
+    """
+    @return: C{value} as a ratio with two decimals, or three where two
+        would round it up to C{aim} or past it.
+    """
+    if not missing(value) and aim is not None and value < aim <= round(value, 2):
+        return number(value, 3, "×")
+    return times(value)
+
+
+def pairedRuns(rows: dict, a: str, b: str, key: str = "msgs_per_s") -> list:
+    """
+    @param rows: the results of C{accept.json} or C{pipeline.json} of one
+        configuration, by server; each server's C{runs} in the order of
+        the repetitions.
+    @return: C{a}'s C{key} over C{b}'s within each repetition.
+    """
+    runsA, runsB = rows.get(a, {}).get("runs", []), rows.get(b, {}).get("runs", [])
+    ratios = [quotient(x.get(key), y.get(key)) for x, y in zip(runsA, runsB)]
+    return [ratio for ratio in ratios if not missing(ratio)]
+
+
+def workerMeasures(sources: dict) -> list:
+    """
+    @return: C{(label, aim key, {relay: (msg/s, ratio, ratio within each
+        repetition)})} of each benchmark that ran mailproto's relay
+        daemon with workers.
+    """
+    relay, accept, pipeline = (sources.get(name) for name in ("relay", "accept", "pipeline"))
+    measures = []
+    if relay:
+        summary = relay.get("summary", {})
+        postfix = summary.get("postfix", {}).get("endToEnd")
+        values = {}
+        for r in relaysOf(relay):
+            if r.startswith("mailrelay-"):
+                paired = pairedRatios(relay, r, "postfix")
+                values[r] = (summary[r].get("endToEnd"), quotient(summary[r].get("endToEnd"), postfix),
+                             median(paired) if paired else None)
+        measures.append(("durable relay, end to end, × Postfix", "relay", values))
+    if accept:
+        rows = {r["server"]: r for r in accept["results"] if r["config"] == "20x10x4KiB"}
+        values = {}
+        for name, r in rows.items():
+            if name.startswith("mailrelay-"):
+                paired = pairedRuns(rows, name, "twisted.mail")
+                values[name] = (r["msgs_per_s"], r.get("vs_twisted_mail"), median(paired) if paired else None)
+        measures.append(("accepting 20x10x4KiB, durably, × twisted.mail (which throws mail away)", "accept", values))
+    if pipeline:
+        rows = {r["server"]: r for r in pipeline["results"]}
+        values = {}
+        for name, r in rows.items():
+            if name.startswith("mailrelay-"):
+                paired = pairedRuns(rows, name, "smtp-sink")
+                values[name] = (r["msgs_per_s"], r.get("vs_smtp_sink"), median(paired) if paired else None)
+        measures.append(("accepting from a pipelining client, durably, × smtp-sink", "pipeline", values))
+    return [measure for measure in measures if measure[2]]
+
+
+def workersSection(sources: dict) -> list:
+    """
+    @return: mailproto's relay daemon with one and with more worker
+        processes, from the three benchmarks that run it, side by side
+        with the aims.
+    """
+    measures = workerMeasures(sources)
+    relays = sorted({r for _, _, values in measures for r in values}, key=lambda r: int(r[len("mailrelay-"):-1]))
+    if not relays:
+        return []
+    cores = next((d["machine"].get("cores") for d in sources.values() if d and d.get("machine")), None)
+    lines = heading("The relay with worker processes")
+    lines += [
+        "mailproto's relay daemon with one process (``--workers 1``) and with",
+        "worker processes that take mail in while the parent keeps the queue",
+        "and delivers (``--workers 2``; see :doc:`workers`), from the three",
+        f"benchmarks above that run it, on this machine's {number(cores)} cores.",
+        "Each cell gives the ratio of the medians, the messages per second, and",
+        "the median of the ratios within each repetition (the programs one after",
+        "the other); an aim is met when both ratios reach it.  The last column",
+        "is the ratio of the messages per second of the most workers to the",
+        "fewest.",
+        "",
+    ]
+    rows = []
+    for label, key, values in measures:
+        aim = AIMS.get(key)
+        cells = []
+        for relay in relays:
+            rate, ratio, paired = values.get(relay, (None, None, None))
+            verdict = againstAim(ratio, paired, aim)
+            cells.append(f"{ratioText(ratio, aim)} ({number(rate)} msg/s; per repetition {ratioText(paired, aim)})"
+                         + (f"; {verdict}" if verdict else ""))
+        scaling = quotient(values.get(relays[-1], (None,))[0], values.get(relays[0], (None,))[0])
+        rows.append([label, "none" if aim is None else f"≥ {times(aim)}", *cells,
+                     times(scaling) if len(relays) > 1 else "n/a"])
+    lines += listTable("The relay with workers",
+                       ["measure", "aim", *relays, f"{relays[-1]} / {relays[0]}" if len(relays) > 1 else "scaling"],
+                       rows)
+    return lines + balanceNotes(sources)
+
+
+def balanceNotes(sources: dict) -> list:
+    """
+    @return: how the work was shared between the workers in each run of
+        C{accept.json} and C{pipeline.json} that recorded the CPU time of
+        each of the relay daemon's processes.
+    """
+    said = []
+    for name, title in (("accept", "accepting from smtp-source"), ("pipeline", "the pipelining load")):
+        data = sources.get(name)
+        for row in (data or {}).get("results", []):
+            runs = [run.get("cpu_s_per_1000_by_process") or {} for run in row.get("runs", [])]
+            shares = [[seconds for process, seconds in sorted(run.items()) if process.startswith("worker")]
+                      for run in runs]
+            shares = [share for share in shares if len(share) > 1]
+            if shares:
+                where = f"{title} ({row['config']})" if row.get("config") else title
+                said.append(f"In {where}, the CPU seconds per 1000 messages of {row['server']}'s workers were, run"
+                            " by run: " + "; ".join(" and ".join(number(seconds, 3) for seconds in share)
+                                                    for share in shares) + ".")
+    if not said:
+        return []
+    return said + [
+        "The kernel gives each new connection to whichever process accepts first, and a Twisted",
+        "listening port accepts all the connections waiting when it wakes (up to a hundred): clients",
+        "that connect at once and stay connected can end up mostly with one worker.",
+        "",
+    ]
 
 
 def analysisSection(path: str) -> list:
@@ -776,6 +1108,7 @@ def makePage(results: str, docs: str, analysis: str, keep: bool = False):
     lines += memorySection(sources["memory"], drawn.get("memory"))
     lines += relaySection(sources["relay"], drawn.get("relay"))
     lines += pipelineSection(sources["pipeline"], drawn.get("pipeline"))
+    lines += workersSection(sources)
     lines += analysisSection(analysis)
     lines += reproduceSection(run)
     while lines and lines[-1] == "":

@@ -13,16 +13,18 @@ step failed.  C{DIR/run.json} records, for each benchmark, the command that
 made its results, when, and whether it succeeded; C{report.py} shows the
 commands on the page.
 
-Default counts (about 15 minutes on a 2-core machine, half of it accept;
-allow twice that on a slower one):
+Default counts (about 30 minutes on a 2-core machine, more than half of
+it accept; allow twice that on a slower one):
 
   - accept: 20000 messages per run, 5 repetitions (5 servers, 3
     configurations);
   - send: 5000 messages per run, 5 repetitions (6 clients, 1 and 10
     connections);
   - memory: one 50 MiB message, 5 repetitions (4 servers);
-  - relay: 5000 messages per run, 5 repetitions (mailproto and Postfix),
-    and one more run of each under strace if it is installed;
+  - relay: 5000 messages per run, 10 repetitions (mailproto's relay with
+    1 and with 2 workers, and Postfix: 5 left the ratios unsteady on a
+    shared machine), one more run of each under strace if it is
+    installed, and one of each of mailproto's under py-spy;
   - pipeline: 10 sessions of 2000 messages per run, 3 repetitions (6
     servers, each run at most 30 s), then 2000 messages through Postfix to
     smtp-sink and to mailproto, 3 repetitions.
@@ -47,7 +49,7 @@ ARGUMENTS = {
     "accept": ["--messages", "20000", "--repeat", "5"],
     "send": ["--messages", "5000", "--repeat", "5"],
     "memory": ["--repeat", "5"],
-    "relay": ["--repeat", "5"],
+    "relay": ["--repeat", "10", "--profile"],
     "pipeline": ["--repeat", "3"],
 }
 QUICK = {

@@ -8,7 +8,8 @@ width: made again from the same files, the page is the one in the
 tree; each figure is as wide as the text column, with no type smaller
 than 11 points there and no two texts on top of each other; a line is
 called a ceiling only where no bar passes it; and every ratio the relay
-section quotes is computed from its own result file.
+section and the table of the relay with workers quote is computed from
+their own result files.
 
 Skipped without matplotlib (the benchmarks' extra), or without the
 C{benchmarks/} directory of a checkout.
@@ -21,6 +22,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import statistics
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -153,17 +155,76 @@ class PageTests(SynchronousTestCase):
         """
         The relay section's ratios are computed from relay.json: the
         table's from its medians, the text's from its repetitions paired
-        back to back, and said which is which.
+        back to back, and said which is which; each of mailproto's relays
+        is compared with Postfix, and the most workers with the fewest.
         """
         with open(_BENCHMARKS / "results" / "relay.json") as f:
             data = json.load(f)
         summary = data["summary"]
         with open(self.page, encoding="utf-8") as f:
             text = f.read()
-        tableRatio = summary["mailproto"]["endToEnd"] / summary["postfix"]["endToEnd"]
-        self.assertIn(f"   * - mailproto / Postfix\n     - {tableRatio:.2f}×\n", text)
+        self.assertEqual(
+            [(c["a"], c["b"]) for c in summary["comparisons"]],
+            [("mailrelay-1w", "postfix"), ("mailrelay-2w", "postfix"), ("mailrelay-2w", "mailrelay-1w")],
+        )
         self.assertIn("The table's ratios are of its medians.", text)
-        self.assertIn(f"(median {summary['pairedRatio']:.2f}×;", text)
+        for comparison in summary["comparisons"]:
+            a, b = comparison["a"], comparison["b"]
+            tableRatio = summary[a]["endToEnd"] / summary[b]["endToEnd"]
+            shown = self.report.shownName(b)
+            self.assertIn(f"   * - {a} / {shown}\n     - {tableRatio:.2f}×\n", text)
+            self.assertIn(f"{a} relayed ", text)
+            self.assertIn(f"as fast as {shown} end to end (median {comparison['pairedMedian']:.2f}×;", text)
+
+    def test_workersTable(self):
+        """
+        The table of the relay with workers gives, for each number of
+        workers, the ratios of the three benchmarks' result files (of
+        their medians, and the median of those within each repetition),
+        and says whether each met its aim: only if both reach it.
+        """
+        results = {}
+        for name in ("relay", "accept", "pipeline"):
+            with open(_BENCHMARKS / "results" / f"{name}.json") as f:
+                results[name] = json.load(f)
+        with open(self.page, encoding="utf-8") as f:
+            text = f.read()
+        table = text[text.index(".. list-table:: The relay with workers"):]
+        table = table[: table.index("\n\n", table.index("   * -"))]
+        summary = results["relay"]["summary"]
+        byRepetition = {}
+        for run in results["relay"]["runs"]:
+            byRepetition.setdefault(run["repetition"], {})[run["relay"]] = run["endToEnd"]
+        accept = {r["server"]: r for r in results["accept"]["results"] if r["config"] == "20x10x4KiB"}
+        pipeline = {r["server"]: r for r in results["pipeline"]["results"]}
+
+        def paired(rows, a, b):
+            return statistics.median(x["msgs_per_s"] / y["msgs_per_s"] for x, y in zip(rows[a]["runs"], rows[b]["runs"]))
+
+        def cell(rate, ratio, inRepetitions, aim):
+            shown = self.report.ratioText
+            text = f"     - {shown(ratio, aim)} ({rate:,.0f} msg/s; per repetition {shown(inRepetitions, aim)})"
+            if aim is not None:
+                text += "; met" if ratio >= aim and inRepetitions >= aim else "; not met"
+            return text + "\n"
+
+        for relay in ("mailrelay-1w", "mailrelay-2w"):
+            rate = summary[relay]["endToEnd"]
+            inRepetitions = statistics.median(pair[relay] / pair["postfix"] for pair in byRepetition.values())
+            self.assertIn(cell(rate, rate / summary["postfix"]["endToEnd"], inRepetitions, 1.5), table)
+            self.assertIn(cell(accept[relay]["msgs_per_s"], accept[relay]["vs_twisted_mail"],
+                               paired(accept, relay, "twisted.mail"), 2.0), table)
+            self.assertIn(cell(pipeline[relay]["msgs_per_s"], pipeline[relay]["vs_smtp_sink"],
+                               paired(pipeline, relay, "smtp-sink"), None), table)
+
+    def test_ratioText(self):
+        """
+        A ratio just under an aim is not rounded up to it.
+        """
+        self.assertEqual(self.report.ratioText(1.4993, 1.5), "1.499×")
+        self.assertEqual(self.report.ratioText(1.4949, 1.5), "1.49×")
+        self.assertEqual(self.report.ratioText(1.5, 1.5), "1.50×")
+        self.assertEqual(self.report.ratioText(1.4993), "1.50×")
 
 
 class PairedNotesTests(SynchronousTestCase):
@@ -192,7 +253,7 @@ class PairedNotesTests(SynchronousTestCase):
         notes = self.report.pairedNotes(self.relayData([100, 300, 200], [200, 100, 100]))
         self.assertEqual(
             notes[0],
-            "The table's ratios are of its medians.  Within each repetition (the two relays back to back), mailproto "
+            "The table's ratios are of its medians.  Within each repetition (the relays one after the other), mailproto "
             "relayed 0.50× to 3.00× as fast as Postfix end to end (median 2.00×; faster in 2 of 3 repetitions).",
         )
         self.assertEqual(
@@ -214,6 +275,29 @@ class PairedNotesTests(SynchronousTestCase):
         self.assertEqual(len(notes), 1)
         self.assertIn("1.00× to 2.00×", notes[0])
         self.assertIn("faster in 1 of 2 repetitions", notes[0])
+
+    def test_workers(self):
+        """
+        With workers, each of mailproto's relays is compared with Postfix
+        within each repetition, and the one with the most workers with
+        the one with the fewest; a repetition without one of a pair is
+        left out of that pair's ratios.
+        """
+        runs = []
+        for repetition, rates in enumerate([(100, 150, 100), (100, 300, 200), (100, 200, None)]):
+            for relay, rate in zip(("mailrelay-1w", "mailrelay-2w", "postfix"), rates):
+                if rate is not None:
+                    runs.append({"relay": relay, "repetition": repetition, "endToEnd": rate, "cpuPerMessage": 0.001})
+        data = {"relays": ["mailrelay-1w", "mailrelay-2w", "postfix"], "runs": runs,
+                "summary": {"mailrelay-1w": {}, "mailrelay-2w": {}, "postfix": {}}}
+        self.assertEqual(
+            self.report.comparisons(data["relays"]),
+            [("mailrelay-1w", "postfix"), ("mailrelay-2w", "postfix"), ("mailrelay-2w", "mailrelay-1w")],
+        )
+        [note] = self.report.pairedNotes(data)
+        self.assertIn("mailrelay-1w relayed 0.50× to 1.00× as fast as Postfix end to end (median 0.75×; faster in 0 of 2", note)
+        self.assertIn("mailrelay-2w relayed 1.50× to 1.50× as fast as Postfix end to end (median 1.50×; faster in 2 of 2", note)
+        self.assertIn("mailrelay-2w relayed 1.50× to 3.00× as fast as mailrelay-1w end to end (median 2.00×; faster in 3 of 3", note)
 
     def test_referenceLabel(self):
         """
