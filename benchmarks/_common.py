@@ -560,19 +560,34 @@ class RelayServer:
         a grace) and the sink.
         """
         for process in (self.process, self.sink.process):
-            if process is None:
-                continue
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            process.wait()
+            if process is not None:
+                stopProcessGroup(process, 30)
+                process.wait()
+
+
+def stopProcessGroup(process, grace, pid=None) -> None:
+    """
+    SIGTERM to C{pid} (default: the process itself), wait at most
+    C{grace} seconds, then SIGKILL the process's whole group and wait at
+    most C{grace} seconds more.
+    """
+    if process.poll() is None:
+        try:
+            os.kill(pid or process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def cpuByProcess(server, before=None) -> dict:

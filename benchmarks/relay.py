@@ -69,6 +69,7 @@ import tempfile
 import time
 
 from _common import (  # benchmarks/_common.py
+    stopProcessGroup,
     STOPPED,
     Failed,
     Sink,
@@ -171,23 +172,7 @@ class Children:
         SIGTERM to C{pid} (default: the process itself), wait at most
         C{grace} seconds, then SIGKILL its whole group.
         """
-        if process.poll() is None:
-            try:
-                os.kill(pid or process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
+        stopProcessGroup(process, grace, pid)
         if process in self.processes:
             self.processes.remove(process)
 
