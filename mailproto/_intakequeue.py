@@ -103,6 +103,7 @@ class IntakeQueue(SpoolWriter):
         notify: Callable[[Envelope], defer.Deferred],
         reactor=None,
         runInThread=None,
+        unfinishedSuffix: str = "",
     ) -> None:
         """
         @param directory: the spool directory, made by the parent (its
@@ -117,6 +118,10 @@ class IntakeQueue(SpoolWriter):
         @param runInThread: a callable C{(f, *args) -> Deferred} running
             C{f} off the reactor thread; by default the reactor's thread
             pool.
+        @param unfinishedSuffix: what ends the names of the messages it
+            is receiving, in C{tmp/}: the worker's own, so that the parent
+            can remove what it left if it dies (L{Queue.removeUnfinished
+            <mailproto._queue.Queue.removeUnfinished>}).
         @raise FileNotFoundError: if the spool's C{tmp/} or C{queue/} is
             missing (no parent made it).
         """
@@ -124,6 +129,7 @@ class IntakeQueue(SpoolWriter):
             if not os.path.isdir(os.path.join(directory, name)):
                 raise FileNotFoundError(f"spool {directory} has no {name}/: its relay makes it before starting workers")
         SpoolWriter.__init__(self, directory, reactor, runInThread, HeldByParent(directory))
+        self.unfinishedSuffix = unfinishedSuffix
         self._notify = notify
 
     def newMessage(self, envelope: Envelope) -> SpoolFile:

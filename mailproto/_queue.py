@@ -879,7 +879,12 @@ class SpoolWriter:
         C{release}).
     @ivar fsyncs: how many C{fsync} calls were made (files and
         directories), for measurements.
+    @ivar unfinishedSuffix: what ends the names of this writer's messages
+        while they are received in C{tmp/} (a worker's own, so that what a
+        dead worker left can be told apart: L{Queue.removeUnfinished}).
     """
+
+    unfinishedSuffix = ""
 
     def __init__(self, directory: str, reactor, runInThread, lock) -> None:
         """
@@ -956,7 +961,7 @@ class SpoolWriter:
         @return: the file to write the message into.
         """
         header = json.dumps(envelope.header(), ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
-        return SpoolFile(self, envelope, self._path("tmp", envelope.id), header)
+        return SpoolFile(self, envelope, self._path("tmp", envelope.id + self.unfinishedSuffix), header)
 
     def _commit(self, spool: SpoolFile) -> defer.Deferred:
         """
@@ -1284,6 +1289,31 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
             return self._adopt(queueID)
         finally:
             release()
+
+    def removeUnfinished(self, suffix: str) -> int:
+        """
+        Remove the messages a writer that has gone (a worker process that
+        died) left unfinished in C{tmp/}: those whose names end with its
+        C{unfinishedSuffix}.  None of them was acknowledged: a message is
+        renamed into C{queue/} before its C{250}.
+
+        @param suffix: the writer's C{unfinishedSuffix}, not empty.
+        @return: how many were removed.
+        @raise ValueError: if C{suffix} is empty (that would be everything).
+        @raise OSError: if C{tmp/} cannot be listed.
+        """
+        if not suffix:
+            raise ValueError("an empty suffix names every unfinished message")
+        removed = 0
+        release = self._holdSpool()
+        try:
+            for name in os.listdir(self._path("tmp")):
+                if name.endswith(suffix):
+                    _unlink(self._path("tmp", name))
+                    removed += 1
+        finally:
+            release()
+        return removed
 
     def adoptNew(self) -> list[str]:
         """

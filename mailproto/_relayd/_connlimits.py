@@ -58,12 +58,27 @@ kernel's backlog instead of being closed; one line is logged per minute.
 This hook was chosen over a C{tcp.Port} subclass because it needs no
 copy of C{doRead} and works for every endpoint whose port is a
 C{tcp.Port} (TCP over IPv4 or IPv6, UNIX sockets), whatever made it.
+
+The same wrapper shares clients between processes that accept on one
+listening socket (C{--workers}): Twisted takes every waiting client it
+can in one call (up to a hundred and more), so the first process to wake
+takes a whole burst while the others stay idle.  With C{acceptsPerTurn},
+C{accept()} answers C{EAGAIN} once that many clients were taken in one
+turn of the reactor; the others still waiting are left to whichever
+process wakes next, so a busy process takes fewer.
+
+The kernel's queue of clients not yet accepted is the listen backlog:
+Twisted's default of 50 overflows when a hundred clients connect at once
+(the kernel then drops their SYNs, and they retry a second or more
+later).  L{withBacklog} gives a listener description L{BACKLOG} unless it
+says otherwise.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import re
 from collections import OrderedDict, deque
 
 from twisted.internet import defer
@@ -545,25 +560,58 @@ class ConnectionLimitsFactory(WrappingFactory):
         return self.protocol(self, wrapped)
 
 
+#: The listen backlog given to listeners that do not set one.
+BACKLOG = 1024
+
+# The endpoint types that take a backlog= argument.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
+def withBacklog(description: str, backlog: int = BACKLOG) -> str:
+    """
+    @param description: a Twisted server endpoint description.
+    @return: C{description}, with C{:backlog=BACKLOG} added if it is of a
+        type that takes one (TCP, TLS, UNIX) and does not set it.
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in _BACKLOG_TYPES or re.search(r"(?<!\\):\s*backlog\s*=", description):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 class _AcceptGuard:
     """
     A listening socket whose C{accept()} pauses its port, rather than
-    fails, when the process or the system is out of file descriptors.
-    Everything else is the socket's.
+    fails, when the process or the system is out of file descriptors, and
+    that takes at most C{perTurn} clients per turn of the reactor if it is
+    not C{None}.  Everything else is the socket's.
     """
 
-    def __init__(self, socket, pause) -> None:
+    def __init__(self, socket, pause, clock=None, perTurn: int | None = None) -> None:
         self._socket = socket
         self._pause = pause
+        self._clock = clock
+        self._perTurn = perTurn
+        self._taken = 0
 
     def accept(self):
+        if self._perTurn is not None and self._taken >= self._perTurn:
+            raise BlockingIOError(errno.EAGAIN, "enough clients for this turn")
         try:
-            return self._socket.accept()
+            accepted = self._socket.accept()
         except OSError as e:
             if e.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
             self._pause(e.errno)
             raise BlockingIOError(errno.EAGAIN, "paused: out of file descriptors") from None
+        if self._perTurn is not None:
+            if not self._taken:
+                self._clock.callLater(0, self._newTurn)
+            self._taken += 1
+        return accepted
+
+    def _newTurn(self) -> None:
+        self._taken = 0
 
     def __getattr__(self, name):
         return getattr(self._socket, name)
@@ -614,27 +662,30 @@ class _AcceptPauser:
 
 @implementer(IStreamServerEndpoint)
 class _GuardedEndpoint:
-    def __init__(self, endpoint, clock, description: str, observer) -> None:
+    def __init__(self, endpoint, clock, description: str, observer, acceptsPerTurn: int | None = None) -> None:
         self.endpoint = endpoint
         self.clock = clock
         self.description = description
         self.observer = observer
+        self.acceptsPerTurn = acceptsPerTurn
 
     def listen(self, factory) -> defer.Deferred:
         def guard(port):
             if hasattr(port, "socket") and hasattr(port, "stopReading") and port.socket is not None:
                 pauser = _AcceptPauser(port, self.clock, self.description, self.observer)
-                port.socket = _AcceptGuard(port.socket, pauser)
+                port.socket = _AcceptGuard(port.socket, pauser, self.clock, self.acceptsPerTurn)
             return port
 
         return self.endpoint.listen(factory).addCallback(guard)
 
 
-def guardAccepts(endpoint, clock=None, description: str = "", observer=None):
+def guardAccepts(endpoint, clock=None, description: str = "", observer=None, acceptsPerTurn: int | None = None):
     """
     Wrap a server endpoint so that its port, when out of file descriptors
     (C{EMFILE}, C{ENFILE}), stops accepting for a second instead of
-    retrying at once, and logs it once a minute.
+    retrying at once, and logs it once a minute; and, with
+    C{acceptsPerTurn}, takes at most that many clients per turn of the
+    reactor (to share them with other processes on the same socket).
 
     @param endpoint: an C{IStreamServerEndpoint}; ports that are not
         C{tcp.Port}s (without a listening C{socket}) are left as they are.
@@ -643,8 +694,10 @@ def guardAccepts(endpoint, clock=None, description: str = "", observer=None):
     @param description: the listener, for the log.
     @param observer: a callable given L{ACCEPT_EMFILE} at each pause, or
         C{None}.
+    @param acceptsPerTurn: the most clients taken per turn, or C{None}
+        for as many as are waiting.
     @return: an C{IStreamServerEndpoint}.
     """
     if clock is None:
         from twisted.internet import reactor as clock
-    return _GuardedEndpoint(endpoint, clock, description, observer)
+    return _GuardedEndpoint(endpoint, clock, description, observer, acceptsPerTurn)

@@ -39,10 +39,10 @@ from twisted.python import components, usage
 from zope.interface import implementer
 
 from mailproto._attempts import RetrySchedule
-from mailproto._relayd._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts
+from mailproto._relayd._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts, withBacklog
 from mailproto._relayd._control import ControlFactory, socketPath
 from mailproto._spoollock import SpoolLock
-from mailproto._relayd._privileges import giveSpool, runAs
+from mailproto._relayd._privileges import WorkersCannotRun, checkWorkersCanRun, giveSpool, runAs
 from mailproto._relayd._startup import describeStartFailure
 from mailproto._grammar import isDomain
 from mailproto._relayd._logs import FORMATS as LOG_FORMATS, RelayLog
@@ -66,7 +66,7 @@ DEFAULT_SPOOL = "mailrelay-spool"
 #: from the first octet, RFC 8314, certificate checked).
 SMARTHOST_TLS = (NONE, MAY, ENCRYPT, VERIFY, "implicit")
 
-_LIMITS = ("max-connections", "max-connections-per-destination", "max-messages-per-connection", "max-recipients", "workers")
+_LIMITS = ("max-connections", "max-connections-per-destination", "max-messages-per-connection", "max-recipients")
 _LISTENERS = ("smtp", "submission", "smtps", "lmtp")
 _INTAKE_NUMBERS = (
     "max-clients",
@@ -82,6 +82,18 @@ AUTH_FAILURE_WINDOW = 600.0
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def availableCores() -> int:
+    """
+    @return: how many processors this process may run on (its CPU
+        affinity where the system has one, else the machine's count), at
+        least 1.
+    """
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
 
 
 def parseDuration(text: str) -> float:
@@ -217,10 +229,10 @@ class Options(usage.Options):
         [
             "workers",
             None,
-            1,
-            "Processes that accept mail (1: the relay is one process).  With more, each takes clients on every "
-            "listener and writes into the spool, and this process alone keeps the queue and delivers; limits "
-            "stay the daemon's.",
+            "auto",
+            "Processes that accept mail: a number, or auto for one per core this process may run on (1: the "
+            "relay is one process).  With more, each takes clients on every listener and writes into the spool, "
+            "and this process alone keeps the queue and delivers; limits stay the daemon's.",
         ],
         [
             "max-clients",
@@ -420,6 +432,23 @@ class Options(usage.Options):
         self._checkHostname()
         self._checkSpool()
 
+    def _checkWorkers(self) -> None:
+        """
+        C{--workers}: a whole number more than 0, or C{auto} (one per core
+        this process may run on; C{workersAuto} remembers the choice).
+        """
+        text = str(self["workers"]).strip()
+        self.workersAuto = text.lower() == "auto"
+        if self.workersAuto:
+            self["workers"] = availableCores()
+            return
+        try:
+            self["workers"] = int(text)
+        except ValueError:
+            raise usage.UsageError(f"--workers: {text!r} is neither a whole number nor auto") from None
+        if self["workers"] <= 0:
+            raise usage.UsageError(f"--workers: {text!r} must be more than 0 (or auto)")
+
     def _checkNumbers(self) -> None:
         for name in _LIMITS:
             text = str(self[name])
@@ -429,6 +458,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name}: {text!r} is not a whole number") from None
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name}: {text!r} must be more than 0")
+        self._checkWorkers()
         try:
             self["max-message-size"] = parseSize(str(self["max-message-size"]))
         except ValueError as e:
@@ -827,6 +857,9 @@ class RelayService(service.MultiService):
     connectionLimits = None
     authFailures = None
     checker = None
+    #: What stops the relay's start, found while it was made, or C{None}.
+    startError = None
+
     #: The L{WorkerPool <mailproto._relayd._workers.WorkerPool>} that
     #: accepts mail with C{--workers}, or C{None}.
     workers = None
@@ -910,6 +943,8 @@ class RelayService(service.MultiService):
             raise SystemExit(1) from None
 
     def _privilegedStart(self) -> None:
+        if self.startError is not None:
+            raise self.startError
         # Only one relay per spool: the lock is held until the process ends.
         self.lock.acquire()
         if self.control is not None:
@@ -1060,7 +1095,7 @@ class RelayService(service.MultiService):
             deferred=stats["deferred"],
             failed=stats["failed"],
             reports=stats["reports"],
-            fsyncs=self.queue.fsyncs,
+            fsyncs=self.queue.fsyncs + (self.workers.fsyncs if self.workers is not None else 0),
         )
         return None
 
@@ -1111,7 +1146,7 @@ def _limitedListeners(options: Options, factories: dict, connectionLimits: Conne
         for description in options[kind]:
             name = f"{description} ({kind})" if kind != "smtp" else description
             endpoint = guardAccepts(
-                endpoints.serverFromString(reactor, description),
+                endpoints.serverFromString(reactor, withBacklog(description)),
                 clock=reactor,
                 description=name,
                 observer=functools.partial(connectionLimits.acted, kind),
@@ -1271,22 +1306,43 @@ def _relayingManager(options: Options, queue: Queue, reactor) -> tuple:
     return manager, reportPolicy
 
 
-def _addWorkers(relay: RelayService, options: Options, queue: Queue, connectionLimits, authFailures, reactor) -> None:
+def _workerCount(options: Options, relayAs: tuple[int, int] | None) -> tuple[int, Exception | None]:
     """
-    With C{--workers N}: the workers that accept mail, stopped first when
-    the relay stops (they drain their sessions before the deliveries are
-    drained).
+    How many workers the relay starts: C{--workers}, once it is sure the
+    user it will run as (C{relayAs}) can start them.  If that user cannot,
+    C{--workers auto} falls back to one process, with a warning, and a
+    number given is a start-up error.
+
+    @return: the number of workers, and the error to stop the start with
+        (or C{None}).
+    """
+    count = options["workers"]
+    if count == 1 or relayAs is None:
+        return count, None
+    try:
+        checkWorkersCanRun(*relayAs)
+    except WorkersCannotRun as e:
+        if getattr(options, "workersAuto", False):
+            _log.warn("mailrelay: {why}; running as one process", why=str(e).replace(", or use --workers 1", ""))
+            return 1, None
+        return count, e
+    return count, None
+
+
+def _addWorkers(relay: RelayService, options: Options, count: int, queue: Queue, connectionLimits, authFailures, reactor) -> None:
+    """
+    With C{--workers N}: the C{count} workers that accept mail, stopped
+    first when the relay stops (they drain their sessions before the
+    deliveries are drained).
     """
     from mailproto._relayd._workers import WorkerPool
 
     listen = [(kind, description) for kind in _LISTENERS for description in options[kind]]
-    pool = WorkerPool(
-        options["workers"], listen, options.commandLine, queue, connectionLimits, authFailures, reactor, grace=options["shutdown-grace"]
-    )
+    pool = WorkerPool(count, listen, options.commandLine, queue, connectionLimits, authFailures, reactor, grace=options["shutdown-grace"])
     pool.setServiceParent(relay)
     relay.listeners.append(pool)
     relay.listen = [f"{description} ({kind})" if kind != "smtp" else description for kind, description in listen]
-    relay.listen.append(f"{options['workers']} workers")
+    relay.listen.append(f"{count} workers")
     relay.workers = pool
 
 
@@ -1365,8 +1421,10 @@ def makeService(options: Options) -> RelayService:
     authFailures = AuthFailures(limit=options["max-auth-failures"], window=AUTH_FAILURE_WINDOW, clock=reactor)
     factories = _listenerFactories(options, hostname, deliveryFactory, portal, submissionPortal, authFailures)
     connectionLimits = _connectionLimits(options, reactor)
+    relayAs = runAs(options)
+    workers, workersError = _workerCount(options, relayAs)
     # With workers, they listen; this process keeps the queue and delivers.
-    listeners = _limitedListeners(options, factories, connectionLimits, reactor) if options["workers"] == 1 else []
+    listeners = _limitedListeners(options, factories, connectionLimits, reactor) if workers == 1 else []
     manager, reportPolicy = _relayingManager(options, queue, reactor)
     _warnUnqualifiedHostname(options)
     relay = RelayService(
@@ -1380,9 +1438,10 @@ def makeService(options: Options) -> RelayService:
         shutdownGrace=options["shutdown-grace"],
         clock=reactor,
     )
-    if options["workers"] > 1:
-        _addWorkers(relay, options, queue, connectionLimits, authFailures, reactor)
-    relay.runAs = runAs(options)
+    if workers > 1:
+        _addWorkers(relay, options, workers, queue, connectionLimits, authFailures, reactor)
+    relay.startError = workersError
+    relay.runAs = relayAs
     relay.connectionLimits = connectionLimits
     relay.authFailures = authFailures
     relay.checker = checker

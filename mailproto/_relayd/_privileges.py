@@ -12,6 +12,11 @@ C{tmp/}, C{queue/} and C{corrupt/}, the files in them and the lock file.
 A spool that user could not reach (a parent directory it may not enter)
 or that cannot be given to it (a file system that refuses C{chown}) is a
 start-up error that names the path and the user.
+
+With C{--workers N}, the workers are started after the switch, by the
+relay's user: L{checkWorkersCanRun} makes sure, while still root, that
+this user may run this Python and import mailproto (a Python installed in
+C{/root}, say, is not).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import grp
 import os
 import pwd
 import stat
+import subprocess
+import sys
 
 # The queue's, the MTA-STS policy cache's and the TLS reports' (mailproto._security).
 _SUBDIRECTORIES = ("tmp", "queue", "corrupt", "mta-sts", "tls-reports", os.path.join("tls-reports", "corrupt"))
@@ -29,6 +36,41 @@ class SpoolNotUsable(Exception):
     """
     The user the relay will run as could not use the spool.
     """
+
+
+class WorkersCannotRun(Exception):
+    """
+    The user the relay will run as could not start its workers.
+    """
+
+
+def checkWorkersCanRun(uid: int, gid: int, run=subprocess.run) -> None:
+    """
+    Check that the user and group the relay will run as can start a
+    worker: run this Python as them, importing the worker's module, as
+    the relay will once it has switched.
+
+    @param run: L{subprocess.run}, or a replacement for tests.
+    @raise WorkersCannotRun: if it fails, with the last line it wrote.
+    """
+    argv = [sys.executable, "-c", "import mailproto._relayd._worker"]
+    try:
+        groups = os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
+    except KeyError:
+        groups = []
+    try:
+        result = run(argv, user=uid, group=gid, extra_groups=groups, cwd="/", capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+    else:
+        if result.returncode == 0:
+            return
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = lines[-1] if lines else f"exit status {result.returncode}"
+    raise WorkersCannotRun(
+        f"the workers cannot start as {_userName(uid, gid)}: {sys.executable}: {why} "
+        "(make Python and mailproto readable by that user, or use --workers 1)"
+    )
 
 
 def runAs(options) -> tuple[int, int] | None:

@@ -13,7 +13,7 @@ import errno
 from twisted.internet.error import CannotListenError
 
 from mailproto._relayd._control import SpoolBusy
-from mailproto._relayd._privileges import SpoolNotUsable
+from mailproto._relayd._privileges import SpoolNotUsable, WorkersCannotRun
 
 
 def _where(error: CannotListenError) -> str:
@@ -26,7 +26,7 @@ def describeStartFailure(exception: BaseException) -> str:
     @param exception: what stopped the relay's start.
     @return: what went wrong and what to do, in one line.
     """
-    if isinstance(exception, (SpoolBusy, SpoolNotUsable)):
+    if isinstance(exception, (SpoolBusy, SpoolNotUsable, WorkersCannotRun)):
         return str(exception)
     if isinstance(exception, CannotListenError):
         cause = exception.socketError

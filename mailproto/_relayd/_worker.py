@@ -40,6 +40,7 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IStreamServerEndpoint
 
 from mailproto._relayd import _workerprotocol as wire
+from mailproto._relayd._workers import unfinishedSuffix
 
 _log = Logger(namespace="mailrelay")
 
@@ -148,7 +149,7 @@ class WorkerRelay:
 
         options, reactor = self.options, self.reactor
         hostname = options["hostname"].encode("idna")
-        self.queue = IntakeQueue(options["spool"], self._announce, reactor=reactor)
+        self.queue = IntakeQueue(options["spool"], self._announce, reactor=reactor, unfinishedSuffix=unfinishedSuffix(self.number))
         self.policy = options["policy"]
         self.intake = _submission.intakePolicy(options, hostname, reactor)
         deliveryFactory = QueueDeliveryFactory(self.queue, self.policy, intake=self.intake, dkim=options["dkim-signer"])
@@ -178,8 +179,14 @@ class WorkerRelay:
     #: when it next looks, L{Queue.adoptNew <mailproto._queue.Queue.adoptNew>}).
     announceTimeout = 30.0
 
+    #: Clients taken per turn of the reactor on each listener, so that a
+    #: burst is shared with the other workers rather than taken by the
+    #: first to wake (L{guardAccepts
+    #: <mailproto._relayd._connlimits.guardAccepts>}).
+    acceptsPerTurn = 1
+
     def _announce(self, envelope) -> defer.Deferred:
-        d = self.ask("queued", queueID=envelope.id)
+        d = self.ask("queued", queueID=envelope.id, fsyncs=self.queue.fsyncs)
         d.addTimeout(self.announceTimeout, self.reactor)
         return d
 
@@ -193,7 +200,9 @@ class WorkerRelay:
         options, reactor = self.options, self.reactor
         for kind, description, fileno, family in self.spec["listeners"]:
             paused = functools.partial(self.metrics.limitActed, kind) if self.metrics is not None else None
-            endpoint = guardAccepts(AdoptedEndpoint(reactor, fileno, family), clock=reactor, description=description, observer=paused)
+            endpoint = guardAccepts(
+                AdoptedEndpoint(reactor, fileno, family), clock=reactor, description=description, observer=paused, acceptsPerTurn=self.acceptsPerTurn
+            )
             if options["proxy-protocol"]:
                 endpoint = proxyEndpoint(endpoint, clock=reactor)
             factory = ConnectionLimitsFactory(self.factories[kind], self.limits, kind)

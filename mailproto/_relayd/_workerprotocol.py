@@ -46,7 +46,8 @@ class QuietAMP(amp.AMP):
 
 
 class Queued(amp.Command):
-    arguments = [(b"queueID", amp.Unicode())]
+    # fsyncs: how many the worker's intake has made so far.
+    arguments = [(b"queueID", amp.Unicode()), (b"fsyncs", amp.Integer(optional=True))]
     response: list = []
 
 

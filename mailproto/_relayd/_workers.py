@@ -45,6 +45,7 @@ from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
 
 from mailproto._relayd import _workerprotocol as wire
+from mailproto._relayd._connlimits import withBacklog
 
 _log = Logger(namespace="mailrelay")
 
@@ -53,6 +54,14 @@ RESTART_DELAY = 1.0
 
 #: How long a worker may take to stop after the grace it was given.
 STOP_MARGIN = 5.0
+
+
+def unfinishedSuffix(number: int) -> str:
+    """
+    @return: what ends the names of the messages worker C{number} is
+        receiving in the spool's C{tmp/}.
+    """
+    return f".worker{number}"
 
 
 class _Unused(protocol.Factory):
@@ -99,7 +108,9 @@ class ParentProtocol(wire.QuietAMP):
             self.pool.forwardedMetrics.linkGone(self)
 
     @wire.Queued.responder
-    def queued(self, queueID: str):
+    def queued(self, queueID: str, fsyncs: int | None = None):
+        if fsyncs is not None:
+            self.worker.fsyncs = fsyncs
         try:
             self.pool.queue.adopt(queueID)
         except (KeyError, ValueError) as e:
@@ -181,7 +192,13 @@ class Worker:
         C{"ended"}.
     @ivar protocol: its L{ParentProtocol}, while connected.
     @ivar transport: its process transport, while it runs.
+    @ivar fsyncs: how many C{fsync} calls its process has made, as it
+        last said.
+    @ivar pastFsyncs: how many its earlier processes made.
     """
+
+    fsyncs = 0
+    pastFsyncs = 0
 
     def __init__(self, pool: WorkerPool, number: int) -> None:
         self.pool = pool
@@ -264,6 +281,7 @@ class Worker:
         expected = self.state == "stopping" or not self.pool.running
         self.state = "ended"
         self.transport = None
+        self.pastFsyncs, self.fsyncs = self.pastFsyncs + self.fsyncs, 0
         done, self.done = self.done, None
         code = getattr(reason.value, "exitCode", None)
         why = f"signal {reason.value.signal}" if getattr(reason.value, "signal", None) else f"status {code}"
@@ -324,7 +342,7 @@ class WorkerPool(service.Service):
         leave it for the workers to read.
         """
         for kind, description in self.listen:
-            d = endpoints.serverFromString(self.reactor, description).listen(_Unused())
+            d = endpoints.serverFromString(self.reactor, withBacklog(description)).listen(_Unused())
             failures = []
             ports = []
             d.addCallbacks(ports.append, failures.append)
@@ -395,6 +413,14 @@ class WorkerPool(service.Service):
                 _log.warn("mailrelay: worker {worker} did not stop in time; killed", worker=worker.number)
                 worker.signal(signal.SIGKILL)
 
+    @property
+    def fsyncs(self) -> int:
+        """
+        How many C{fsync} calls the workers made while committing mail,
+        as far as they have said.
+        """
+        return sum(worker.pastFsyncs + worker.fsyncs for worker in self.workers)
+
     def signalAll(self, number: int) -> None:
         """
         Send every running worker a signal (SIGHUP: read the configuration
@@ -405,10 +431,11 @@ class WorkerPool(service.Service):
 
     def workerEnded(self, worker: Worker, expected: bool, why: str) -> None:
         """
-        A worker ended: adopt what it left; start it again unless it was
-        asked to stop.
+        A worker ended: adopt what it committed and remove what it left
+        unfinished; start it again unless it was asked to stop.
         """
         self._adoptLeftovers()
+        self._removeUnfinished(worker)
         if expected:
             _log.info("mailrelay: worker {worker} stopped ({why})", worker=worker.number, why=why)
             return
@@ -420,6 +447,15 @@ class WorkerPool(service.Service):
         if self.running:
             self.restarts += 1
             worker.start()
+
+    def _removeUnfinished(self, worker: Worker) -> None:
+        try:
+            removed = self.queue.removeUnfinished(unfinishedSuffix(worker.number))
+        except OSError as e:
+            _log.warn("mailrelay: could not remove what worker {worker} left unfinished: {why}", worker=worker.number, why=str(e))
+            return
+        if removed:
+            _log.info("mailrelay: removed {count} unfinished message(s) worker {worker} left in tmp/", count=removed, worker=worker.number)
 
     def _adoptLeftovers(self) -> None:
         try:

@@ -35,8 +35,12 @@ def relayCommand(arguments: list[str], scratch: str, twistdArguments: list[str] 
     @param twistdArguments: more options of C{twistd} itself (before
         C{mailrelay}), as C{--uid}.
     @return: the command line and environment of a C{twistd -n mailrelay}
-        that runs in the foreground and logs to its standard output.
+        that runs in the foreground and logs to its standard output.  It
+        runs as one process (C{--workers 1}) unless C{arguments} say how
+        many workers: the tests of several processes ask for them.
     """
+    if not any(a == "--workers" or a.startswith("--workers=") for a in arguments):
+        arguments = ["--workers", "1", *arguments]
     env = dict(os.environ)
     package = os.path.dirname(os.path.dirname(os.path.abspath(mailproto.__file__)))
     path = [package]

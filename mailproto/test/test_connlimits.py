@@ -32,9 +32,11 @@ from mailproto._relayd._connlimits import (
     MAX_CLIENTS_PER_ADDRESS,
     ConnectionLimits,
     ConnectionLimitsFactory,
+    BACKLOG,
     _AcceptGuard,
     _AcceptPauser,
     clientKey,
+    withBacklog,
 )
 from mailproto._relayd._proxy import ProxyProtocolFactory
 
@@ -390,6 +392,23 @@ class _FailingSocket:
         return 99
 
 
+class _WaitingSocket:
+    """
+    A listening socket with C{left} clients waiting, numbered from 1.
+    """
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.taken = 0
+
+    def accept(self):
+        if not self.left:
+            raise BlockingIOError(errno.EAGAIN, "none waiting")
+        self.left -= 1
+        self.taken += 1
+        return self.taken
+
+
 class AcceptGuardTests(SynchronousTestCase):
     """
     L{_AcceptGuard} and L{_AcceptPauser} with a fake port and socket.
@@ -431,6 +450,34 @@ class AcceptGuardTests(SynchronousTestCase):
         guard = _AcceptGuard(_FailingSocket(errno.ECONNABORTED), _AcceptPauser(_FakePort(), Clock(), "x"))
         error = self.assertRaises(OSError, guard.accept)
         self.assertEqual(error.errno, errno.ECONNABORTED)
+
+    def test_perTurn(self):
+        """
+        With C{perTurn}, once that many clients were taken in one turn of
+        the reactor, C{accept()} says C{EAGAIN} (none waiting, for Twisted)
+        without asking the socket, until the next turn; without it, every
+        waiting client is taken.
+        """
+        clock = Clock()
+        waiting = _WaitingSocket(7)
+        guard = _AcceptGuard(waiting, _AcceptPauser(_FakePort(), clock, "x"), clock, perTurn=2)
+        taken = [guard.accept(), guard.accept()]
+        error = self.assertRaises(BlockingIOError, guard.accept)
+        self.assertEqual(error.errno, errno.EAGAIN)
+        self.assertEqual((taken, waiting.left), ([1, 2], 5))
+        clock.advance(0)
+        self.assertEqual([guard.accept(), guard.accept()], [3, 4])
+        self.assertRaises(BlockingIOError, guard.accept)
+        clock.advance(0)
+        # A turn that took one client is a turn too.
+        self.assertEqual(guard.accept(), 5)
+        clock.advance(0)
+        self.assertEqual([guard.accept(), guard.accept()], [6, 7])
+        clock.advance(0)
+        self.assertRaises(BlockingIOError, guard.accept)
+        self.assertEqual(waiting.left, 0)
+        unlimited = _AcceptGuard(_WaitingSocket(50), _AcceptPauser(_FakePort(), clock, "x"))
+        self.assertEqual([unlimited.accept() for _ in range(50)], list(range(1, 51)))
 
     def test_closedPortNotResumed(self):
         """
@@ -834,3 +881,73 @@ class LaterAdmissionTests(SynchronousTestCase):
         self.assertEqual(self.server.built[0].events[1], ("data", b"EHLO x\r\n"))
         protocol.connectionLost(None)
         self.assertEqual(self.limits.released, [IPv4Address("TCP", "192.0.2.7", 40000)])
+
+
+class BacklogTests(SynchronousTestCase):
+    """
+    L{withBacklog}, and what the backlog it gives does on a real loopback
+    port.
+    """
+
+    def test_added(self):
+        """
+        TCP, TLS and UNIX listeners get the backlog unless they set one;
+        other endpoint types are left as they are.
+        """
+        for description, expected in [
+            ("tcp:25", f"tcp:25:backlog={BACKLOG}"),
+            ("tcp:8025:interface=127.0.0.1", f"tcp:8025:interface=127.0.0.1:backlog={BACKLOG}"),
+            ("TCP6:25:interface=\\:\\:1", f"TCP6:25:interface=\\:\\:1:backlog={BACKLOG}"),
+            ("ssl:465:privateKey=k.pem:certKey=c.pem", f"ssl:465:privateKey=k.pem:certKey=c.pem:backlog={BACKLOG}"),
+            ("unix:/run/relay.sock", f"unix:/run/relay.sock:backlog={BACKLOG}"),
+            ("tcp:25:backlog=10", "tcp:25:backlog=10"),
+            ("tcp:25: backlog = 10", "tcp:25: backlog = 10"),
+            ("unix:/run/backlog=1", f"unix:/run/backlog=1:backlog={BACKLOG}"),
+            ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ]:
+            self.assertEqual(withBacklog(description), expected, description)
+        self.assertEqual(withBacklog("tcp:25", 64), "tcp:25:backlog=64")
+
+    def acceptedAtOnce(self, description: str, clients: int = 200) -> int:
+        """
+        Listen on C{description} without accepting; connect C{clients}
+        clients at once; then accept for half a second (less than the
+        second after which a client whose connection the kernel dropped
+        tries again).
+
+        @return: how many were accepted.
+        """
+        from twisted.internet import endpoints, reactor
+
+        ports = []
+        endpoints.serverFromString(reactor, description).listen(Factory.forProtocol(Protocol)).addCallback(ports.append)
+        [port] = ports
+        listener = port.socket
+        self.addCleanup(port.stopListening)
+        port.stopReading()
+        address = port.getHost()
+        sockets = []
+        self.addCleanup(lambda: [c.close() for c in sockets])
+        for _ in range(clients):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c.setblocking(False)
+            c.connect_ex((address.host, address.port))
+            sockets.append(c)
+        accepted = []
+        self.addCleanup(lambda: [c.close() for c in accepted])
+        listener.settimeout(0.5)
+        try:
+            while len(accepted) < clients:
+                accepted.append(listener.accept()[0])
+        except socket.timeout:
+            pass
+        return len(accepted)
+
+    def test_burstWaits(self):
+        """
+        With the backlog given, 200 clients connecting at once all wait for
+        their turn in the kernel and are accepted at once; with Twisted's
+        default of 50, most are dropped and would have to try again.
+        """
+        self.assertEqual(self.acceptedAtOnce(withBacklog("tcp:0:interface=127.0.0.1")), 200)
+        self.assertLess(self.acceptedAtOnce("tcp:0:interface=127.0.0.1"), 150)

@@ -47,7 +47,7 @@ from zope.interface.verify import verifyObject
 import mailproto
 from mailproto._relayd import _daemon
 from mailproto._relayd._connlimits import ConnectionLimitsFactory
-from mailproto._relayd._daemon import DEFAULT_LISTEN, DEFAULT_SPOOL, Options, RelayService, makeService
+from mailproto._relayd._daemon import DEFAULT_LISTEN, DEFAULT_SPOOL, Options, RelayService, availableCores, makeService
 from mailproto._relay import LOOPBACK
 from mailproto.relaymanager import SmartHost, SmartHostESMTPRelayingManager
 from mailproto.test._relayprocess import relayCommand
@@ -365,7 +365,13 @@ def _sendWithSmtplib(port: int, sender: str, recipients: list[str], message: byt
 
 
 def _parse(*arguments: str) -> Options:
+    """
+    @return: the options of C{arguments}, for one process (C{--workers 1})
+        unless they say otherwise.
+    """
     options = Options()
+    if not any(a == "--workers" or a.startswith("--workers=") for a in arguments):
+        arguments = ("--workers", "1", *arguments)
     options.parseOptions(list(arguments))
     return options
 
@@ -398,7 +404,9 @@ class OptionsTests(SynchronousTestCase):
         C{mailrelay-spool}, relays by MX records for loopback clients,
         with the documented limits and this machine's name.
         """
-        options = _parse()
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual((options["workers"], options.workersAuto), (availableCores(), True))
         self.assertEqual(options["smtp"], ["tcp:8025:interface=127.0.0.1"])
         self.assertEqual(options["smtp"], [DEFAULT_LISTEN])
         self.assertEqual(options["spool"], "mailrelay-spool")
@@ -414,6 +422,38 @@ class OptionsTests(SynchronousTestCase):
         policy = options["policy"]
         self.assertEqual(policy.networks, [ipaddress.ip_network(n) for n in LOOPBACK])
         self.assertEqual(policy.domains, set())
+
+    def test_workers(self):
+        """
+        C{--workers} takes a whole number more than 0, or C{auto} (in any
+        case) for the number of cores this process may run on, which is
+        also the default; anything else is a one-line usage error.
+        """
+        for given, expected, auto in [("3", 3, False), ("1", 1, False), (" 2 ", 2, False), ("auto", availableCores(), True), ("AUTO", availableCores(), True)]:
+            options = Options()
+            options.parseOptions(["--workers", given])
+            self.assertEqual((options["workers"], options.workersAuto), (expected, auto), given)
+        self.assertUsageError(["--workers", "0"], "--workers: '0' must be more than 0")
+        self.assertUsageError(["--workers", "-2"], "--workers: '-2' must be more than 0")
+        self.assertUsageError(["--workers", "two"], "--workers: 'two' is neither a whole number nor auto")
+        self.assertUsageError(["--workers", ""], "--workers: '' is neither a whole number nor auto")
+
+    def test_availableCores(self):
+        """
+        The number of cores is this process's CPU affinity where the system
+        has one, else the machine's count, and at least 1.
+        """
+        self.patch(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+        self.assertEqual(availableCores(), 3)
+
+        def noAffinity(pid):
+            raise OSError("not here")
+
+        self.patch(os, "sched_getaffinity", noAffinity)
+        self.patch(os, "cpu_count", lambda: 6)
+        self.assertEqual(availableCores(), 6)
+        self.patch(os, "cpu_count", lambda: None)
+        self.assertEqual(availableCores(), 1)
 
     def test_defaultsNotShared(self):
         """
@@ -670,7 +710,7 @@ class MakeServiceTests(TestCase):
         )
         # An IPv6 smart host is shown as it is given.
         options = Options()
-        options.parseOptions(["--spool", self.mktemp(), "--smtp", "tcp:2527:interface=127.0.0.1", "--smarthost", "[::1]:2526", "--hostname", "relay.example"])
+        options.parseOptions(["--workers", "1", "--spool", self.mktemp(), "--smtp", "tcp:2527:interface=127.0.0.1", "--smarthost", "[::1]:2526", "--hostname", "relay.example"])
         self.assertTrue(makeService(options).description.startswith("relaying through [::1]:2526;"))
 
     def test_softBounce(self):
@@ -927,6 +967,7 @@ class CommandTests(TestCase):
             (["--smtp", "tcp:notaport"], "--smtp 'tcp:notaport': not an endpoint ("),
             (["--relay-network", "10.0.0.0/33"], "--relay-network: '10.0.0.0/33'"),
             (["--max-connections", "0"], "--max-connections: '0' must be more than 0"),
+            (["--workers", "many"], "--workers: 'many' is neither a whole number nor auto"),
             (["--no-such-option"], "option --no-such-option not recognized"),
         ]:
             out, err, code = yield self.runRelay("--spool", spool, *arguments)

@@ -467,6 +467,44 @@ class AdoptNewTests(SynchronousTestCase):
         self.assertEqual(queue.adoptNew(), [])
 
 
+class RemoveUnfinishedTests(SynchronousTestCase):
+    """
+    L{Queue.removeUnfinished}: what a dead worker left in C{tmp/}, told
+    apart from what others are still receiving by its suffix.
+    """
+
+    def test_onlyThatWorkers(self):
+        """
+        The messages of the worker whose suffix is given are removed, and
+        only those: another worker's, the parent's own and C{mailproto
+        queue move}'s copies stay; committing a message renames it into
+        C{queue/} under its id alone.
+        """
+        directory = self.mktemp()
+        queue = Queue(directory, runInThread=synchronously)
+        workers = [IntakeQueue(directory, lambda e: defer.succeed(None), runInThread=synchronously, unfinishedSuffix=f".worker{n}") for n in (1, 2)]
+        writing = [w.newMessage(envelope()) for w in workers for _ in range(2)]
+        for spool in writing:
+            spool.write(b"z" * (SpoolFile.SPILL + 1))
+        own = queue.newMessage(envelope())
+        own.write(b"z" * (SpoolFile.SPILL + 1))
+        with open(os.path.join(directory, "tmp", newMessageID() + ".move"), "wb"):
+            pass
+        tmp = sorted(os.listdir(os.path.join(directory, "tmp")))
+        self.assertEqual(len(tmp), 6)
+        self.assertEqual(sorted(n for n in tmp if n.endswith(".worker1")), sorted(s.envelope.id + ".worker1" for s in writing[:2]))
+
+        self.assertEqual(queue.removeUnfinished(".worker1"), 2)
+        self.assertEqual(sorted(os.listdir(os.path.join(directory, "tmp"))), sorted(n for n in tmp if not n.endswith(".worker1")))
+        self.assertEqual(queue.removeUnfinished(".worker1"), 0)
+        self.assertRaises(ValueError, queue.removeUnfinished, "")
+        # Worker 2's go on to their commit.
+        with capturedLogs():
+            committed = self.successResultOf(writing[2].commit())
+        self.assertIn(committed.id, os.listdir(os.path.join(directory, "queue")))
+        self.assertNotIn(committed.id + ".worker2", os.listdir(os.path.join(directory, "tmp")))
+
+
 class IntakeSessionTests(SynchronousTestCase):
     """
     An ESMTP server of a worker, with a L{QueueDeliveryFactory} writing

@@ -46,7 +46,13 @@ except ImportError:  # pragma: no cover
 
 
 def _parse(*arguments: str) -> Options:
+    """
+    @return: the options of C{arguments}, for one process (C{--workers 1})
+        unless they say otherwise.
+    """
     options = Options()
+    if not any(a == "--workers" or a.startswith("--workers=") for a in arguments):
+        arguments = ("--workers", "1", *arguments)
     options.parseOptions(list(arguments))
     return options
 
@@ -475,7 +481,7 @@ class MakeServiceTests(SynchronousTestCase):
             # What twistd's own options would say (twistd sets the parent).
             options = Options()
             options.parent = twistd
-            options.parseOptions(["--spool", self.mktemp(), *arguments])
+            options.parseOptions(["--workers", "1", "--spool", self.mktemp(), *arguments])
             return options
 
         relay = makeService(parse({"logfile": logfile}, "--log-format", "json"))

@@ -16,15 +16,20 @@ import json
 import os
 import pwd
 import shutil
+import site
+import subprocess
+import sys
 import tempfile
 
 from twisted.internet import defer, reactor, threads
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from mailproto._commandline._cli import runCommand
-from mailproto._relayd._privileges import SpoolNotUsable, giveSpool, runAs
+from mailproto._relayd import _daemon
+from mailproto._relayd._privileges import SpoolNotUsable, WorkersCannotRun, checkWorkersCanRun, giveSpool, runAs
 from mailproto._queue import Envelope, Queue, Recipient
+from mailproto.test._relayprocess import relayCommand
 from mailproto.test.test_daemon import RelayProcess, _sendWithSmtplib, freePort, spoolListing, waitUntil
 from mailproto.testing import ScriptedSMTPFactory
 
@@ -218,6 +223,135 @@ class RunAsTests(SynchronousTestCase):
         self.assertIn(parent, str(error))
 
 
+class WorkersRunAsTests(SynchronousTestCase):
+    """
+    L{checkWorkersCanRun}, and how many workers the relay starts when the
+    user it will run as cannot start them (L{_daemon._workerCount}).
+    """
+
+    def fakeRun(self, result):
+        """
+        @param result: the L{subprocess.CompletedProcess} to return, or an
+            exception to raise.
+        @return: a replacement for L{subprocess.run} that records its calls.
+        """
+        self.calls = []
+
+        def run(argv, **kwargs):
+            self.calls.append((argv, kwargs))
+            if isinstance(result, BaseException):
+                raise result
+            return result
+
+        return run
+
+    def test_canRun(self):
+        """
+        The check runs this Python, as the user and group, importing the
+        worker's module; a clean exit is a pass.
+        """
+        run = self.fakeRun(subprocess.CompletedProcess([], 0, b"", b""))
+        self.assertIsNone(checkWorkersCanRun(65534, 65534, run=run))
+        [(argv, kwargs)] = self.calls
+        self.assertEqual(argv, [sys.executable, "-c", "import mailproto._relayd._worker"])
+        self.assertEqual((kwargs["user"], kwargs["group"], kwargs["cwd"]), (65534, 65534, "/"))
+
+    def test_importFails(self):
+        """
+        A failed import is refused with the last line Python wrote, the
+        user, the interpreter, and what to do.
+        """
+        stderr = b"Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'mailproto'\n"
+        run = self.fakeRun(subprocess.CompletedProcess([], 1, b"", stderr))
+        error = self.assertRaises(WorkersCannotRun, checkWorkersCanRun, 65534, 65534, run=run)
+        text = str(error)
+        self.assertIn(f"{sys.executable}: ModuleNotFoundError: No module named 'mailproto'", text)
+        self.assertIn("or use --workers 1", text)
+        self.assertNotIn("\n", text)
+        self.assertNotIn("Traceback", text)
+
+    def test_cannotExecute(self):
+        """
+        An interpreter the user may not run (a Python under C{/root}) is
+        refused with the system's reason; so is a silent failure, with its
+        status.
+        """
+        run = self.fakeRun(PermissionError(13, "Permission denied"))
+        error = self.assertRaises(WorkersCannotRun, checkWorkersCanRun, 65534, 65534, run=run)
+        self.assertIn(f"{sys.executable}: Permission denied", str(error))
+        run = self.fakeRun(subprocess.CompletedProcess([], 3, b"", b""))
+        error = self.assertRaises(WorkersCannotRun, checkWorkersCanRun, 65534, 65534, run=run)
+        self.assertIn("exit status 3", str(error))
+
+    def test_unreachableInterpreter(self):
+        """
+        For real, as root: this Python, reached through a directory nobody
+        may not enter, cannot be run by nobody.
+        """
+        _needRoot()
+        private = os.path.join(_openScratch(self), "private")
+        os.makedirs(private, mode=0o700)
+        os.symlink(sys.executable, os.path.join(private, "python"))
+        self.patch(sys, "executable", os.path.join(private, "python"))
+        nobody, nogroup = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+        error = self.assertRaises(WorkersCannotRun, checkWorkersCanRun, nobody, nogroup)
+        self.assertIn("the workers cannot start as nobody:nogroup", str(error))
+        self.assertIn("Permission denied", str(error))
+
+    def workerCount(self, arguments, relayAs, failure=None):
+        options = _daemon.Options()
+        options.parseOptions(["--spool", self.mktemp(), *arguments])
+        checked = []
+
+        def check(uid, gid):
+            checked.append((uid, gid))
+            if failure is not None:
+                raise failure
+
+        self.patch(_daemon, "checkWorkersCanRun", check)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        count, error = _daemon._workerCount(options, relayAs)
+        return count, error, checked, [e for e in events if e.get("log_level") is not None and e["log_level"].name == "warn"]
+
+    def test_countChecked(self):
+        """
+        Workers are checked only when the relay will switch user: then a
+        pass keeps the number.
+        """
+        self.assertEqual(self.workerCount(["--workers", "2"], None)[:3], (2, None, []))
+        self.assertEqual(self.workerCount(["--workers", "1"], (65534, 65534))[:3], (1, None, []))
+        self.assertEqual(self.workerCount(["--workers", "2"], (65534, 65534))[:3], (2, None, [(65534, 65534)]))
+
+    def test_autoFallsBack(self):
+        """
+        With C{--workers auto} (the default), workers the user cannot start
+        make the relay one process, with one warning that says why.
+        """
+        failure = WorkersCannotRun("the workers cannot start as nobody:nogroup: /root/python: Permission denied (make Python and mailproto readable by that user, or use --workers 1)")
+        for arguments in ([], ["--workers", "auto"]):
+            options = _daemon.Options()
+            options.parseOptions(["--spool", self.mktemp(), "--workers", "auto"])
+            if options["workers"] == 1:
+                raise SkipTest("one core here: auto is one process anyway")
+            count, error, checked, warnings = self.workerCount(arguments, (65534, 65534), failure)
+            self.assertEqual((count, error, checked), (1, None, [(65534, 65534)]))
+            [warning] = warnings
+            text = formatEvent(warning)
+            self.assertIn("nobody:nogroup: /root/python: Permission denied", text)
+            self.assertTrue(text.endswith("readable by that user); running as one process"), text)
+
+    def test_givenNumberFails(self):
+        """
+        A number of workers given and not possible is an error, to stop the
+        start with.
+        """
+        failure = WorkersCannotRun("the workers cannot start as nobody:nogroup: ...")
+        count, error, checked, warnings = self.workerCount(["--workers", "2"], (65534, 65534), failure)
+        self.assertEqual((count, error, warnings), (2, failure, []))
+
+
 class UnprivilegedRelayTests(TestCase):
     """
     C{twistd --uid nobody --gid nogroup --umask 022 mailrelay}, started as
@@ -232,20 +366,110 @@ class UnprivilegedRelayTests(TestCase):
         self.spool = os.path.join(self.scratch, "spool")
 
     @defer.inlineCallbacks
-    def startRelay(self, script):
+    def startRelay(self, script, *extra: str, python: str | None = None, listens: bool = True):
+        """
+        Start the relay as nobody, relaying to a scripted smart host.
+
+        @param extra: more options of C{mailrelay}.
+        @param python: run it with this interpreter (a link to this one,
+            with this one's site-packages on its path) rather than this
+            one.
+        @param listens: whether to wait until it listens.
+        @return: a L{Deferred} firing with the smart host's factory, the
+            L{RelayProcess} and its port.
+        """
         smartHost = ScriptedSMTPFactory(script)
         listening = reactor.listenTCP(0, smartHost, interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         port = freePort()
-        relay = RelayProcess.spawn(
-            self,
+        argv, env = relayCommand(
             ["--smtp", f"tcp:{port}:interface=127.0.0.1", "--spool", self.spool, "--hostname", "relay.test",
-             "--smarthost", f"127.0.0.1:{listening.getHost().port}", "--smarthost-tls", "none", "--retry-schedule", "1h"],
+             "--smarthost", f"127.0.0.1:{listening.getHost().port}", "--smarthost-tls", "none", "--retry-schedule", "1h",
+             *extra],
             self.scratch,
-            twistdArguments=["--uid", "nobody", "--gid", "nogroup", "--umask", "022"],
+            ["--uid", "nobody", "--gid", "nogroup", "--umask", "022"],
         )  # fmt: skip
-        yield relay.whenListening()
+        if python is not None:
+            argv[0] = python
+            env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], *site.getsitepackages()])
+        relay = RelayProcess()
+        relay._spawn(self, argv, env, self.scratch)
+        if listens:
+            yield relay.whenListening()
         return smartHost, relay, port
+
+    def unreachablePython(self) -> str:
+        """
+        @return: a link to this Python in a directory nobody may not enter
+            (as a Python installed under C{/root} is).
+        """
+        private = os.path.join(self.scratch, "private")
+        os.makedirs(private, mode=0o700)
+        os.symlink(sys.executable, os.path.join(private, "python"))
+        return os.path.join(private, "python")
+
+    @defer.inlineCallbacks
+    def test_workersAsNobody(self):
+        """
+        With C{--workers 2}, the workers run as nobody too, and take mail
+        that the parent delivers; where nobody cannot run this Python, the
+        relay does not start, and says why in one line.
+        """
+        nobody, nogroup = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+        try:
+            checkWorkersCanRun(nobody, nogroup)
+        except WorkersCannotRun as e:
+            smartHost, relay, port = yield self.startRelay({}, "--workers", "2", listens=False)
+            yield relay.whenEnded()
+            self.assertIn(f"mailrelay: cannot start: {e}", relay.text())
+            self.assertNotIn("Traceback", relay.text())
+            return
+        from mailproto.test.test_workers import workerProcesses
+
+        smartHost, relay, port = yield self.startRelay({}, "--workers", "2")
+        yield waitUntil(lambda: len(workerProcesses(self.spool)) == 2, 20, lambda: relay.text()[-2000:])
+        for pid in workerProcesses(self.spool).values():
+            with open(f"/proc/{pid}/status") as f:
+                uids = [line.split()[1:] for line in f if line.startswith("Uid:")][0]
+            self.assertEqual(set(uids), {str(nobody)})
+        refused = yield _sendWithSmtplib(port, "jo@example.org", ["ann@example.com"], b"Subject: by a worker\r\n\r\nhello\r\n")
+        self.assertEqual(refused, {})
+        yield waitUntil(lambda: any(b"Subject: by a worker" in m for m in smartHost.messages), 20, lambda: relay.text()[-2000:])
+        self.assertPrivateAndOwned()
+        self.assertEqual(relay.logLines("Traceback"), [])
+
+    @defer.inlineCallbacks
+    def test_workersCannotRun(self):
+        """
+        Run by a Python nobody may not run, the relay given C{--workers 2}
+        does not start: one line says why and what to do, with no
+        traceback, and it exits with status 1.
+        """
+        smartHost, relay, port = yield self.startRelay({}, "--workers", "2", python=self.unreachablePython(), listens=False)
+        yield relay.whenEnded()
+        self.assertEqual(relay.reason.exitCode, 1, relay.text())
+        [line] = relay.logLines("mailrelay: cannot start:")
+        self.assertIn("the workers cannot start as nobody:nogroup: ", line)
+        self.assertIn("Permission denied (make Python and mailproto readable by that user, or use --workers 1)", line)
+        self.assertNotIn("Traceback", relay.text())
+
+    @defer.inlineCallbacks
+    def test_autoWorkersFallBack(self):
+        """
+        The same relay with the default C{--workers auto} runs as one
+        process, warning once, and takes and delivers mail.
+        """
+        if _daemon.availableCores() < 2:
+            raise SkipTest("one core here: auto is one process anyway")
+        smartHost, relay, port = yield self.startRelay({}, "--workers", "auto", python=self.unreachablePython())
+        [warning] = relay.logLines("the workers cannot start as nobody:nogroup")
+        self.assertTrue(warning.endswith("readable by that user); running as one process"), warning)
+        [listening] = relay.logLines("mailrelay: listening on")
+        self.assertNotIn("workers", listening)
+        refused = yield _sendWithSmtplib(port, "jo@example.org", ["ann@example.com"], b"Subject: one process\r\n\r\nhello\r\n")
+        self.assertEqual(refused, {})
+        yield waitUntil(lambda: any(b"Subject: one process" in m for m in smartHost.messages), 20, lambda: relay.text()[-2000:])
+        self.assertEqual(relay.logLines("Traceback"), [])
 
     def assertPrivateAndOwned(self):
         nobody, nogroup = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid

@@ -1,0 +1,1 @@
+``twistd mailrelay`` now takes mail in with one worker process per core it may run on (``--workers auto``, the new default; ``--workers 1`` keeps one process).  Started as root with ``--uid``, the relay first checks that its user can run the workers: if not, ``auto`` falls back to one process with a warning, and a number given is a one-line start-up error.
