@@ -81,6 +81,12 @@ _positive = _number(int, "a positive whole number", 1, float("inf"), "1 or more"
 _seconds = _number(float, "a number of seconds", 1e-6, 1e6 - 1, "more than 0")
 
 
+def _workerCount(value: str) -> int:
+    from mailproto._commandline._sinkworkers import parseWorkerCount
+
+    return parseWorkerCount(value)
+
+
 def _mechanism(value: str) -> str:
     from mailproto._commandline._send import MECHANISMS
 
@@ -164,7 +170,8 @@ class SinkOptions(_Command):
         "Examples: mailproto sink --summary;  "
         "mailproto sink --maildir ./mail --quiet;  "
         "mailproto sink --lmtp --listen unix:/tmp/lmtp.sock;  "
-        "mailproto sink --listen ssl:1465:privateKey=key.pem:certKey=cert.pem"
+        "mailproto sink --listen ssl:1465:privateKey=key.pem:certKey=cert.pem;  "
+        "mailproto sink --workers auto --quiet --port 2525"
     )
 
     optFlags = [
@@ -206,6 +213,14 @@ class SinkOptions(_Command):
             "implicit TLS, use an ssl: endpoint with --listen.",
         ],
         ["tls-key", None, None, "The PEM private key of --tls-certificate, if it is not in the same file."],
+        [
+            "workers",
+            None,
+            1,
+            "How many processes take the mail, all on the same ports: a number, or auto for one per CPU this "
+            "process may use.  What they print still comes out a whole message at a time; --mbox needs 1.",
+            _workerCount,
+        ],
     ]
 
     compData = usage.Completions(
@@ -239,6 +254,11 @@ class SinkOptions(_Command):
     def postOptions(self) -> None:
         if self["maildir"] and self["mbox"]:
             raise usage.UsageError("--maildir and --mbox cannot be used together; choose one")
+        if self["mbox"] and self["workers"] > 1:
+            raise usage.UsageError(
+                "--mbox cannot be used with more than one worker: the mbox lock does not wait for another holder, "
+                "so workers writing at once would refuse mail; use --maildir"
+            )
         if self["tls-key"] and not self["tls-certificate"]:
             raise usage.UsageError("--tls-key needs --tls-certificate")
         if self["hostname"] is not None and _hostnameRe.fullmatch(self["hostname"]) is None:
@@ -276,6 +296,10 @@ class SinkOptions(_Command):
             say(f"error: cannot use {which} {self['maildir'] or self['mbox']}: {_describeOSError(e)}")
             return 1
         printer = self._printer(stdout)
+        if self["workers"] > 1:
+            from mailproto._commandline._sinkworkers import serveWithWorkers
+
+            return serveWithWorkers(self, reactor, say, stdout, store, printer)
         sink = Sink(store, printer)
         factory = self._makeFactory(sink)
         server = SinkServer(reactor, factory, self["listen"])

@@ -39,6 +39,7 @@ from twisted.python import components, usage
 from zope.interface import implementer
 
 from mailproto._attempts import RetrySchedule
+from mailproto._cores import availableCores
 from mailproto._relayd._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts, withBacklog
 from mailproto._relayd._control import ControlFactory, socketPath
 from mailproto._spoollock import SpoolLock
@@ -82,18 +83,6 @@ AUTH_FAILURE_WINDOW = 600.0
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def availableCores() -> int:
-    """
-    @return: how many processors this process may run on (its CPU
-        affinity where the system has one, else the machine's count), at
-        least 1.
-    """
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except (AttributeError, OSError):
-        return max(os.cpu_count() or 1, 1)
 
 
 def parseDuration(text: str) -> float:

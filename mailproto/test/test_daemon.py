@@ -47,7 +47,8 @@ from zope.interface.verify import verifyObject
 import mailproto
 from mailproto._relayd import _daemon
 from mailproto._relayd._connlimits import ConnectionLimitsFactory
-from mailproto._relayd._daemon import DEFAULT_LISTEN, DEFAULT_SPOOL, Options, RelayService, availableCores, makeService
+from mailproto._cores import availableCores
+from mailproto._relayd._daemon import DEFAULT_LISTEN, DEFAULT_SPOOL, Options, RelayService, makeService
 from mailproto._relay import LOOPBACK
 from mailproto.relaymanager import SmartHost, SmartHostESMTPRelayingManager
 from mailproto.test._relayprocess import relayCommand
