@@ -46,7 +46,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.trial.unittest import SkipTest
 
+from mailproto._cores import availableCores
 from mailproto.test.test_daemon import freePort, spoolListing, testIDOf, waitUntil
 from mailproto.test.test_mailrelay import _Files
 from mailproto.test.test_operations import (
@@ -474,6 +476,30 @@ class DeliveryTests(WorkerHarness):
         # per message they committed.
         [stopped] = relay.logLines("mailrelay: stopped;")
         self.assertGreaterEqual(int(re.search(r"(\d+) fsyncs", stopped).group(1)), 200, stopped)
+
+    @defer.inlineCallbacks
+    def test_autoIsOnePerCore(self):
+        """
+        C{--workers auto}, the default, starts one worker per core this
+        process may run on, each of which takes mail.
+        """
+        cores = availableCores()
+        if cores < 2:
+            raise SkipTest("one core here: auto is one process")
+        smartHost = recordingSmartHost()
+        relay = self.startRelay(self.listenSmartHost(smartHost), "--workers", "auto", "--shutdown-grace", "2s")
+        self.relays.append(relay)
+        self.addCleanup(self.resumeWorkers)
+        yield relay.whenListening()
+        [listening] = relay.logLines("mailrelay: listening on")
+        self.assertIn(f", {cores} workers;", listening)
+        yield self.whenAccepting(relay, {n: 1 for n in range(1, cores + 1)})
+        load = _CountedLoad(SEED, self.port, CLIENTS, total=20)
+        load.start()
+        self.addCleanup(load.stop)
+        yield waitUntil(load.finished, SOON, lambda: f"the load to end:\n{relay.text()[-3000:]}")
+        self.assertEqual(len(load.acknowledged), 20)
+        yield waitUntil(lambda: set(arrivals(smartHost)) >= load.acknowledged, SOON, lambda: relay.text()[-3000:])
 
     @defer.inlineCallbacks
     def test_burstShared(self):
