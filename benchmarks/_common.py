@@ -27,6 +27,8 @@ START_DEADLINE = 30
 #: The relay daemon as a server of its own: C{mailrelay-Nw} is
 #: C{twistd mailrelay --workers N}.
 RELAY_KIND = re.compile(r"^mailrelay-(\d+)w$")
+# mailproto sink --workers N --quiet: "sink-Nw".
+SINK_KIND = re.compile(r"^sink-(\d+)w$")
 #: The listening backlog of every server of C{accept.py} and
 #: C{pipeline.py} (smtp-sink's, those of C{_servers.py}, the relay
 #: daemon's).
@@ -511,14 +513,7 @@ class RelayServer:
         @return: the largest resident set sizes of the relay's processes,
             added up, in MiB (an upper bound of the peak of the whole).
         """
-        total = 0
-        for pid, _, _ in _processes(self.process.pid):
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    total += next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-            except (OSError, StopIteration):
-                pass
-        return total / 1024
+        return sessionPeakRSS(self.process.pid)
 
     def queued(self) -> int:
         """
@@ -565,6 +560,86 @@ class RelayServer:
                 process.wait()
 
 
+def sessionPeakRSS(session: int) -> float:
+    """
+    @return: the largest resident set sizes of the processes of
+        C{session}, added up, in MiB (an upper bound of the peak of the
+        whole).
+    """
+    total = 0
+    for pid, _, _ in _processes(session):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
+SINK_STARTED = re.compile(r"started (\d+) worker processes")
+SINK_STOPPED = re.compile(r"stopped after (\d+) message")
+
+
+class SinkWorkersServer:
+    """
+    C{mailproto sink --workers N --quiet} (kind C{sink-Nw}) on 127.0.0.1:
+    mailproto's sink on N processes sharing the listening socket, keeping
+    and printing nothing, so discarding as the other servers of
+    C{accept.py} do.  Its CPU time and memory are those of all its
+    processes; C{received} is the count it gives when it stops.
+    """
+
+    def __init__(self, kind: str, root: str = ROOT) -> None:
+        self.kind = kind
+        self.workers = int(SINK_KIND.match(kind).group(1))
+        self.port = freePort()
+        handle, self.log = tempfile.mkstemp(prefix=f"mailproto-bench-{kind}-", suffix=".log")
+        os.close(handle)
+        argv = [sys.executable, "-m", "mailproto", "sink", "--workers", str(self.workers), "--quiet",
+                "--port", str(self.port), "--hostname", "sink.bench.test"]
+        with open(self.log, "ab") as log:
+            self.process = startSession(argv, env=pythonEnv(root), cwd="/tmp", stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            waitForGreeting(self.port, self.process, self.log)
+            if self.workers > 1:
+                end = time.monotonic() + START_DEADLINE
+                while not SINK_STARTED.search(self._text()):
+                    if time.monotonic() > end or self.process.poll() is not None:
+                        raise Failed(f"{kind} did not start its workers:\n{tail(self.log)}")
+                    time.sleep(0.05)
+        except BaseException:
+            stopProcessGroup(self.process, 10)
+            raise
+
+    def _text(self) -> str:
+        with open(self.log, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def cpu(self) -> float:
+        """
+        @return: the user + system CPU time so far of its processes.
+        """
+        return sessionCPU(self.process.pid)
+
+    def peakRSS(self) -> float:
+        return sessionPeakRSS(self.process.pid)
+
+    def stop(self) -> None:
+        """
+        Stop it (SIGTERM); C{received} is then the number of messages it
+        says it received.
+        """
+        stopProcessGroup(self.process, 15)
+        text = self._text()
+        found = SINK_STOPPED.search(text)
+        self.received = int(found.group(1)) if found else None
+        self.problems = [] if found else [f"{self.kind} did not say how many it received:\n{tail(self.log)}"]
+        if "Traceback" in text:
+            self.problems.append(f"{self.kind} wrote a traceback:\n{text[-2000:]}")
+        os.unlink(self.log)
+
+
 def stopProcessGroup(process, grace, pid=None) -> None:
     """
     SIGTERM to C{pid} (default: the process itself), wait at most
@@ -605,11 +680,13 @@ def cpuByProcess(server, before=None) -> dict:
 
 def startServer(kind: str, maxSize=None, root: str = ROOT):
     """
-    @return: a L{Server} of C{kind}, or a L{RelayServer} for
-        C{mailrelay-Nw}.
+    @return: a L{Server} of C{kind}, a L{RelayServer} for C{mailrelay-Nw},
+        or a L{SinkWorkersServer} for C{sink-Nw}.
     """
     if RELAY_KIND.match(kind):
         return RelayServer(kind, root)
+    if SINK_KIND.match(kind):
+        return SinkWorkersServer(kind, root)
     return Server(kind, maxSize, root)
 
 

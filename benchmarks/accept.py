@@ -15,7 +15,11 @@ mailrelay --workers N}, default 1 and 2): it says 250 only once the
 message is durable in its spool (in /tmp), and meanwhile sends it on to
 an smtp-sink of its own that throws it away; its CPU and memory are
 those of all its processes, and each of its runs ends once it has sent
-on everything (not timed; C{_common.RelayServer}).
+on everything (not timed; C{_common.RelayServer}).  And C{sink-Nw}:
+C{mailproto sink --workers N --quiet}, mailproto's sink on N processes
+that share the listening socket, discarding as the other servers do
+(C{_common.SinkWorkersServer}): the same work as twisted.mail's, on more
+than one core.
 
 Configurations (smtp-source sends HELO, a small header and LENGTH octets of
 payload, one recipient per message):
@@ -43,7 +47,7 @@ import subprocess
 import sys
 import time
 
-from _common import RELAY_KIND, cpuByProcess, median, ratio, settle, startServer, tool, workerCounts, writeResults
+from _common import RELAY_KIND, SINK_KIND, cpuByProcess, median, ratio, settle, startServer, tool, workerCounts, writeResults
 
 SERVERS = ["smtp-sink", "twisted-floor", "mailproto", "mailproto-stream", "twisted.mail", "aiosmtpd"]
 # name: (sessions, messages per smtp-source run (None: all), payload octets, share of --messages)
@@ -112,22 +116,24 @@ def main() -> None:
                         help="4 KiB messages per run (default 4000; the 1 MiB configuration sends 1/20 of it)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions, interleaved (default 3)")
     parser.add_argument("--servers", default=",".join(SERVERS),
-                        help=f"servers to run, of {', '.join(SERVERS)} and mailrelay-Nw (default all but mailrelay-Nw)")
+                        help=f"servers to run, of {', '.join(SERVERS)}, mailrelay-Nw and sink-Nw (default all, with"
+                             " those of --workers)")
     parser.add_argument("--workers", default="1,2",
-                        help="also run mailproto's relay daemon with each of these --workers (default 1,2;"
-                             " none: not at all), as mailrelay-1w, mailrelay-2w")
+                        help="also run mailproto's relay daemon and its sink with each of these --workers (default"
+                             " 1,2; none: not at all), as mailrelay-1w, mailrelay-2w, sink-1w, sink-2w")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="configurations to run")
     parser.add_argument("--json", help="write the results to this file")
     options = parser.parse_args()
     try:
-        relays = [f"mailrelay-{count}w" for count in workerCounts(options.workers)]
+        counts = workerCounts(options.workers)
+        relays = [f"mailrelay-{count}w" for count in counts] + [f"sink-{count}w" for count in counts]
     except ValueError as e:
         parser.error(f"--workers: {e}")
     servers = list(dict.fromkeys(options.servers.split(",") + relays))
     configs = options.configs.split(",")
     for name in servers:
-        if name not in SERVERS and not RELAY_KIND.match(name):
-            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}, mailrelay-Nw")
+        if name not in SERVERS and not RELAY_KIND.match(name) and not SINK_KIND.match(name):
+            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}, mailrelay-Nw, sink-Nw")
     for name in configs:
         if name not in CONFIGS:
             parser.error(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)}")
