@@ -16,7 +16,9 @@ ACK (about 40 ms on Linux); this benchmark shows it, smtp-source's does
 not.  The servers are C{accept.py}'s (C{_servers.py}), with smtp-sink as
 the ceiling, and, as there, mailproto's relay daemon with each number of
 workers of --workers (C{mailrelay-1w}, C{mailrelay-2w}: durable before
-250, sending on to an smtp-sink of its own).  All get the same pipelined
+250, sending on to an smtp-sink of its own) and its sink on that many
+processes (C{sink-1w}, C{sink-2w}: C{mailproto sink --workers N --quiet},
+throwing mail away).  All get the same pipelined
 bytes, also those that do not offer PIPELINING (twisted.mail,
 aiosmtpd): the table says which do.
 
@@ -59,6 +61,7 @@ import time
 
 from _common import (
     RELAY_KIND,
+    SINK_KIND,
     ROOT,
     Failed,
     cpuByProcess,
@@ -348,8 +351,8 @@ def main() -> None:
                         help=f"servers of part one, of {', '.join(SERVERS)} and mailrelay-Nw (default all but"
                              " mailrelay-Nw)")
     parser.add_argument("--workers", default="1,2",
-                        help="part one also runs mailproto's relay daemon with each of these --workers (default 1,2;"
-                             " none: not at all), as mailrelay-1w, mailrelay-2w")
+                        help="part one also runs mailproto's relay daemon and its sink with each of these --workers"
+                             " (default 1,2; none: not at all), as mailrelay-1w, mailrelay-2w, sink-1w, sink-2w")
     parser.add_argument("--clients", type=int, default=1,
                         help="client processes of part one, the sessions shared among them (default 1)")
     parser.add_argument("--seconds", type=float, default=30,
@@ -373,14 +376,15 @@ def main() -> None:
     if options.tree != ROOT:
         print(f"mailproto from {options.tree}, not this checkout", file=sys.stderr)
     try:
-        relays = [f"mailrelay-{count}w" for count in workerCounts(options.workers)]
+        counts = workerCounts(options.workers)
+        relays = [f"mailrelay-{count}w" for count in counts] + [f"sink-{count}w" for count in counts]
     except ValueError as e:
         parser.error(f"--workers: {e}")
     servers = list(dict.fromkeys((options.servers.split(",") if options.servers else []) + relays))
     postfixServers = options.postfix_servers.split(",") if options.postfix_servers else []
     for name in servers + postfixServers:
-        if name not in SERVERS and not RELAY_KIND.match(name):
-            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}, mailrelay-Nw")
+        if name not in SERVERS and not RELAY_KIND.match(name) and not SINK_KIND.match(name):
+            parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}, mailrelay-Nw, sink-Nw")
     if not 1 <= options.clients <= options.sessions:
         parser.error("--clients must be between 1 and --sessions")
     skipped = None

@@ -20,6 +20,7 @@ import datetime
 import json
 import math
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -47,6 +48,8 @@ COLOURS = {
     "postfix": "#9a9a9a",
     "mailrelay-1w": "#2a8c8c",
     "mailrelay-2w": "#145a5a",
+    "sink-1w": "#4f7fc0",
+    "sink-2w": "#17407a",
 }
 LIGHTER = {"twisted.mail": "#f2c48a"}  # twisted.mail's client without TCP_NODELAY, next to the one with it
 
@@ -497,10 +500,14 @@ def acceptSection(data, names) -> list:
         "1,024 as for every server here): each says 250 only once the",
         "message is durable in its spool (on the same disk as the relay section's",
         "queues), and sends it on meanwhile to an ``smtp-sink`` of its own, which",
-        "throws it away.  Each run starts a fresh server.  CPU is the server's",
-        "(user and system time; for the relay daemon, of all its processes);",
+        "throws it away.  *sink-1w* and *sink-2w* throw mail away again:",
+        "``mailproto sink --workers 1`` and ``--workers 2 --quiet`` (see",
+        ":doc:`sink`), mailproto's sink on one process and on two that share",
+        "the listening socket, the same work as twisted.mail's on more than one",
+        "core.  Each run starts a fresh server.  CPU is the server's (user and",
+        "system time; for the relay daemon and the sink, of all its processes);",
         "peak RSS is its largest resident set during the run (for the relay",
-        "daemon, its processes' peaks added up).",
+        "daemon and the sink, its processes' peaks added up).",
         "",
     ]
     if data is None:
@@ -910,11 +917,23 @@ def pairedRuns(rows: dict, a: str, b: str, key: str = "msgs_per_s") -> list:
     return [ratio for ratio in ratios if not missing(ratio)]
 
 
+WORKERS = re.compile(r"^(?:mailrelay|sink)-(\d+)w$")
+
+
+def workerCount(server: str):
+    """
+    @return: the number of workers of C{mailrelay-Nw} or C{sink-Nw}, or
+        C{None}.
+    """
+    match = WORKERS.match(server)
+    return int(match.group(1)) if match else None
+
+
 def workerMeasures(sources: dict) -> list:
     """
-    @return: C{(label, aim key, {relay: (msg/s, ratio, ratio within each
-        repetition)})} of each benchmark that ran mailproto's relay
-        daemon with workers.
+    @return: C{(label, aim key, {workers: (msg/s, ratio, ratio within each
+        repetition)})} of each benchmark that ran mailproto's relay daemon
+        or its sink with workers.
     """
     relay, accept, pipeline = (sources.get(name) for name in ("relay", "accept", "pipeline"))
     measures = []
@@ -925,66 +944,79 @@ def workerMeasures(sources: dict) -> list:
         for r in relaysOf(relay):
             if r.startswith("mailrelay-"):
                 paired = pairedRatios(relay, r, "postfix")
-                values[r] = (summary[r].get("endToEnd"), quotient(summary[r].get("endToEnd"), postfix),
-                             median(paired) if paired else None)
-        measures.append(("durable relay, end to end, × Postfix", "relay", values))
+                values[workerCount(r)] = (summary[r].get("endToEnd"), quotient(summary[r].get("endToEnd"), postfix),
+                                          median(paired) if paired else None)
+        measures.append(("relay daemon: durable relay, end to end, × Postfix", "relay", values))
     if accept:
         rows = {r["server"]: r for r in accept["results"] if r["config"] == "20x10x4KiB"}
-        values = {}
-        for name, r in rows.items():
-            if name.startswith("mailrelay-"):
-                paired = pairedRuns(rows, name, "twisted.mail")
-                values[name] = (r["msgs_per_s"], r.get("vs_twisted_mail"), median(paired) if paired else None)
-        measures.append(("accepting 20x10x4KiB, durably, × twisted.mail (which throws mail away)", "accept", values))
+        for prefix, label, aim in (
+            ("sink-", "sink: accepting 20x10x4KiB, thrown away, × twisted.mail (which throws mail away)", "accept"),
+            ("mailrelay-", "relay daemon: accepting 20x10x4KiB, durably, × twisted.mail (which throws mail away)",
+             None),
+        ):
+            values = {}
+            for name, r in rows.items():
+                if name.startswith(prefix) and workerCount(name):
+                    paired = pairedRuns(rows, name, "twisted.mail")
+                    values[workerCount(name)] = (r["msgs_per_s"], r.get("vs_twisted_mail"),
+                                                 median(paired) if paired else None)
+            measures.append((label, aim, values))
     if pipeline:
         rows = {r["server"]: r for r in pipeline["results"]}
-        values = {}
-        for name, r in rows.items():
-            if name.startswith("mailrelay-"):
-                paired = pairedRuns(rows, name, "smtp-sink")
-                values[name] = (r["msgs_per_s"], r.get("vs_smtp_sink"), median(paired) if paired else None)
-        measures.append(("accepting from a pipelining client, durably, × smtp-sink", "pipeline", values))
+        for prefix, label in (("sink-", "sink: accepting from a pipelining client, thrown away, × smtp-sink"),
+                              ("mailrelay-", "relay daemon: accepting from a pipelining client, durably, × smtp-sink")):
+            values = {}
+            for name, r in rows.items():
+                if name.startswith(prefix) and workerCount(name):
+                    paired = pairedRuns(rows, name, "smtp-sink")
+                    values[workerCount(name)] = (r["msgs_per_s"], r.get("vs_smtp_sink"),
+                                                 median(paired) if paired else None)
+            measures.append((label, "pipeline", values))
     return [measure for measure in measures if measure[2]]
 
 
 def workersSection(sources: dict) -> list:
     """
-    @return: mailproto's relay daemon with one and with more worker
-        processes, from the three benchmarks that run it, side by side
-        with the aims.
+    @return: mailproto's relay daemon (and its sink) with one and with
+        more worker processes, from the benchmarks that run them, side by
+        side with the aims.
     """
     measures = workerMeasures(sources)
-    relays = sorted({r for _, _, values in measures for r in values}, key=lambda r: int(r[len("mailrelay-"):-1]))
-    if not relays:
+    counts = sorted({n for _, _, values in measures for n in values})
+    if not counts:
         return []
     cores = next((d["machine"].get("cores") for d in sources.values() if d and d.get("machine")), None)
     lines = heading("The relay with worker processes")
     lines += [
         "mailproto's relay daemon with one process (``--workers 1``) and with",
         "worker processes that take mail in while the parent keeps the queue",
-        "and delivers (``--workers 2``; see :doc:`workers`), from the three",
-        f"benchmarks above that run it, on this machine's {number(cores)} cores.",
+        "and delivers (``--workers 2``; see :doc:`workers`), and its sink on one",
+        "and two processes (``mailproto sink --workers N``), from the benchmarks",
+        f"above that run them, on this machine's {number(cores)} cores.",
         "Each cell gives the ratio of the medians, the messages per second, and",
         "the median of the ratios within each repetition (the programs one after",
-        "the other); an aim is met when both ratios reach it.  The last column",
-        "is the ratio of the messages per second of the most workers to the",
-        "fewest.",
+        "the other); an aim is met when both ratios reach it.  The aim for",
+        "accepting is the sink's, which throws mail away as twisted.mail does;",
+        "the relay daemon makes each message durable before its 250.  The last",
+        "column is the ratio of the messages per second of the most workers to",
+        "the fewest.",
         "",
     ]
     rows = []
     for label, key, values in measures:
         aim = AIMS.get(key)
         cells = []
-        for relay in relays:
-            rate, ratio, paired = values.get(relay, (None, None, None))
+        for count in counts:
+            rate, ratio, paired = values.get(count, (None, None, None))
             verdict = againstAim(ratio, paired, aim)
             cells.append(f"{ratioText(ratio, aim)} ({number(rate)} msg/s; per repetition {ratioText(paired, aim)})"
                          + (f"; {verdict}" if verdict else ""))
-        scaling = quotient(values.get(relays[-1], (None,))[0], values.get(relays[0], (None,))[0])
+        scaling = quotient(values.get(counts[-1], (None,))[0], values.get(counts[0], (None,))[0])
         rows.append([label, "none" if aim is None else f"≥ {times(aim)}", *cells,
-                     times(scaling) if len(relays) > 1 else "n/a"])
+                     times(scaling) if len(counts) > 1 else "n/a"])
+    columns = [f"{count} worker{'s' if count > 1 else ''}" for count in counts]
     lines += listTable("The relay with workers",
-                       ["measure", "aim", *relays, f"{relays[-1]} / {relays[0]}" if len(relays) > 1 else "scaling"],
+                       ["measure", "aim", *columns, f"{columns[-1]} / {columns[0]}" if len(counts) > 1 else "scaling"],
                        rows)
     return lines + balanceNotes(sources)
 
@@ -1011,9 +1043,10 @@ def balanceNotes(sources: dict) -> list:
     if not said:
         return []
     return said + [
-        "The kernel gives each new connection to whichever process accepts first, and a Twisted",
-        "listening port accepts all the connections waiting when it wakes (up to a hundred): clients",
-        "that connect at once and stay connected can end up mostly with one worker.",
+        "The kernel gives each new connection to whichever process accepts first; a worker of the",
+        "relay daemon takes one new client per turn of its event loop (a Twisted listening port",
+        "would take every client waiting, up to a hundred and more), so that clients that connect",
+        "at once are shared.",
         "",
     ]
 
