@@ -33,7 +33,9 @@ payload, one recipient per message):
 Each run starts a fresh server, once the disk has written back what
 earlier runs left (sync).  Reported per run: messages per second
 (messages / wall time of the smtp-source runs), the server's CPU time (user
-+ system, from /proc) per 1000 messages, and its peak resident set size.
++ system, from /proc) per 1000 messages, its peak resident set size, and
+smtp-source's own CPU time per 1000 messages (the load generator shares
+the machine's cores with the server).
 The servers take turns within each repetition (the order rotates from one
 repetition to the next) and the medians are reported with their ratios to
 twisted.mail and to smtp-sink.
@@ -43,6 +45,7 @@ twisted.mail and to smtp-sink.
 """
 
 import argparse
+import resource
 import subprocess
 import sys
 import time
@@ -75,6 +78,15 @@ def sourceRuns(config: str, messages: int):
     return [base + ["-d", "-m", str(perRun)]] * runs, runs * perRun
 
 
+def childrenCPU() -> float:
+    """
+    @return: the user + system CPU seconds of this process's children that
+        have ended and been waited for (the smtp-source runs).
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def runOnce(kind: str, config: str, messages: int) -> dict:
     runs, total = sourceRuns(config, messages)
     settle()
@@ -82,6 +94,7 @@ def runOnce(kind: str, config: str, messages: int) -> dict:
     backlog = None
     try:
         cpu, processes = server.cpu(), cpuByProcess(server)
+        clientCPU = childrenCPU()
         start = time.perf_counter()
         for args in runs:
             done = subprocess.run(args + [f"127.0.0.1:{server.port}"], timeout=RUN_TIMEOUT,
@@ -89,6 +102,7 @@ def runOnce(kind: str, config: str, messages: int) -> dict:
             if done.returncode:
                 raise SystemExit(f"smtp-source against {kind}: {done.stderr.decode(errors='replace').strip()}")
         elapsed = time.perf_counter() - start
+        clientCPU = childrenCPU() - clientCPU
         cpu, processes = server.cpu() - cpu, cpuByProcess(server, processes)
         peak = server.peakRSS()
         if RELAY_KIND.match(kind):
@@ -96,7 +110,7 @@ def runOnce(kind: str, config: str, messages: int) -> dict:
     finally:
         server.stop()
     result = {"msgs_per_s": total / elapsed, "cpu_s_per_1000": cpu / total * 1000, "peak_rss_mib": peak,
-              "messages": total}
+              "messages": total, "client_cpu_s_per_1000": clientCPU / total * 1000}
     if backlog is not None:
         # What the relay had yet to send on when the load ended, and the
         # CPU time of each of its processes.
@@ -148,7 +162,8 @@ def main() -> None:
                 spooled = (f"  {result['spooled_at_end']} left to send on at the end"
                            if "spooled_at_end" in result else "")
                 print(f"  {config:<11} {kind:<17} {result['msgs_per_s']:>8.0f} msg/s "
-                      f"{result['cpu_s_per_1000']:>6.3f} s CPU/1000  {result['peak_rss_mib']:>6.1f} MiB{spooled}",
+                      f"{result['cpu_s_per_1000']:>6.3f} s CPU/1000  {result['peak_rss_mib']:>6.1f} MiB"
+                      f"  smtp-source {result['client_cpu_s_per_1000']:.3f} s CPU/1000{spooled}",
                       file=sys.stderr)
                 for problem in result.get("problems", []):
                     print(f"      PROBLEM: {problem}", file=sys.stderr)
@@ -156,16 +171,18 @@ def main() -> None:
     results = []
     for config in configs:
         medians = {kind: {key: median([r[key] for r in runs[(config, kind)]])
-                          for key in ("msgs_per_s", "cpu_s_per_1000", "peak_rss_mib")} for kind in servers}
+                          for key in ("msgs_per_s", "cpu_s_per_1000", "peak_rss_mib", "client_cpu_s_per_1000")}
+                   for kind in servers}
         base = medians.get("twisted.mail", {}).get("msgs_per_s", float("nan"))
         ceiling = medians.get("smtp-sink", {}).get("msgs_per_s", float("nan"))
         print(f"\naccept {config}, median of {options.repeat}")
         print(f"  {'server':<17} {'msg/s':>8} {'vs twisted.mail':>16} {'vs smtp-sink':>13}"
-              f" {'CPU s/1000':>11} {'peak RSS MiB':>13}")
+              f" {'CPU s/1000':>11} {'peak RSS MiB':>13} {'smtp-source CPU s/1000':>23}")
         for kind in servers:
             m = medians[kind]
             print(f"  {kind:<17} {m['msgs_per_s']:>8.0f} {ratio(m['msgs_per_s'], base):>15.2f}x"
-                  f" {ratio(m['msgs_per_s'], ceiling):>12.2f}x {m['cpu_s_per_1000']:>11.3f} {m['peak_rss_mib']:>13.1f}")
+                  f" {ratio(m['msgs_per_s'], ceiling):>12.2f}x {m['cpu_s_per_1000']:>11.3f} {m['peak_rss_mib']:>13.1f}"
+                  f" {m['client_cpu_s_per_1000']:>23.3f}")
             results.append({"config": config, "server": kind, **m,
                             "vs_twisted_mail": ratio(m["msgs_per_s"], base),
                             "vs_smtp_sink": ratio(m["msgs_per_s"], ceiling),

@@ -507,7 +507,8 @@ def acceptSection(data, names) -> list:
         "core.  Each run starts a fresh server.  CPU is the server's (user and",
         "system time; for the relay daemon and the sink, of all its processes);",
         "peak RSS is its largest resident set during the run (for the relay",
-        "daemon and the sink, its processes' peaks added up).",
+        "daemon and the sink, its processes' peaks added up); smtp-source's CPU",
+        "is the load generator's own, on the same cores.",
         "",
     ]
     if data is None:
@@ -516,10 +517,12 @@ def acceptSection(data, names) -> list:
               f"twentieth of that); median of {data.get('repeat')}.", ""]
     for config in dict.fromkeys(r["config"] for r in data["results"]):
         rows = [[r["server"], number(r["msgs_per_s"]), times(r.get("vs_twisted_mail")), times(r.get("vs_smtp_sink")),
-                 number(r.get("cpu_s_per_1000"), 3), number(r.get("peak_rss_mib"), 1)]
+                 number(r.get("cpu_s_per_1000"), 3), number(r.get("peak_rss_mib"), 1),
+                 number(r.get("client_cpu_s_per_1000"), 3)]
                 for r in data["results"] if r["config"] == config]
         lines += listTable(f"{config}: {CONFIGS.get(config, config)}",
-                           ["server", "msg/s", "× twisted.mail", "× smtp-sink", "CPU s / 1000 msgs", "peak RSS MiB"],
+                           ["server", "msg/s", "× twisted.mail", "× smtp-sink", "CPU s / 1000 msgs", "peak RSS MiB",
+                            "smtp-source CPU s / 1000 msgs"],
                            rows)
     spooled = {}
     for r in data["results"]:
