@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailproto._address import Address, User
+from mailproto._backlog import withBacklog
 from mailproto._commands import MailFrom, formatMailFrom, formatRcptTo
 from mailproto._errors import SMTPServerError
 from mailproto._server import ESMTPFactory, LMTPFactory
@@ -915,7 +916,7 @@ class SinkServer:
         listening = []
         for description in self.descriptions:
             try:
-                endpoint = serverFromString(self.reactor, description)
+                endpoint = serverFromString(self.reactor, withBacklog(description))
                 d = endpoint.listen(self.factory)
             except Exception:
                 d = defer.fail()

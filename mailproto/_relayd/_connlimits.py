@@ -67,18 +67,14 @@ C{accept()} answers C{EAGAIN} once that many clients were taken in one
 turn of the reactor; the others still waiting are left to whichever
 process wakes next, so a busy process takes fewer.
 
-The kernel's queue of clients not yet accepted is the listen backlog:
-Twisted's default of 50 overflows when a hundred clients connect at once
-(the kernel then drops their SYNs, and they retry a second or more
-later).  L{withBacklog} gives a listener description L{BACKLOG} unless it
-says otherwise.
+The kernel's queue of clients not yet accepted, the listen backlog, is
+L{mailproto._backlog}'s.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
-import re
 from collections import OrderedDict, deque
 
 from twisted.internet import defer
@@ -558,25 +554,6 @@ class ConnectionLimitsFactory(WrappingFactory):
         if wrapped is None:
             return None
         return self.protocol(self, wrapped)
-
-
-#: The listen backlog given to listeners that do not set one.
-BACKLOG = 1024
-
-# The endpoint types that take a backlog= argument.
-_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
-
-
-def withBacklog(description: str, backlog: int = BACKLOG) -> str:
-    """
-    @param description: a Twisted server endpoint description.
-    @return: C{description}, with C{:backlog=BACKLOG} added if it is of a
-        type that takes one (TCP, TLS, UNIX) and does not set it.
-    """
-    kind = description.split(":", 1)[0].strip().lower()
-    if kind not in _BACKLOG_TYPES or re.search(r"(?<!\\):\s*backlog\s*=", description):
-        return description
-    return f"{description}:backlog={backlog}"
 
 
 class _AcceptGuard:

@@ -40,7 +40,8 @@ from zope.interface import implementer
 
 from mailproto._attempts import RetrySchedule
 from mailproto._cores import availableCores
-from mailproto._relayd._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts, withBacklog
+from mailproto._backlog import withBacklog
+from mailproto._relayd._connlimits import ConnectionLimits, ConnectionLimitsFactory, guardAccepts
 from mailproto._relayd._control import ControlFactory, socketPath
 from mailproto._spoollock import SpoolLock
 from mailproto._relayd._privileges import WorkersCannotRun, checkWorkersCanRun, giveSpool, runAs

@@ -25,6 +25,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from mailproto._backlog import BACKLOG, withBacklog
 from mailproto._relayd._connlimits import (
     ACCEPT_EMFILE,
     CONNECTION_RATE,
@@ -32,11 +33,9 @@ from mailproto._relayd._connlimits import (
     MAX_CLIENTS_PER_ADDRESS,
     ConnectionLimits,
     ConnectionLimitsFactory,
-    BACKLOG,
     _AcceptGuard,
     _AcceptPauser,
     clientKey,
-    withBacklog,
 )
 from mailproto._relayd._proxy import ProxyProtocolFactory
 
@@ -883,6 +882,36 @@ class LaterAdmissionTests(SynchronousTestCase):
         self.assertEqual(self.limits.released, [IPv4Address("TCP", "192.0.2.7", 40000)])
 
 
+def acceptedAtOnce(testCase, port, clients: int = 200) -> int:
+    """
+    Stop C{port} (a listening C{tcp.Port}) accepting; connect C{clients}
+    clients at once; then accept for half a second (less than the second
+    after which a client whose connection the kernel dropped tries again).
+
+    @return: how many were accepted.
+    """
+    listener = port.socket
+    port.stopReading()
+    address = port.getHost()
+    sockets = []
+    testCase.addCleanup(lambda: [c.close() for c in sockets])
+    for _ in range(clients):
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.setblocking(False)
+        c.connect_ex((address.host, address.port))
+        sockets.append(c)
+    accepted = []
+    testCase.addCleanup(lambda: [c.close() for c in accepted])
+    listener.settimeout(0.5)
+    try:
+        while len(accepted) < clients:
+            accepted.append(listener.accept()[0])
+    except socket.timeout:
+        pass
+    listener.setblocking(False)
+    return len(accepted)
+
+
 class BacklogTests(SynchronousTestCase):
     """
     L{withBacklog}, and what the backlog it gives does on a real loopback
@@ -910,38 +939,15 @@ class BacklogTests(SynchronousTestCase):
 
     def acceptedAtOnce(self, description: str, clients: int = 200) -> int:
         """
-        Listen on C{description} without accepting; connect C{clients}
-        clients at once; then accept for half a second (less than the
-        second after which a client whose connection the kernel dropped
-        tries again).
-
-        @return: how many were accepted.
+        Listen on C{description}, then L{acceptedAtOnce}.
         """
         from twisted.internet import endpoints, reactor
 
         ports = []
         endpoints.serverFromString(reactor, description).listen(Factory.forProtocol(Protocol)).addCallback(ports.append)
         [port] = ports
-        listener = port.socket
         self.addCleanup(port.stopListening)
-        port.stopReading()
-        address = port.getHost()
-        sockets = []
-        self.addCleanup(lambda: [c.close() for c in sockets])
-        for _ in range(clients):
-            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            c.setblocking(False)
-            c.connect_ex((address.host, address.port))
-            sockets.append(c)
-        accepted = []
-        self.addCleanup(lambda: [c.close() for c in accepted])
-        listener.settimeout(0.5)
-        try:
-            while len(accepted) < clients:
-                accepted.append(listener.accept()[0])
-        except socket.timeout:
-            pass
-        return len(accepted)
+        return acceptedAtOnce(self, port, clients)
 
     def test_burstWaits(self):
         """

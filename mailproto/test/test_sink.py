@@ -1062,6 +1062,26 @@ class EndToEndTests(TestCase):
         self.assertEqual(server.ports, [])
 
 
+    @defer.inlineCallbacks
+    def test_burstWaits(self):
+        """
+        The sink listens with a backlog of 1024 (Twisted's default of 50
+        would drop most of a burst): 200 clients connecting at once all
+        wait to be accepted; an endpoint's own C{backlog=} is kept.
+        """
+        from mailproto.test.test_connlimits import acceptedAtOnce
+
+        server = SinkServer(reactor, makeSinkFactory(Sink()), ["tcp:0:interface=127.0.0.1"])
+        [(description, port)] = yield server.start()
+        self.addCleanup(server.stop)
+        self.assertEqual(description, "tcp:0:interface=127.0.0.1")
+        self.assertEqual(acceptedAtOnce(self, port, 200), 200)
+        small = SinkServer(reactor, makeSinkFactory(Sink()), ["tcp:0:interface=127.0.0.1:backlog=20"])
+        [(description, port)] = yield small.start()
+        self.addCleanup(small.stop)
+        self.assertLess(acceptedAtOnce(self, port, 200), 150)
+
+
 class _SinkProcess(ProcessProtocol):
     """
     Watch a C{mailproto sink} process: C{started} fires with its port once
