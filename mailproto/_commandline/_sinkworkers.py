@@ -43,6 +43,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from mailproto._commandline._sink import SPOOL_MEMORY_LIMIT, Sink, SinkServer
+from mailproto._childprocess import ChildProcess
 from mailproto._cores import availableCores
 from mailproto._commandline._sinkworker import COUNTER_FD, FINAL, FIRST_LISTENER_FD, HEADER, RECORDS_FD
 
@@ -244,24 +245,14 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.worker.ended(reason)
 
 
-class _Worker:
+class _Worker(ChildProcess):
     """
-    One worker process, as the sink knows it.
+    One worker process, as the sink knows it (its states: L{ChildProcess}).
 
-    @ivar number: its number, from 1.
-    @ivar state: C{"running"}, C{"stopping"} or C{"ended"}.
-    @ivar transport: its process transport, while it runs.
     @ivar pid: the process id of its last process.
-    @ivar done: a C{Deferred} that fires when it ends, while it runs.
     """
 
-    def __init__(self, pool: SinkWorkers, number: int) -> None:
-        self.pool = pool
-        self.number = number
-        self.state = "ended"
-        self.transport = None
-        self.pid: int | None = None
-        self.done: defer.Deferred | None = None
+    pid: int | None = None
 
     def start(self) -> None:
         """
@@ -277,16 +268,15 @@ class _Worker:
         for index, (description, port) in enumerate(pool.ports):
             childFDs[FIRST_LISTENER_FD + index] = port.fileno()
             spec["listeners"].append([description, FIRST_LISTENER_FD + index, int(port.addressFamily)])
-        self.transport = pool.reactor.spawnProcess(
+        transport = pool.reactor.spawnProcess(
             _WorkerProcess(self),
             sys.executable,
             [sys.executable, "-m", "mailproto._commandline._sinkworker", json.dumps(spec)],
             env=_workerEnvironment(),
             childFDs=childFDs,
         )
-        self.pid = self.transport.pid
-        self.state = "running"
-        self.done = defer.Deferred()
+        self.pid = transport.pid
+        self.spawned(transport)
 
     def said(self, line: bytes) -> None:
         """
@@ -295,34 +285,6 @@ class _Worker:
         text = line.decode("utf-8", "replace").rstrip("\r")
         if text.strip():
             self.pool.say(f"worker {self.number}: {text}")
-
-    def signal(self, number: int) -> None:
-        if self.transport is not None and self.state != "ended":
-            try:
-                self.transport.signalProcess(number)
-            except Exception:
-                pass
-
-    def stop(self) -> defer.Deferred:
-        """
-        Ask the worker to stop (SIGTERM).
-
-        @return: a C{Deferred} that fires when it has ended.
-        """
-        if self.state == "ended":
-            return defer.succeed(None)
-        self.state = "stopping"
-        self.signal(signal.SIGTERM)
-        return self.done
-
-    def ended(self, reason) -> None:
-        expected = self.state == "stopping"
-        self.state = "ended"
-        self.transport = None
-        done, self.done = self.done, None
-        self.pool.workerEnded(self, expected, _why(reason.value))
-        if done is not None:
-            done.callback(None)
 
 
 def _workerEnvironment() -> dict:
@@ -342,15 +304,6 @@ def _workerEnvironment() -> dict:
     if root not in sites:
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env
-
-
-def _why(ending) -> str:
-    """
-    @return: how a process ended: C{signal 9}, C{status 1}.
-    """
-    if getattr(ending, "signal", None):
-        return f"signal {ending.signal}"
-    return f"status {getattr(ending, 'exitCode', None)}"
 
 
 class _Unused(protocol.Factory):

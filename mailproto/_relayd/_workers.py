@@ -44,8 +44,9 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
 
+from mailproto._childprocess import ChildProcess
 from mailproto._relayd import _workerprotocol as wire
-from mailproto._relayd._connlimits import withBacklog
+from mailproto._backlog import withBacklog
 
 _log = Logger(namespace="mailrelay")
 
@@ -183,30 +184,20 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.worker.ended(reason)
 
 
-class Worker:
+class Worker(ChildProcess):
     """
-    One worker process, as the parent knows it.
+    One worker process, as the parent knows it (its states:
+    L{ChildProcess <mailproto._childprocess.ChildProcess>}).
 
-    @ivar number: its number, from 1.
-    @ivar state: C{"starting"}, C{"running"}, C{"stopping"} or
-        C{"ended"}.
     @ivar protocol: its L{ParentProtocol}, while connected.
-    @ivar transport: its process transport, while it runs.
     @ivar fsyncs: how many C{fsync} calls its process has made, as it
         last said.
     @ivar pastFsyncs: how many its earlier processes made.
     """
 
+    protocol = None
     fsyncs = 0
     pastFsyncs = 0
-
-    def __init__(self, pool: WorkerPool, number: int) -> None:
-        self.pool = pool
-        self.number = number
-        self.state = "ended"
-        self.protocol = None
-        self.transport = None
-        self.done: defer.Deferred | None = None
 
     def start(self) -> None:
         """
@@ -222,21 +213,18 @@ class Worker:
             childFDs[fd] = port.fileno()
             listeners.append([kind, description, fd, int(port.addressFamily)])
         spec = {"argv": list(pool.commandLine), "listeners": listeners, "worker": self.number, "amp": 3}
-        self.state = "starting"
-        self.done = defer.Deferred()
-        env = dict(os.environ)
-        self.transport = pool.reactor.spawnProcess(
+        transport = pool.reactor.spawnProcess(
             _WorkerProcess(self),
             sys.executable,
             [sys.executable, "-m", "mailproto._relayd._worker", json.dumps(spec)],
-            env=env,
+            env=dict(os.environ),
             childFDs=childFDs,
         )
+        self.spawned(transport)
         theirs.close()
         factory = protocol.Factory.forProtocol(lambda: ParentProtocol(pool, self))
         pool.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, factory)
         ours.close()
-        self.state = "running"
 
     def logLine(self, line: bytes, childFD: int) -> None:
         """
@@ -257,37 +245,13 @@ class Worker:
                 return
         _log.info("worker {worker}: {line}", worker=self.number, line=line.decode("utf-8", "replace").rstrip())
 
-    def signal(self, number: int) -> None:
-        if self.transport is not None and self.state in ("starting", "running", "stopping"):
-            try:
-                self.transport.signalProcess(number)
-            except Exception:
-                pass
-
-    def stop(self) -> defer.Deferred:
-        """
-        Ask the worker to stop (SIGTERM: it stops accepting and drains its
-        sessions).
-
-        @return: a C{Deferred} that fires when it has ended.
-        """
-        if self.state == "ended":
-            return defer.succeed(None)
-        self.state = "stopping"
-        self.signal(signal.SIGTERM)
-        return self.done
+    def expectedEnd(self) -> bool:
+        # Once the relay stops, every end is expected.
+        return ChildProcess.expectedEnd(self) or not self.pool.running
 
     def ended(self, reason) -> None:
-        expected = self.state == "stopping" or not self.pool.running
-        self.state = "ended"
-        self.transport = None
         self.pastFsyncs, self.fsyncs = self.pastFsyncs + self.fsyncs, 0
-        done, self.done = self.done, None
-        code = getattr(reason.value, "exitCode", None)
-        why = f"signal {reason.value.signal}" if getattr(reason.value, "signal", None) else f"status {code}"
-        self.pool.workerEnded(self, expected, why)
-        if done is not None:
-            done.callback(None)
+        ChildProcess.ended(self, reason)
 
 
 class WorkerPool(service.Service):
