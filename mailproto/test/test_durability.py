@@ -53,7 +53,6 @@ from mailproto.test._durability import (
 )
 from mailproto.test._relayprocess import relayCommand
 from mailproto.test.test_daemon import RelayProcess, spoolListing, waitUntil
-from mailproto.test.test_operations import HOSTNAME
 from mailproto.test.test_workers import SOON, WorkerHarness, _CountedLoad, arrivals, recordingSmartHost, workerProcesses
 
 # -- made-up traces ------------------------------------------------------------------
@@ -684,13 +683,7 @@ class TracedRelayTests(WorkerHarness):
         <mailproto.test.test_operations._RelayTestCase.startRelay>}) under
         strace, tracing into L{trace}.
         """
-        arguments = [
-            "--smtp", f"tcp:{self.port if port is None else port}:interface=127.0.0.1",
-            "--spool", self.spool,
-            "--smarthost", f"127.0.0.1:{smartHostPort}",
-            "--hostname", HOSTNAME,
-            *extra,
-        ]  # fmt: skip
+        arguments = self.relayArguments(smartHostPort, *extra, port=port)
         return TracedRelay.spawnTraced(self, self.strace, self.trace, arguments, self.scratch)
 
     @defer.inlineCallbacks

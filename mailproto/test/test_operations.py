@@ -282,19 +282,25 @@ class _RelayTestCase(TestCase):
         self.spool = os.path.join(self.scratch, "spool")
         self.port = freePort()
 
-    def startRelay(self, smartHostPort: int, *extra: str, port: int | None = None) -> RelayProcess:
+    def relayArguments(self, smartHostPort: int, *extra: str, port: int | None = None) -> list[str]:
         """
-        Start C{twistd mailrelay} on L{spool}, listening on C{port} (by
-        default L{port}) and relaying through 127.0.0.1:C{smartHostPort}.
+        @return: the options of C{twistd mailrelay} on L{spool}, listening
+            on C{port} (by default L{port}) and relaying through
+            127.0.0.1:C{smartHostPort}, then C{extra}.
         """
-        arguments = [
+        return [
             "--smtp", f"tcp:{self.port if port is None else port}:interface=127.0.0.1",
             "--spool", self.spool,
             "--smarthost", f"127.0.0.1:{smartHostPort}",
             "--hostname", HOSTNAME,
             *extra,
         ]  # fmt: skip
-        return RelayProcess.spawn(self, arguments, self.scratch)
+
+    def startRelay(self, smartHostPort: int, *extra: str, port: int | None = None) -> RelayProcess:
+        """
+        Start C{twistd mailrelay} with L{relayArguments}.
+        """
+        return RelayProcess.spawn(self, self.relayArguments(smartHostPort, *extra, port=port), self.scratch)
 
     def queue(self, command: str, *arguments: str) -> defer.Deferred:
         """
