@@ -1046,10 +1046,8 @@ def balanceNotes(sources: dict) -> list:
     if not said:
         return []
     return said + [
-        "The kernel gives each new connection to whichever process accepts first; a worker of the",
-        "relay daemon takes one new client per turn of its event loop (a Twisted listening port",
-        "would take every client waiting, up to a hundred and more), so that clients that connect",
-        "at once are shared.",
+        "The kernel gives each new connection to whichever process accepts first: clients that",
+        "connect one after another and stay connected can end up mostly with one worker.",
         "",
     ]
 

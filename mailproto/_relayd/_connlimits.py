@@ -59,14 +59,6 @@ This hook was chosen over a C{tcp.Port} subclass because it needs no
 copy of C{doRead} and works for every endpoint whose port is a
 C{tcp.Port} (TCP over IPv4 or IPv6, UNIX sockets), whatever made it.
 
-The same wrapper shares clients between processes that accept on one
-listening socket (C{--workers}): Twisted takes every waiting client it
-can in one call (up to a hundred and more), so the first process to wake
-takes a whole burst while the others stay idle.  With C{acceptsPerTurn},
-C{accept()} answers C{EAGAIN} once that many clients were taken in one
-turn of the reactor; the others still waiting are left to whichever
-process wakes next, so a busy process takes fewer.
-
 The kernel's queue of clients not yet accepted, the listen backlog, is
 L{mailproto._backlog}'s.
 """
@@ -559,36 +551,22 @@ class ConnectionLimitsFactory(WrappingFactory):
 class _AcceptGuard:
     """
     A listening socket whose C{accept()} pauses its port, rather than
-    fails, when the process or the system is out of file descriptors, and
-    that takes at most C{perTurn} clients per turn of the reactor if it is
-    not C{None}.  Everything else is the socket's.
+    fails, when the process or the system is out of file descriptors.
+    Everything else is the socket's.
     """
 
-    def __init__(self, socket, pause, clock=None, perTurn: int | None = None) -> None:
+    def __init__(self, socket, pause) -> None:
         self._socket = socket
         self._pause = pause
-        self._clock = clock
-        self._perTurn = perTurn
-        self._taken = 0
 
     def accept(self):
-        if self._perTurn is not None and self._taken >= self._perTurn:
-            raise BlockingIOError(errno.EAGAIN, "enough clients for this turn")
         try:
-            accepted = self._socket.accept()
+            return self._socket.accept()
         except OSError as e:
             if e.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
             self._pause(e.errno)
             raise BlockingIOError(errno.EAGAIN, "paused: out of file descriptors") from None
-        if self._perTurn is not None:
-            if not self._taken:
-                self._clock.callLater(0, self._newTurn)
-            self._taken += 1
-        return accepted
-
-    def _newTurn(self) -> None:
-        self._taken = 0
 
     def __getattr__(self, name):
         return getattr(self._socket, name)
@@ -639,30 +617,27 @@ class _AcceptPauser:
 
 @implementer(IStreamServerEndpoint)
 class _GuardedEndpoint:
-    def __init__(self, endpoint, clock, description: str, observer, acceptsPerTurn: int | None = None) -> None:
+    def __init__(self, endpoint, clock, description: str, observer) -> None:
         self.endpoint = endpoint
         self.clock = clock
         self.description = description
         self.observer = observer
-        self.acceptsPerTurn = acceptsPerTurn
 
     def listen(self, factory) -> defer.Deferred:
         def guard(port):
             if hasattr(port, "socket") and hasattr(port, "stopReading") and port.socket is not None:
                 pauser = _AcceptPauser(port, self.clock, self.description, self.observer)
-                port.socket = _AcceptGuard(port.socket, pauser, self.clock, self.acceptsPerTurn)
+                port.socket = _AcceptGuard(port.socket, pauser)
             return port
 
         return self.endpoint.listen(factory).addCallback(guard)
 
 
-def guardAccepts(endpoint, clock=None, description: str = "", observer=None, acceptsPerTurn: int | None = None):
+def guardAccepts(endpoint, clock=None, description: str = "", observer=None):
     """
     Wrap a server endpoint so that its port, when out of file descriptors
     (C{EMFILE}, C{ENFILE}), stops accepting for a second instead of
-    retrying at once, and logs it once a minute; and, with
-    C{acceptsPerTurn}, takes at most that many clients per turn of the
-    reactor (to share them with other processes on the same socket).
+    retrying at once, and logs it once a minute.
 
     @param endpoint: an C{IStreamServerEndpoint}; ports that are not
         C{tcp.Port}s (without a listening C{socket}) are left as they are.
@@ -671,10 +646,8 @@ def guardAccepts(endpoint, clock=None, description: str = "", observer=None, acc
     @param description: the listener, for the log.
     @param observer: a callable given L{ACCEPT_EMFILE} at each pause, or
         C{None}.
-    @param acceptsPerTurn: the most clients taken per turn, or C{None}
-        for as many as are waiting.
     @return: an C{IStreamServerEndpoint}.
     """
     if clock is None:
         from twisted.internet import reactor as clock
-    return _GuardedEndpoint(endpoint, clock, description, observer, acceptsPerTurn)
+    return _GuardedEndpoint(endpoint, clock, description, observer)

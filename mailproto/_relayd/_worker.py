@@ -179,12 +179,6 @@ class WorkerRelay:
     #: when it next looks, L{Queue.adoptNew <mailproto._queue.Queue.adoptNew>}).
     announceTimeout = 30.0
 
-    #: Clients taken per turn of the reactor on each listener, so that a
-    #: burst is shared with the other workers rather than taken by the
-    #: first to wake (L{guardAccepts
-    #: <mailproto._relayd._connlimits.guardAccepts>}).
-    acceptsPerTurn = 1
-
     def _announce(self, envelope) -> defer.Deferred:
         d = self.ask("queued", queueID=envelope.id, fsyncs=self.queue.fsyncs)
         d.addTimeout(self.announceTimeout, self.reactor)
@@ -200,9 +194,7 @@ class WorkerRelay:
         options, reactor = self.options, self.reactor
         for kind, description, fileno, family in self.spec["listeners"]:
             paused = functools.partial(self.metrics.limitActed, kind) if self.metrics is not None else None
-            endpoint = guardAccepts(
-                AdoptedEndpoint(reactor, fileno, family), clock=reactor, description=description, observer=paused, acceptsPerTurn=self.acceptsPerTurn
-            )
+            endpoint = guardAccepts(AdoptedEndpoint(reactor, fileno, family), clock=reactor, description=description, observer=paused)
             if options["proxy-protocol"]:
                 endpoint = proxyEndpoint(endpoint, clock=reactor)
             factory = ConnectionLimitsFactory(self.factories[kind], self.limits, kind)

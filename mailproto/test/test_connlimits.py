@@ -391,23 +391,6 @@ class _FailingSocket:
         return 99
 
 
-class _WaitingSocket:
-    """
-    A listening socket with C{left} clients waiting, numbered from 1.
-    """
-
-    def __init__(self, left: int) -> None:
-        self.left = left
-        self.taken = 0
-
-    def accept(self):
-        if not self.left:
-            raise BlockingIOError(errno.EAGAIN, "none waiting")
-        self.left -= 1
-        self.taken += 1
-        return self.taken
-
-
 class AcceptGuardTests(SynchronousTestCase):
     """
     L{_AcceptGuard} and L{_AcceptPauser} with a fake port and socket.
@@ -449,34 +432,6 @@ class AcceptGuardTests(SynchronousTestCase):
         guard = _AcceptGuard(_FailingSocket(errno.ECONNABORTED), _AcceptPauser(_FakePort(), Clock(), "x"))
         error = self.assertRaises(OSError, guard.accept)
         self.assertEqual(error.errno, errno.ECONNABORTED)
-
-    def test_perTurn(self):
-        """
-        With C{perTurn}, once that many clients were taken in one turn of
-        the reactor, C{accept()} says C{EAGAIN} (none waiting, for Twisted)
-        without asking the socket, until the next turn; without it, every
-        waiting client is taken.
-        """
-        clock = Clock()
-        waiting = _WaitingSocket(7)
-        guard = _AcceptGuard(waiting, _AcceptPauser(_FakePort(), clock, "x"), clock, perTurn=2)
-        taken = [guard.accept(), guard.accept()]
-        error = self.assertRaises(BlockingIOError, guard.accept)
-        self.assertEqual(error.errno, errno.EAGAIN)
-        self.assertEqual((taken, waiting.left), ([1, 2], 5))
-        clock.advance(0)
-        self.assertEqual([guard.accept(), guard.accept()], [3, 4])
-        self.assertRaises(BlockingIOError, guard.accept)
-        clock.advance(0)
-        # A turn that took one client is a turn too.
-        self.assertEqual(guard.accept(), 5)
-        clock.advance(0)
-        self.assertEqual([guard.accept(), guard.accept()], [6, 7])
-        clock.advance(0)
-        self.assertRaises(BlockingIOError, guard.accept)
-        self.assertEqual(waiting.left, 0)
-        unlimited = _AcceptGuard(_WaitingSocket(50), _AcceptPauser(_FakePort(), clock, "x"))
-        self.assertEqual([unlimited.accept() for _ in range(50)], list(range(1, 51)))
 
     def test_closedPortNotResumed(self):
         """

@@ -716,10 +716,8 @@ class WorkerWiringTests(SynchronousTestCase):
 
         observers = []
 
-        def guardAccepts(endpoint, clock=None, description="", observer=None, acceptsPerTurn=None):
+        def guardAccepts(endpoint, clock=None, description="", observer=None):
             observers.append(observer)
-            # A worker shares a burst of clients with the others.
-            self.assertEqual(acceptsPerTurn, 1)
             # No socket is adopted here.
             return types.SimpleNamespace(listen=lambda factory: defer.succeed(None))
 
