@@ -399,6 +399,7 @@ class SinkOptions(_Command):
                 reactor.stop()
 
         def start() -> None:
+            _stopOnFirstSignal()
             server.start().addCallback(started).addErrback(failed)
 
         def shutDown():
@@ -412,6 +413,31 @@ class SinkOptions(_Command):
         reactor.addSystemEventTrigger("before", "shutdown", shutDown)
         reactor.run()
         return status[0]
+
+
+def _stopOnFirstSignal() -> None:
+    """
+    Let only the first SIGTERM or SIGINT stop the running reactor: a
+    second one, while it stops (from C{timeout}, which signals a process
+    and its group, or a second Ctrl-C), is ignored rather than making
+    Twisted stop a reactor that is no longer running, which it reports
+    with a traceback.  Call it once the reactor runs (its handlers are
+    installed then).
+    """
+    import signal
+
+    received: list[int] = []
+    for number in (signal.SIGTERM, signal.SIGINT):
+        first = signal.getsignal(number)
+        if not callable(first):
+            continue
+
+        def handler(signum, frame, first=first) -> None:
+            if not received:
+                received.append(signum)
+                first(signum, frame)
+
+        signal.signal(number, handler)
 
 
 #: The most connections C{mailproto send} opens at once.

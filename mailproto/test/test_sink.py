@@ -19,6 +19,7 @@ import io
 import mailbox
 import os
 import re
+import signal
 import shutil
 import smtplib
 import ssl
@@ -1169,6 +1170,29 @@ class CommandEndToEndTests(TestCase):
                 f"---------- end of message 1, {len(MESSAGE)} octets, stored in {os.path.join(maildir, 'new', name)}\n"
             )
         )
+
+    @defer.inlineCallbacks
+    def test_signalsWhileStopping(self):
+        """
+        More SIGTERMs and a SIGINT on the heels of the first (as
+        C{timeout}, which signals a process and its group, or a second
+        Ctrl-C would send) are ignored while the sink stops: it ends
+        cleanly, with no traceback.
+        """
+        pythonPath = os.pathsep.join([PACKAGE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+        process = _SinkProcess()
+        argv = [sys.executable, "-m", "mailproto", "sink", "--listen", "tcp:0:interface=127.0.0.1", "--quiet"]
+        transport = reactor.spawnProcess(process, sys.executable, argv, env=dict(os.environ, PYTHONPATH=pythonPath))
+        self.addCleanup(lambda: transport.signalProcess("KILL") if process.running else None)
+        yield process.started
+        pid = transport.pid
+        for name in ("TERM", "TERM", "INT", "TERM"):
+            os.kill(pid, getattr(signal, "SIG" + name))
+        reason = yield process.ended
+        self.assertIsInstance(reason, ProcessDone, f"{reason}; stderr: {process.err!r}")
+        err = process.err.decode("utf-8")
+        self.assertNotIn("Traceback", err)
+        self.assertTrue(err.endswith("mailproto sink: stopped after 0 message(s)\n"), err)
 
     @defer.inlineCallbacks
     def test_usageError(self):
