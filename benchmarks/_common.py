@@ -398,6 +398,25 @@ def workerCounts(text: str) -> list:
     return counts
 
 
+def workerServers(text: str) -> list:
+    """
+    @param text: the worker counts of a C{--workers} option ("1,2").
+    @return: the servers to run for them: mailproto's relay daemon
+        (C{mailrelay-Nw}), then its sink (C{sink-Nw}), for each count.
+    @raise ValueError: if C{text} is not a list of counts.
+    """
+    counts = workerCounts(text)
+    return [f"mailrelay-{count}w" for count in counts] + [f"sink-{count}w" for count in counts]
+
+
+def knownServer(name: str, servers) -> bool:
+    """
+    @return: whether C{name} is one of C{servers}, C{mailrelay-Nw} or
+        C{sink-Nw}.
+    """
+    return name in servers or bool(RELAY_KIND.match(name)) or bool(SINK_KIND.match(name))
+
+
 def mailrelayCommand(port: int, spool: str, sinkPort: int, workers: int, scratch: str, root: str = ROOT,
                      backlog=None):
     """

@@ -50,7 +50,8 @@ import subprocess
 import sys
 import time
 
-from _common import RELAY_KIND, SINK_KIND, cpuByProcess, median, ratio, settle, startServer, tool, workerCounts, writeResults
+from _common import (RELAY_KIND, cpuByProcess, knownServer, median, ratio, settle, startServer, tool, workerServers,
+                     writeResults)
 
 SERVERS = ["smtp-sink", "twisted-floor", "mailproto", "mailproto-stream", "twisted.mail", "aiosmtpd"]
 # name: (sessions, messages per smtp-source run (None: all), payload octets, share of --messages)
@@ -139,14 +140,13 @@ def main() -> None:
     parser.add_argument("--json", help="write the results to this file")
     options = parser.parse_args()
     try:
-        counts = workerCounts(options.workers)
-        relays = [f"mailrelay-{count}w" for count in counts] + [f"sink-{count}w" for count in counts]
+        relays = workerServers(options.workers)
     except ValueError as e:
         parser.error(f"--workers: {e}")
     servers = list(dict.fromkeys(options.servers.split(",") + relays))
     configs = options.configs.split(",")
     for name in servers:
-        if name not in SERVERS and not RELAY_KIND.match(name) and not SINK_KIND.match(name):
+        if not knownServer(name, SERVERS):
             parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}, mailrelay-Nw, sink-Nw")
     for name in configs:
         if name not in CONFIGS:

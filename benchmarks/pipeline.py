@@ -60,19 +60,18 @@ import tempfile
 import time
 
 from _common import (
-    RELAY_KIND,
-    SINK_KIND,
     ROOT,
     Failed,
     cpuByProcess,
     freePort,
+    knownServer,
     median,
     pythonEnv,
     ratio,
     settle,
     startServer,
     tool,
-    workerCounts,
+    workerServers,
     writeResults,
 )
 from relay import PostfixRelay, postfixUsable, scratchArea
@@ -376,14 +375,13 @@ def main() -> None:
     if options.tree != ROOT:
         print(f"mailproto from {options.tree}, not this checkout", file=sys.stderr)
     try:
-        counts = workerCounts(options.workers)
-        relays = [f"mailrelay-{count}w" for count in counts] + [f"sink-{count}w" for count in counts]
+        relays = workerServers(options.workers)
     except ValueError as e:
         parser.error(f"--workers: {e}")
     servers = list(dict.fromkeys((options.servers.split(",") if options.servers else []) + relays))
     postfixServers = options.postfix_servers.split(",") if options.postfix_servers else []
     for name in servers + postfixServers:
-        if name not in SERVERS and not RELAY_KIND.match(name) and not SINK_KIND.match(name):
+        if not knownServer(name, SERVERS):
             parser.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}, mailrelay-Nw, sink-Nw")
     if not 1 <= options.clients <= options.sessions:
         parser.error("--clients must be between 1 and --sessions")
