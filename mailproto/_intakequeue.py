@@ -35,7 +35,7 @@ from typing import Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailproto._queue import Envelope, SpoolFile, SpoolWriter
+from mailproto._queue import Envelope, SpoolFile, SpoolWriter, stateData
 from mailproto._spoollock import LOCK_NAME
 
 _log = Logger()
@@ -82,6 +82,21 @@ class HeldByParent:
         """
 
 
+class QueuedCopy:
+    """
+    What a small message's files in C{queue/} hold, as they were written:
+    the parent can take the message in without reading them
+    (L{Queue.adopt <mailproto._queue.Queue.adopt>}).
+
+    @ivar data: the queue file's content: envelope line, then message.
+    @ivar state: the state file's content, or C{None} if it has none.
+    """
+
+    def __init__(self, data: bytes, state: dict | None) -> None:
+        self.data = data
+        self.state = None if state is None else stateData(state)
+
+
 class IntakeQueue(SpoolWriter):
     """
     What a relay's worker process writes accepted messages into: the
@@ -109,10 +124,11 @@ class IntakeQueue(SpoolWriter):
         @param directory: the spool directory, made by the parent (its
             L{Queue <mailproto._queue.Queue>}).
         @param notify: a callable given the L{Envelope} of each message
-            once it is durable in C{queue/}, returning a C{Deferred} that
-            fires once the parent has it (the worker tells the parent its
-            id); its failure is logged, and the commit succeeds all the
-            same.
+            once it is durable in C{queue/}, and a L{QueuedCopy} of its
+            files if it was small enough to be kept in memory (else
+            C{None}), returning a C{Deferred} that fires once the parent
+            has it (the worker tells the parent its id); its failure is
+            logged, and the commit succeeds all the same.
         @param reactor: the reactor whose thread pool does the disk work;
             the global one if C{None}.
         @param runInThread: a callable C{(f, *args) -> Deferred} running
@@ -145,10 +161,11 @@ class IntakeQueue(SpoolWriter):
 
     def _committed(self, spool: SpoolFile) -> defer.Deferred:
         # Nothing keeps the message in this process: the parent delivers
-        # it, reading it from the disk.
+        # it, from the copy it is given or from the disk.
+        copy = QueuedCopy(spool._header + spool._message, spool._state) if spool._message is not None else None
         spool._message = None
         envelope = spool.envelope
-        d = defer.maybeDeferred(self._notify, envelope)
+        d = defer.maybeDeferred(self._notify, envelope, copy)
         d.addErrback(self._notTold, envelope)
         return d.addCallback(lambda _: envelope)
 

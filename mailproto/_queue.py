@@ -503,6 +503,41 @@ def openQueueFile(path: str):
     return f
 
 
+def envelopeFromLine(line: bytes) -> Envelope:
+    """
+    @param line: a queue file's first line, its end of line included.
+    @return: the envelope it holds (its C{size} not set).
+    @raise ValueError: if it is not a whole, valid envelope line.
+    """
+    if not line.endswith(b"\n"):
+        raise ValueError("no envelope line")
+    try:
+        return Envelope.fromHeader(json.loads(line))
+    except RecursionError as e:
+        raise ValueError(str(e) or type(e).__name__) from None
+
+
+def stateData(state: dict) -> bytes:
+    """
+    @return: a state file's content, for C{state} (L{Envelope.state}).
+    """
+    return json.dumps(state, separators=(",", ":")).encode("ascii")
+
+
+def applyStateData(envelope: Envelope, data: bytes) -> list:
+    """
+    Apply a state file's content to C{envelope} (L{Envelope.applyState}).
+
+    @return: what was wrong, as L{readQueueFile} reports it: C{("corrupt",
+        why)} if the state could not be used (the envelope is unchanged),
+        or C{("repaired", what)} for each value repaired.
+    """
+    try:
+        return [("repaired", what) for what in envelope.applyState(json.loads(data))]
+    except (ValueError, RecursionError) as e:
+        return [("corrupt", str(e) or type(e).__name__)]
+
+
 def readQueueFile(path: str, problems: list | None = None) -> Envelope:
     """
     Read a queued message's envelope, and its delivery state if it has
@@ -523,18 +558,16 @@ def readQueueFile(path: str, problems: list | None = None) -> Envelope:
     """
     with open(path, "rb") as f:
         line = f.readline(MAX_ENVELOPE_LINE)
-        if not line.endswith(b"\n"):
-            raise ValueError("no envelope line")
-        envelope = Envelope.fromHeader(json.loads(line))
+        envelope = envelopeFromLine(line)
         f.seek(0, os.SEEK_END)
         envelope.size = f.tell() - len(line)
     found = []
     try:
         with open(path + ".state", "rb") as f:
-            found = [("repaired", what) for what in envelope.applyState(json.loads(f.read()))]
+            found = applyStateData(envelope, f.read())
     except FileNotFoundError:
         pass
-    except (OSError, ValueError, RecursionError) as e:
+    except OSError as e:
         found = [("corrupt", str(e) or type(e).__name__)]
     if problems is not None:
         problems.extend(found)
@@ -679,6 +712,7 @@ class SpoolFile:
         self.envelope = envelope
         self.path = path
         self._file = None
+        self._header = header
         self._buffer = [header]
         self._buffered = len(header)
         self._headerLength = len(header)
@@ -1051,7 +1085,7 @@ class SpoolWriter:
         path = self.getPath(queueID) + ".state"
         temporary = path + ".tmp"
         with createPrivate(temporary, exclusive=False) as f:
-            f.write(json.dumps(state, separators=(",", ":")).encode("ascii"))
+            f.write(stateData(state))
             f.flush()
             self._fsync(f.fileno())
         os.replace(temporary, path)
@@ -1250,7 +1284,7 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
 
     # -- messages committed by other processes ----------------------------------
 
-    def adopt(self, queueID: str) -> Envelope:
+    def adopt(self, queueID: str, copy: bytes | None = None, state: bytes | None = None) -> Envelope:
         """
         Take into the queue a message that another process (a relay's
         worker) committed into C{queue/}: read its envelope line and its
@@ -1258,6 +1292,13 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
         the index and announce it to the L{listeners} as a message
         committed by this queue is announced, so that the relaying
         manager schedules it at once.
+
+        The process that committed it may give a copy of what it wrote
+        (C{copy}, and C{state}): then nothing is read from the disk, and
+        a small message is sent on from memory, as this queue's own are
+        (L{cacheLimit}).  A copy that cannot be used (not a valid
+        envelope, another id, a state that does not fit) is ignored, and
+        the files are read instead.
 
         It runs in the reactor thread: the file was just written and is in
         the page cache, and reading its envelope line (and looking for a
@@ -1267,6 +1308,10 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
         by L{adoptNew}) cannot both announce it.
 
         @param queueID: the message's queue id.
+        @param copy: the content of its file in C{queue/} (envelope line
+            and message), or C{None}.
+        @param state: with C{copy}, the content of its state file if it
+            has one, else C{None}.
         @return: its envelope; if the queue knows the id already, the
             envelope it has (adopting again changes nothing).
         @raise KeyError: if there is no such message: no file of that name
@@ -1286,9 +1331,34 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
             return known
         release = self._holdSpool()
         try:
+            if copy is not None:
+                envelope = self._fromCopy(queueID, copy, state)
+                if envelope is not None:
+                    return envelope
             return self._adopt(queueID)
         finally:
             release()
+
+    def _fromCopy(self, queueID: str, copy: bytes, state: bytes | None) -> Envelope | None:
+        """
+        Adopt a message from the copy its writer gave; the spool is held.
+
+        @return: its envelope, or C{None} if the copy cannot be used.
+        """
+        line, newline, message = copy.partition(b"\n")
+        try:
+            envelope = envelopeFromLine(line + newline)
+        except ValueError:
+            return None
+        if envelope.id != queueID:
+            return None
+        envelope.size = len(message)
+        if state is not None and applyStateData(envelope, state):
+            return None
+        if not envelope.waiting:
+            return None
+        self._cacheMessage(queueID, message)
+        return self._added(envelope)
 
     def removeUnfinished(self, suffix: str) -> int:
         """
@@ -1479,10 +1549,13 @@ class Queue(TwistedMailQueueMixin, QueueView, SpoolWriter):
         return SpoolWriter._commit(self, spool).addBoth(_after, lambda: self._committing.pop(queueID, None))
 
     def _committed(self, spool: SpoolFile) -> Envelope:
+        if spool._message is not None:
+            self._cacheMessage(spool.envelope.id, spool._message)
+        return self._added(spool.envelope)
+
+    def _cacheMessage(self, queueID: str, data: bytes) -> None:
         # A small message is usually sent on at once: keep it, so that
         # sending it needs no read of the disk in the reactor.
-        data = spool._message
-        if data is not None and self._cached + len(data) <= self.cacheLimit:
-            self._cache[spool.envelope.id] = data
+        if self._cached + len(data) <= self.cacheLimit:
+            self._cache[queueID] = data
             self._cached += len(data)
-        return self._added(spool.envelope)

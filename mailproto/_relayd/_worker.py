@@ -35,6 +35,7 @@ import types
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
+from twisted.protocols import amp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -179,8 +180,14 @@ class WorkerRelay:
     #: when it next looks, L{Queue.adoptNew <mailproto._queue.Queue.adoptNew>}).
     announceTimeout = 30.0
 
-    def _announce(self, envelope) -> defer.Deferred:
-        d = self.ask("queued", queueID=envelope.id, fsyncs=self.queue.fsyncs)
+    def _announce(self, envelope, copy=None) -> defer.Deferred:
+        arguments = {"queueID": envelope.id, "fsyncs": self.queue.fsyncs}
+        # A copy AMP can carry spares the parent reading the files.
+        if copy is not None and len(copy.data) <= amp.MAX_VALUE_LENGTH and len(copy.state or b"") <= amp.MAX_VALUE_LENGTH:
+            arguments["copy"] = copy.data
+            if copy.state is not None:
+                arguments["state"] = copy.state
+        d = self.ask("queued", **arguments)
         d.addTimeout(self.announceTimeout, self.reactor)
         return d
 

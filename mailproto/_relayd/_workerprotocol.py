@@ -46,8 +46,15 @@ class QuietAMP(amp.AMP):
 
 
 class Queued(amp.Command):
-    # fsyncs: how many the worker's intake has made so far.
-    arguments = [(b"queueID", amp.Unicode()), (b"fsyncs", amp.Integer(optional=True))]
+    # fsyncs: how many the worker's intake has made so far; copy and
+    # state: what the message's files hold, when it is small enough
+    # (_intakequeue.QueuedCopy), so that the parent need not read them.
+    arguments = [
+        (b"queueID", amp.Unicode()),
+        (b"fsyncs", amp.Integer(optional=True)),
+        (b"copy", amp.String(optional=True)),
+        (b"state", amp.String(optional=True)),
+    ]
     response: list = []
 
 

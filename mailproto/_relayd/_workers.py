@@ -109,11 +109,11 @@ class ParentProtocol(wire.QuietAMP):
             self.pool.forwardedMetrics.linkGone(self)
 
     @wire.Queued.responder
-    def queued(self, queueID: str, fsyncs: int | None = None):
+    def queued(self, queueID: str, fsyncs: int | None = None, copy: bytes | None = None, state: bytes | None = None):
         if fsyncs is not None:
             self.worker.fsyncs = fsyncs
         try:
-            self.pool.queue.adopt(queueID)
+            self.pool.queue.adopt(queueID, copy, state)
         except (KeyError, ValueError) as e:
             _log.warn("mailrelay: worker {worker} announced {queueID}, which cannot be taken: {why}", worker=self.worker.number, queueID=queueID, why=str(e))
         return {}

@@ -8,6 +8,7 @@ one spool, in one process and in two.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -55,10 +56,12 @@ class Spool:
         self.directory = case.mktemp()
         self.queue = Queue(self.directory, runInThread=synchronously)
         self.told: list[Envelope] = []
+        self.copies: list = []
         self.intake = IntakeQueue(self.directory, notify or self.tell, runInThread=synchronously)
 
-    def tell(self, envelope: Envelope) -> defer.Deferred:
+    def tell(self, envelope: Envelope, copy=None) -> defer.Deferred:
         self.told.append(envelope)
+        self.copies.append(copy)
         return defer.succeed(None)
 
     def commit(self, data=b"Subject: x\r\n\r\nhi\r\n", **kw) -> defer.Deferred:
@@ -85,7 +88,7 @@ class IntakeQueueTests(SynchronousTestCase):
         events = []
         telling = defer.Deferred()
 
-        def notify(envelope):
+        def notify(envelope, copy):
             events.append(("notify", envelope.id, spool.listing("queue"), spool.listing("tmp")))
             return telling
 
@@ -117,7 +120,7 @@ class IntakeQueueTests(SynchronousTestCase):
         If the parent cannot be told, the commit still fires with the
         envelope (the message is durable), with one line logged.
         """
-        for failing in (lambda e: defer.fail(ConnectionError("parent gone")), lambda e: 1 / 0):
+        for failing in (lambda e, c: defer.fail(ConnectionError("parent gone")), lambda e, c: 1 / 0):
             spool = Spool(self, failing)
             with capturedLogs() as events:
                 added = self.successResultOf(spool.commit())
@@ -176,7 +179,7 @@ class IntakeQueueTests(SynchronousTestCase):
         directory = self.mktemp()
         Queue(directory)
         told = []
-        intake = IntakeQueue(directory, lambda e: told.append(e.id), runInThread=later)
+        intake = IntakeQueue(directory, lambda e, c: told.append(e.id), runInThread=later)
         files = [intake.newMessage(envelope()) for i in range(4)]
         for i, file in enumerate(files):
             file.write(b"m%d\r\n" % i)
@@ -199,7 +202,7 @@ class IntakeQueueTests(SynchronousTestCase):
         A worker does not make the spool: its relay does before starting
         it.
         """
-        self.assertRaises(FileNotFoundError, IntakeQueue, self.mktemp(), lambda e: None)
+        self.assertRaises(FileNotFoundError, IntakeQueue, self.mktemp(), lambda e, c: None)
 
     def test_heldByParent(self):
         """
@@ -230,6 +233,121 @@ class IntakeQueueTests(SynchronousTestCase):
         self.assertEqual([queue.adopt(i).id for i in ids], ids)
         self.assertTrue(relay.held)
         self.assertRaises(SpoolBusy, SpoolLock(spool.directory).acquire)
+
+
+class CopyTests(SynchronousTestCase):
+    """
+    A worker gives the parent a copy of a small message's files
+    (L{QueuedCopy}), and L{Queue.adopt} takes the message from it, reading
+    nothing; a copy that cannot be used is ignored, and the files are
+    read.
+    """
+
+    def setUp(self):
+        self.spool = Spool(self)
+        self.heard = []
+        self.spool.queue.listeners.append(self.heard.append)
+
+    def committed(self, data=b"Subject: y\r\n\r\nbody\r\n", **kw):
+        told = self.successResultOf(self.spool.commit(data, **kw))
+        return told, self.spool.copies[-1]
+
+    def noReading(self):
+        """
+        Make any read of a queue or state file fail the test.
+        """
+        import mailproto._queue as queueModule
+
+        def refuse(*a, **kw):
+            self.fail("a queue file was read")
+
+        self.patch(queueModule, "readQueueFile", refuse)
+        self.patch(queueModule, "openQueueFile", refuse)
+
+    def test_copyIsTheFiles(self):
+        """
+        The copy holds what the files hold: the queue file's content, and
+        the state file's when intake made one.
+        """
+        for kw in ({}, {"prefix": b"X-Worker: 1\r\n"}):
+            told, copy = self.committed(**kw)
+            path = self.spool.queue.getPath(told.id)
+            self.assertEqual(copy.data, pathlib.Path(path).read_bytes())
+            if kw:
+                self.assertEqual(copy.state, pathlib.Path(path + ".state").read_bytes())
+            else:
+                self.assertIsNone(copy.state)
+                self.assertFalse(os.path.exists(path + ".state"))
+
+    def test_spilledHasNoCopy(self):
+        """
+        A message too large to be kept in memory comes with no copy.
+        """
+        self.committed(b"x" * (SpoolFile.SPILL + 1))
+        self.assertEqual(self.spool.copies, [None])
+
+    def test_adoptFromCopy(self):
+        """
+        Adopted from its copy, a message is in the index, announced and
+        sent from memory, as if its files had been read; its state (here,
+        a prefix) too.
+        """
+        told, copy = self.committed(prefix=b"X-Worker: 1\r\n")
+        self.noReading()
+        queue = self.spool.queue
+        adopted = queue.adopt(told.id, copy.data, copy.state)
+        self.assertEqual(adopted, told)
+        self.assertEqual(adopted.prefix, b"X-Worker: 1\r\n")
+        self.assertEqual(adopted.size, len(b"Subject: y\r\n\r\nbody\r\n"))
+        self.assertEqual(self.heard, [adopted])
+        with queue.openMessage(told.id) as f:
+            self.assertEqual(f.read(), b"Subject: y\r\n\r\nbody\r\n")
+        self.assertIs(queue.adopt(told.id, copy.data, copy.state), adopted)
+        # Removed, its copy in memory goes too.
+        self.successResultOf(queue.remove(told.id))
+        self.assertEqual(queue._cache, {})
+
+    def test_badCopyIsIgnored(self):
+        """
+        A copy that is not a valid envelope line, names another id, has a
+        state that does not fit, or whose every recipient is done, is
+        ignored: the files are read, as without a copy.
+        """
+        queue = self.spool.queue
+        other = newMessageID()
+        for bad in (
+            lambda c: (b"", None),
+            lambda c: (b"garbage", None),
+            lambda c: (c.data.split(b"\n")[0], None),
+            lambda c: (c.data.replace(b"\n", b"", 1), None),
+            lambda c: (b"[1]\n" + c.data, None),
+            lambda c: (c.data.replace(c.data[c.data.index(b'"id":"') + 6 : c.data.index(b'"id":"') + 29], other.encode()), None),
+            lambda c: (c.data, b"not json"),
+            lambda c: (c.data, b'{"version":2,"recipients":[]}'),
+        ):
+            told, copy = self.committed(b"Subject: z\r\n\r\nfrom the file\r\n")
+            data, state = bad(copy)
+            adopted = queue.adopt(told.id, data, state)
+            self.assertEqual(adopted, told)
+            with queue.openMessage(told.id) as f:
+                self.assertEqual(f.read(), b"Subject: z\r\n\r\nfrom the file\r\n")
+        self.assertEqual(self.spool.listing("corrupt"), [])
+
+    def test_doneInCopy(self):
+        """
+        A copy whose state says every recipient is done adds nothing; the
+        files say the same, and the message is removed.
+        """
+        told, copy = self.committed(prefix=b"X: 1\r\n")
+        state = json.loads(copy.state)
+        for r in state["recipients"]:
+            r["state"] = DELIVERED
+        done = json.dumps(state).encode()
+        with open(self.spool.queue.getPath(told.id) + ".state", "wb") as f:
+            f.write(done)
+        self.assertRaises(KeyError, self.spool.queue.adopt, told.id, copy.data, done)
+        self.assertEqual(self.heard, [])
+        self.assertEqual(self.spool.listing("queue"), [])
 
 
 class AdoptTests(SynchronousTestCase):
@@ -393,7 +511,7 @@ class AdoptNewTests(SynchronousTestCase):
     """
 
     def setUp(self):
-        self.spool = Spool(self, notify=lambda e: defer.fail(ConnectionError("parent gone")))
+        self.spool = Spool(self, notify=lambda e, c: defer.fail(ConnectionError("parent gone")))
         self.heard = []
         self.spool.queue.listeners.append(self.heard.append)
 
@@ -482,7 +600,7 @@ class RemoveUnfinishedTests(SynchronousTestCase):
         """
         directory = self.mktemp()
         queue = Queue(directory, runInThread=synchronously)
-        workers = [IntakeQueue(directory, lambda e: defer.succeed(None), runInThread=synchronously, unfinishedSuffix=f".worker{n}") for n in (1, 2)]
+        workers = [IntakeQueue(directory, lambda e, c: defer.succeed(None), runInThread=synchronously, unfinishedSuffix=f".worker{n}") for n in (1, 2)]
         writing = [w.newMessage(envelope()) for w in workers for _ in range(2)]
         for spool in writing:
             spool.write(b"z" * (SpoolFile.SPILL + 1))
@@ -515,9 +633,9 @@ class IntakeSessionTests(SynchronousTestCase):
     def test_250AfterTheParentHasIt(self):
         telling = []
 
-        def notify(envelope):
-            telling.append((envelope, defer.Deferred()))
-            return telling[-1][1]
+        def notify(envelope, copy):
+            telling.append((envelope, copy, defer.Deferred()))
+            return telling[-1][2]
 
         spool = Spool(self, notify)
         heard = []
@@ -530,10 +648,11 @@ class IntakeSessionTests(SynchronousTestCase):
             b"EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
             b"DATA\r\nSubject: x\r\nTLS-Required: No\r\n\r\nhi\r\n.\r\n"
         )
-        [(envelope, told)] = telling
+        [(envelope, copy, told)] = telling
         self.assertNotIn(b"queued as", transport.value())
-        # The parent adopts it, then answers the worker.
-        adopted = spool.queue.adopt(envelope.id)
+        # The parent adopts it from the copy (its state included), then
+        # answers the worker.
+        adopted = spool.queue.adopt(envelope.id, copy.data, copy.state)
         told.callback(None)
         self.assertTrue(transport.value().endswith(b"250 2.0.0 Ok: queued as " + envelope.id.encode() + b"\r\n"))
         self.assertEqual(heard, [adopted])
@@ -556,7 +675,7 @@ _WORKER = textwrap.dedent(
 
     directory, count, told = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
-    def notify(envelope):
+    def notify(envelope, copy):
         # Tells the first few, then "the parent is gone".
         if notify.count >= told:
             raise ConnectionError("parent gone")
@@ -641,3 +760,73 @@ class WorkerProcessTests(TestCase):
         self.assertTrue(lock.held)
         with open(lock.path) as f:
             self.assertEqual(f.read().split(), [str(os.getpid()), "relay"])
+
+
+class AnnounceTests(SynchronousTestCase):
+    """
+    A worker tells the parent each message with a copy of its files when
+    AMP can carry it, and the parent adopts it from that copy.
+    """
+
+    def setUp(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from mailproto._relayd._worker import WorkerRelay
+
+        self.spool = Spool(self)
+        spec = {"argv": ["--spool", os.path.abspath(self.spool.directory), "--smtp", "tcp:0"], "listeners": [], "worker": 1, "amp": 3}
+        self.worker = WorkerRelay(spec, MemoryReactorClock())
+        self.worker.build()
+        self.asked = []
+        self.worker.ask = lambda name, **kw: self.asked.append((name, kw)) or defer.Deferred()
+
+    def parentGets(self, arguments: dict) -> dict:
+        """
+        @return: C{arguments} as the parent's responder gets them, through
+            AMP's encoding of C{Queued}.
+        """
+        from twisted.protocols import amp
+
+        from mailproto._relayd import _workerprotocol as wire
+
+        box = wire.Queued.makeArguments(arguments, None)
+        [parsed] = amp.parse(io.BytesIO(box.serialize()))
+        return wire.Queued.parseArguments(parsed, None)
+
+    def test_copyCarried(self):
+        """
+        A small message's copy and state go with its id; the parent's
+        queue takes the message from them without reading its files.
+        """
+        told = self.successResultOf(self.spool.commit(prefix=b"X-Worker: 1\r\n"))
+        copy = self.spool.copies[-1]
+        self.worker._announce(told, copy)
+        [(name, arguments)] = self.asked
+        self.assertEqual(name, "queued")
+        self.assertEqual((arguments["copy"], arguments["state"]), (copy.data, copy.state))
+        received = self.parentGets(arguments)
+        import mailproto._queue as queueModule
+
+        self.patch(queueModule, "readQueueFile", lambda *a, **kw: self.fail("read"))
+        adopted = self.spool.queue.adopt(received["queueID"], received["copy"], received["state"])
+        self.assertEqual((adopted, adopted.prefix), (told, b"X-Worker: 1\r\n"))
+
+    def test_tooLargeForAMP(self):
+        """
+        A copy over AMP's limit for one value is left out: the parent
+        reads the files.  So is a state over it.
+        """
+        from twisted.protocols import amp
+
+        from mailproto._intakequeue import QueuedCopy
+
+        told = self.successResultOf(self.spool.commit())
+        fits = QueuedCopy(b"x" * amp.MAX_VALUE_LENGTH, None)
+        big = QueuedCopy(b"x" * (amp.MAX_VALUE_LENGTH + 1), None)
+        bigState = QueuedCopy(b"x", None)
+        bigState.state = b"s" * (amp.MAX_VALUE_LENGTH + 1)
+        for copy in (fits, big, bigState, None):
+            self.worker._announce(told, copy)
+        sent = [("copy" in kw, "state" in kw) for _, kw in self.asked]
+        self.assertEqual(sent, [(True, False), (False, False), (False, False), (False, False)])
+        self.parentGets(self.asked[0][1])

@@ -1,0 +1,1 @@
+With worker processes, a worker tells the relay each small message it queued together with a copy of what it wrote, so the relay takes the message in and sends it on without reading its files back from the spool (a copy that cannot be used is ignored, and the files are read as before).
