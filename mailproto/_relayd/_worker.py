@@ -16,8 +16,8 @@ each message it made durable, and asks the parent for the daemon's
 connection limits and AUTH failure counts.  It does not deliver, recover
 the queue or listen on the control socket: the parent does.
 
-Its log events go to its standard output as JSON lines, which the parent
-logs again with the worker's number.  SIGTERM: stop accepting, let
+Its log events go to its standard output, which the parent logs again
+with the worker's number (L{mailproto._relayd._workerlog}).  SIGTERM: stop accepting, let
 sessions in a transaction finish (for the relay's C{--shutdown-grace}),
 exit.  SIGHUP: read the configuration again (users, relay networks and
 domains, limits, the certificate), as the parent does.
@@ -34,7 +34,7 @@ import sys
 import types
 
 from twisted.internet import defer, protocol
-from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
+from twisted.logger import Logger, globalLogBeginner
 from twisted.protocols import amp
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
@@ -282,14 +282,10 @@ def main(argv: list[str]) -> int:
     from twisted.internet import reactor
 
     spec = json.loads(argv[1])
-    # One JSON event per line, which the parent reads back.
-    from twisted.logger import FilteringLogObserver
+    # One event per line, which the parent reads back.
+    from mailproto._relayd._workerlog import workerObserver
 
-    from mailproto._relayd._logs import _keep
-
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(jsonFileLogObserver(sys.stdout, recordSeparator=""), [_keep])], redirectStandardIO=False
-    )
+    globalLogBeginner.beginLoggingTo([workerObserver(sys.stdout, reactor)], redirectStandardIO=False)
     worker = WorkerRelay(spec, reactor)
     reactor.callWhenRunning(worker.start)
     reactor.run()

@@ -17,9 +17,9 @@ the daemon's.  The limits on clients (connections, AUTH failures) are
 kept by the parent too, which the workers ask (see
 L{mailproto._relayd._workerprotocol}).
 
-A worker's log events come to the parent as JSON lines on the worker's
-standard output, and are logged again there with the worker named, so the
-daemon has one log.  A worker that ends unexpectedly is started again
+A worker's log events come to the parent as lines on the worker's
+standard output (L{mailproto._relayd._workerlog}), and are logged again
+there with the worker named, so the daemon has one log.  A worker that ends unexpectedly is started again
 after a second; the parent then adopts any message the worker made
 durable but had not announced (L{Queue.adoptNew
 <mailproto._queue.Queue.adoptNew>}), so none is orphaned.  SIGTERM makes
@@ -42,11 +42,12 @@ import sys
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, protocol
-from twisted.logger import Logger, eventFromJSON, formatEvent, globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 
 from mailproto._childprocess import ChildProcess
 from mailproto._relayd import _workerprotocol as wire
 from mailproto._backlog import withBacklog
+from mailproto._relayd._workerlog import eventFromWorker
 
 _log = Logger(namespace="mailrelay")
 
@@ -232,15 +233,8 @@ class Worker(ChildProcess):
         output, anything else as it is.
         """
         if childFD == 1:
-            try:
-                event = eventFromJSON(line.decode("utf-8", "replace"))
-            except (ValueError, TypeError):
-                event = None
-            if isinstance(event, dict) and "log_format" in event:
-                # The text as the worker would have written it, named.
-                text = formatEvent(event)
-                event.pop("log_flattened", None)
-                event.update(mailrelay_worker=self.number, mailrelay_text=text, log_format="worker {mailrelay_worker}: {mailrelay_text}")
+            event = eventFromWorker(line.decode("utf-8", "replace"), self.number)
+            if event is not None:
                 globalLogPublisher(event)
                 return
         _log.info("worker {worker}: {line}", worker=self.number, line=line.decode("utf-8", "replace").rstrip())

@@ -917,16 +917,38 @@ class LogFileTests(_RelayTestCase):
         self.assertEqual(len([line for line in _readLines(path) if "mailrelay: stopped;" in line]), 1, _readLines(path))
         self.assertNotIn("Traceback", "\n".join(_readLines(path) + _readLines(rotated)))
 
-    @defer.inlineCallbacks
     def test_jsonLines(self):
         """
         With C{--log-format json}, every line of the log file, twistd's
         own included, is a JSON object with C{time}, C{level} and C{text};
         the C{Queued} line has the message's queue id as C{queueID}.
         """
+        return self.jsonLines("1")
+
+    @defer.inlineCallbacks
+    def test_jsonLinesWithWorkers(self):
+        """
+        With workers, the C{Queued} line a worker logs has the same
+        fields, its text names the worker, and C{mailrelay_worker} is
+        its number.
+        """
+        queued = yield self.jsonLines("2")
+        self.assertIn(queued["mailrelay_worker"], (1, 2))
+        self.assertTrue(queued["text"].startswith(f"worker {queued['mailrelay_worker']}: Queued "), queued)
+
+    @defer.inlineCallbacks
+    def jsonLines(self, workers: str):
+        """
+        Run a relay with C{--log-format json} and C{--workers WORKERS},
+        send it one message and check its log.
+
+        @return: a L{Deferred} firing with the C{Queued} line's record.
+        """
         path = os.path.join(self.scratch, "relay.log")
-        relay = self.startLoggingRelay(path, "--log-format", "json")
+        relay = self.startLoggingRelay(path, "--log-format", "json", "--workers", workers)
         yield self.whenInFile(relay, path, "mailrelay: listening on")
+        if workers != "1":
+            yield self.whenInFile(relay, path, f"worker {workers}: ")
         yield _sendWithSmtplib(self.port, "alice@example.org", ["bob@example.com"], _message("json-1", "alice@example.org", ["bob@example.com"]))
         yield self.whenInFile(relay, path, '"queueID"')
         yield relay.terminate()
@@ -941,9 +963,10 @@ class LogFileTests(_RelayTestCase):
             records.append(record)
         self.assertTrue(any(r["text"].startswith("twistd ") and "starting up" in r["text"] for r in records))
         self.assertTrue(any(r["text"].startswith("mailrelay: stopped;") for r in records))
-        [queued] = [r for r in records if r["text"].startswith("Queued ")]
+        [queued] = [r for r in records if "Queued " in r["text"]]
         [queueID] = _queueIDs(self.spool).values()
         self.assertEqual(queued["queueID"], queueID)
         self.assertEqual(queued["level"], "info")
-        self.assertEqual(queued["text"].split()[1], queueID)
+        self.assertEqual(queued["text"].split("Queued ")[1].split()[0], queueID)
         self.assertEqual(queued["sender"], "alice@example.org")
+        return queued

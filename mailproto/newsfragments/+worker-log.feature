@@ -1,0 +1,1 @@
+With worker processes, a worker sends its log lines to the relay in one write per turn of its reactor, as compact JSON with the text already formatted: each line costs the worker about a third less CPU and the relay about half; the JSON log keeps each line's fields.
