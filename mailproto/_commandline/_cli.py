@@ -412,6 +412,7 @@ class SinkOptions(_Command):
         reactor.callWhenRunning(start)
         reactor.addSystemEventTrigger("before", "shutdown", shutDown)
         reactor.run()
+        _ignoreStopSignals()
         return status[0]
 
 
@@ -438,6 +439,20 @@ def _stopOnFirstSignal() -> None:
                 first(signum, frame)
 
         signal.signal(number, handler)
+
+
+def _ignoreStopSignals() -> None:
+    """
+    Once the reactor has stopped, ignore SIGTERM and SIGINT: the process
+    is ending anyway, and Python, as it exits, puts back the default
+    action of a signal it handled, so a late one (the last of those
+    C{timeout} sends) would end the process by that signal instead of
+    its own exit status.
+    """
+    import signal
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_IGN)
 
 
 #: The most connections C{mailproto send} opens at once.

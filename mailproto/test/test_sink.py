@@ -26,7 +26,7 @@ import ssl
 import sys
 import tempfile
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import CannotListenError, ConnectionDone, ProcessDone
 from twisted.internet.protocol import Factory, ProcessProtocol
@@ -1188,7 +1188,13 @@ class CommandEndToEndTests(TestCase):
         pid = transport.pid
         for name in ("TERM", "TERM", "INT", "TERM"):
             os.kill(pid, getattr(signal, "SIG" + name))
+        # And more, every millisecond until it has exited: one may come
+        # after the reactor stopped, while Python exits.
+        late = task.LoopingCall(lambda: transport.signalProcess("TERM") if process.running else None)
+        late.start(0.001)
+        self.addCleanup(lambda: late.running and late.stop())
         reason = yield process.ended
+        late.stop()
         self.assertIsInstance(reason, ProcessDone, f"{reason}; stderr: {process.err!r}")
         err = process.err.decode("utf-8")
         self.assertNotIn("Traceback", err)
