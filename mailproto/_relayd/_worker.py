@@ -17,9 +17,9 @@ connection limits and AUTH failure counts.  It does not deliver, recover
 the queue or listen on the control socket: the parent does.
 
 Its log events go to its standard output, which the parent logs again
-with the worker's number (L{mailproto._relayd._workerlog}).  SIGTERM: stop accepting, let
-sessions in a transaction finish (for the relay's C{--shutdown-grace}),
-exit.  SIGHUP: read the configuration again (users, relay networks and
+with the worker's number (L{mailproto._relayd._workerlog}).  SIGTERM:
+stop accepting, let sessions in a transaction finish (for the relay's
+C{--shutdown-grace}), exit.  SIGHUP: read the configuration again (users, relay networks and
 domains, limits, the certificate), as the parent does.
 """
 

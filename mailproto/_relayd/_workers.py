@@ -19,13 +19,13 @@ L{mailproto._relayd._workerprotocol}).
 
 A worker's log events come to the parent as lines on the worker's
 standard output (L{mailproto._relayd._workerlog}), and are logged again
-there with the worker named, so the daemon has one log.  A worker that ends unexpectedly is started again
-after a second; the parent then adopts any message the worker made
-durable but had not announced (L{Queue.adoptNew
-<mailproto._queue.Queue.adoptNew>}), so none is orphaned.  SIGTERM makes
-every worker stop accepting and drain its sessions, then the parent
-drains its deliveries; SIGHUP reaches every worker, which reads its
-configuration again.
+there with the worker named, so the daemon has one log.  A worker that
+ends unexpectedly is started again after a second; the parent then
+adopts any message the worker made durable but had not announced
+(L{Queue.adoptNew <mailproto._queue.Queue.adoptNew>}), so none is
+orphaned.  SIGTERM makes every worker stop accepting and drain its
+sessions, then the parent drains its deliveries; SIGHUP reaches every
+worker, which reads its configuration again.
 
 A worker's states, as the parent sees them: I{starting} (spawned, its
 AMP connection not yet made), I{running}, I{stopping} (sent SIGTERM) and
